@@ -1,0 +1,212 @@
+//! The wire ABI between the eBPF programs and the userspace agent.
+//!
+//! Every record the kernel writes to the ring buffer starts with an [`EventHeader`], whose
+//! `kind` says which of the structs below follows. Only fixed-width integers and byte
+//! arrays are used, padding is explicit, and each size is asserted at compile time so the
+//! two sides cannot drift apart. The userspace decoder reads these bytes with length checks
+//! and `read_unaligned`; nothing here is a domain type.
+#![no_std]
+
+/// Bumped whenever a struct below changes layout.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Which record follows the header.
+pub mod kind {
+    pub const SSL_CALL: u32 = 1;
+    pub const SSL_ERROR: u32 = 2;
+    pub const SSL_FREE: u32 = 3;
+    pub const EPOLL_WAIT: u32 = 4;
+    pub const EPOLL_CTL: u32 = 5;
+    pub const CLOSE: u32 = 6;
+}
+
+/// The probed libssl entry points. The value is the index of the symbol in [`SSL_OPS`].
+pub mod op {
+    pub const SSL_READ: u32 = 0;
+    pub const SSL_READ_EX: u32 = 1;
+    pub const SSL_WRITE: u32 = 2;
+    pub const SSL_WRITE_EX: u32 = 3;
+    pub const SSL_DO_HANDSHAKE: u32 = 4;
+    pub const SSL_ACCEPT: u32 = 5;
+    pub const SSL_CONNECT: u32 = 6;
+    pub const SSL_PEEK: u32 = 7;
+    pub const SSL_PEEK_EX: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Symbol names, indexed by the `op` constants.
+pub const SSL_OPS: [&str; op::COUNT as usize] = [
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_do_handshake",
+    "SSL_accept",
+    "SSL_connect",
+    "SSL_peek",
+    "SSL_peek_ex",
+];
+
+/// Which epoll syscall an [`EpollWaitEvent`] came from.
+pub mod epoll_sys {
+    pub const EPOLL_WAIT: u32 = 0;
+    pub const EPOLL_PWAIT: u32 = 1;
+    pub const EPOLL_PWAIT2: u32 = 2;
+}
+
+/// Which socket syscall was the last one made inside an SSL call.
+pub mod sys {
+    pub const NONE: u32 = 0;
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+}
+
+/// Indexes into the per-CPU counter array `COUNTERS`.
+pub mod counter {
+    /// A ring-buffer reserve failed: the event was lost in the kernel.
+    pub const LOST_RINGBUF: u32 = 0;
+    /// A per-thread scratch map was full, so a call could not be tracked.
+    pub const LOST_INFLIGHT: u32 = 1;
+    /// Uprobe hits, all programs (for the overhead estimate).
+    pub const UPROBE_HITS: u32 = 2;
+    /// Tracepoint hits that passed the target filter.
+    pub const TRACEPOINT_HITS: u32 = 3;
+    pub const COUNT: u32 = 8;
+}
+
+/// The most ready entries copied out of one `epoll_wait` result.
+pub const MAX_READY: usize = 32;
+
+/// Flags in the `TARGETS` map value.
+pub mod target_flag {
+    /// The process is traced.
+    pub const TRACED: u32 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread group id (the user's "pid").
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the record was made.
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+
+/// The return of one SSL_read/SSL_write/handshake call, with what happened inside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCallEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+    /// The caller's buffer pointer (read or write); 0 for handshake calls.
+    pub buf: u64,
+    /// The requested length (`num`).
+    pub len: u64,
+    /// The function's return value, sign-extended.
+    pub ret: i64,
+    /// Bytes moved: `ret` when positive for the plain calls, `*readbytes`/`*written` for `_ex`.
+    pub bytes: u64,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// Return of the last socket syscall made inside the call (e.g. -11 for EAGAIN).
+    pub sys_last_ret: i64,
+    /// The socket fd the call used, or -1 when it made no socket syscall.
+    pub fd: i32,
+    /// One of the `op` constants.
+    pub op: u32,
+    /// How many socket syscalls the call made.
+    pub sys_calls: u32,
+    /// One of the `sys` constants: the kind of the last socket syscall.
+    pub sys_last_kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslCallEvent>() == 104);
+
+/// The return of `SSL_get_error(ssl, ret)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslErrorEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+    /// The `ret` argument the caller passed.
+    pub ret_arg: i64,
+    /// The `SSL_ERROR_*` code returned.
+    pub code: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslErrorEvent>() == 48);
+
+/// `SSL_free(ssl)` was called: the end of a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslFreeEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+}
+const _: () = assert!(core::mem::size_of::<SslFreeEvent>() == 32);
+
+/// One entry of the user's `epoll_event` array (which is packed on x86_64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadyEntry {
+    pub events: u32,
+    pub _pad: u32,
+    pub data: u64,
+}
+const _: () = assert!(core::mem::size_of::<ReadyEntry>() == 16);
+
+/// The return of `epoll_wait`, `epoll_pwait` or `epoll_pwait2`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollWaitEvent {
+    pub hdr: EventHeader,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// The timeout in nanoseconds; -1 blocks forever.
+    pub timeout_ns: i64,
+    /// The syscall's return: the ready count, or -errno.
+    pub ret: i64,
+    pub epfd: i32,
+    pub maxevents: i32,
+    /// One of the `epoll_sys` constants.
+    pub syscall: u32,
+    /// How many of `entries` are filled (at most `MAX_READY`, at most `ret`).
+    pub n_entries: u32,
+    pub entries: [ReadyEntry; MAX_READY],
+}
+const _: () = assert!(core::mem::size_of::<EpollWaitEvent>() == 72 + 16 * MAX_READY);
+
+/// The return of `epoll_ctl(epfd, op, fd, event)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollCtlEvent {
+    pub hdr: EventHeader,
+    pub data: u64,
+    pub ret: i64,
+    pub epfd: i32,
+    pub op: i32,
+    pub fd: i32,
+    pub events: u32,
+}
+const _: () = assert!(core::mem::size_of::<EpollCtlEvent>() == 56);
+
+/// `close(fd)` in a target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub hdr: EventHeader,
+    pub ret: i64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: the types are repr(C), contain only integers, and have explicit padding.
+    unsafe impl aya::Pod for super::EventHeader {}
+}

@@ -1,0 +1,60 @@
+//! Command-line interface: what the user can type.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::scenario::ScenarioArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "tls-probe", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to running processes and report their TLS event-loop behaviour.
+    Attach(AttachArgs),
+    /// Run a built-in scenario workload and attach to it.
+    Demo(DemoArgs),
+    /// Run one scenario workload by itself (the programs `demo` attaches to).
+    Scenario(ScenarioArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Write NDJSON to FILE (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write every decoded probe event to the output.
+    #[arg(long)]
+    pub events: bool,
+    /// Overwrite the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AttachArgs {
+    /// Process id to attach to (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", required = true)]
+    pub pids: Vec<u32>,
+    /// Use this TLS library instead of the one found in /proc/PID/maps.
+    #[arg(long, value_name = "PATH")]
+    pub libssl: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// The scenario to run; without one, a mixed service.
+    pub scenario: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

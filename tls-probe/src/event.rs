@@ -1,0 +1,308 @@
+//! Decoded events: the typed form of what the probes saw.
+//!
+//! These are domain types. The decoder (`decode.rs`) builds them from wire records; the fd
+//! tracker (`track.rs`) fills in the fds that need state to know; the engine, the NDJSON
+//! sink and the replay path all consume them. They serialize as the `data` of an
+//! `{"type":"event"}` NDJSON line and deserialize back for `tls-probe report`.
+
+use serde::{Deserialize, Serialize};
+
+/// An `SSL_ERROR_*` code, named as users read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum SslErrorCode {
+    None,
+    Ssl,
+    WantRead,
+    WantWrite,
+    WantX509Lookup,
+    Syscall,
+    ZeroReturn,
+    WantConnect,
+    WantAccept,
+    WantAsync,
+    WantAsyncJob,
+    WantClientHelloCb,
+    WantRetryVerify,
+    /// A code this build does not know; the raw value is kept.
+    #[serde(untagged)]
+    Other(i32),
+}
+
+impl SslErrorCode {
+    pub fn from_raw(code: i32) -> Self {
+        match code {
+            0 => Self::None,
+            1 => Self::Ssl,
+            2 => Self::WantRead,
+            3 => Self::WantWrite,
+            4 => Self::WantX509Lookup,
+            5 => Self::Syscall,
+            6 => Self::ZeroReturn,
+            7 => Self::WantConnect,
+            8 => Self::WantAccept,
+            9 => Self::WantAsync,
+            10 => Self::WantAsyncJob,
+            11 => Self::WantClientHelloCb,
+            12 => Self::WantRetryVerify,
+            other => Self::Other(other),
+        }
+    }
+
+    /// True for the codes that mean "call again later": no progress, no failure.
+    pub fn is_want(self) -> bool {
+        matches!(
+            self,
+            Self::WantRead
+                | Self::WantWrite
+                | Self::WantX509Lookup
+                | Self::WantConnect
+                | Self::WantAccept
+                | Self::WantAsync
+                | Self::WantAsyncJob
+                | Self::WantClientHelloCb
+                | Self::WantRetryVerify
+        )
+    }
+
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => format!("{self:?}"),
+        }
+    }
+}
+
+/// Which libssl function a call event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum SslOp {
+    #[serde(rename = "SSL_read")]
+    Read,
+    #[serde(rename = "SSL_read_ex")]
+    ReadEx,
+    #[serde(rename = "SSL_write")]
+    Write,
+    #[serde(rename = "SSL_write_ex")]
+    WriteEx,
+    #[serde(rename = "SSL_do_handshake")]
+    DoHandshake,
+    #[serde(rename = "SSL_accept")]
+    Accept,
+    #[serde(rename = "SSL_connect")]
+    Connect,
+    #[serde(rename = "SSL_peek")]
+    Peek,
+    #[serde(rename = "SSL_peek_ex")]
+    PeekEx,
+}
+
+impl SslOp {
+    pub const ALL: [SslOp; 9] = [
+        Self::Read,
+        Self::ReadEx,
+        Self::Write,
+        Self::WriteEx,
+        Self::DoHandshake,
+        Self::Accept,
+        Self::Connect,
+        Self::Peek,
+        Self::PeekEx,
+    ];
+
+    /// The symbol name, verbatim.
+    pub fn symbol(self) -> &'static str {
+        tls_probe_common::SSL_OPS[self as usize]
+    }
+
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::Read | Self::ReadEx | Self::Peek | Self::PeekEx)
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(self, Self::Write | Self::WriteEx)
+    }
+
+    pub fn is_handshake(self) -> bool {
+        matches!(self, Self::DoHandshake | Self::Accept | Self::Connect)
+    }
+
+    /// True for the `_ex` variants, which return 1/0 and report bytes through a pointer.
+    pub fn is_ex(self) -> bool {
+        matches!(self, Self::ReadEx | Self::WriteEx | Self::PeekEx)
+    }
+}
+
+/// Which epoll wait syscall returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpollSyscall {
+    EpollWait,
+    EpollPwait,
+    EpollPwait2,
+}
+
+impl EpollSyscall {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EpollWait => "epoll_wait",
+            Self::EpollPwait => "epoll_pwait",
+            Self::EpollPwait2 => "epoll_pwait2",
+        }
+    }
+}
+
+/// The last socket syscall made inside an SSL call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SysKind {
+    Read,
+    Write,
+}
+
+/// The return of an SSL I/O or handshake call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SslCall {
+    pub op: SslOp,
+    /// The SSL* as a number.
+    pub ssl: u64,
+    /// Caller's buffer pointer (0 for handshakes). A pointer value, never the bytes.
+    pub buf: u64,
+    pub len: u64,
+    pub ret: i64,
+    pub bytes: u64,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// The socket fd: seen inside the call, or remembered for this SSL*. None when unknown
+    /// (e.g. memory BIOs).
+    pub fd: Option<i32>,
+    /// True when `fd` was seen in a syscall inside this very call.
+    pub fd_seen: bool,
+    pub sys_calls: u32,
+    pub sys_last: Option<SysKind>,
+    /// The last socket syscall's return (e.g. -11 for EAGAIN); None without a syscall.
+    pub sys_last_ret: Option<i64>,
+}
+
+impl SslCall {
+    /// True when the call moved application bytes or completed a handshake.
+    pub fn made_progress(&self) -> bool {
+        if self.op.is_handshake() {
+            self.ret == 1
+        } else {
+            self.bytes > 0
+        }
+    }
+}
+
+/// The return of `SSL_get_error(ssl, ret)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SslError {
+    pub ssl: u64,
+    pub ret_arg: i64,
+    pub code: SslErrorCode,
+}
+
+/// One ready entry of an epoll wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyFd {
+    /// The EPOLL* bits reported ready.
+    pub events: u32,
+    /// The user's `epoll_event.data` as registered.
+    pub data: u64,
+    /// The fd that `data` was registered for, when known from `epoll_ctl` or fdinfo.
+    pub fd: Option<i32>,
+    /// The interest mask registered for that fd, when known.
+    pub interest: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWait {
+    pub syscall: EpollSyscall,
+    pub epfd: i32,
+    pub maxevents: i32,
+    /// None means block forever.
+    pub timeout_ns: Option<i64>,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// The ready count, or -errno.
+    pub ret: i64,
+    /// Up to `MAX_READY` ready entries as the user received them.
+    pub ready: Vec<ReadyFd>,
+}
+
+/// Where an epoll registration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtlOp {
+    Add,
+    Mod,
+    Del,
+    /// Read from `/proc/PID/fdinfo/EPFD` at attach time, for registrations made before.
+    Fdinfo,
+    Other(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollCtl {
+    pub op: CtlOp,
+    pub epfd: i32,
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+    pub ret: i64,
+}
+
+/// What a probe saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    SslCall(SslCall),
+    SslError(SslError),
+    SslFree { ssl: u64 },
+    EpollWait(EpollWait),
+    EpollCtl(EpollCtl),
+    Close { fd: i32, ret: i64 },
+    /// A sample of a thread's CPU time (utime+stime), read by the agent from
+    /// `/proc/PID/task/TID/stat` about once a second. Not a probe: `probe` is "procfs".
+    ThreadCpu { cpu_ns: u64 },
+}
+
+/// One decoded event, with who and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds when the probe fired (the return, for calls).
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The symbol or syscall verbatim: "SSL_read_ex", "SSL_get_error", "epoll_wait", ...
+    pub probe: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn probe_name(kind: &EventKind) -> &'static str {
+        match kind {
+            EventKind::SslCall(c) => c.op.symbol(),
+            EventKind::SslError(_) => "SSL_get_error",
+            EventKind::SslFree { .. } => "SSL_free",
+            EventKind::EpollWait(w) => w.syscall.name(),
+            EventKind::EpollCtl(c) => match c.op {
+                CtlOp::Fdinfo => "fdinfo",
+                _ => "epoll_ctl",
+            },
+            EventKind::Close { .. } => "close",
+            EventKind::ThreadCpu { .. } => "procfs",
+        }
+    }
+
+    pub fn new(ts_ns: u64, pid: u32, tid: u32, kind: EventKind) -> Self {
+        Self {
+            ts_ns,
+            pid,
+            tid,
+            probe: Self::probe_name(&kind).to_owned(),
+            kind,
+        }
+    }
+}
