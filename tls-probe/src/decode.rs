@@ -1,1 +1,305 @@
-//! TODO
+//! Wire bytes -> [`Event`]: the only place that reads the kernel's `repr(C)` records.
+//!
+//! Every read is length-checked and done with `read_unaligned`; tags are converted with
+//! checked matches. A record that does not parse is an error the caller counts, never a
+//! panic.
+
+use std::mem::size_of;
+
+use thiserror::Error;
+use tls_probe_common::{
+    CloseEvent, EpollCtlEvent, EpollWaitEvent, EventHeader, MAX_READY, SslCallEvent,
+    SslErrorEvent, SslFreeEvent, epoll_sys, kind, sys,
+};
+
+use crate::event::{
+    CtlOp, EpollCtl, EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall, SslError,
+    SslErrorCode, SslOp, SysKind,
+};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than the {need} bytes its kind {kind} needs")]
+    Short { kind: u32, need: usize, got: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown SSL op {0}")]
+    UnknownOp(u32),
+    #[error("unknown epoll syscall {0}")]
+    UnknownSyscall(u32),
+}
+
+/// Reads a `T` from the front of `bytes`, which must be at least `size_of::<T>()` long.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            kind,
+            need,
+            got: bytes.len(),
+        });
+    }
+    // SAFETY: the length is checked above, the types are plain-old-data repr(C) structs
+    // of integers (tls-probe-common), and read_unaligned makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn ssl_op(raw: u32) -> Result<SslOp, DecodeError> {
+    SslOp::ALL
+        .get(raw as usize)
+        .copied()
+        .ok_or(DecodeError::UnknownOp(raw))
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let hdr: EventHeader = read(bytes, 0)?;
+    let kind = match hdr.kind {
+        kind::SSL_CALL => {
+            let r: SslCallEvent = read(bytes, hdr.kind)?;
+            let has_sys = r.sys_calls > 0;
+            EventKind::SslCall(SslCall {
+                op: ssl_op(r.op)?,
+                ssl: r.ssl,
+                buf: r.buf,
+                len: r.len,
+                ret: r.ret,
+                bytes: r.bytes,
+                start_ns: r.start_ns,
+                duration_ns: r.duration_ns,
+                fd: (r.fd >= 0).then_some(r.fd),
+                fd_seen: r.fd >= 0,
+                sys_calls: r.sys_calls,
+                sys_last: match r.sys_last_kind {
+                    sys::READ => Some(SysKind::Read),
+                    sys::WRITE => Some(SysKind::Write),
+                    _ => None,
+                },
+                sys_last_ret: has_sys.then_some(r.sys_last_ret),
+            })
+        }
+        kind::SSL_ERROR => {
+            let r: SslErrorEvent = read(bytes, hdr.kind)?;
+            EventKind::SslError(SslError {
+                ssl: r.ssl,
+                ret_arg: r.ret_arg,
+                code: SslErrorCode::from_raw(r.code),
+            })
+        }
+        kind::SSL_FREE => {
+            let r: SslFreeEvent = read(bytes, hdr.kind)?;
+            EventKind::SslFree { ssl: r.ssl }
+        }
+        kind::EPOLL_WAIT => {
+            let r: EpollWaitEvent = read(bytes, hdr.kind)?;
+            let n = (r.n_entries as usize).min(MAX_READY);
+            EventKind::EpollWait(EpollWait {
+                syscall: match r.syscall {
+                    epoll_sys::EPOLL_WAIT => EpollSyscall::EpollWait,
+                    epoll_sys::EPOLL_PWAIT => EpollSyscall::EpollPwait,
+                    epoll_sys::EPOLL_PWAIT2 => EpollSyscall::EpollPwait2,
+                    other => return Err(DecodeError::UnknownSyscall(other)),
+                },
+                epfd: r.epfd,
+                maxevents: r.maxevents,
+                timeout_ns: (r.timeout_ns >= 0).then_some(r.timeout_ns),
+                start_ns: r.start_ns,
+                duration_ns: r.duration_ns,
+                ret: r.ret,
+                ready: r.entries[..n]
+                    .iter()
+                    .map(|e| ReadyFd {
+                        events: e.events,
+                        data: e.data,
+                        fd: None,
+                        interest: None,
+                    })
+                    .collect(),
+            })
+        }
+        kind::EPOLL_CTL => {
+            let r: EpollCtlEvent = read(bytes, hdr.kind)?;
+            EventKind::EpollCtl(EpollCtl {
+                op: match r.op {
+                    libc::EPOLL_CTL_ADD => CtlOp::Add,
+                    libc::EPOLL_CTL_MOD => CtlOp::Mod,
+                    libc::EPOLL_CTL_DEL => CtlOp::Del,
+                    other => CtlOp::Other(other),
+                },
+                epfd: r.epfd,
+                fd: r.fd,
+                events: r.events,
+                data: r.data,
+                ret: r.ret,
+            })
+        }
+        kind::CLOSE => {
+            let r: CloseEvent = read(bytes, hdr.kind)?;
+            EventKind::Close {
+                fd: r.fd,
+                ret: r.ret,
+            }
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use tls_probe_common::{ReadyEntry, op};
+
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a repr(C) POD value as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn hdr(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            pid: 42,
+            tid: 43,
+            _pad: 0,
+            ts_ns: 1_000,
+        }
+    }
+
+    #[test]
+    fn ssl_call_ex_with_fd_and_eagain() {
+        let rec = SslCallEvent {
+            hdr: hdr(kind::SSL_CALL),
+            ssl: 0x5555,
+            buf: 0x7777,
+            len: 4096,
+            ret: 0,
+            bytes: 0,
+            start_ns: 900,
+            duration_ns: 100,
+            sys_last_ret: -11,
+            fd: 7,
+            op: op::SSL_READ_EX,
+            sys_calls: 1,
+            sys_last_kind: sys::READ,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "SSL_read_ex");
+        assert_eq!((ev.pid, ev.tid, ev.ts_ns), (42, 43, 1_000));
+        let EventKind::SslCall(c) = ev.kind else {
+            panic!("not a call: {ev:?}")
+        };
+        assert_eq!(c.op, SslOp::ReadEx);
+        assert_eq!(c.fd, Some(7));
+        assert!(c.fd_seen);
+        assert_eq!(c.sys_last, Some(SysKind::Read));
+        assert_eq!(c.sys_last_ret, Some(-11));
+        assert!(!c.made_progress());
+    }
+
+    #[test]
+    fn ssl_call_without_syscall_has_no_fd() {
+        let rec = SslCallEvent {
+            hdr: hdr(kind::SSL_CALL),
+            fd: -1,
+            op: op::SSL_WRITE,
+            ret: 10,
+            bytes: 10,
+            ..Default::default()
+        };
+        let EventKind::SslCall(c) = decode(&bytes_of(&rec)).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.fd, None);
+        assert_eq!(c.sys_last_ret, None);
+        assert!(c.made_progress());
+    }
+
+    #[test]
+    fn epoll_wait_entries_are_bounded_by_n_entries() {
+        let mut rec = EpollWaitEvent {
+            hdr: hdr(kind::EPOLL_WAIT),
+            ret: 3,
+            n_entries: 2,
+            timeout_ns: -1,
+            syscall: epoll_sys::EPOLL_PWAIT,
+            ..Default::default()
+        };
+        rec.entries[0] = ReadyEntry {
+            events: libc::EPOLLOUT as u32,
+            _pad: 0,
+            data: 9,
+        };
+        rec.entries[1] = ReadyEntry {
+            events: libc::EPOLLIN as u32,
+            _pad: 0,
+            data: 0xdead_0000_0000_000a,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "epoll_pwait");
+        let EventKind::EpollWait(w) = ev.kind else {
+            panic!()
+        };
+        assert_eq!(w.timeout_ns, None);
+        assert_eq!(w.ready.len(), 2);
+        assert_eq!(w.ready[1].data, 0xdead_0000_0000_000a);
+    }
+
+    #[test]
+    fn n_entries_past_the_array_is_clamped() {
+        let rec = EpollWaitEvent {
+            hdr: hdr(kind::EPOLL_WAIT),
+            n_entries: 1000,
+            ..Default::default()
+        };
+        let EventKind::EpollWait(w) = decode(&bytes_of(&rec)).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(w.ready.len(), MAX_READY);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
+        let rec = SslCallEvent {
+            hdr: hdr(kind::SSL_CALL),
+            ..Default::default()
+        };
+        let b = bytes_of(&rec);
+        assert_eq!(
+            decode(&b[..50]),
+            Err(DecodeError::Short {
+                kind: kind::SSL_CALL,
+                need: size_of::<SslCallEvent>(),
+                got: 50
+            })
+        );
+        assert_eq!(
+            decode(&bytes_of(&hdr(99))),
+            Err(DecodeError::UnknownKind(99))
+        );
+        let bad_op = SslCallEvent {
+            hdr: hdr(kind::SSL_CALL),
+            op: 77,
+            ..Default::default()
+        };
+        assert_eq!(decode(&bytes_of(&bad_op)), Err(DecodeError::UnknownOp(77)));
+    }
+
+    #[test]
+    fn error_codes_are_named() {
+        let rec = SslErrorEvent {
+            hdr: hdr(kind::SSL_ERROR),
+            ssl: 1,
+            ret_arg: -1,
+            code: 2,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["code"], "want_read");
+        assert_eq!(json["probe"], "SSL_get_error");
+        assert_eq!(json["kind"], "ssl_error");
+    }
+}

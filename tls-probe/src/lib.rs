@@ -10,6 +10,7 @@
 //!   -> sink    (NDJSON file, human lines, TUI)
 //! ```
 
+pub mod agent;
 pub mod cli;
 pub mod cmd;
 pub mod decode;

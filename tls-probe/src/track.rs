@@ -1,1 +1,335 @@
-//! TODO
+//! Fills in what a single probe record cannot know: which fd an SSL* uses, and which fd
+//! (with which interest mask) an epoll ready entry stands for.
+//!
+//! nginx and most event loops store a pointer, not the fd, in `epoll_event.data`, so the
+//! tracker keeps every registration seen through `epoll_ctl` (or read from
+//! `/proc/PID/fdinfo` for the ones made before tls-probe attached) and maps `data` back.
+//! An SSL* is mapped to the fd of the socket syscalls made inside its calls; the mapping is
+//! kept for later calls that make no syscall and dropped on `SSL_free` and `close`.
+//! Pure and deterministic: events in, the same events enriched out.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::event::{CtlOp, Event, EventKind};
+
+#[derive(Clone, Copy, Debug)]
+struct Registration {
+    fd: i32,
+    interest: u32,
+}
+
+#[derive(Default, Debug)]
+pub struct Tracker {
+    /// (pid, epfd, data) -> registration.
+    by_data: HashMap<(u32, i32, u64), Registration>,
+    /// (pid, epfd, fd) -> data, to undo a registration on MOD/DEL/close.
+    by_fd: HashMap<(u32, i32, i32), u64>,
+    /// (pid, SSL*) -> fd.
+    ssl_fd: HashMap<(u32, u64), i32>,
+    /// (pid, fd) -> SSL*, to drop the mapping on close.
+    fd_ssl: HashMap<(u32, i32), u64>,
+    /// (pid, epfd) seen in a wait: their registrations are known or were asked for.
+    known_epfds: HashSet<(u32, i32)>,
+    /// (pid, epfd) whose registrations predate attach and should be read from fdinfo.
+    pending_seed: Vec<(u32, i32)>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Epoll instances first seen in a wait since the last call: the caller should read their
+    /// registrations from `/proc/PID/fdinfo/EPFD` and feed them back as `CtlOp::Fdinfo` events.
+    pub fn take_pending_seeds(&mut self) -> Vec<(u32, i32)> {
+        std::mem::take(&mut self.pending_seed)
+    }
+
+    /// Marks an epoll instance as known, e.g. after seeding it at attach time.
+    pub fn mark_seeded(&mut self, pid: u32, epfd: i32) {
+        self.known_epfds.insert((pid, epfd));
+    }
+
+    /// The fd currently mapped to an SSL*, if any.
+    pub fn fd_of(&self, pid: u32, ssl: u64) -> Option<i32> {
+        self.ssl_fd.get(&(pid, ssl)).copied()
+    }
+
+    /// Enriches `ev` in place and updates the mappings.
+    pub fn process(&mut self, ev: &mut Event) {
+        let pid = ev.pid;
+        match &mut ev.kind {
+            EventKind::SslCall(call) => {
+                if let (true, Some(fd)) = (call.fd_seen, call.fd) {
+                    self.map_ssl(pid, call.ssl, fd);
+                } else if call.fd.is_none() {
+                    call.fd = self.fd_of(pid, call.ssl);
+                }
+            }
+            EventKind::SslFree { ssl } => {
+                if let Some(fd) = self.ssl_fd.remove(&(pid, *ssl)) {
+                    self.fd_ssl.remove(&(pid, fd));
+                }
+            }
+            EventKind::Close { fd, .. } => self.close(pid, *fd),
+            EventKind::EpollCtl(ctl) => {
+                if ctl.ret < 0 {
+                    return;
+                }
+                match ctl.op {
+                    CtlOp::Add | CtlOp::Mod | CtlOp::Fdinfo => {
+                        self.unregister(pid, ctl.epfd, ctl.fd);
+                        self.by_data.insert(
+                            (pid, ctl.epfd, ctl.data),
+                            Registration {
+                                fd: ctl.fd,
+                                interest: ctl.events,
+                            },
+                        );
+                        self.by_fd.insert((pid, ctl.epfd, ctl.fd), ctl.data);
+                        if ctl.op == CtlOp::Fdinfo {
+                            self.known_epfds.insert((pid, ctl.epfd));
+                        }
+                    }
+                    CtlOp::Del => self.unregister(pid, ctl.epfd, ctl.fd),
+                    CtlOp::Other(_) => {}
+                }
+            }
+            EventKind::EpollWait(wait) => {
+                if self.known_epfds.insert((pid, wait.epfd)) {
+                    self.pending_seed.push((pid, wait.epfd));
+                }
+                for ready in &mut wait.ready {
+                    if let Some(reg) = self.by_data.get(&(pid, wait.epfd, ready.data)) {
+                        ready.fd = Some(reg.fd);
+                        ready.interest = Some(reg.interest);
+                    }
+                }
+            }
+            EventKind::SslError(_) | EventKind::ThreadCpu { .. } => {}
+        }
+    }
+
+    fn map_ssl(&mut self, pid: u32, ssl: u64, fd: i32) {
+        if let Some(old_fd) = self.ssl_fd.insert((pid, ssl), fd)
+            && old_fd != fd
+        {
+            self.fd_ssl.remove(&(pid, old_fd));
+        }
+        if let Some(old_ssl) = self.fd_ssl.insert((pid, fd), ssl)
+            && old_ssl != ssl
+        {
+            self.ssl_fd.remove(&(pid, old_ssl));
+        }
+    }
+
+    fn unregister(&mut self, pid: u32, epfd: i32, fd: i32) {
+        if let Some(data) = self.by_fd.remove(&(pid, epfd, fd)) {
+            self.by_data.remove(&(pid, epfd, data));
+        }
+    }
+
+    fn close(&mut self, pid: u32, fd: i32) {
+        if let Some(ssl) = self.fd_ssl.remove(&(pid, fd)) {
+            self.ssl_fd.remove(&(pid, ssl));
+        }
+        // A closed fd leaves every epoll set of the process (we assume no dup'd copies).
+        let stale: Vec<(u32, i32, i32)> = self
+            .by_fd
+            .keys()
+            .filter(|&&(p, epfd, f)| p == pid && (f == fd || epfd == fd))
+            .copied()
+            .collect();
+        for (p, epfd, f) in stale {
+            self.unregister(p, epfd, f);
+        }
+        self.known_epfds.remove(&(pid, fd));
+    }
+}
+
+/// Parses the epoll registrations in the text of `/proc/PID/fdinfo/EPFD`.
+///
+/// Lines look like `tfd:        5 events:       19 data:                5  pos:0 ino:...`,
+/// with `events` and `data` in hex.
+pub fn parse_epoll_fdinfo(text: &str) -> Vec<(i32, u32, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let mut field = |name: &str| {
+                if it.next()? != name {
+                    return None;
+                }
+                it.next()
+            };
+            let fd = field("tfd:")?.parse().ok()?;
+            let events = u32::from_str_radix(field("events:")?, 16).ok()?;
+            let data = u64::from_str_radix(field("data:")?, 16).ok()?;
+            Some((fd, events, data))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EpollCtl, EpollSyscall, EpollWait, ReadyFd, SslCall, SslOp};
+
+    fn call(ssl: u64, fd: Option<i32>) -> Event {
+        Event::new(
+            1,
+            10,
+            11,
+            EventKind::SslCall(SslCall {
+                op: SslOp::Read,
+                ssl,
+                buf: 0,
+                len: 10,
+                ret: -1,
+                bytes: 0,
+                start_ns: 0,
+                duration_ns: 1,
+                fd,
+                fd_seen: fd.is_some(),
+                sys_calls: u32::from(fd.is_some()),
+                sys_last: None,
+                sys_last_ret: None,
+            }),
+        )
+    }
+
+    fn call_fd(ev: &Event) -> Option<i32> {
+        match &ev.kind {
+            EventKind::SslCall(c) => c.fd,
+            _ => panic!("not a call"),
+        }
+    }
+
+    fn ctl(op: CtlOp, epfd: i32, fd: i32, events: u32, data: u64) -> Event {
+        Event::new(
+            1,
+            10,
+            11,
+            EventKind::EpollCtl(EpollCtl {
+                op,
+                epfd,
+                fd,
+                events,
+                data,
+                ret: 0,
+            }),
+        )
+    }
+
+    fn wait(epfd: i32, data: u64) -> Event {
+        Event::new(
+            1,
+            10,
+            11,
+            EventKind::EpollWait(EpollWait {
+                syscall: EpollSyscall::EpollWait,
+                epfd,
+                maxevents: 8,
+                timeout_ns: Some(0),
+                start_ns: 0,
+                duration_ns: 1,
+                ret: 1,
+                ready: vec![ReadyFd {
+                    events: 4,
+                    data,
+                    fd: None,
+                    interest: None,
+                }],
+            }),
+        )
+    }
+
+    fn ready(ev: &Event) -> (Option<i32>, Option<u32>) {
+        match &ev.kind {
+            EventKind::EpollWait(w) => (w.ready[0].fd, w.ready[0].interest),
+            _ => panic!("not a wait"),
+        }
+    }
+
+    #[test]
+    fn ssl_fd_is_remembered_and_dropped_on_close_and_free() {
+        let mut t = Tracker::new();
+        t.process(&mut call(0xa, Some(7)));
+        let mut later = call(0xa, None);
+        t.process(&mut later);
+        assert_eq!(call_fd(&later), Some(7));
+
+        t.process(&mut Event::new(2, 10, 11, EventKind::Close { fd: 7, ret: 0 }));
+        let mut after_close = call(0xa, None);
+        t.process(&mut after_close);
+        assert_eq!(call_fd(&after_close), None);
+
+        t.process(&mut call(0xb, Some(8)));
+        t.process(&mut Event::new(3, 10, 11, EventKind::SslFree { ssl: 0xb }));
+        let mut after_free = call(0xb, None);
+        t.process(&mut after_free);
+        assert_eq!(call_fd(&after_free), None);
+    }
+
+    #[test]
+    fn fd_reused_by_a_new_ssl_moves_the_mapping() {
+        let mut t = Tracker::new();
+        t.process(&mut call(0xa, Some(7)));
+        t.process(&mut call(0xb, Some(7)));
+        assert_eq!(t.fd_of(10, 0xa), None);
+        assert_eq!(t.fd_of(10, 0xb), Some(7));
+    }
+
+    #[test]
+    fn epoll_data_pointer_maps_back_to_fd_and_interest() {
+        let mut t = Tracker::new();
+        let data = 0x7f00_dead_beef;
+        t.process(&mut ctl(CtlOp::Add, 3, 9, 0x1 | 0x4, data));
+        let mut w = wait(3, data);
+        t.process(&mut w);
+        assert_eq!(ready(&w), (Some(9), Some(0x5)));
+
+        t.process(&mut ctl(CtlOp::Mod, 3, 9, 0x1, data));
+        let mut w = wait(3, data);
+        t.process(&mut w);
+        assert_eq!(ready(&w), (Some(9), Some(0x1)));
+
+        t.process(&mut ctl(CtlOp::Del, 3, 9, 0, 0));
+        let mut w = wait(3, data);
+        t.process(&mut w);
+        assert_eq!(ready(&w), (None, None));
+    }
+
+    #[test]
+    fn unknown_epfd_is_requested_once_for_seeding() {
+        let mut t = Tracker::new();
+        t.process(&mut wait(3, 1));
+        t.process(&mut wait(3, 1));
+        assert_eq!(t.take_pending_seeds(), vec![(10, 3)]);
+        assert!(t.take_pending_seeds().is_empty());
+        t.process(&mut ctl(CtlOp::Fdinfo, 3, 5, 0x1, 1));
+        let mut w = wait(3, 1);
+        t.process(&mut w);
+        assert_eq!(ready(&w), (Some(5), Some(1)));
+    }
+
+    #[test]
+    fn closing_an_fd_drops_its_registration() {
+        let mut t = Tracker::new();
+        t.process(&mut ctl(CtlOp::Add, 3, 9, 1, 9));
+        t.process(&mut Event::new(2, 10, 11, EventKind::Close { fd: 9, ret: 0 }));
+        let mut w = wait(3, 9);
+        t.process(&mut w);
+        assert_eq!(ready(&w), (None, None));
+    }
+
+    #[test]
+    fn fdinfo_lines_parse() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+            tfd:        5 events:       19 data:                5  pos:0 ino:3f1 sdev:8\n\
+            tfd:       12 events: 80000005 data:     7f3a2c001234  pos:0 ino:3f2 sdev:8\n";
+        assert_eq!(
+            parse_epoll_fdinfo(text),
+            vec![(5, 0x19, 5), (12, 0x8000_0005, 0x7f3a_2c00_1234)]
+        );
+    }
+}

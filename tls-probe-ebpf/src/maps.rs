@@ -1,0 +1,36 @@
+//! Every map the programs use, with the reason for its size.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tls_probe_common::counter;
+
+use crate::state::{GetErrorArgs, Inflight, SyscallArgs};
+
+/// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
+/// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
+/// stalls. A reserve failure is counted in `COUNTERS[LOST_RINGBUF]`, never silent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// tgid -> flags (`target_flag`). Userspace fills it; every program filters on it first.
+/// 4096 traced processes is far more than anyone attaches to.
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// tid -> the SSL call the thread is inside. One entry per thread at most.
+#[map]
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// tid -> arguments of the epoll syscall the thread is inside (a thread is in one syscall at a time).
+#[map]
+pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// tid -> arguments of the SSL_get_error call the thread is inside.
+#[map]
+pub static GETERR_ARGS: HashMap<u32, GetErrorArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Counters that userspace sums over CPUs (see `tls_probe_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

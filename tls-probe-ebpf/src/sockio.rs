@@ -1,0 +1,65 @@
+//! Socket syscalls made inside an SSL call: they tell which fd the SSL* uses.
+//!
+//! These tracepoints fire for every process on the machine, so they do one map lookup
+//! keyed by tid: only threads inside a probed SSL call have an `INFLIGHT` entry.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use tls_probe_common::sys;
+
+use crate::maps::INFLIGHT;
+
+/// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
+const ARG0: usize = 16;
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    // SAFETY: reading the syscall's first argument from the tracepoint record.
+    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as i64;
+    // SAFETY: this thread's own entry.
+    let cur = unsafe { &mut *cur };
+    cur.fd = fd as i32;
+    cur.sys_calls += 1;
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    // SAFETY: reading `ret` from the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
+    // SAFETY: this thread's own entry.
+    let cur = unsafe { &mut *cur };
+    cur.sys_last_ret = ret;
+    cur.sys_last_kind = kind;
+    0
+}
+
+macro_rules! sock_tracepoints {
+    ($($enter:ident, $exit:ident => $kind:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx)
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx, $kind)
+        }
+    )*};
+}
+
+sock_tracepoints! {
+    sys_enter_read, sys_exit_read => sys::READ;
+    sys_enter_write, sys_exit_write => sys::WRITE;
+    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ;
+    sys_enter_sendto, sys_exit_sendto => sys::WRITE;
+    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ;
+    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE;
+    sys_enter_readv, sys_exit_readv => sys::READ;
+    sys_enter_writev, sys_exit_writev => sys::WRITE;
+}

@@ -1,0 +1,180 @@
+//! Uprobes on libssl: the I/O and handshake calls, SSL_get_error and SSL_free.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tls_probe_common::{SslCallEvent, SslErrorEvent, SslFreeEvent, counter, kind, op};
+
+use crate::{
+    maps::{EVENTS, GETERR_ARGS, INFLIGHT},
+    state::{GetErrorArgs, Inflight},
+    util::{bump, header, lost, now, target},
+};
+
+/// Entry of any SSL I/O or handshake call: remember the arguments for the return probe.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, op: u32) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((_, tid)) = target() else { return 0 };
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    if let Some(cur) = INFLIGHT.get_ptr_mut(&tid) {
+        // SAFETY: the pointer is to this thread's own entry.
+        let cur = unsafe { &mut *cur };
+        if cur.ssl == ssl {
+            // A call nested in the outer one (SSL_accept -> SSL_do_handshake): the outer
+            // call is the one the application made.
+            cur.depth += 1;
+            return 0;
+        }
+        // Otherwise the entry is stale (its return was never seen): start afresh.
+    }
+    let is_io = op != op::SSL_DO_HANDSHAKE && op != op::SSL_ACCEPT && op != op::SSL_CONNECT;
+    let is_ex = op == op::SSL_READ_EX || op == op::SSL_WRITE_EX || op == op::SSL_PEEK_EX;
+    let state = Inflight {
+        ssl,
+        buf: if is_io { ctx.arg(1).unwrap_or(0) } else { 0 },
+        len: if is_io { ctx.arg(2).unwrap_or(0) } else { 0 },
+        out_ptr: if is_ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        start_ns: now(),
+        sys_last_ret: 0,
+        op,
+        depth: 1,
+        fd: -1,
+        sys_calls: 0,
+        sys_last_kind: 0,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(&tid, &state, 0).is_err() {
+        bump(counter::LOST_INFLIGHT);
+    }
+    0
+}
+
+/// Return of any SSL I/O or handshake call: emit one record.
+#[inline(always)]
+fn exit(ctx: &RetProbeContext) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((tgid, tid)) = target() else { return 0 };
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    // SAFETY: the pointer is to this thread's own entry.
+    let cur = unsafe { &mut *cur };
+    if cur.depth > 1 {
+        cur.depth -= 1;
+        return 0;
+    }
+    let st = *cur;
+    let _ = INFLIGHT.remove(&tid);
+
+    let ts = now();
+    // The return is `int` in every probed function: sign-extend the low 32 bits.
+    let ret_raw: u64 = ctx.ret();
+    let ret = ret_raw as u32 as i32 as i64;
+    let bytes = if st.out_ptr != 0 {
+        if ret == 1 {
+            // SAFETY: a size_t the caller passed for the count; only the count is read.
+            unsafe { bpf_probe_read_user(st.out_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        }
+    } else if ret > 0 && st.op != op::SSL_DO_HANDSHAKE && st.op != op::SSL_ACCEPT && st.op != op::SSL_CONNECT {
+        ret as u64
+    } else {
+        0
+    };
+    let ev = SslCallEvent {
+        hdr: header(kind::SSL_CALL, tgid, tid, ts),
+        ssl: st.ssl,
+        buf: st.buf,
+        len: st.len,
+        ret,
+        bytes,
+        start_ns: st.start_ns,
+        duration_ns: ts - st.start_ns,
+        sys_last_ret: st.sys_last_ret,
+        fd: st.fd,
+        op: st.op,
+        sys_calls: st.sys_calls,
+        sys_last_kind: st.sys_last_kind,
+    };
+    if EVENTS.output::<SslCallEvent>(&ev, 0).is_err() {
+        lost();
+    }
+    0
+}
+
+macro_rules! ssl_call_probes {
+    ($($enter:ident, $exit:ident => $op:expr;)*) => {$(
+        #[uprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            enter(&ctx, $op)
+        }
+
+        #[uretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            exit(&ctx)
+        }
+    )*};
+}
+
+ssl_call_probes! {
+    ssl_read_enter, ssl_read_exit => op::SSL_READ;
+    ssl_read_ex_enter, ssl_read_ex_exit => op::SSL_READ_EX;
+    ssl_write_enter, ssl_write_exit => op::SSL_WRITE;
+    ssl_write_ex_enter, ssl_write_ex_exit => op::SSL_WRITE_EX;
+    ssl_do_handshake_enter, ssl_do_handshake_exit => op::SSL_DO_HANDSHAKE;
+    ssl_accept_enter, ssl_accept_exit => op::SSL_ACCEPT;
+    ssl_connect_enter, ssl_connect_exit => op::SSL_CONNECT;
+    ssl_peek_enter, ssl_peek_exit => op::SSL_PEEK;
+    ssl_peek_ex_enter, ssl_peek_ex_exit => op::SSL_PEEK_EX;
+}
+
+#[uprobe]
+pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((_, tid)) = target() else { return 0 };
+    let args = GetErrorArgs {
+        ssl: ctx.arg(0).unwrap_or(0),
+        ret: ctx.arg::<u64>(1).unwrap_or(0) as u32 as i32 as i64,
+    };
+    if GETERR_ARGS.insert(&tid, &args, 0).is_err() {
+        bump(counter::LOST_INFLIGHT);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((tgid, tid)) = target() else { return 0 };
+    // SAFETY: copied out at once.
+    let Some(args) = (unsafe { GETERR_ARGS.get(&tid) }).copied() else { return 0 };
+    let _ = GETERR_ARGS.remove(&tid);
+    let code: u64 = ctx.ret();
+    let ev = SslErrorEvent {
+        hdr: header(kind::SSL_ERROR, tgid, tid, now()),
+        ssl: args.ssl,
+        ret_arg: args.ret,
+        code: code as u32 as i32,
+        _pad: 0,
+    };
+    if EVENTS.output::<SslErrorEvent>(&ev, 0).is_err() {
+        lost();
+    }
+    0
+}
+
+#[uprobe]
+pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((tgid, tid)) = target() else { return 0 };
+    let ev = SslFreeEvent {
+        hdr: header(kind::SSL_FREE, tgid, tid, now()),
+        ssl: ctx.arg(0).unwrap_or(0),
+    };
+    if EVENTS.output::<SslFreeEvent>(&ev, 0).is_err() {
+        lost();
+    }
+    0
+}

@@ -1,0 +1,34 @@
+//! Per-thread scratch state kept between a probe's entry and its return.
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub ssl: u64,
+    pub buf: u64,
+    pub len: u64,
+    /// `size_t *readbytes` / `*written` of the `_ex` calls, 0 otherwise.
+    pub out_ptr: u64,
+    pub start_ns: u64,
+    pub sys_last_ret: i64,
+    pub op: u32,
+    /// Calls nested inside this one on the same thread (SSL_accept -> SSL_do_handshake).
+    pub depth: u32,
+    pub fd: i32,
+    pub sys_calls: u32,
+    pub sys_last_kind: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    pub start_ns: u64,
+    pub args: [u64; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GetErrorArgs {
+    pub ssl: u64,
+    pub ret: i64,
+}

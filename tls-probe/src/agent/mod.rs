@@ -1,0 +1,7 @@
+//! The live agent: attach to targets, pump events from the ring buffer through the
+//! tracker and the engine, and write the sinks until told to stop.
+
+pub mod proc;
+mod session;
+
+pub use session::{AgentConfig, Session, StopReason, Summary, Target};

@@ -1,0 +1,143 @@
+//! What the agent reads from /proc about its targets: epoll registrations that predate
+//! attach, thread CPU time, and liveness.
+
+use std::{fs, path::Path};
+
+use crate::{
+    event::{CtlOp, EpollCtl, Event, EventKind},
+    track::parse_epoll_fdinfo,
+};
+
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64);
+    ts.unwrap_or(0)
+}
+
+/// Unix time now, in ns.
+pub fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie has no maps left to probe; treat it as gone.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The epoll fds of `pid`.
+pub fn epoll_fds(pid: u32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let link = fs::read_link(e.path()).ok()?;
+        (link == Path::new("anon_inode:[eventpoll]"))
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+    .collect()
+}
+
+/// The registrations of one epoll instance, as `Fdinfo` events.
+pub fn epoll_registrations(pid: u32, epfd: i32, ts_ns: u64) -> Vec<Event> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
+        return Vec::new();
+    };
+    parse_epoll_fdinfo(&text)
+        .into_iter()
+        .map(|(fd, events, data)| {
+            Event::new(
+                ts_ns,
+                pid,
+                0,
+                EventKind::EpollCtl(EpollCtl {
+                    op: CtlOp::Fdinfo,
+                    epfd,
+                    fd,
+                    events,
+                    data,
+                    ret: 0,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of every thread of `pid`, as `ThreadCpu` events.
+pub fn thread_cpu(pid: u32, ts_ns: u64) -> Vec<Event> {
+    let tick_ns = 1_000_000_000 / procfs_ticks();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        // Fields after "comm)": state is field 3; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Event::new(
+            ts_ns,
+            pid,
+            tid,
+            EventKind::ThreadCpu {
+                cpu_ns: (utime + stime) * tick_ns,
+            },
+        ))
+    })
+    .collect()
+}
+
+fn procfs_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_threads_have_cpu_time_and_we_are_alive() {
+        let pid = std::process::id();
+        assert!(alive(pid));
+        assert!(!alive(u32::MAX - 1));
+        let evs = thread_cpu(pid, 1);
+        assert!(!evs.is_empty());
+        assert!(evs.iter().any(|e| e.tid == pid));
+    }
+
+    #[test]
+    fn epoll_registrations_are_read_from_fdinfo() {
+        let ep = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::empty()).unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        ep.add(
+            &a,
+            nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, 0xabcdef),
+        )
+        .unwrap();
+        let pid = std::process::id();
+        use std::os::fd::AsRawFd;
+        let epfd = ep.0.as_raw_fd();
+        assert!(epoll_fds(pid).contains(&epfd));
+        let regs = epoll_registrations(pid, epfd, 5);
+        assert_eq!(regs.len(), 1);
+        let EventKind::EpollCtl(c) = &regs[0].kind else {
+            panic!()
+        };
+        assert_eq!((c.fd, c.data, c.events), (a.as_raw_fd(), 0xabcdef, 1));
+    }
+}

@@ -1,0 +1,191 @@
+//! Finding the TLS library a process uses.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSymbol};
+use thiserror::Error;
+
+/// Symbols tls-probe attaches to. The first one must exist for a file to count as a TLS library.
+pub const REQUIRED_SYMBOL: &str = "SSL_read";
+
+#[derive(Debug, Error)]
+pub enum DiscoverError {
+    #[error("no process with pid {0}: /proc/{0} does not exist; check the pid with `ps -p {0}`")]
+    NoProcess(u32),
+    #[error(
+        "pid {0} is a kernel thread (it has no memory map), so it runs no TLS library; pick a user-space process"
+    )]
+    KernelThread(u32),
+    #[error("cannot read /proc/{pid}/maps: {source}; run tls-probe as root (sudo)")]
+    Maps {
+        pid: u32,
+        source: std::io::Error,
+    },
+    #[error(
+        "no TLS library found in pid {pid} ({comm}): searched /proc/{pid}/maps for libssl.so*, and the executable {exe} for {REQUIRED_SYMBOL}; if the process loads OpenSSL some other way, pass --libssl PATH"
+    )]
+    NotFound { pid: u32, comm: String, exe: String },
+    #[error("--libssl {path}: {source}; pass the path of a libssl shared object or a binary that links OpenSSL statically")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--libssl {path}: not an ELF file with symbols ({reason}); pass a libssl shared object")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path} has no {REQUIRED_SYMBOL} symbol, so it is not an OpenSSL libssl; pass the libssl the process uses (see /proc/PID/maps)")]
+    NoSslSymbols { path: PathBuf },
+}
+
+/// A TLS library (or an executable with OpenSSL linked in) to attach to.
+#[derive(Clone, Debug)]
+pub struct TlsLibrary {
+    /// The path to open from tls-probe's mount namespace (through /proc/PID/root).
+    pub path: PathBuf,
+    /// The path as the target process sees it.
+    pub display_path: String,
+    /// "3", "1.1", ... from the soname, when it has one.
+    pub version: Option<String>,
+    /// The SSL_* symbols the file defines.
+    pub symbols: BTreeSet<String>,
+}
+
+impl TlsLibrary {
+    pub fn has(&self, symbol: &str) -> bool {
+        self.symbols.contains(symbol)
+    }
+}
+
+/// Reads the SSL_* function symbols a file defines.
+fn ssl_symbols(path: &Path) -> Result<BTreeSet<String>, DiscoverError> {
+    let data = fs::read(path).map_err(|source| DiscoverError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = object::File::parse(&*data).map_err(|e| DiscoverError::NotElf {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut out = BTreeSet::new();
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        if sym.is_definition()
+            && sym.kind() == object::SymbolKind::Text
+            && let Ok(name) = sym.name()
+            && name.starts_with("SSL_")
+        {
+            // Versioned dynamic names can carry "@@OPENSSL_3.0.0".
+            let name = name.split('@').next().unwrap_or(name);
+            out.insert(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a [`TlsLibrary`] for an explicit path (`--libssl`, or a path found in maps).
+pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, DiscoverError> {
+    let symbols = ssl_symbols(path)?;
+    if !symbols.contains(REQUIRED_SYMBOL) {
+        return Err(DiscoverError::NoSslSymbols {
+            path: path.to_owned(),
+        });
+    }
+    let version = Path::new(display_path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once(".so."))
+        .map(|(_, v)| v.to_owned());
+    Ok(TlsLibrary {
+        path: path.to_owned(),
+        display_path: display_path.to_owned(),
+        version,
+        symbols,
+    })
+}
+
+/// The command name of a process, for messages.
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Finds the TLS library mapped by `pid`, or OpenSSL linked into its executable.
+pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !proc_dir.exists() {
+        return Err(DiscoverError::NoProcess(pid));
+    }
+    let maps = fs::read_to_string(proc_dir.join("maps"))
+        .map_err(|source| DiscoverError::Maps { pid, source })?;
+    if maps.trim().is_empty() {
+        return Err(DiscoverError::KernelThread(pid));
+    }
+    let root = proc_dir.join("root");
+    let mut seen = BTreeSet::new();
+    for line in maps.lines() {
+        // address perms offset dev inode pathname
+        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        let Some(name) = Path::new(path).file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("libssl.so") && seen.insert(path.to_owned()) {
+            let host_path = root.join(path.trim_start_matches('/'));
+            if let Ok(lib) = library_at(&host_path, path) {
+                return Ok(lib);
+            }
+        }
+    }
+    let exe = fs::read_link(proc_dir.join("exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Ok(lib) = library_at(&proc_dir.join("exe"), &exe) {
+        return Ok(lib);
+    }
+    Err(DiscoverError::NotFound {
+        pid,
+        comm: comm(pid),
+        exe,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_pid_is_a_clear_error() {
+        let err = find_tls_library(u32::MAX - 1).unwrap_err();
+        assert!(matches!(err, DiscoverError::NoProcess(_)), "{err}");
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn kernel_thread_is_refused() {
+        // kthreadd is pid 2 on every Linux system.
+        let err = find_tls_library(2).unwrap_err();
+        assert!(matches!(err, DiscoverError::KernelThread(2)), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_ssl_symbols_is_refused() {
+        let err = library_at(Path::new("/bin/true"), "/bin/true").unwrap_err();
+        assert!(matches!(err, DiscoverError::NoSslSymbols { .. }), "{err}");
+        let err = library_at(Path::new("/nonexistent/libssl.so"), "x").unwrap_err();
+        assert!(matches!(err, DiscoverError::Unreadable { .. }), "{err}");
+        let err = library_at(Path::new("/etc/hostname"), "x").unwrap_err();
+        assert!(matches!(err, DiscoverError::NotElf { .. }), "{err}");
+    }
+
+    #[test]
+    fn system_libssl_has_the_probed_symbols() {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let lib = library_at(path, "/usr/lib/x86_64-linux-gnu/libssl.so.3").unwrap();
+        assert_eq!(lib.version.as_deref(), Some("3"));
+        for s in ["SSL_read", "SSL_read_ex", "SSL_write_ex", "SSL_get_error", "SSL_free"] {
+            assert!(lib.has(s), "{s} missing");
+        }
+    }
+}

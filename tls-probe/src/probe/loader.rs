@@ -1,0 +1,306 @@
+//! Loading the eBPF object, attaching its programs to targets, and reading counters.
+//!
+//! The programs are loaded once. Tracepoints are attached once (they filter on the
+//! `TARGETS` map). Uprobes are attached per target process with a one-process scope, so
+//! they never trap in other processes. The hot-path uprobes (per-call SSL_read/SSL_write
+//! and SSL_get_error) can be attached and detached while running, without reloading,
+//! because an attached uprobe costs a trap on every call even when its program returns
+//! at once.
+
+use std::{collections::HashMap, num::NonZeroU32};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
+};
+use tls_probe_common::{counter, target_flag};
+
+use super::TlsLibrary;
+
+/// The embedded eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls-probe"));
+
+/// (program, symbol) pairs attached on every call: the hot path.
+pub const HOT_UPROBES: &[(&str, &str)] = &[
+    ("ssl_read_enter", "SSL_read"),
+    ("ssl_read_exit", "SSL_read"),
+    ("ssl_read_ex_enter", "SSL_read_ex"),
+    ("ssl_read_ex_exit", "SSL_read_ex"),
+    ("ssl_write_enter", "SSL_write"),
+    ("ssl_write_exit", "SSL_write"),
+    ("ssl_write_ex_enter", "SSL_write_ex"),
+    ("ssl_write_ex_exit", "SSL_write_ex"),
+    ("ssl_peek_enter", "SSL_peek"),
+    ("ssl_peek_exit", "SSL_peek"),
+    ("ssl_peek_ex_enter", "SSL_peek_ex"),
+    ("ssl_peek_ex_exit", "SSL_peek_ex"),
+    ("ssl_get_error_enter", "SSL_get_error"),
+    ("ssl_get_error_exit", "SSL_get_error"),
+];
+
+/// (program, symbol) pairs that fire about once per connection: always on.
+pub const COLD_UPROBES: &[(&str, &str)] = &[
+    ("ssl_do_handshake_enter", "SSL_do_handshake"),
+    ("ssl_do_handshake_exit", "SSL_do_handshake"),
+    ("ssl_accept_enter", "SSL_accept"),
+    ("ssl_accept_exit", "SSL_accept"),
+    ("ssl_connect_enter", "SSL_connect"),
+    ("ssl_connect_exit", "SSL_connect"),
+    ("ssl_free_enter", "SSL_free"),
+];
+
+/// Syscall tracepoints: (program == event name) in the `syscalls` category.
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_epoll_wait",
+    "sys_exit_epoll_wait",
+    "sys_enter_epoll_pwait",
+    "sys_exit_epoll_pwait",
+    "sys_enter_epoll_pwait2",
+    "sys_exit_epoll_pwait2",
+    "sys_enter_epoll_ctl",
+    "sys_exit_epoll_ctl",
+    "sys_enter_close",
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+];
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lost_ringbuf: u64,
+    pub lost_inflight: u64,
+    pub uprobe_hits: u64,
+    pub tracepoint_hits: u64,
+}
+
+/// One attached target process.
+struct Target {
+    lib: TlsLibrary,
+    cold: Vec<(&'static str, UProbeLinkId)>,
+    hot: Vec<(&'static str, UProbeLinkId)>,
+    /// Symbols the library lacks, skipped.
+    missing: Vec<&'static str>,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    targets: HashMap<u32, Target>,
+}
+
+impl Probes {
+    /// Loads every program into the kernel and attaches the syscall tracepoints.
+    pub fn load() -> Result<Self> {
+        ensure_tracefs()?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
+            anyhow!(
+                "loading the eBPF programs failed: {e}; tls-probe needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and uprobes"
+            )
+        })?;
+        for (name, _) in HOT_UPROBES.iter().chain(COLD_UPROBES) {
+            let prog: &mut UProbe = program(&mut ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("loading eBPF program {name}"))?;
+        }
+        for name in TRACEPOINTS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("loading eBPF program {name}"))?;
+            prog.attach("syscalls", name)
+                .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            targets: HashMap::new(),
+        })
+    }
+
+    /// Takes the ring buffer the programs write events to. Call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("the eBPF object has no EVENTS map"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Starts tracing `pid` through `lib`: adds it to the target filter and attaches the
+    /// uprobes (the hot ones only when `hot`). Missing optional symbols are skipped.
+    pub fn attach(&mut self, pid: u32, lib: TlsLibrary, hot: bool) -> Result<()> {
+        if self.targets.contains_key(&pid) {
+            return Ok(());
+        }
+        let mut targets: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .ok_or_else(|| anyhow!("the eBPF object has no TARGETS map"))?,
+        )?;
+        targets
+            .insert(pid, target_flag::TRACED, 0)
+            .with_context(|| format!("adding pid {pid} to the target map"))?;
+        let mut target = Target {
+            lib,
+            cold: Vec::new(),
+            hot: Vec::new(),
+            missing: Vec::new(),
+        };
+        let links = attach_uprobes(&mut self.ebpf, pid, &target.lib, COLD_UPROBES, &mut target.missing)?;
+        target.cold = links;
+        if !target.lib.has("SSL_read") {
+            bail!("{} has no SSL_read", target.lib.display_path);
+        }
+        self.targets.insert(pid, target);
+        if hot {
+            self.set_hot(pid, true)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches or detaches the per-call uprobes of `pid`, without reloading anything.
+    pub fn set_hot(&mut self, pid: u32, on: bool) -> Result<()> {
+        let Some(target) = self.targets.get_mut(&pid) else {
+            bail!("pid {pid} is not attached")
+        };
+        if on && target.hot.is_empty() {
+            let mut missing = Vec::new();
+            target.hot = attach_uprobes(&mut self.ebpf, pid, &target.lib, HOT_UPROBES, &mut missing)?;
+            for m in missing {
+                if !target.missing.contains(&m) {
+                    target.missing.push(m);
+                }
+            }
+        } else if !on {
+            for (name, link) in target.hot.drain(..) {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.detach(link)
+                    .with_context(|| format!("detaching {name} from pid {pid}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the per-call uprobes of `pid` are attached.
+    pub fn is_hot(&self, pid: u32) -> bool {
+        self.targets.get(&pid).is_some_and(|t| !t.hot.is_empty())
+    }
+
+    /// Symbols skipped for `pid` because its library lacks them.
+    pub fn missing_symbols(&self, pid: u32) -> &[&'static str] {
+        self.targets.get(&pid).map_or(&[], |t| &t.missing)
+    }
+
+    /// Stops tracing `pid` (e.g. after it exited). Detach errors of a dead process are ignored.
+    pub fn detach(&mut self, pid: u32) {
+        let Some(mut target) = self.targets.remove(&pid) else { return };
+        for (name, link) in target.hot.drain(..).chain(target.cold.drain(..)) {
+            if let Ok(prog) = program::<UProbe>(&mut self.ebpf, name) {
+                let _ = prog.detach(link);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("TARGETS")
+            && let Ok(mut targets) = BpfHashMap::<_, u32, u32>::try_from(map)
+        {
+            let _ = targets.remove(&pid);
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.targets.keys().copied().collect()
+    }
+
+    /// Reads the kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or_else(|| anyhow!("the eBPF object has no COUNTERS map"))?;
+        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let sum = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
+        Ok(Counters {
+            lost_ringbuf: sum(counter::LOST_RINGBUF)?,
+            lost_inflight: sum(counter::LOST_INFLIGHT)?,
+            uprobe_hits: sum(counter::UPROBE_HITS)?,
+            tracepoint_hits: sum(counter::TRACEPOINT_HITS)?,
+        })
+    }
+}
+
+/// Syscall tracepoints need tracefs; mount it when the machine has not (as root we can).
+fn ensure_tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    let events = std::path::Path::new(TRACEFS).join("events/syscalls");
+    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events/syscalls").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "tracefs is not mounted and mounting it on {TRACEFS} failed ({e}); mount it with `sudo mount -t tracefs nodev {TRACEFS}` and run tls-probe as root"
+        )
+    })?;
+    if !events.exists() {
+        bail!(
+            "this kernel has no syscall tracepoints ({} is missing); tls-probe needs CONFIG_FTRACE_SYSCALLS",
+            events.display()
+        );
+    }
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    Ok(prog.try_into()?)
+}
+
+fn attach_uprobes(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    lib: &TlsLibrary,
+    set: &[(&'static str, &'static str)],
+    missing: &mut Vec<&'static str>,
+) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    let scope = UProbeScope::OneProcess(
+        NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be a target"))?,
+    );
+    let mut links = Vec::new();
+    for &(name, symbol) in set {
+        if !lib.has(symbol) {
+            if !missing.contains(&symbol) {
+                missing.push(symbol);
+            }
+            continue;
+        }
+        let prog: &mut UProbe = program(ebpf, name)?;
+        let link = prog
+            .attach(symbol, &lib.path, scope)
+            .with_context(|| format!("attaching {name} to {symbol} in {} for pid {pid}", lib.display_path))?;
+        links.push((name, link));
+    }
+    Ok(links)
+}
