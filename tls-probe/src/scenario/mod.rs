@@ -1,14 +1,170 @@
-//! Scenario workloads: real OpenSSL programs that reproduce each pathology.
+//! Scenario workloads: small real OpenSSL programs that each reproduce one TLS event-loop
+//! pathology, or behave well on purpose. They are the ground truth for the detectors.
+//!
+//! Each links the system libssl dynamically, generates a self-signed RSA-2048 identity
+//! at startup, runs its own epoll loop(s) with its own TLS peer on 127.0.0.1 in the same
+//! process, stops by itself after `--duration`, and speaks the stdout contract in
+//! `report.rs`: one `READY {json}` line once its threads and connections exist, one
+//! `DONE {json}` line with its counts at the end. With `--wait-stdin` it waits for a
+//! line (or EOF) on stdin between the two, before starting the load, so that a profiler
+//! can attach first.
+
+mod concurrent;
+mod conn;
+mod echo;
+mod healthy;
+pub mod report;
+mod runner;
+mod spin;
+mod storm;
+mod sys;
+mod tls;
+mod write_retry;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::ValueEnum;
+
+use self::runner::Runner;
+
+/// The scenarios, by the name given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioName {
+    /// Correct non-blocking echo client and server: load for half the run, then idle.
+    Healthy,
+    /// EPOLLOUT left armed while SSL_read says WANT_READ: epoll_wait never sleeps.
+    SpinLoop,
+    /// epoll_wait with a zero timeout in a tight loop on an idle TLS connection.
+    BusyPoll,
+    /// SSL_write retried with a different buffer after WANT_WRITE; reconnect, repeat.
+    BadWriteRetry,
+    /// A flood of full RSA-2048 handshakes on a single-threaded epoll server.
+    HandshakeStorm,
+    /// The same flood with session caching and tickets: most handshakes resume.
+    ResumedHandshakes,
+    /// SSL_read and SSL_write on the same SSL* from two threads at once.
+    ConcurrentSsl,
+}
+
+impl ScenarioName {
+    pub const ALL: [ScenarioName; 7] = [
+        Self::Healthy,
+        Self::SpinLoop,
+        Self::BusyPoll,
+        Self::BadWriteRetry,
+        Self::HandshakeStorm,
+        Self::ResumedHandshakes,
+        Self::ConcurrentSsl,
+    ];
+
+    /// The command-line name, e.g. "spin-loop".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::SpinLoop => "spin-loop",
+            Self::BusyPoll => "busy-poll",
+            Self::BadWriteRetry => "bad-write-retry",
+            Self::HandshakeStorm => "handshake-storm",
+            Self::ResumedHandshakes => "resumed-handshakes",
+            Self::ConcurrentSsl => "concurrent-ssl",
+        }
+    }
+}
+
+impl std::fmt::Display for ScenarioName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ScenarioName {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|n| n.as_str()).collect();
+            anyhow::anyhow!("unknown scenario {s:?}; valid names: {}", names.join(", "))
+        })
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ScenarioArgs {
     /// Which scenario to run.
-    pub name: String,
-    /// Stop after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(value_enum)]
+    pub name: ScenarioName,
+    /// Stop after this many seconds of load (counted from the start, after READY).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration: f64,
+    /// After printing READY, wait for a line (or EOF) on stdin before starting the load.
+    #[arg(long)]
+    pub wait_stdin: bool,
 }
 
-pub fn run(_args: &ScenarioArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not yet")
+pub fn run(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let duration = Duration::try_from_secs_f64(args.duration)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--duration must be a positive number of seconds, got {}", args.duration))?;
+    let mut runner = Runner::new(args.name.as_str(), duration, args.wait_stdin);
+    match args.name {
+        ScenarioName::Healthy => healthy::run(&mut runner),
+        ScenarioName::SpinLoop => spin::run(&mut runner, spin::Flavor::SpinLoop),
+        ScenarioName::BusyPoll => spin::run(&mut runner, spin::Flavor::BusyPoll),
+        ScenarioName::BadWriteRetry => write_retry::run(&mut runner),
+        ScenarioName::HandshakeStorm => storm::run(&mut runner, storm::Resumption::Never),
+        ScenarioName::ResumedHandshakes => storm::run(&mut runner, storm::Resumption::Reuse),
+        ScenarioName::ConcurrentSsl => concurrent::run(&mut runner),
+    }
+    .map_err(|e| e.context(format!("setting up scenario {} failed", args.name)))?;
+    runner.run().map_err(|e| e.context(format!("scenario {} failed", args.name)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ScenarioArgs,
+    }
+
+    #[test]
+    fn names_round_trip_through_clap_and_from_str() {
+        for name in ScenarioName::ALL {
+            let cli = Cli::try_parse_from(["x", name.as_str()]).expect("parse");
+            assert_eq!(cli.args.name, name);
+            assert_eq!(name.as_str().parse::<ScenarioName>().expect("from_str"), name);
+            assert_eq!(name.to_possible_value().expect("value").get_name(), name.as_str());
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_the_valid_ones() {
+        let err = "spinloop".parse::<ScenarioName>().expect_err("unknown");
+        assert!(err.to_string().contains("spin-loop, busy-poll"), "{err}");
+        let err = Cli::try_parse_from(["x", "nope"]).err().expect("clap error").to_string();
+        assert!(err.contains("handshake-storm") && err.contains("concurrent-ssl"), "{err}");
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from(["x", "busy-poll", "--duration", "2.5", "--wait-stdin"]).expect("parse");
+        assert_eq!(cli.args.duration, 2.5);
+        assert!(cli.args.wait_stdin);
+        let cli = Cli::try_parse_from(["x", "healthy"]).expect("parse");
+        assert_eq!(cli.args.duration, 10.0);
+        assert!(!cli.args.wait_stdin);
+    }
+
+    #[test]
+    fn bad_duration_is_a_clear_error() {
+        let args = ScenarioArgs { name: ScenarioName::Healthy, duration: -1.0, wait_stdin: false };
+        let err = run(&args).expect_err("negative");
+        assert!(err.to_string().contains("--duration"), "{err}");
+    }
 }
