@@ -1,0 +1,244 @@
+//! Metrics as of now, per process, thread and connection, in the form every sink reads.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    epoll_bits,
+    state::{Conn, ConnKey, State, Thread, ThreadKey},
+};
+use crate::event::{SslErrorCode, SslOp};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub now_ns: u64,
+    pub processes: Vec<ProcessSnapshot>,
+    pub threads: Vec<ThreadSnapshot>,
+    pub connections: Vec<ConnSnapshot>,
+    pub open_findings: usize,
+    pub evicted_connections_total: u64,
+    pub evicted_threads_total: u64,
+    /// SSL_get_error answers that matched no failing call.
+    pub unmatched_ssl_errors_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSnapshot {
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub threads: usize,
+    pub connections_open: usize,
+    pub connections_total: u64,
+    pub connections_freed_total: u64,
+    pub ssl_calls_total: u64,
+    pub read_bytes_total: u64,
+    pub written_bytes_total: u64,
+    pub want_read_total: u64,
+    pub want_write_total: u64,
+    pub failed_total: u64,
+    pub handshakes_total: u64,
+    pub wakeups_total: u64,
+    pub wakeups_no_progress_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadSnapshot {
+    pub pid: u32,
+    pub tid: u32,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// CPU use between the last two samples, in percent of one core.
+    pub cpu_pct: Option<f64>,
+    pub wakeups_per_sec: f64,
+    pub wakeups_no_progress_per_sec: f64,
+    pub ssl_calls_per_sec: f64,
+    pub wakeups_total: u64,
+    pub wakeups_no_progress_total: u64,
+    pub immediate_wakeups_total: u64,
+    pub ssl_calls_total: u64,
+    /// The wait that started the current iteration; None for a thread not seen in epoll.
+    pub last_wait: Option<WaitSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaitSnapshot {
+    pub returned_ns: u64,
+    /// None means "block forever".
+    pub timeout_ns: Option<i64>,
+    pub blocked_ns: u64,
+    pub ret: i64,
+    pub ready: Vec<ReadySnapshot>,
+    /// SSL calls made since the wait returned, and whether any made progress.
+    pub ssl_calls: u32,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadySnapshot {
+    pub fd: Option<i32>,
+    pub events: String,
+    pub interest: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnSnapshot {
+    pub pid: u32,
+    pub ssl: u64,
+    pub fd: Option<i32>,
+    /// The fd was closed; the SSL* has not been freed yet.
+    pub closed: bool,
+    pub peer: Option<String>,
+    /// The thread of the last call.
+    pub tid: u32,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub read_bytes_total: u64,
+    pub written_bytes_total: u64,
+    pub want_read_total: u64,
+    pub want_write_total: u64,
+    pub last_want: Option<SslErrorCode>,
+    pub handshake_done: bool,
+    /// Per op, only the ops called.
+    pub ops: Vec<OpSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpSnapshot {
+    pub op: SslOp,
+    pub calls_total: u64,
+    pub progress_total: u64,
+    pub want_read_total: u64,
+    pub want_write_total: u64,
+    pub want_other_total: u64,
+    pub failed_total: u64,
+    pub transferred_bytes_total: u64,
+}
+
+pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
+    let mut pids: Vec<u32> = state.procs.keys().copied().collect();
+    pids.sort_unstable();
+    let processes = pids
+        .iter()
+        .map(|&pid| {
+            let p = &state.procs[&pid];
+            ProcessSnapshot {
+                pid,
+                comm: state.comm(pid).map(str::to_owned),
+                first_seen_ns: p.first_seen_ns,
+                last_seen_ns: p.last_seen_ns,
+                threads: state.threads.keys().filter(|k| k.0 == pid).count(),
+                connections_open: state.conns.keys().filter(|k| k.0 == pid).count(),
+                connections_total: p.connections_total,
+                connections_freed_total: p.connections_freed_total,
+                ssl_calls_total: p.ssl_calls_total,
+                read_bytes_total: p.bytes_read_total,
+                written_bytes_total: p.bytes_written_total,
+                want_read_total: p.want_read_total,
+                want_write_total: p.want_write_total,
+                failed_total: p.failed_total,
+                handshakes_total: p.handshakes_total,
+                wakeups_total: p.wakeups_total,
+                wakeups_no_progress_total: p.wakeups_no_progress_total,
+            }
+        })
+        .collect();
+
+    let mut tkeys: Vec<ThreadKey> = state.threads.keys().copied().collect();
+    tkeys.sort_unstable();
+    let threads = tkeys
+        .iter()
+        .map(|&k| thread(k, &state.threads[&k], now))
+        .collect();
+
+    let mut ckeys: Vec<ConnKey> = state.conns.keys().copied().collect();
+    ckeys.sort_unstable();
+    let connections = ckeys
+        .iter()
+        .map(|&k| conn(state, k, &state.conns[&k]))
+        .collect();
+
+    Snapshot {
+        now_ns: now,
+        processes,
+        threads,
+        connections,
+        open_findings,
+        evicted_connections_total: state.evicted_connections_total,
+        evicted_threads_total: state.evicted_threads_total,
+        unmatched_ssl_errors_total: state.unmatched_ssl_errors_total,
+    }
+}
+
+fn thread((pid, tid): ThreadKey, t: &Thread, now: u64) -> ThreadSnapshot {
+    let s = t.window.summary(now, |_| true).total;
+    let secs = t.window.span_secs();
+    let it = &t.lp.iter;
+    let last_wait = (it.active && it.epoll).then(|| WaitSnapshot {
+        returned_ns: it.started_ns,
+        timeout_ns: it.timeout_ns,
+        blocked_ns: it.blocked_ns,
+        ret: it.ret,
+        ready: it
+            .ready
+            .iter()
+            .map(|r| ReadySnapshot {
+                fd: r.fd,
+                events: epoll_bits::names(r.events),
+                interest: r.interest.map(epoll_bits::names),
+            })
+            .collect(),
+        ssl_calls: it.calls,
+        progress: it.progress,
+    });
+    ThreadSnapshot {
+        pid,
+        tid,
+        first_seen_ns: t.first_seen_ns,
+        last_seen_ns: t.last_seen_ns,
+        cpu_pct: t.cpu_pct,
+        wakeups_per_sec: f64::from(s.wakeups) / secs,
+        wakeups_no_progress_per_sec: f64::from(s.no_progress) / secs,
+        ssl_calls_per_sec: f64::from(s.calls) / secs,
+        wakeups_total: t.wakeups_total,
+        wakeups_no_progress_total: t.no_progress_total,
+        immediate_wakeups_total: t.immediate_total,
+        ssl_calls_total: t.ssl_calls_total,
+        last_wait,
+    }
+}
+
+fn conn(state: &State, (pid, ssl): ConnKey, c: &Conn) -> ConnSnapshot {
+    let ops = SslOp::ALL
+        .iter()
+        .zip(c.ops.iter())
+        .filter(|(_, s)| s.calls > 0)
+        .map(|(&op, s)| OpSnapshot {
+            op,
+            calls_total: s.calls,
+            progress_total: s.progress,
+            want_read_total: s.want_read,
+            want_write_total: s.want_write,
+            want_other_total: s.want_other,
+            failed_total: s.failed,
+            transferred_bytes_total: s.bytes,
+        })
+        .collect();
+    ConnSnapshot {
+        pid,
+        ssl,
+        fd: c.fd,
+        closed: c.closed,
+        peer: state.peer(pid, c.fd).map(str::to_owned),
+        tid: c.tid,
+        first_seen_ns: c.first_seen_ns,
+        last_seen_ns: c.last_seen_ns,
+        read_bytes_total: c.bytes_read,
+        written_bytes_total: c.bytes_written,
+        want_read_total: c.want_read,
+        want_write_total: c.want_write,
+        last_want: c.last_want,
+        handshake_done: c.handshake_done,
+        ops,
+    }
+}

@@ -1,0 +1,267 @@
+//! bad_write_retry, concurrent_ssl_use and want_async_stall edges.
+
+use super::*;
+use crate::engine::{Evidence, FindingState, Severity};
+
+const S1: u64 = 0x55d0_0000_1000;
+const S2: u64 = 0x55d0_0000_2000;
+const BUF: u64 = 0x7f00_0000_1000;
+const OTHER_BUF: u64 = 0x7f00_0000_9000;
+const WW: Option<SslErrorCode> = Some(SslErrorCode::WantWrite);
+const BAD: Option<SslErrorCode> = Some(SslErrorCode::Ssl);
+
+fn retry_evidence(f: &Finding) -> &crate::engine::WriteRetryEvidence {
+    match &f.evidence {
+        Evidence::BadWriteRetry(e) => e,
+        other => panic!("not a bad write retry: {other:?}"),
+    }
+}
+
+#[test]
+fn same_arguments_retry_is_fine() {
+    let mut sim = Sim::new();
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (BUF, 100), 100, None);
+    // A new write after the completed one may use any buffer.
+    sim.write(TID, S1, 7, (OTHER_BUF, 10), 10, None);
+    // A longer retry is allowed by OpenSSL.
+    sim.write(TID, S1, 7, (OTHER_BUF, 50), -1, WW);
+    sim.write(TID, S1, 7, (OTHER_BUF, 80), 80, None);
+    sim.idle(20 * SEC);
+    sim.assert_quiet();
+}
+
+#[test]
+fn moved_buffer_retry_is_flagged_with_fate_and_counted_per_process() {
+    let mut sim = Sim::new();
+    sim.engine.set_peer(PID, 7, "10.0.0.2:51000".to_owned());
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (OTHER_BUF, 100), -1, BAD);
+    let opened = sim.opened(FindingKind::BadWriteRetry);
+    assert_eq!(opened.len(), 1);
+    let f = opened[0];
+    assert_eq!(
+        (f.pid, f.tid, f.ssl, f.fd),
+        (PID, Some(TID), Some(S1), Some(7))
+    );
+    assert_eq!(f.peer.as_deref(), Some("10.0.0.2:51000"));
+    assert_eq!(f.severity, Severity::Critical);
+    let e = retry_evidence(f);
+    assert_eq!(
+        (
+            e.occurrences,
+            e.moved_buffer,
+            e.shorter_length,
+            e.connections
+        ),
+        (1, 1, 0, 1)
+    );
+    assert_eq!((e.previous_buf, e.buf), (BUF, OTHER_BUF));
+    assert_eq!(e.previous_answer, WW);
+    assert_eq!(e.ssl_errors_after, 1);
+    assert_eq!(e.fate.as_deref(), Some("ssl error"));
+    assert_eq!(e.peers.len(), 1);
+    // The connection is then dropped.
+    sim.free(TID, S1);
+    sim.close(TID, 7);
+    let f = &sim.engine.findings()[0];
+    let e = retry_evidence(f);
+    assert_eq!(e.connections_dropped_after, 1);
+    assert_eq!(e.fate.as_deref(), Some("ssl error, then SSL_free"));
+
+    // Another connection, on another thread, hits the same bug: the same finding counts it.
+    sim.write(
+        TID + 1,
+        S2,
+        8,
+        (BUF, 4096),
+        -1,
+        Some(SslErrorCode::WantRead),
+    );
+    sim.write(TID + 1, S2, 8, (OTHER_BUF, 4096), -1, BAD);
+    assert_eq!(sim.opened(FindingKind::BadWriteRetry).len(), 1);
+    let all = sim.engine.findings();
+    assert_eq!(all.len(), 1);
+    let f = &all[0];
+    assert_eq!((f.tid, f.ssl, f.fd), (Some(TID + 1), Some(S2), Some(8)));
+    let e = retry_evidence(f);
+    assert_eq!(
+        (e.occurrences, e.connections, e.ssl_errors_after),
+        (2, 2, 2)
+    );
+    assert_eq!(e.previous_answer, Some(SslErrorCode::WantRead));
+    // Doubling the count is material: an update was emitted.
+    assert!(
+        !sim.changes_of(Change::Updated, FindingKind::BadWriteRetry)
+            .is_empty()
+    );
+
+    // Quiet for the incident window: the finding closes.
+    sim.idle(11 * SEC);
+    let closed = sim.changes_of(Change::Closed, FindingKind::BadWriteRetry);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].1.state, FindingState::Closed);
+}
+
+#[test]
+fn shorter_retry_is_flagged() {
+    let mut sim = Sim::new();
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    // Same buffer, shorter: fails even with SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER.
+    sim.write(TID, S1, 7, (BUF, 60), -1, BAD);
+    let opened = sim.opened(FindingKind::BadWriteRetry);
+    assert_eq!(opened.len(), 1);
+    let e = retry_evidence(opened[0]);
+    assert_eq!((e.occurrences, e.moved_buffer, e.shorter_length), (1, 0, 1));
+    assert_eq!((e.previous_len_bytes, e.len_bytes), (100, 60));
+    assert!(
+        opened[0]
+            .explanation
+            .contains("a shorter length (60 bytes instead of 100)")
+    );
+}
+
+#[test]
+fn moved_retry_flagged_without_get_error() {
+    let mut sim = Sim::new();
+    sim.report = ErrorReport::Infer;
+    // WANT_WRITE is inferred from the write's EAGAIN; the rejected retry made no syscall.
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (OTHER_BUF, 100), -1, BAD);
+    sim.read(TID, S1, 7, 10);
+    let opened = sim.opened(FindingKind::BadWriteRetry);
+    assert_eq!(opened.len(), 1);
+    let e = retry_evidence(opened[0]);
+    assert_eq!((e.moved_buffer, e.previous_answer), (1, WW));
+    assert_eq!(e.ssl_errors_after, 0);
+}
+
+#[test]
+fn moved_buffer_accepted_by_openssl_is_not_flagged() {
+    let mut sim = Sim::new();
+    // SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER is set: the moved retry goes on and writes.
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (OTHER_BUF, 100), -1, WW);
+    sim.write(TID, S1, 7, (BUF + 64, 100), 100, None);
+    sim.assert_quiet();
+}
+
+#[test]
+fn overlapping_calls_from_two_threads() {
+    let mut sim = Sim::new();
+    let t0 = sim.now;
+    // Thread A is inside SSL_read [t0, t0+100us] while thread B runs SSL_write
+    // [t0+50us, t0+60us]. B returns first, so its event comes first.
+    let mut w = call(SslOp::Write, S1, 7, 10, 10);
+    (w.start_ns, w.duration_ns) = (t0 + 50 * US, 10 * US);
+    sim.now = t0 + 60 * US;
+    sim.feed(TID + 1, EventKind::SslCall(w));
+    let mut r = call(SslOp::Read, S1, 7, 10, 10);
+    (r.start_ns, r.duration_ns) = (t0, 100 * US);
+    sim.now = t0 + 100 * US;
+    sim.feed(TID, EventKind::SslCall(r));
+    let opened = sim.opened(FindingKind::ConcurrentSslUse);
+    assert_eq!(opened.len(), 1);
+    let f = opened[0];
+    assert_eq!(
+        (f.pid, f.tid, f.ssl, f.fd),
+        (PID, Some(TID), Some(S1), Some(7))
+    );
+    assert_eq!(f.severity, Severity::Critical);
+    let Evidence::ConcurrentSslUse(e) = &f.evidence else {
+        panic!("{f:?}")
+    };
+    assert_eq!(
+        (e.tid_a, e.op_a, e.tid_b, e.op_b),
+        (TID + 1, SslOp::Write, TID, SslOp::Read)
+    );
+    assert_eq!((e.overlaps, e.connections, e.overlap_ns), (1, 1, 10 * US));
+}
+
+#[test]
+fn sequential_calls_from_two_threads_are_fine() {
+    let mut sim = Sim::new();
+    let t0 = sim.now;
+    for (i, tid) in [TID, TID + 1, TID, TID + 1].into_iter().enumerate() {
+        // Back to back: each starts exactly when the previous ended.
+        let mut c = call(SslOp::Read, S1, 7, 10, 10);
+        (c.start_ns, c.duration_ns) = (t0 + i as u64 * 10 * US, 10 * US);
+        sim.now = c.start_ns + c.duration_ns;
+        sim.feed(tid, EventKind::SslCall(c));
+    }
+    // Overlapping, but on different SSL*s.
+    let mut a = call(SslOp::Read, S1, 7, 10, 10);
+    (a.start_ns, a.duration_ns) = (t0 + 100 * US, 50 * US);
+    let mut b = call(SslOp::Read, S2, 8, 10, 10);
+    (b.start_ns, b.duration_ns) = (t0 + 110 * US, 10 * US);
+    sim.now = t0 + 150 * US;
+    sim.feed(TID + 1, EventKind::SslCall(b));
+    sim.feed(TID, EventKind::SslCall(a));
+    sim.assert_quiet();
+}
+
+fn async_call(sim: &mut Sim, code: Option<SslErrorCode>) {
+    let (ret, bytes) = if code.is_some() { (-1, 0) } else { (100, 100) };
+    let mut c = call(SslOp::Write, S1, 7, ret, bytes);
+    c.sys_calls = 0;
+    c.sys_last = None;
+    c.sys_last_ret = None;
+    sim.ssl(TID, c, code);
+}
+
+#[test]
+fn want_async_stall_opens_then_closes_when_the_job_completes() {
+    let mut sim = Sim::new();
+    let start = sim.now;
+    for _ in 0..6 {
+        async_call(&mut sim, Some(SslErrorCode::WantAsync));
+        sim.now += 50 * MS;
+    }
+    let opened = sim.changes_of(Change::Opened, FindingKind::WantAsyncStall);
+    assert_eq!(opened.len(), 1);
+    let (at, f) = opened[0];
+    // Opens at the first answer at least 100 ms into the streak: the third.
+    assert!(
+        at - start >= 100 * MS && at - start < 150 * MS,
+        "{}",
+        (at - start) / MS
+    );
+    assert_eq!(
+        (f.pid, f.tid, f.ssl, f.fd),
+        (PID, Some(TID), Some(S1), Some(7))
+    );
+    let Evidence::WantAsyncStall(e) = &f.evidence else {
+        panic!("{f:?}")
+    };
+    assert_eq!(
+        (e.waits, e.ssl_error, e.op),
+        (3, SslErrorCode::WantAsync, SslOp::Write)
+    );
+    assert!(e.stalled_ns >= 100 * MS);
+
+    async_call(&mut sim, None);
+    let closed = sim.changes_of(Change::Closed, FindingKind::WantAsyncStall);
+    assert_eq!(closed.len(), 1);
+    let Evidence::WantAsyncStall(e) = &closed[0].1.evidence else {
+        panic!()
+    };
+    assert_eq!(e.waits, 6);
+    assert!(e.resolved);
+    assert_eq!(e.calls_duration_ns, 6 * sim.call_ns);
+}
+
+#[test]
+fn quick_async_jobs_are_normal() {
+    let mut sim = Sim::new();
+    for _ in 0..200 {
+        // Each operation pauses twice for a millisecond, then completes.
+        async_call(&mut sim, Some(SslErrorCode::WantAsync));
+        sim.now += MS;
+        async_call(&mut sim, Some(SslErrorCode::WantAsync));
+        sim.now += MS;
+        async_call(&mut sim, None);
+    }
+    sim.idle(20 * SEC);
+    sim.assert_quiet();
+}

@@ -1,0 +1,285 @@
+//! spin_loop edges.
+
+use super::*;
+use crate::engine::{Evidence, FindingState, Severity};
+
+const A: u64 = 0x55d0_0000_a000;
+const B: u64 = 0x55d0_0000_b000;
+
+fn spin_evidence(f: &Finding) -> &crate::engine::SpinEvidence {
+    match &f.evidence {
+        Evidence::SpinLoop(e) => e,
+        other => panic!("not a spin: {other:?}"),
+    }
+}
+
+#[test]
+fn spin_above_threshold_opens_within_two_seconds() {
+    let mut sim = Sim::new();
+    let start = sim.now;
+    sim.every(200 * US, 3 * SEC, |s| s.spin_once(TID, A, 7));
+    let opened = sim.changes_of(Change::Opened, FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 1, "{:?}", sim.changes);
+    let (at, f) = opened[0];
+    assert!(
+        at - start <= 2 * SEC,
+        "opened {} ms after start",
+        (at - start) / MS
+    );
+    assert!(
+        at - start >= 800 * MS,
+        "opened too soon: {} ms",
+        (at - start) / MS
+    );
+    assert_eq!(
+        (f.pid, f.tid, f.ssl, f.fd),
+        (PID, Some(TID), Some(A), Some(7))
+    );
+    assert_eq!(f.comm.as_deref(), Some("nginx"));
+    assert_eq!(f.state, FindingState::Open);
+    let e = spin_evidence(f);
+    // Over the last second: the spin started less than a second before.
+    assert!(
+        (4000.0..=5100.0).contains(&e.wasted_wakeups_per_sec),
+        "{e:?}"
+    );
+    assert_eq!(e.no_progress_pct, 100.0);
+    assert_eq!(e.ssl_error, Some(SslErrorCode::WantRead));
+    assert_eq!(e.op, Some(SslOp::Read));
+    assert_eq!(e.interest.as_deref(), Some("EPOLLIN|EPOLLOUT"));
+    assert_eq!(e.ready_events.as_deref(), Some("EPOLLOUT"));
+    assert_eq!(
+        e.mismatch.as_deref(),
+        Some("EPOLLOUT is armed while SSL wants READ")
+    );
+    assert!(
+        f.explanation
+            .contains("EPOLLOUT is armed while SSL wants READ")
+    );
+    assert!(f.advice.contains("disarm EPOLLOUT"));
+    // A spin is not also a busy loop.
+    assert!(sim.opened(FindingKind::BusyEpollLoop).is_empty());
+    // Still open, and updated at most every few seconds, not per event.
+    let updated = sim.changes_of(Change::Updated, FindingKind::SpinLoop);
+    assert!(updated.len() <= 1, "{} updates", updated.len());
+}
+
+#[test]
+fn summary_line_and_cpu() {
+    let mut sim = Sim::new();
+    sim.cpu(TID, 0);
+    let mut cpu = 0;
+    let mut next_sample = sim.now + SEC;
+    sim.every(200 * US, 2 * SEC, |s| {
+        s.spin_once(TID, A, 7);
+        if s.now >= next_sample {
+            // All of the time since the last sample was spent on CPU.
+            cpu += SEC;
+            next_sample += SEC;
+            s.cpu(TID, cpu);
+        }
+    });
+    let all = sim.engine.findings();
+    assert_eq!(all.len(), 1);
+    let f = &all[0];
+    assert_eq!(f.severity, Severity::Critical);
+    let e = spin_evidence(f);
+    assert!(e.thread_cpu_pct.is_some_and(|c| c > 90.0), "{e:?}");
+    let line = f.summary_line();
+    let expected = format!(
+        "spin_loop pid=4242 (nginx) tid=4243 fd=7 ssl={A:#x}: {:.0} wasted wake-ups/s (100% no \
+         progress), SSL wants READ, EPOLLOUT armed, thread CPU {:.0}%",
+        e.wasted_wakeups_per_sec,
+        e.thread_cpu_pct.unwrap_or_default()
+    );
+    assert_eq!(line, expected);
+}
+
+#[test]
+fn spin_below_threshold_is_not_flagged() {
+    let mut sim = Sim::new();
+    // 150 wasted wake-ups a second, for 3 s.
+    sim.every(SEC / 150, 3 * SEC, |s| s.spin_once(TID, A, 7));
+    sim.assert_quiet();
+}
+
+#[test]
+fn short_burst_is_not_sustained() {
+    let mut sim = Sim::new();
+    // 400 wasted wake-ups within 80 ms: far above the rate, but one bucket only.
+    sim.every(200 * US, 80 * MS, |s| s.spin_once(TID, A, 7));
+    sim.idle(3 * SEC);
+    sim.assert_quiet();
+}
+
+#[test]
+fn spin_that_stops_closes() {
+    let mut sim = Sim::new();
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+    let stopped = sim.now;
+    assert_eq!(sim.opened(FindingKind::SpinLoop).len(), 1);
+    // The loop now blocks as it should: nothing ready, no calls.
+    sim.idle(4 * SEC);
+    let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+    assert_eq!(closed.len(), 1);
+    let f = closed[0].1;
+    assert_eq!(
+        (f.ssl, f.fd, f.state),
+        (Some(A), Some(7), FindingState::Closed)
+    );
+    // The condition stops holding within a window, and the finding closes a window later.
+    let closed_ns = f.closed_ns.expect("closed_ns");
+    assert!(
+        closed_ns > stopped + SEC && closed_ns <= stopped + 2_200 * MS,
+        "closed {} ms after stop",
+        (closed_ns - stopped) / MS
+    );
+    assert!(f.last_seen_ns <= stopped);
+    let all = sim.engine.findings();
+    assert_eq!(all.len(), 1);
+    assert!(!all[0].is_open());
+}
+
+#[test]
+fn healthy_drain_to_want_read_is_progress() {
+    let mut sim = Sim::new();
+    // 5000 wake-ups a second, each reading data and then WANT_READ: a busy but healthy loop.
+    sim.every(200 * US, 3 * SEC, |s| s.drain_once(TID, A, 7, 5 * US));
+    sim.assert_quiet();
+    let snap = sim.engine.snapshot();
+    let t = &snap.threads[0];
+    assert!(
+        t.wakeups_total >= 14_000 && t.wakeups_no_progress_total == 0,
+        "{t:?}"
+    );
+}
+
+#[test]
+fn want_code_inferred_without_get_error() {
+    let mut sim = Sim::new();
+    sim.report = ErrorReport::Infer;
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+    let opened = sim.opened(FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 1);
+    assert_eq!(
+        spin_evidence(opened[0]).ssl_error,
+        Some(SslErrorCode::WantRead)
+    );
+    let snap = sim.engine.snapshot();
+    assert_eq!(
+        snap.connections[0].want_read_total,
+        snap.processes[0].want_read_total
+    );
+    assert!(snap.connections[0].want_read_total >= 9_000);
+    assert_eq!(snap.unmatched_ssl_errors_total, 0);
+}
+
+#[test]
+fn fd_reuse_after_close() {
+    let mut sim = Sim::new();
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+    assert_eq!(sim.opened(FindingKind::SpinLoop).len(), 1);
+    sim.close(TID, 7);
+    // The connection is gone: its finding closes at once, not a window later.
+    let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].1.ssl, Some(A));
+    sim.free(TID, A);
+
+    // A new connection gets fd 7 and is healthy: nothing is inherited.
+    sim.every(500 * US, 2 * SEC, |s| s.drain_once(TID, B, 7, 100 * US));
+    assert_eq!(sim.opened(FindingKind::SpinLoop).len(), 1);
+    let snap = sim.engine.snapshot();
+    assert_eq!(snap.connections.len(), 1);
+    assert_eq!(
+        (snap.connections[0].ssl, snap.connections[0].fd),
+        (B, Some(7))
+    );
+    assert_eq!(
+        snap.connections[0].want_read_total,
+        snap.connections[0].ops[0].want_read_total
+    );
+
+    // Then it spins itself: a new finding, about B.
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, B, 7));
+    let opened = sim.opened(FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 2);
+    assert_eq!((opened[1].ssl, opened[1].fd), (Some(B), Some(7)));
+    assert_ne!(opened[0].id, opened[1].id);
+    let e = spin_evidence(opened[1]);
+    assert!(e.wasted_wakeups_total < 10_001, "{e:?}");
+}
+
+#[test]
+fn ssl_reuse_after_free() {
+    let mut sim = Sim::new();
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+    sim.free(TID, A);
+    sim.close(TID, 7);
+    let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+    assert_eq!(closed.len(), 1);
+    let freed_at = sim.now;
+
+    // The allocator hands the same SSL* to a new connection on fd 9; it is healthy.
+    sim.every(500 * US, 2 * SEC, |s| s.drain_once(TID, A, 9, 100 * US));
+    assert_eq!(sim.opened(FindingKind::SpinLoop).len(), 1);
+    let snap = sim.engine.snapshot();
+    let c = &snap.connections[0];
+    assert_eq!((c.ssl, c.fd), (A, Some(9)));
+    assert!(c.first_seen_ns > freed_at);
+    assert_eq!(c.read_bytes_total, 512 * 4000);
+    assert_eq!(snap.processes[0].connections_total, 2);
+    assert_eq!(snap.processes[0].connections_freed_total, 1);
+}
+
+#[test]
+fn thread_moving_between_connections() {
+    let mut sim = Sim::new();
+    // The thread spins on A, then leaves A alone and spins on B.
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+    sim.every(200 * US, 3 * SEC, |s| s.spin_once(TID, B, 8));
+    let opened = sim.opened(FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 2);
+    assert_eq!(
+        (opened[0].ssl, opened[0].fd, opened[0].tid),
+        (Some(A), Some(7), Some(TID))
+    );
+    assert_eq!(
+        (opened[1].ssl, opened[1].fd, opened[1].tid),
+        (Some(B), Some(8), Some(TID))
+    );
+    let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].1.ssl, Some(A));
+    assert!(sim.opened(FindingKind::BusyEpollLoop).is_empty());
+}
+
+#[test]
+fn connection_moving_between_threads_keeps_one_finding() {
+    let mut sim = Sim::new();
+    let mut n = 0u32;
+    // Worker threads take turns on the same spinning connection.
+    sim.every(200 * US, 3 * SEC, |s| {
+        n += 1;
+        s.spin_once(TID + n % 2, A, 7);
+    });
+    let opened = sim.opened(FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 1);
+    assert_eq!((opened[0].ssl, opened[0].fd), (Some(A), Some(7)));
+    assert!(
+        sim.changes_of(Change::Closed, FindingKind::SpinLoop)
+            .is_empty()
+    );
+}
+
+#[test]
+fn timeout_wakeups_are_not_spin() {
+    let mut sim = Sim::new();
+    // Nothing ready (a timer wake-up) yet the loop polls the connection: not readiness
+    // driven, so not a spin; the busy loop rule owns it if it is fast enough.
+    sim.every(SEC / 500, 3 * SEC, |s| {
+        s.wait(TID, Some(2), 2 * MS, vec![]);
+        s.read_want(TID, A, 7);
+    });
+    sim.assert_quiet();
+}
