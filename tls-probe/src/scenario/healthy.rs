@@ -33,7 +33,9 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
     let server_ctx = id.server_builder()?.build();
     let client_ctx = id.client_builder()?.build();
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener.local_addr().context("reading the listener address failed")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
 
     runner.spawn("server", move |ctl| {
         let mut srv = EchoServer::new(listener, server_ctx)?.with_sndbuf(SERVER_SNDBUF);
@@ -52,7 +54,11 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
     runner.spawn("client", move |ctl| {
         let mut client = Client::connect(addr, &client_ctx)?;
         let fds = client.conns.iter().map(|c| c.conn.tls().fd()).collect();
-        let ssl = client.conns.iter().map(|c| c.conn.tls().ptr() as u64).collect();
+        let ssl = client
+            .conns
+            .iter()
+            .map(|c| c.conn.tls().ptr() as u64)
+            .collect();
         let window = ctl.ready(fds, ssl);
         client.run(window)?;
         Ok(client.counts)
@@ -84,20 +90,38 @@ impl Client {
         let ep = Epoll::new()?;
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {
-            let sock = TcpStream::connect(addr).with_context(|| format!("connecting to {addr} failed"))?;
-            sock.set_nodelay(true).context("setting TCP_NODELAY failed")?;
-            sock.set_nonblocking(true).context("making the client socket non-blocking failed")?;
+            let sock =
+                TcpStream::connect(addr).with_context(|| format!("connecting to {addr} failed"))?;
+            sock.set_nodelay(true)
+                .context("setting TCP_NODELAY failed")?;
+            sock.set_nonblocking(true)
+                .context("making the client socket non-blocking failed")?;
             let mut conn = Conn::new(Tls::new(ctx, sock, Side::Client)?, i as u64);
             conn.sync(&ep)?;
-            conns.push(Peer { conn, tag: 0, awaiting: 0, sent: 0 });
+            conns.push(Peer {
+                conn,
+                tag: 0,
+                awaiting: 0,
+                sent: 0,
+            });
         }
-        let mut client = Self { ep, conns, counts: Counts::default(), events: sys::event_buf(64), deadline: None };
+        let mut client = Self {
+            ep,
+            conns,
+            counts: Counts::default(),
+            events: sys::event_buf(64),
+            deadline: None,
+        };
         for i in 0..CONNECTIONS {
             client.service(i, 0, false)?;
         }
         let until = Instant::now() + SETUP;
         while client.conns.iter().any(|p| !p.conn.established()) {
-            anyhow::ensure!(Instant::now() < until, "client handshakes did not finish within {}s", SETUP.as_secs());
+            anyhow::ensure!(
+                Instant::now() < until,
+                "client handshakes did not finish within {}s",
+                SETUP.as_secs()
+            );
             client.poll(until, false)?;
         }
         Ok(client)
@@ -117,12 +141,16 @@ impl Client {
         while !window.done() {
             self.poll(window.deadline, false)?;
         }
-        self.counts.add("idle_wakeups", self.counts.get("wakeups") - wakeups_at_idle);
+        self.counts
+            .add("idle_wakeups", self.counts.get("wakeups") - wakeups_at_idle);
         Ok(())
     }
 
     fn poll(&mut self, until: Instant, keep_sending: bool) -> anyhow::Result<()> {
-        let n = self.ep.wait(&mut self.events, sys::timeout_ms(until, Duration::from_secs(1)))?;
+        let n = self.ep.wait(
+            &mut self.events,
+            sys::timeout_ms(until, Duration::from_secs(1)),
+        )?;
         self.counts.inc("wakeups");
         for i in 0..n {
             let (bits, token) = sys::event_parts(&self.events[i]);
@@ -137,7 +165,10 @@ impl Client {
         let status = peer.conn.on_ready(bits, &mut self.counts, &mut inbox);
         if status == Status::Closed {
             // The server closes only at the deadline, so seeing a close after it is normal.
-            anyhow::ensure!(self.deadline.is_some_and(|d| Instant::now() >= d), "client connection {i} closed unexpectedly");
+            anyhow::ensure!(
+                self.deadline.is_some_and(|d| Instant::now() >= d),
+                "client connection {i} closed unexpectedly"
+            );
             return Ok(());
         }
         if inbox.len() > peer.awaiting || inbox.iter().any(|&b| b != peer.tag) {
@@ -162,7 +193,10 @@ impl Client {
         peer.conn.send(&vec![peer.tag; size]);
         self.counts.inc("messages_sent");
         let status = peer.conn.flush_new(&mut self.counts);
-        anyhow::ensure!(status == Status::Open, "client connection {i} closed while sending");
+        anyhow::ensure!(
+            status == Status::Open,
+            "client connection {i} closed while sending"
+        );
         peer.conn.sync(&self.ep)
     }
 }

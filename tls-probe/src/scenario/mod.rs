@@ -18,6 +18,8 @@ mod runner;
 mod spin;
 mod storm;
 mod sys;
+#[cfg(test)]
+mod tests_run;
 mod tls;
 mod write_retry;
 
@@ -81,10 +83,13 @@ impl std::str::FromStr for ScenarioName {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|n| n.as_str()).collect();
-            anyhow::anyhow!("unknown scenario {s:?}; valid names: {}", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|n| n.as_str()).collect();
+                anyhow::anyhow!("unknown scenario {s:?}; valid names: {}", names.join(", "))
+            })
     }
 }
 
@@ -105,9 +110,37 @@ pub fn run(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     let duration = Duration::try_from_secs_f64(args.duration)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--duration must be a positive number of seconds, got {}", args.duration))?;
-    let mut runner = Runner::new(args.name.as_str(), duration, args.wait_stdin);
-    match args.name {
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--duration must be a positive number of seconds, got {}",
+                args.duration
+            )
+        })?;
+    execute(args.name, duration, args.wait_stdin, Output::Print)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether [`execute`] speaks the stdout contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// READY and DONE on stdout, a summary on stderr.
+    Print,
+    /// Nothing printed; the caller reads the returned [`report::Done`].
+    Quiet,
+}
+
+/// Runs one scenario in this process and returns its DONE record.
+pub fn execute(
+    name: ScenarioName,
+    duration: Duration,
+    wait_stdin: bool,
+    output: Output,
+) -> anyhow::Result<report::Done> {
+    let mut runner = Runner::new(name.as_str(), duration, wait_stdin);
+    if output == Output::Quiet {
+        runner = runner.quiet();
+    }
+    match name {
         ScenarioName::Healthy => healthy::run(&mut runner),
         ScenarioName::SpinLoop => spin::run(&mut runner, spin::Flavor::SpinLoop),
         ScenarioName::BusyPoll => spin::run(&mut runner, spin::Flavor::BusyPoll),
@@ -116,9 +149,10 @@ pub fn run(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
         ScenarioName::ResumedHandshakes => storm::run(&mut runner, storm::Resumption::Reuse),
         ScenarioName::ConcurrentSsl => concurrent::run(&mut runner),
     }
-    .map_err(|e| e.context(format!("setting up scenario {} failed", args.name)))?;
-    runner.run().map_err(|e| e.context(format!("scenario {} failed", args.name)))?;
-    Ok(ExitCode::SUCCESS)
+    .map_err(|e| e.context(format!("setting up scenario {name} failed")))?;
+    runner
+        .run()
+        .map_err(|e| e.context(format!("scenario {name} failed")))
 }
 
 #[cfg(test)]
@@ -138,8 +172,14 @@ mod tests {
         for name in ScenarioName::ALL {
             let cli = Cli::try_parse_from(["x", name.as_str()]).expect("parse");
             assert_eq!(cli.args.name, name);
-            assert_eq!(name.as_str().parse::<ScenarioName>().expect("from_str"), name);
-            assert_eq!(name.to_possible_value().expect("value").get_name(), name.as_str());
+            assert_eq!(
+                name.as_str().parse::<ScenarioName>().expect("from_str"),
+                name
+            );
+            assert_eq!(
+                name.to_possible_value().expect("value").get_name(),
+                name.as_str()
+            );
         }
     }
 
@@ -147,13 +187,20 @@ mod tests {
     fn unknown_name_lists_the_valid_ones() {
         let err = "spinloop".parse::<ScenarioName>().expect_err("unknown");
         assert!(err.to_string().contains("spin-loop, busy-poll"), "{err}");
-        let err = Cli::try_parse_from(["x", "nope"]).err().expect("clap error").to_string();
-        assert!(err.contains("handshake-storm") && err.contains("concurrent-ssl"), "{err}");
+        let err = Cli::try_parse_from(["x", "nope"])
+            .err()
+            .expect("clap error")
+            .to_string();
+        assert!(
+            err.contains("handshake-storm") && err.contains("concurrent-ssl"),
+            "{err}"
+        );
     }
 
     #[test]
     fn flags_parse() {
-        let cli = Cli::try_parse_from(["x", "busy-poll", "--duration", "2.5", "--wait-stdin"]).expect("parse");
+        let cli = Cli::try_parse_from(["x", "busy-poll", "--duration", "2.5", "--wait-stdin"])
+            .expect("parse");
         assert_eq!(cli.args.duration, 2.5);
         assert!(cli.args.wait_stdin);
         let cli = Cli::try_parse_from(["x", "healthy"]).expect("parse");
@@ -163,7 +210,11 @@ mod tests {
 
     #[test]
     fn bad_duration_is_a_clear_error() {
-        let args = ScenarioArgs { name: ScenarioName::Healthy, duration: -1.0, wait_stdin: false };
+        let args = ScenarioArgs {
+            name: ScenarioName::Healthy,
+            duration: -1.0,
+            wait_stdin: false,
+        };
         let err = run(&args).expect_err("negative");
         assert!(err.to_string().contains("--duration"), "{err}");
     }

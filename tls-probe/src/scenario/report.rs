@@ -56,7 +56,10 @@ impl Counts {
     /// Adds `other` with each key named `{prefix}_{key}` (unless it already starts so).
     pub fn merge_prefixed(&mut self, prefix: &str, other: &Counts) {
         for (k, v) in &other.0 {
-            match k.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('_')) {
+            match k
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('_'))
+            {
                 Some(_) => self.add(k, *v),
                 None => self.add(&format!("{prefix}_{k}"), *v),
             }
@@ -116,13 +119,27 @@ impl Done {
         for t in &threads {
             counts.merge_prefixed(&t.role, &t.counts);
         }
-        Self { scenario: scenario.to_owned(), pid, elapsed_ms, counts, threads }
+        Self {
+            scenario: scenario.to_owned(),
+            pid,
+            elapsed_ms,
+            counts,
+            threads,
+        }
     }
 
     /// One human line for stderr.
     pub fn summary(&self) -> String {
-        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let cpu: Vec<String> = self.threads.iter().map(|t| format!("{}:{}ms", t.role, t.cpu_ms)).collect();
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let cpu: Vec<String> = self
+            .threads
+            .iter()
+            .map(|t| format!("{}:{}ms", t.role, t.cpu_ms))
+            .collect();
         format!(
             "scenario {} ran {:.1}s: {}; thread cpu {}",
             self.scenario,
@@ -191,8 +208,18 @@ mod tests {
             scenario: "spin-loop".into(),
             pid: 42,
             threads: vec![
-                ThreadInfo { role: "client".into(), tid: 43, fds: vec![5], ssl: vec![] },
-                ThreadInfo { role: "server".into(), tid: 44, fds: vec![7, 8], ssl: vec![99] },
+                ThreadInfo {
+                    role: "client".into(),
+                    tid: 43,
+                    fds: vec![5],
+                    ssl: vec![],
+                },
+                ThreadInfo {
+                    role: "server".into(),
+                    tid: 44,
+                    fds: vec![7, 8],
+                    ssl: vec![99],
+                },
             ],
         };
         let text = ready_line(&ready);
@@ -208,14 +235,33 @@ mod tests {
     #[test]
     fn done_sums_thread_counts_per_role() {
         let threads = vec![
-            ThreadDone { role: "server".into(), tid: 2, cpu_ms: 30, counts: counts(&[("handshakes", 7), ("server_x", 1)]) },
-            ThreadDone { role: "client".into(), tid: 3, cpu_ms: 10, counts: counts(&[("handshakes", 3), ("a", 1)]) },
-            ThreadDone { role: "client".into(), tid: 4, cpu_ms: 20, counts: counts(&[("handshakes", 4)]) },
+            ThreadDone {
+                role: "server".into(),
+                tid: 2,
+                cpu_ms: 30,
+                counts: counts(&[("handshakes", 7), ("server_x", 1)]),
+            },
+            ThreadDone {
+                role: "client".into(),
+                tid: 3,
+                cpu_ms: 10,
+                counts: counts(&[("handshakes", 3), ("a", 1)]),
+            },
+            ThreadDone {
+                role: "client".into(),
+                tid: 4,
+                cpu_ms: 20,
+                counts: counts(&[("handshakes", 4)]),
+            },
         ];
         let done = Done::new("handshake-storm", 1, 3000, threads);
         assert_eq!(done.counts.get("client_handshakes"), 7);
         assert_eq!(done.counts.get("server_handshakes"), 7);
-        assert_eq!(done.counts.get("server_x"), 1, "an existing role prefix is not doubled");
+        assert_eq!(
+            done.counts.get("server_x"),
+            1,
+            "an existing role prefix is not doubled"
+        );
         assert_eq!(done.counts.get("client_a"), 1);
         assert_eq!(done.counts.get("handshakes"), 0);
         let text = done_line(&done);

@@ -76,7 +76,12 @@ pub struct Ctl {
 impl Ctl {
     /// Announces this thread's connections of interest and blocks until the load starts.
     pub fn ready(&self, fds: Vec<RawFd>, ssl: Vec<u64>) -> Window {
-        let info = ThreadInfo { role: self.role.to_owned(), tid: sys::gettid(), fds, ssl };
+        let info = ThreadInfo {
+            role: self.role.to_owned(),
+            tid: sys::gettid(),
+            fds,
+            ssl,
+        };
         // If the runner is gone the process is exiting; the gate wait below never returns
         // in that case, which is fine: main's exit ends this thread.
         let _ = self.tx.send((self.index, info));
@@ -90,6 +95,8 @@ pub struct Runner {
     scenario: &'static str,
     duration: Duration,
     wait_stdin: bool,
+    /// Print READY and DONE on stdout (and the summary on stderr); tests turn it off.
+    print: bool,
     gate: Arc<Gate>,
     tx: mpsc::Sender<(usize, ThreadInfo)>,
     rx: mpsc::Receiver<(usize, ThreadInfo)>,
@@ -99,7 +106,22 @@ pub struct Runner {
 impl Runner {
     pub fn new(scenario: &'static str, duration: Duration, wait_stdin: bool) -> Self {
         let (tx, rx) = mpsc::channel();
-        Self { scenario, duration, wait_stdin, gate: Arc::default(), tx, rx, workers: Vec::new() }
+        Self {
+            scenario,
+            duration,
+            wait_stdin,
+            print: true,
+            gate: Arc::default(),
+            tx,
+            rx,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Runs without printing READY/DONE (for tests, which read the returned [`Done`]).
+    pub fn quiet(mut self) -> Self {
+        self.print = false;
+        self
     }
 
     /// Starts a thread. `body` must call [`Ctl::ready`] exactly once.
@@ -107,14 +129,25 @@ impl Runner {
     where
         F: FnOnce(&Ctl) -> anyhow::Result<Counts> + Send + 'static,
     {
-        let ctl = Ctl { index: self.workers.len(), role, tx: self.tx.clone(), gate: Arc::clone(&self.gate) };
+        let ctl = Ctl {
+            index: self.workers.len(),
+            role,
+            tx: self.tx.clone(),
+            gate: Arc::clone(&self.gate),
+        };
         let handle = thread::Builder::new()
             .name(format!("{}-{role}", self.scenario))
             .spawn(move || {
                 let tid = sys::gettid();
-                let counts = body(&ctl).with_context(|| format!("{role} thread (tid {tid}) failed"))?;
+                let counts =
+                    body(&ctl).with_context(|| format!("{role} thread (tid {tid}) failed"))?;
                 let cpu_ms = sys::thread_cpu().as_millis() as u64;
-                Ok(ThreadDone { role: role.to_owned(), tid, cpu_ms, counts })
+                Ok(ThreadDone {
+                    role: role.to_owned(),
+                    tid,
+                    cpu_ms,
+                    counts,
+                })
             })
             .with_context(|| format!("spawning the {role} thread failed"))?;
         self.workers.push((role, handle));
@@ -126,21 +159,36 @@ impl Runner {
     pub fn run(mut self) -> anyhow::Result<Done> {
         let threads = self.collect_ready()?;
         let pid = std::process::id();
-        report::emit(&report::ready_line(&Ready { scenario: self.scenario.to_owned(), pid, threads }))?;
+        let ready = Ready {
+            scenario: self.scenario.to_owned(),
+            pid,
+            threads,
+        };
+        if self.print {
+            report::emit(&report::ready_line(&ready))?;
+        }
         if self.wait_stdin {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the start line from stdin failed")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the start line from stdin failed")?;
         }
         let start = Instant::now();
-        self.gate.open(Window { start, deadline: start + self.duration });
+        self.gate.open(Window {
+            start,
+            deadline: start + self.duration,
+        });
         let mut done = Vec::with_capacity(self.workers.len());
         for (role, handle) in self.workers {
             done.push(join(role, handle)?);
         }
         let elapsed_ms = start.elapsed().as_millis() as u64;
         let done = Done::new(self.scenario, pid, elapsed_ms, done);
-        report::emit(&report::done_line(&done))?;
-        eprintln!("{}", done.summary());
+        if self.print {
+            report::emit(&report::done_line(&done))?;
+            eprintln!("{}", done.summary());
+        }
         Ok(done)
     }
 
@@ -157,17 +205,26 @@ impl Runner {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("scenario threads disappeared during setup"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("scenario threads disappeared during setup")
+                }
             }
             // A thread that ended before announcing itself failed its setup: report why.
-            if let Some(i) = (0..want).find(|&i| got[i].is_none() && self.workers[i].1.is_finished()) {
+            if let Some(i) =
+                (0..want).find(|&i| got[i].is_none() && self.workers[i].1.is_finished())
+            {
                 let (role, handle) = self.workers.swap_remove(i);
                 join(role, handle)?;
                 anyhow::bail!("the {role} thread ended during setup without announcing itself");
             }
             if Instant::now() > until {
-                let waiting: Vec<&str> =
-                    self.workers.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|((r, _), _)| *r).collect();
+                let waiting: Vec<&str> = self
+                    .workers
+                    .iter()
+                    .zip(&got)
+                    .filter(|(_, g)| g.is_none())
+                    .map(|((r, _), _)| *r)
+                    .collect();
                 anyhow::bail!(
                     "scenario setup took over {}s; still waiting for: {}",
                     SETUP_TIMEOUT.as_secs(),
@@ -200,7 +257,10 @@ mod tests {
     #[test]
     fn window_fractions() {
         let start = Instant::now();
-        let w = Window { start, deadline: start + Duration::from_secs(10) };
+        let w = Window {
+            start,
+            deadline: start + Duration::from_secs(10),
+        };
         assert_eq!(w.at(0.5), start + Duration::from_secs(5));
         assert!(!w.done());
     }
@@ -208,9 +268,13 @@ mod tests {
     #[test]
     fn setup_failure_is_reported_with_the_thread_error() {
         let mut r = Runner::new("test", Duration::from_millis(10), false);
-        r.spawn("server", |_ctl| anyhow::bail!("bind failed")).expect("spawn");
+        r.spawn("server", |_ctl| anyhow::bail!("bind failed"))
+            .expect("spawn");
         let err = r.run().expect_err("should fail");
         let text = format!("{err:#}");
-        assert!(text.contains("server thread") && text.contains("bind failed"), "{text}");
+        assert!(
+            text.contains("server thread") && text.contains("bind failed"),
+            "{text}"
+        );
     }
 }

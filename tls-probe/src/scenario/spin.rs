@@ -10,7 +10,7 @@
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -23,7 +23,8 @@ use super::{
     tls::{Identity, Io, Side, Tls},
 };
 
-const REQUEST: &[u8] = b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n";
+const REQUEST: &[u8] =
+    b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -36,8 +37,17 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let server_ctx = id.server_builder()?.build();
     let client_ctx = id.client_builder()?.build();
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener.local_addr().context("reading the listener address failed")?;
-    runner.spawn("server", move |ctl| silent_server(ctl, &listener, &server_ctx))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
+    let request_bytes = if flavor == Flavor::SpinLoop {
+        REQUEST.len()
+    } else {
+        0
+    };
+    runner.spawn("server", move |ctl| {
+        silent_server(ctl, &listener, &server_ctx, request_bytes)
+    })?;
     runner.spawn("client", move |ctl| {
         let mut tls = connect(addr, &client_ctx)?;
         let ep = Epoll::new()?;
@@ -52,35 +62,48 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
 /// A blocking client connection with a finished handshake, then made non-blocking.
 fn connect(addr: SocketAddr, ctx: &SslContext) -> anyhow::Result<Tls> {
     let sock = TcpStream::connect(addr).with_context(|| format!("connecting to {addr} failed"))?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).context("setting a read timeout failed")?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .context("setting a read timeout failed")?;
     let mut tls = Tls::new(ctx, sock, Side::Client)?;
     tls.blocking_handshake(Side::Client, 1)?;
-    tls.sock().set_nonblocking(true).context("making the client socket non-blocking failed")?;
+    tls.sock()
+        .set_nonblocking(true)
+        .context("making the client socket non-blocking failed")?;
     Ok(tls)
 }
 
-/// Accepts one connection, reads whatever comes, and never answers.
-fn silent_server(ctl: &Ctl, listener: &TcpListener, ctx: &SslContext) -> anyhow::Result<Counts> {
+/// Accepts one connection, reads the request (`request_bytes` of it), never answers, and
+/// sleeps until the deadline with the connection open.
+fn silent_server(
+    ctl: &Ctl,
+    listener: &TcpListener,
+    ctx: &SslContext,
+    request_bytes: usize,
+) -> anyhow::Result<Counts> {
     anyhow::ensure!(
         sys::wait_readable(listener.as_raw_fd(), Duration::from_secs(10))?,
         "no client connected within 10s"
     );
     let (sock, _) = listener.accept().context("accept failed")?;
     // Blocking reads that time out: the server sleeps in read(2) rather than polling.
-    sock.set_read_timeout(Some(Duration::from_millis(200))).context("setting a read timeout failed")?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .context("setting a read timeout failed")?;
     let mut tls = Tls::new(ctx, sock, Side::Server)?;
     tls.blocking_handshake(Side::Server, 50)?;
     let window = ctl.ready(vec![tls.fd()], vec![tls.ptr() as u64]);
     let mut counts = Counts::default();
     let mut buf = [0u8; 4096];
-    while !window.done() {
+    let mut got = 0;
+    while got < request_bytes && !window.done() {
         match tls.read(&mut buf) {
-            Io::Done(n) => counts.add("read_bytes", n as u64),
+            Io::Done(n) => got += n,
             Io::WantRead | Io::WantWrite => {}
             Io::Closed => break,
             Io::Failed(f) => anyhow::bail!("server read failed: {f}"),
         }
     }
+    counts.add("read_bytes", got as u64);
+    std::thread::sleep(window.deadline.saturating_duration_since(Instant::now()));
     Ok(counts)
 }
 
@@ -94,7 +117,10 @@ fn spin_loop(ep: &Epoll, tls: &mut Tls, window: Window) -> anyhow::Result<Counts
     let mut events = sys::event_buf(16);
     let mut buf = [0u8; 16 * 1024];
     while !window.done() {
-        let n = ep.wait(&mut events, sys::timeout_ms(window.deadline, Duration::from_secs(1)))?;
+        let n = ep.wait(
+            &mut events,
+            sys::timeout_ms(window.deadline, Duration::from_secs(1)),
+        )?;
         wakeups += 1;
         if n == 0 {
             empty += 1;
@@ -136,7 +162,8 @@ fn spin_loop(ep: &Epoll, tls: &mut Tls, window: Window) -> anyhow::Result<Counts
 fn busy_poll(ep: &Epoll, tls: &mut Tls, window: Window) -> anyhow::Result<Counts> {
     let mut counts = Counts::default();
     ep.add(tls.fd(), sys::IN, 1)?;
-    let (mut polls, mut empty, mut calls, mut want_read, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut polls, mut empty, mut calls, mut want_read, mut bytes) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut events = sys::event_buf(16);
     let mut buf = [0u8; 16 * 1024];
     while !window.done() {

@@ -26,7 +26,7 @@ use super::{
     tls::{Identity, Io, Side, Tls},
 };
 
-const CLIENTS: usize = 8;
+const CLIENTS: usize = 4;
 const REQUEST: &[u8] = b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,16 +42,22 @@ pub fn run(runner: &mut Runner, resumption: Resumption) -> anyhow::Result<()> {
         Resumption::Never => {
             server.set_session_cache_mode(SslSessionCacheMode::OFF);
             server.set_options(SslOptions::NO_TICKET);
-            server.set_num_tickets(0).context("turning session tickets off failed")?;
+            server
+                .set_num_tickets(0)
+                .context("turning session tickets off failed")?;
         }
         Resumption::Reuse => {
             server.set_session_cache_mode(SslSessionCacheMode::SERVER);
-            server.set_session_id_context(b"tls-probe-scenario").context("setting the session id context failed")?;
+            server
+                .set_session_id_context(b"tls-probe-scenario")
+                .context("setting the session id context failed")?;
         }
     }
     let server_ctx = server.build();
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener.local_addr().context("reading the listener address failed")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
 
     runner.spawn("server", move |ctl| {
         let mut srv = EchoServer::new(listener, server_ctx)?;
@@ -65,7 +71,9 @@ pub fn run(runner: &mut Runner, resumption: Resumption) -> anyhow::Result<()> {
         if resumption == Resumption::Reuse {
             // TLS 1.3 sessions arrive after the handshake, in NewSessionTicket messages;
             // the callback (which needs the CLIENT cache mode) is the way to catch them.
-            builder.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL_STORE);
+            builder.set_session_cache_mode(
+                SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL_STORE,
+            );
             let slot = Arc::clone(&session);
             builder.set_new_session_callback(move |_ssl, new| {
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
@@ -81,7 +89,12 @@ pub fn run(runner: &mut Runner, resumption: Resumption) -> anyhow::Result<()> {
 }
 
 /// Opens connections one after another until the deadline.
-fn flood(addr: SocketAddr, ctx: &SslContext, session: &Mutex<Option<SslSession>>, window: Window) -> Counts {
+fn flood(
+    addr: SocketAddr,
+    ctx: &SslContext,
+    session: &Mutex<Option<SslSession>>,
+    window: Window,
+) -> Counts {
     let mut counts = Counts::default();
     while !window.done() {
         let offer = session.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -105,10 +118,13 @@ fn one_connection(
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
     let sock = TcpStream::connect(addr).with_context(|| format!("connecting to {addr} failed"))?;
-    sock.set_nodelay(true).context("setting TCP_NODELAY failed")?;
+    sock.set_nodelay(true)
+        .context("setting TCP_NODELAY failed")?;
     // Timeouts keep a client from hanging once the server stops at the deadline.
-    sock.set_read_timeout(Some(Duration::from_secs(2))).context("setting a read timeout failed")?;
-    sock.set_write_timeout(Some(Duration::from_secs(2))).context("setting a write timeout failed")?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .context("setting a read timeout failed")?;
+    sock.set_write_timeout(Some(Duration::from_secs(2)))
+        .context("setting a write timeout failed")?;
     let mut tls = Tls::new(ctx, sock, Side::Client)?;
     if let Some(session) = offer {
         // SAFETY: the session came from a connection made with this same context.
@@ -116,7 +132,11 @@ fn one_connection(
         counts.inc("sessions_offered");
     }
     tls.blocking_handshake(Side::Client, 1)?;
-    let kind = if tls.ssl().session_reused() { "resumed" } else { "full" };
+    let kind = if tls.ssl().session_reused() {
+        "resumed"
+    } else {
+        "full"
+    };
     counts.inc(&format!("handshakes_{kind}"));
     match tls.write(REQUEST) {
         Io::Done(_) => {}

@@ -28,7 +28,9 @@ impl Epoll {
             return Err(io::Error::last_os_error()).context("epoll_create1 failed");
         }
         // SAFETY: fd was just returned by epoll_create1 and nothing else owns it.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     pub fn raw(&self) -> RawFd {
@@ -40,8 +42,9 @@ impl Epoll {
         // SAFETY: ev is a valid epoll_event for the duration of the call.
         let ret = unsafe { libc::epoll_ctl(self.raw(), op, fd, &mut ev) };
         if ret < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("epoll_ctl(op {op}, fd {fd}, events {events:#x}) failed"));
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("epoll_ctl(op {op}, fd {fd}, events {events:#x}) failed")
+            });
         }
         Ok(())
     }
@@ -88,7 +91,12 @@ pub fn timeout_ms(deadline: Instant, cap: Duration) -> i32 {
     i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> anyhow::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> anyhow::Result<()> {
     // SAFETY: value is a c_int that outlives the call; the length matches.
     let ret = unsafe {
         libc::setsockopt(
@@ -100,8 +108,9 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc:
         )
     };
     if ret < 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("setsockopt(fd {fd}, level {level}, option {name}, {value}) failed"));
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!("setsockopt(fd {fd}, level {level}, option {name}, {value}) failed")
+        });
     }
     Ok(())
 }
@@ -119,7 +128,11 @@ pub fn set_rcvbuf(fd: RawFd, bytes: i32) -> anyhow::Result<()> {
 /// Waits up to `timeout` for `fd` to become readable (e.g. a listener with a pending
 /// connection). Returns whether it is.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> anyhow::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: pfd is one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -141,7 +154,10 @@ pub fn gettid() -> i32 {
 
 /// CPU time (user + system) the calling thread has used so far.
 pub fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if ret != 0 {
@@ -161,13 +177,20 @@ mod tests {
         assert!((1..=2).contains(&ms), "got {ms}");
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(timeout_ms(later, Duration::from_millis(100)), 100);
-        assert_eq!(timeout_ms(Instant::now() - Duration::from_secs(1), Duration::from_secs(1)), 0);
+        assert_eq!(
+            timeout_ms(
+                Instant::now() - Duration::from_secs(1),
+                Duration::from_secs(1)
+            ),
+            0
+        );
     }
 
     #[test]
     fn epoll_reports_a_writable_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let ep = Epoll::new().expect("epoll");
         ep.add(client.as_raw_fd(), IN | OUT, 7).expect("add");
         let mut evs = event_buf(4);

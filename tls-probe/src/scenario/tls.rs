@@ -74,15 +74,21 @@ impl Identity {
             .build(&b.x509v3_context(None, None))?;
         b.append_extension(san)?;
         b.sign(&key, MessageDigest::sha256())?;
-        Ok(Self { key, cert: b.build() })
+        Ok(Self {
+            key,
+            cert: b.build(),
+        })
     }
 
     /// A server context with this identity, TLS 1.3 only. Callers add cache/ticket policy.
     pub fn server_builder(&self) -> anyhow::Result<SslContextBuilder> {
         let mut b = base_builder()?;
-        b.set_private_key(&self.key).context("loading the test key failed")?;
-        b.set_certificate(&self.cert).context("loading the test certificate failed")?;
-        b.check_private_key().context("test key and certificate do not match")?;
+        b.set_private_key(&self.key)
+            .context("loading the test key failed")?;
+        b.set_certificate(&self.cert)
+            .context("loading the test certificate failed")?;
+        b.check_private_key()
+            .context("test key and certificate do not match")?;
         Ok(b)
     }
 
@@ -136,7 +142,10 @@ pub struct Failure {
 impl Failure {
     /// True when libssl refused a retried write whose buffer moved or shrank.
     pub fn is_bad_write_retry(&self) -> bool {
-        self.errors.errors().iter().any(|e| e.reason() == Some("bad write retry"))
+        self.errors
+            .errors()
+            .iter()
+            .any(|e| e.reason() == Some("bad write retry"))
     }
 }
 
@@ -168,7 +177,11 @@ unsafe fn outcome(ssl: *mut ffi::SSL, ret: libc::c_int, ok: bool, n: usize) -> I
         ffi::SSL_ERROR_WANT_WRITE => Io::WantWrite,
         ffi::SSL_ERROR_ZERO_RETURN => Io::Closed,
         // Drains this thread's error queue, so a stale error cannot colour the next call.
-        _ => Io::Failed(Failure { code, errors: ErrorStack::get(), os }),
+        _ => Io::Failed(Failure {
+            code,
+            errors: ErrorStack::get(),
+            os,
+        }),
     }
 }
 
@@ -212,7 +225,11 @@ pub struct Tls {
 
 impl Tls {
     /// Wraps a connected socket: `SSL_new`, `SSL_set_fd`, then the connect/accept state.
-    pub fn new(ctx: &openssl::ssl::SslContextRef, sock: TcpStream, side: Side) -> anyhow::Result<Self> {
+    pub fn new(
+        ctx: &openssl::ssl::SslContextRef,
+        sock: TcpStream,
+        side: Side,
+    ) -> anyhow::Result<Self> {
         let mut ssl = Ssl::new(ctx).context("SSL_new failed")?;
         // SAFETY: ssl is live; the fd stays open as long as `sock`, which outlives ssl here.
         let ok = unsafe { SSL_set_fd(raw_ssl(&ssl), sock.as_raw_fd()) };
@@ -382,7 +399,10 @@ mod tests {
             }
         };
         assert_eq!(&buf[..got], b"hello");
-        assert_eq!(tls.clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE) & SSL_MODE_ENABLE_PARTIAL_WRITE, 0);
+        assert_eq!(
+            tls.clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE) & SSL_MODE_ENABLE_PARTIAL_WRITE,
+            0
+        );
         server.join().expect("server thread");
     }
 }

@@ -25,7 +25,9 @@ use super::{
     report::Counts,
     runner::{Runner, Window},
     sys::{self, Epoll},
-    tls::{Identity, Io, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_MODE_ENABLE_PARTIAL_WRITE, Side, Tls},
+    tls::{
+        Identity, Io, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_MODE_ENABLE_PARTIAL_WRITE, Side, Tls,
+    },
 };
 
 const REQUEST_BYTES: usize = 4096;
@@ -45,14 +47,19 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
     // Accepted sockets inherit the listener's receive buffer.
     sys::set_rcvbuf(listener.as_raw_fd(), SERVER_RCVBUF)?;
-    let addr = listener.local_addr().context("reading the listener address failed")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
 
     runner.spawn("server", move |ctl| {
         let mut counts = Counts::default();
         let setup = Instant::now() + Duration::from_secs(10);
         let first = accept(&listener, &server_ctx, setup, &mut counts)?
             .context("the client did not connect within 10s")?;
-        let window = ctl.ready(vec![listener.as_raw_fd(), first.fd()], vec![first.ptr() as u64]);
+        let window = ctl.ready(
+            vec![listener.as_raw_fd(), first.fd()],
+            vec![first.ptr() as u64],
+        );
         let mut conn = Some(first);
         while let Some(mut tls) = conn.take() {
             serve(&mut tls, window, &mut counts);
@@ -71,13 +78,19 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
 }
 
 /// Waits until `until` for the next connection and handshakes it. None when time ran out.
-fn accept(listener: &TcpListener, ctx: &SslContext, until: Instant, counts: &mut Counts) -> anyhow::Result<Option<Tls>> {
+fn accept(
+    listener: &TcpListener,
+    ctx: &SslContext,
+    until: Instant,
+    counts: &mut Counts,
+) -> anyhow::Result<Option<Tls>> {
     while Instant::now() < until {
         if !sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(100))? {
             continue;
         }
         let (sock, _) = listener.accept().context("accept failed")?;
-        sock.set_read_timeout(Some(Duration::from_millis(50))).context("setting a read timeout failed")?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .context("setting a read timeout failed")?;
         let mut tls = Tls::new(ctx, sock, Side::Server)?;
         match tls.blocking_handshake(Side::Server, 100) {
             Ok(()) => {
@@ -195,18 +208,23 @@ impl Client {
     }
 
     fn connect(&mut self) -> anyhow::Result<()> {
-        let sock = TcpStream::connect(self.addr).with_context(|| format!("connecting to {} failed", self.addr))?;
+        let sock = TcpStream::connect(self.addr)
+            .with_context(|| format!("connecting to {} failed", self.addr))?;
         sys::set_sndbuf(sock.as_raw_fd(), CLIENT_SNDBUF)?;
-        sock.set_read_timeout(Some(Duration::from_secs(5))).context("setting a read timeout failed")?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .context("setting a read timeout failed")?;
         let mut tls = Tls::new(&self.ctx, sock, Side::Client)?;
         // What the bug needs, and libcurl had: a write retry must pass the same buffer.
-        let left = tls.clear_mode(SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+        let left =
+            tls.clear_mode(SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
         anyhow::ensure!(
             left & (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE) == 0,
             "could not clear the SSL write modes (mode is {left:#x})"
         );
         tls.blocking_handshake(Side::Client, 1)?;
-        tls.sock().set_nonblocking(true).context("making the client socket non-blocking failed")?;
+        tls.sock()
+            .set_nonblocking(true)
+            .context("making the client socket non-blocking failed")?;
         self.generation += 1;
         self.ep.add(tls.fd(), sys::IN, self.generation)?;
         self.registered = sys::IN;
@@ -237,20 +255,31 @@ impl Client {
                 }
                 next_batch += BATCH_EVERY;
             }
-            let interest = if self.queue.is_empty() { sys::IN } else { sys::IN | sys::OUT };
+            let interest = if self.queue.is_empty() {
+                sys::IN
+            } else {
+                sys::IN | sys::OUT
+            };
             if interest != self.registered {
                 let (fd, generation) = (self.tls()?.fd(), self.generation);
                 self.ep.modify(fd, interest, generation)?;
                 self.registered = interest;
             }
-            let n = self.ep.wait(&mut events, sys::timeout_ms(next_batch.min(window.deadline), BATCH_EVERY))?;
+            let n = self.ep.wait(
+                &mut events,
+                sys::timeout_ms(next_batch.min(window.deadline), BATCH_EVERY),
+            )?;
             self.counts.inc("wakeups");
             for ev in &events[..n] {
                 let (bits, token) = sys::event_parts(ev);
                 if token != self.generation {
                     continue;
                 }
-                let res = if bits & !sys::OUT != 0 { self.read_responses() } else { Ok(true) };
+                let res = if bits & !sys::OUT != 0 {
+                    self.read_responses()
+                } else {
+                    Ok(true)
+                };
                 let res = match res {
                     Ok(true) if bits & sys::OUT != 0 => self.write_requests().map(|()| true),
                     other => other,
@@ -284,7 +313,11 @@ impl Client {
                     // The bug: the request gives up its turn and goes to the back, so the
                     // next SSL_write on this SSL will pass a different buffer.
                     self.counts.inc("want_write");
-                    log::debug!("request {} got WANT_WRITE with {} queued behind it", req.id, self.queue.len());
+                    log::debug!(
+                        "request {} got WANT_WRITE with {} queued behind it",
+                        req.id,
+                        self.queue.len()
+                    );
                     self.queue.push_back(req);
                     return Ok(());
                 }
