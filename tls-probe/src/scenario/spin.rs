@@ -143,7 +143,10 @@ fn spin_loop(ep: &Epoll, tls: &mut Tls, window: Window) -> anyhow::Result<Counts
                 Io::WantRead => want_read += 1,
                 Io::WantWrite => want_write += 1,
                 // The server closes at the deadline; seeing it means the deadline passed.
-                Io::Closed | Io::Failed(_) if window.done() => break,
+                Io::Closed | Io::Failed(_) if window.done() => {
+                    counts.inc("closed_at_deadline");
+                    break;
+                }
                 Io::Closed => anyhow::bail!("server closed the connection"),
                 Io::Failed(f) => anyhow::bail!("SSL_read failed: {f}"),
             }
@@ -185,7 +188,10 @@ fn busy_poll(ep: &Epoll, tls: &mut Tls, window: Window) -> anyhow::Result<Counts
                 }
                 Io::WantWrite => break,
                 // The server closes at the deadline; seeing it means the deadline passed.
-                Io::Closed | Io::Failed(_) if window.done() => break,
+                Io::Closed | Io::Failed(_) if window.done() => {
+                    counts.inc("closed_at_deadline");
+                    break;
+                }
                 Io::Closed => anyhow::bail!("server closed the connection"),
                 Io::Failed(f) => anyhow::bail!("SSL_read failed: {f}"),
             }

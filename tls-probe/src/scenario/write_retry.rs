@@ -88,7 +88,15 @@ fn accept(
         if !sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(100))? {
             continue;
         }
-        let (sock, _) = listener.accept().context("accept failed")?;
+        let sock = match listener.accept() {
+            Ok((sock, _)) => sock,
+            // E.g. the client gave up on that connection before it was accepted.
+            Err(e) => {
+                log::debug!("accept failed: {e}");
+                counts.inc("accept_errors");
+                continue;
+            }
+        };
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .context("setting a read timeout failed")?;
         let mut tls = Tls::new(ctx, sock, Side::Server)?;
