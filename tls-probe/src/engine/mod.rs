@@ -21,6 +21,7 @@
 mod config;
 pub mod epoll_bits;
 mod finding;
+mod ingest;
 mod iteration;
 pub mod rules;
 mod snapshot;
@@ -43,15 +44,17 @@ pub use snapshot::{
 };
 
 use self::{
-    iteration::{Pending, Readiness},
-    rules::{CallDone, ConnEnd, ConnWakeup, Cx, LoopWakeup, Rule},
+    rules::{ConnEnd, Cx, Rule},
     state::{ConnKey, State, Thread, ThreadKey},
     store::FindingStore,
     window::BUCKETS,
 };
-use crate::event::{EpollWait, Event, EventKind, SslCall, SslError, SslErrorCode};
+use crate::event::{Event, EventKind};
 
 const SWEEP_NS: u64 = 1_000_000_000;
+/// After an idle gap, at most this many bucket ticks are replayed one by one (enough for
+/// every close timer to fire at its exact time); the rest of the gap is skipped.
+const MAX_CATCH_UP_TICKS: u32 = 256;
 
 pub struct Engine {
     cfg: Config,
@@ -104,7 +107,12 @@ impl Engine {
     }
 
     /// Feeds one event; pushes any finding changes (opened/updated/closed) to `out`.
+    ///
+    /// Rules are evaluated at every window-bucket boundary of event time; boundaries crossed
+    /// since the last event are evaluated first, so the output does not depend on whether
+    /// or how often `advance` was called in between.
     pub fn ingest(&mut self, ev: &Event, out: &mut Vec<FindingChange>) {
+        self.tick_until(ev.ts_ns, out);
         self.now = self.now.max(ev.ts_ns);
         let (pid, tid, ts) = (ev.pid, ev.tid, ev.ts_ns);
         match &ev.kind {
@@ -135,24 +143,12 @@ impl Engine {
                 t.cpu_sample = Some((ts, *cpu_ns));
             }
         }
-        if self.now >= self.next_tick_ns {
-            self.tick(out);
-        }
     }
 
     /// Advances event time without an event (e.g. an idle target), closing findings whose
     /// condition stopped.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<FindingChange>) {
-        let bucket = self.bucket_ns();
-        // Tick once per bucket crossed, so windows close exactly as if events had come.
-        while self.next_tick_ns <= now_ns {
-            self.now = self.now.max(self.next_tick_ns);
-            self.tick(out);
-            if self.now >= now_ns {
-                break;
-            }
-            self.next_tick_ns = self.next_tick_ns.max(self.now + bucket);
-        }
+        self.tick_until(now_ns, out);
         self.now = self.now.max(now_ns);
     }
 
@@ -219,200 +215,29 @@ impl Engine {
         self.dispatch(out, |r, cx| r.on_conn_end(cx, key, how));
     }
 
-    fn on_ssl_call(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        ts: u64,
-        c: &SslCall,
-        out: &mut Vec<FindingChange>,
-    ) {
-        self.resolve_pending((pid, tid), out);
-        self.dispatch(out, |r, cx| r.on_call_arrival(cx, pid, tid, c));
-        let lp = &mut self.thread((pid, tid), out).lp;
-        // A thread not seen in epoll waits somewhere unprobed: a failed call (it has to wait
-        // now) ends its pseudo-iteration.
-        if !lp.epoll_mode && (!lp.iter.active || lp.iter.last_failed) {
-            self.finish_iteration((pid, tid), out);
-            if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
-                t.lp.iter.start_pseudo(ts);
-            }
-        }
-        if c.ret <= 0 {
-            if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
-                t.lp.pending = Some(Pending {
-                    ts,
-                    call: c.clone(),
-                });
-            }
-        } else {
-            self.complete_call(pid, tid, ts, c, None, out);
-        }
-    }
-
-    fn on_ssl_error(&mut self, pid: u32, tid: u32, e: &SslError, out: &mut Vec<FindingChange>) {
-        let pending = self
-            .state
-            .threads
-            .get_mut(&(pid, tid))
-            .and_then(|t| t.lp.pending.take_if(|p| p.call.ssl == e.ssl));
-        match pending {
-            Some(p) => {
-                let code = match e.code {
-                    SslErrorCode::None => p.inferred_code(),
-                    c => Some(c),
-                };
-                self.complete_call(pid, tid, p.ts, &p.call, code, out);
-            }
-            None if e.code != SslErrorCode::None => self.state.unmatched_ssl_errors_total += 1,
-            None => {}
-        }
-    }
-
-    /// Completes the thread's failing call still waiting for SSL_get_error, inferring its code.
-    fn resolve_pending(&mut self, key: ThreadKey, out: &mut Vec<FindingChange>) {
-        let Some(p) = self
-            .state
-            .threads
-            .get_mut(&key)
-            .and_then(|t| t.lp.pending.take())
-        else {
-            return;
-        };
-        let code = p.inferred_code();
-        self.complete_call(key.0, key.1, p.ts, &p.call, code, out);
-    }
-
-    fn complete_call(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        ts: u64,
-        call: &SslCall,
-        code: Option<SslErrorCode>,
-        out: &mut Vec<FindingChange>,
-    ) {
-        let key = (pid, call.ssl);
-        if !self.state.conns.contains_key(&key)
-            && self.state.conns.len() >= self.cfg.max_connections
-        {
-            let keep = self.cfg.max_connections * 9 / 10;
-            for k in self.state.conns_to_evict(self.now, u64::MAX, keep) {
-                self.end_conn(k, ConnEnd::Evicted, out);
-            }
-        }
-        let fd = self.state.record_call(key, tid, ts, call, code);
-        let now = self.now;
-        if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
-            t.ssl_calls_total += 1;
-            t.window.current(now).calls += 1;
-            if t.lp.iter.active {
-                t.lp.iter.record(call, fd, code);
-            }
-        }
-        let done = CallDone {
-            pid,
-            tid,
-            ts,
-            call,
-            code,
-            fd,
-        };
-        self.dispatch(out, |r, cx| r.on_call_done(cx, &done));
-    }
-
-    fn on_epoll_wait(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        ts: u64,
-        w: &EpollWait,
-        out: &mut Vec<FindingChange>,
-    ) {
-        self.resolve_pending((pid, tid), out);
-        self.thread((pid, tid), out);
-        self.finish_iteration((pid, tid), out);
-        if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
-            t.lp.epoll_mode = true;
-            t.lp.iter.start_wait(ts, w);
-        }
-    }
-
-    /// Ends the thread's current iteration: one wake-up per connection it made calls on, one
-    /// for the loop, and the thread's counters.
-    fn finish_iteration(&mut self, key: ThreadKey, out: &mut Vec<FindingChange>) {
-        let Some(t) = self.state.threads.get_mut(&key) else {
-            return;
-        };
-        if !t.lp.iter.active {
+    /// Runs the ticks of every bucket boundary up to `t` not run yet.
+    fn tick_until(&mut self, t: u64, out: &mut Vec<FindingChange>) {
+        let bucket = self.bucket_ns();
+        if self.next_tick_ns == 0 {
+            // The first event: nothing to evaluate before it.
+            self.next_tick_ns = (t / bucket + 1) * bucket;
             return;
         }
-        // Take the iteration out (no allocation) so that rules can read the state meanwhile.
-        let mut it = std::mem::take(&mut t.lp.iter);
-        let (pid, tid) = key;
-        let mut spin_wasted = false;
-        for touched in &it.touched {
-            let readiness = it.readiness(touched.fd);
-            let wasted = !touched.progress && readiness != Readiness::NotReady;
-            spin_wasted |= wasted;
-            let w = ConnWakeup {
-                pid,
-                tid,
-                ssl: touched.ssl,
-                fd: touched.fd,
-                op: touched.op,
-                wasted,
-                code: touched.code,
-                ready: match readiness {
-                    Readiness::Ready(slot) => Some(slot),
-                    _ => None,
-                },
-            };
-            self.dispatch(out, |r, cx| r.on_conn_wakeup(cx, &w));
-        }
-        if it.epoll {
-            let immediate = it.immediate(self.cfg.busy_max_blocked_ns);
-            let w = LoopWakeup {
-                pid,
-                tid,
-                timeout_ns: it.timeout_ns,
-                blocked_ns: it.blocked_ns,
-                immediate,
-                progress: it.progress,
-                spin_wasted,
-                ready_count: u32::try_from(it.ret.max(0)).unwrap_or(u32::MAX),
-                idle_ready: it
-                    .ready
-                    .iter()
-                    .find(|r| !it.touched.iter().any(|t| t.fd.is_some() && t.fd == r.fd))
-                    .copied(),
-            };
-            self.dispatch(out, |r, cx| r.on_loop_wakeup(cx, &w));
-            let now = self.now;
-            if let Some(t) = self.state.threads.get_mut(&key) {
-                t.wakeups_total += 1;
-                t.no_progress_total += u64::from(!it.progress);
-                t.immediate_total += u64::from(immediate);
-                let c = t.window.current(now);
-                c.wakeups += 1;
-                c.no_progress += u32::from(!it.progress);
+        let mut n = 0;
+        while self.next_tick_ns <= t {
+            n += 1;
+            if n > MAX_CATCH_UP_TICKS {
+                self.next_tick_ns = self.next_tick_ns.max(t / bucket * bucket);
             }
-            let p = self.state.proc_mut(pid, now);
-            p.wakeups_total += 1;
-            p.wakeups_no_progress_total += u64::from(!it.progress);
-        }
-        it.active = false;
-        if let Some(t) = self.state.threads.get_mut(&key) {
-            t.lp.iter = it;
+            self.now = self.now.max(self.next_tick_ns);
+            self.tick(out);
+            self.next_tick_ns = (self.now / bucket + 1) * bucket;
         }
     }
 
     /// Once per window bucket: late SSL_get_errors given up on, rules evaluated, and once a
     /// second idle connections, threads and processes retired.
     fn tick(&mut self, out: &mut Vec<FindingChange>) {
-        let bucket = self.bucket_ns();
-        self.next_tick_ns = (self.now / bucket + 1) * bucket;
-
         let mut stale = std::mem::take(&mut self.scratch);
         let limit = self.now.saturating_sub(self.cfg.pending_error_ns);
         stale.extend(

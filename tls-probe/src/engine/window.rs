@@ -27,6 +27,8 @@ pub(crate) struct Window<T> {
 pub(crate) struct Summary<T> {
     pub total: T,
     pub active: usize,
+    /// The most recent complete bucket.
+    pub latest: T,
 }
 
 impl<T: Counts> Window<T> {
@@ -71,6 +73,7 @@ impl<T: Counts> Window<T> {
     pub fn summary(&self, now_ns: u64, active: impl Fn(&T) -> bool) -> Summary<T> {
         let b = (now_ns / self.bucket_ns).max(self.head);
         let mut total = T::default();
+        let mut latest = T::default();
         let mut n = 0;
         for i in 0..BUCKETS as u64 {
             let Some(index) = (b + i).checked_sub(BUCKETS as u64) else {
@@ -81,8 +84,13 @@ impl<T: Counts> Window<T> {
                 n += 1;
             }
             total.merge(&c);
+            latest = c;
         }
-        Summary { total, active: n }
+        Summary {
+            total,
+            active: n,
+            latest,
+        }
     }
 
     /// True when every bucket still in the window, the current one included, is empty.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Cx, LoopWakeup, Rule};
 use crate::engine::{
     epoll_bits,
-    finding::{Evidence, FindingKind, Severity, Subject},
+    finding::{Evidence, Finding, FindingKind, Severity, Subject},
     iteration::ReadySlot,
     state::ThreadKey,
     window::{Counts, Summary, Window, pct},
@@ -174,13 +174,22 @@ impl Rule for BusyRule {
                 Some(id) if holds => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let last = t.last_idle_ns;
-                    cx.update(id, |f| {
+                    // While the pathology goes on (its latest bucket saw it), changes are
+                    // emitted when material. Once it has stopped, the window's tail only
+                    // records the decay, and the close timer runs.
+                    let going = s.latest.idle > 0;
+                    let apply = |f: &mut Finding| {
                         f.severity = sev;
                         f.evidence = ev;
                         f.explanation = expl;
                         f.last_seen_ns = last;
-                    });
-                    t.last_held_ns = now;
+                    };
+                    if going {
+                        cx.update(id, apply);
+                        t.last_held_ns = now;
+                    } else {
+                        cx.modify(id, apply);
+                    }
                 }
                 Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
                     cx.close(id);

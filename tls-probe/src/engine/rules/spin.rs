@@ -17,7 +17,7 @@ use super::{ConnEnd, ConnWakeup, Cx, Rule, want_word};
 use crate::{
     engine::{
         epoll_bits::{self, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT},
-        finding::{Evidence, Severity, Subject},
+        finding::{Evidence, Finding, Severity, Subject},
         iteration::ReadySlot,
         state::ConnKey,
         window::{Counts, Summary, Window, pct},
@@ -182,15 +182,24 @@ impl Rule for SpinRule {
                 Some(id) if holds => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let (tid, fd, last) = (t.tid, t.fd, t.last_wasted_ns);
-                    cx.update(id, |f| {
+                    // While the pathology goes on (its latest bucket saw it), changes are
+                    // emitted when material. Once it has stopped, the window's tail only
+                    // records the decay, and the close timer runs.
+                    let going = s.latest.wasted > 0;
+                    let apply = |f: &mut Finding| {
                         f.severity = sev;
                         f.evidence = ev;
                         f.explanation = expl;
                         f.tid = Some(tid);
                         f.fd = fd.or(f.fd);
                         f.last_seen_ns = last;
-                    });
-                    t.last_held_ns = now;
+                    };
+                    if going {
+                        cx.update(id, apply);
+                        t.last_held_ns = now;
+                    } else {
+                        cx.modify(id, apply);
+                    }
                 }
                 Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
                     cx.close(id);

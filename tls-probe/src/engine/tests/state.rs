@@ -151,3 +151,67 @@ fn late_get_error_is_inferred() {
     let snap = sim.engine.snapshot();
     assert_eq!(snap.connections[0].want_read_total, 1);
 }
+
+/// A trace of a spin that starts, stops, and starts again on a second connection.
+fn replay_trace(sim: &mut Sim, advance_every: Option<u64>) {
+    let mut last_advance = sim.now;
+    let mut step = |s: &mut Sim| {
+        if let Some(every) = advance_every
+            && s.now >= last_advance + every
+        {
+            // The live agent calls advance() from a timer, between events.
+            last_advance = s.now;
+            s.idle(0);
+        }
+    };
+    sim.every(200 * US, 2 * SEC, |s| {
+        s.spin_once(TID, S1, 7);
+        step(s);
+    });
+    sim.every(50 * MS, 3 * SEC, |s| {
+        s.wait(TID, Some(-1), 50 * MS, vec![]);
+        step(s);
+    });
+    sim.every(300 * US, 2 * SEC, |s| {
+        s.spin_once(TID, S1 + 0x1000, 8);
+        step(s);
+    });
+    sim.wait(TID, Some(-1), 30 * SEC, vec![]);
+}
+
+#[test]
+fn output_does_not_depend_on_advance_calls() {
+    let mut plain = Sim::new();
+    replay_trace(&mut plain, None);
+    let mut live = Sim::new();
+    replay_trace(&mut live, Some(37 * MS));
+    let strip =
+        |s: &Sim| -> Vec<FindingChange> { s.changes.iter().map(|(_, c)| c.clone()).collect() };
+    let (a, b) = (strip(&plain), strip(&live));
+    // Two spins, each opened and closed, the same to the nanosecond.
+    let kinds: Vec<(Change, FindingKind, Option<u64>)> = a
+        .iter()
+        .map(|c| (c.change, c.finding.kind, c.finding.ssl))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Change::Opened, FindingKind::SpinLoop, Some(S1)),
+            (Change::Closed, FindingKind::SpinLoop, Some(S1)),
+            (Change::Opened, FindingKind::SpinLoop, Some(S1 + 0x1000)),
+            (Change::Closed, FindingKind::SpinLoop, Some(S1 + 0x1000)),
+        ]
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+fn long_idle_gap_is_cheap() {
+    let mut sim = Sim::new();
+    sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, S1, 7));
+    // A day of nothing: the spin closes on time, and the catch-up does not tick a day.
+    sim.idle(86_400 * SEC);
+    let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+    assert_eq!(closed.len(), 1);
+    assert!(closed[0].1.closed_ns.is_some_and(|c| c < T0 + 5 * SEC));
+}
