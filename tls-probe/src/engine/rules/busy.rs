@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Cx, LoopWakeup, Rule};
 use crate::engine::{
     epoll_bits,
-    finding::{Evidence, Finding, FindingKind, Severity, Subject},
+    finding::{Evidence, FindingKind, Severity, Subject},
     iteration::ReadySlot,
     state::ThreadKey,
     window::{Counts, Summary, Window, pct},
@@ -150,6 +150,7 @@ impl Rule for BusyRule {
                 && s.active >= cfg.sustained_buckets
                 && progress <= cfg.busy_max_progress_pct;
             let holds = idle >= min * keep && progress <= cfg.busy_max_progress_pct / keep;
+            let going = s.latest.idle > 0;
             match t.finding {
                 None if opens => {
                     let (pid, tid) = key;
@@ -171,25 +172,19 @@ impl Rule for BusyRule {
                         t.last_held_ns = now;
                     }
                 }
-                Some(id) if holds => {
+                // While the pathology goes on (its latest bucket saw it), the finding holds
+                // and material changes are emitted. Once it has stopped, the close timer
+                // runs and the finding keeps the numbers it had, not the window's decay.
+                Some(id) if holds && going => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let last = t.last_idle_ns;
-                    // While the pathology goes on (its latest bucket saw it), changes are
-                    // emitted when material. Once it has stopped, the window's tail only
-                    // records the decay, and the close timer runs.
-                    let going = s.latest.idle > 0;
-                    let apply = |f: &mut Finding| {
+                    cx.update(id, |f| {
                         f.severity = sev;
                         f.evidence = ev;
                         f.explanation = expl;
                         f.last_seen_ns = last;
-                    };
-                    if going {
-                        cx.update(id, apply);
-                        t.last_held_ns = now;
-                    } else {
-                        cx.modify(id, apply);
-                    }
+                    });
+                    t.last_held_ns = now;
                 }
                 Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
                     cx.close(id);

@@ -17,7 +17,7 @@ use super::{ConnEnd, ConnWakeup, Cx, Rule, want_word};
 use crate::{
     engine::{
         epoll_bits::{self, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT},
-        finding::{Evidence, Finding, Severity, Subject},
+        finding::{Evidence, Severity, Subject},
         iteration::ReadySlot,
         state::ConnKey,
         window::{Counts, Summary, Window, pct},
@@ -165,6 +165,7 @@ impl Rule for SpinRule {
                 && s.active >= cfg.sustained_buckets
                 && no_progress >= cfg.spin_min_no_progress_pct;
             let holds = wasted >= min * keep && no_progress >= cfg.spin_min_no_progress_pct * keep;
+            let going = s.latest.wasted > 0;
             match t.finding {
                 None if opens => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
@@ -179,27 +180,21 @@ impl Rule for SpinRule {
                     t.finding = Some(cx.open(f));
                     t.last_held_ns = now;
                 }
-                Some(id) if holds => {
+                // While the pathology goes on (its latest bucket saw it), the finding holds
+                // and material changes are emitted. Once it has stopped, the close timer
+                // runs and the finding keeps the numbers it had, not the window's decay.
+                Some(id) if holds && going => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let (tid, fd, last) = (t.tid, t.fd, t.last_wasted_ns);
-                    // While the pathology goes on (its latest bucket saw it), changes are
-                    // emitted when material. Once it has stopped, the window's tail only
-                    // records the decay, and the close timer runs.
-                    let going = s.latest.wasted > 0;
-                    let apply = |f: &mut Finding| {
+                    cx.update(id, |f| {
                         f.severity = sev;
                         f.evidence = ev;
                         f.explanation = expl;
                         f.tid = Some(tid);
                         f.fd = fd.or(f.fd);
                         f.last_seen_ns = last;
-                    };
-                    if going {
-                        cx.update(id, apply);
-                        t.last_held_ns = now;
-                    } else {
-                        cx.modify(id, apply);
-                    }
+                    });
+                    t.last_held_ns = now;
                 }
                 Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
                     cx.close(id);

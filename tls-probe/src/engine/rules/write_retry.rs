@@ -27,6 +27,8 @@ use crate::{
 
 /// At most this many peers are counted per finding.
 const MAX_PEERS: usize = 8;
+/// Accepted moved-buffer retries are counted for at most this many processes.
+const MAX_PROCESSES: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCount {
@@ -267,6 +269,9 @@ impl Rule for WriteRetryRule {
                 || d.code.is_some_and(SslErrorCode::is_want)
                 || (d.code.is_none() && d.call.sys_calls > 0);
             if !shorter && went_on {
+                if self.accepted.len() >= MAX_PROCESSES && !self.accepted.contains_key(&d.pid) {
+                    self.accepted.clear();
+                }
                 *self.accepted.entry(d.pid).or_default() += 1;
             } else {
                 self.occurrence(cx, d, prev);
