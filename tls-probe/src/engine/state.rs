@@ -74,7 +74,9 @@ impl Conn {
             s.progress += 1;
         }
         if call.op.is_read() {
-            self.bytes_read += call.bytes;
+            if !is_peek(call.op) {
+                self.bytes_read += call.bytes;
+            }
         } else if call.op.is_write() {
             self.bytes_written += call.bytes;
         } else if call.made_progress() {
@@ -253,7 +255,9 @@ impl State {
         p.connections_total += u64::from(created);
         p.ssl_calls_total += 1;
         if call.op.is_read() {
-            p.bytes_read_total += call.bytes;
+            if !is_peek(call.op) {
+                p.bytes_read_total += call.bytes;
+            }
         } else if call.op.is_write() {
             p.bytes_written_total += call.bytes;
         } else if progress {
@@ -313,6 +317,11 @@ impl State {
         self.procs
             .retain(|pid, p| live.contains(pid) || now.saturating_sub(p.last_seen_ns) < idle_ns);
     }
+}
+
+/// Peeked bytes stay in libssl and are read again: not counted as read.
+fn is_peek(op: SslOp) -> bool {
+    matches!(op, SslOp::Peek | SslOp::PeekEx)
 }
 
 fn stale<K: Copy + Ord, V>(

@@ -297,3 +297,29 @@ fn steady_spin_updates_every_few_seconds_only() {
             .is_empty()
     );
 }
+
+#[test]
+fn spin_without_epoll_is_seen_through_failed_calls() {
+    let mut sim = Sim::new();
+    // A thread that waits in something not probed (poll, select) and calls SSL_read on
+    // every return: each failed call ends an iteration.
+    sim.every(200 * US, 2 * SEC, |s| s.read_want(TID, A, 7));
+    let opened = sim.opened(FindingKind::SpinLoop);
+    assert_eq!(opened.len(), 1);
+    let e = spin_evidence(opened[0]);
+    assert_eq!(
+        (e.ssl_error, e.interest.as_deref(), e.mismatch.as_deref()),
+        (Some(SslErrorCode::WantRead), None, None)
+    );
+    assert!(sim.opened(FindingKind::BusyEpollLoop).is_empty());
+}
+
+#[test]
+fn blocking_and_slow_readers_without_epoll_are_quiet() {
+    let mut sim = Sim::new();
+    // A blocking reader that gets data on every call, and one whose read times out every
+    // 200 ms (SO_RCVTIMEO: WANT_READ) with nothing to read.
+    sim.every(5 * MS, 3 * SEC, |s| s.read(TID, A, 7, 64));
+    sim.every(200 * MS, 3 * SEC, |s| s.read_want(TID + 1, B, 8));
+    sim.assert_quiet();
+}
