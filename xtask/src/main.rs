@@ -1,1 +1,65 @@
-fn main(){}
+//! `cargo xtask`: the project's own setup, test and demo commands (see README.md).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod setup;
+mod sh;
+mod test;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, test and demo tls-probe"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check every prerequisite and install what is missing (fast when nothing is).
+    Setup,
+    /// Set up, then run fmt, clippy, unit tests and the privileged integration tests.
+    Test(test::TestArgs),
+    /// Set up, build the release agent and run `tls-probe demo ARGS...`.
+    Demo(demo::DemoArgs),
+    // Bench (`cargo xtask bench --smoke`) goes here, in its own module; it calls
+    // `setup::ensure()` first like the others.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Setup => setup::ensure(),
+        Command::Test(args) => test::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn demo_passes_every_argument_through_even_help() {
+        let cli = Cli::parse_from(["cargo xtask", "demo", "--help", "spin", "--duration", "5"]);
+        let Command::Demo(args) = cli.command else {
+            panic!("parsed as {cli:?}")
+        };
+        assert_eq!(args.args, ["--help", "spin", "--duration", "5"]);
+    }
+}
