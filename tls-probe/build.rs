@@ -5,7 +5,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../tls-probe-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         // Leave a placeholder so include_bytes_aligned! compiles; loading it fails clearly.

@@ -63,15 +63,16 @@ pub mod sys {
 
 /// Indexes into the per-CPU counter array `COUNTERS`.
 pub mod counter {
-    /// A ring-buffer reserve failed: the event was lost in the kernel.
-    pub const LOST_RINGBUF: u32 = 0;
     /// A per-thread scratch map was full, so a call could not be tracked.
-    pub const LOST_INFLIGHT: u32 = 1;
+    pub const LOST_INFLIGHT: u32 = 0;
     /// Uprobe hits, all programs (for the overhead estimate).
-    pub const UPROBE_HITS: u32 = 2;
+    pub const UPROBE_HITS: u32 = 1;
     /// Tracepoint hits that passed the target filter.
-    pub const TRACEPOINT_HITS: u32 = 3;
-    pub const COUNT: u32 = 8;
+    pub const TRACEPOINT_HITS: u32 = 2;
+    /// `LOST_RINGBUF + kind`: a ring-buffer reserve failed for a record of that `kind`,
+    /// so the event was lost in the kernel.
+    pub const LOST_RINGBUF: u32 = 8;
+    pub const COUNT: u32 = LOST_RINGBUF + 8;
 }
 
 /// The most ready entries copied out of one `epoll_wait` result.

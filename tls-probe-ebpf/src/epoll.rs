@@ -1,8 +1,6 @@
 //! Syscall tracepoints for the event loop: epoll waits, epoll_ctl, and close.
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tls_probe_common::{
     CloseEvent, EpollCtlEvent, EpollWaitEvent, MAX_READY, ReadyEntry, epoll_sys, kind,
 };
@@ -30,7 +28,7 @@ fn stash(tid: u32, args: [u64; 4]) {
         start_ns: now(),
         args,
     };
-    if SYSCALL_ARGS.insert(&tid, &st, 0).is_err() {
+    if SYSCALL_ARGS.insert(tid, st, 0).is_err() {
         bump(tls_probe_common::counter::LOST_INFLIGHT);
     }
 }
@@ -51,7 +49,11 @@ fn wait_enter(ctx: &TracePointContext, pwait2: bool) -> u32 {
             let sec = unsafe { bpf_probe_read_user(timeout as *const i64) }.unwrap_or(0);
             let nsec = unsafe { bpf_probe_read_user((timeout + 8) as *const i64) }.unwrap_or(0);
             // Clamp to ~100 years so the product fits in i64 (no 128-bit math in BPF).
-            let sec = if sec > 3_153_600_000 { 3_153_600_000 } else { sec };
+            let sec = if sec > 3_153_600_000 {
+                3_153_600_000
+            } else {
+                sec
+            };
             sec * 1_000_000_000 + nsec
         }
     } else {
@@ -64,21 +66,29 @@ fn wait_enter(ctx: &TracePointContext, pwait2: bool) -> u32 {
 
 #[inline(always)]
 fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
-    let Some((tgid, tid)) = target() else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
     bump(tls_probe_common::counter::TRACEPOINT_HITS);
     // SAFETY: copied out at once.
-    let Some(st) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else { return 0 };
-    let _ = SYSCALL_ARGS.remove(&tid);
+    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALL_ARGS.remove(tid);
     // SAFETY: the exit record's `ret`.
     let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
     let ts = now();
     let Some(mut entry) = EVENTS.reserve::<EpollWaitEvent>(0) else {
-        lost();
+        lost(kind::EPOLL_WAIT);
         return 0;
     };
     let p = entry.as_mut_ptr();
     let n = if ret > 0 {
-        if ret as usize > MAX_READY { MAX_READY } else { ret as usize }
+        if ret as usize > MAX_READY {
+            MAX_READY
+        } else {
+            ret as usize
+        }
     } else {
         0
     };
@@ -101,7 +111,9 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
                 break;
             }
             let src = (base + i as u64 * EPOLL_EVENT_SIZE) as *const [u8; 12];
-            let Ok(raw) = bpf_probe_read_user(src) else { break };
+            let Ok(raw) = bpf_probe_read_user(src) else {
+                break;
+            };
             (*p).entries[i] = ReadyEntry {
                 events: u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
                 _pad: 0,
@@ -168,16 +180,28 @@ pub fn sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
         }
     };
     // Pack epfd/op/fd/events into the four slots: the exit needs all of them plus data.
-    stash(tid, [(epfd & 0xffff_ffff) | (op << 32), fd & 0xffff_ffff, events, data]);
+    stash(
+        tid,
+        [
+            (epfd & 0xffff_ffff) | (op << 32),
+            fd & 0xffff_ffff,
+            events,
+            data,
+        ],
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target() else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
     // SAFETY: copied out at once.
-    let Some(st) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else { return 0 };
-    let _ = SYSCALL_ARGS.remove(&tid);
+    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALL_ARGS.remove(tid);
     // SAFETY: the exit record's `ret`.
     let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
     let ev = EpollCtlEvent {
@@ -190,14 +214,16 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
         events: st.args[2] as u32,
     };
     if EVENTS.output::<EpollCtlEvent>(&ev, 0).is_err() {
-        lost();
+        lost(kind::EPOLL_CTL);
     }
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target() else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
     // SAFETY: close(fd).
     let fd = unsafe { arg(&ctx, 0) } as u32 as i32;
     let ev = CloseEvent {
@@ -207,7 +233,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         _pad: 0,
     };
     if EVENTS.output::<CloseEvent>(&ev, 0).is_err() {
-        lost();
+        lost(kind::CLOSE);
     }
     0
 }

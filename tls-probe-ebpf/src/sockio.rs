@@ -16,7 +16,9 @@ const ARG0: usize = 16;
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+        return 0;
+    };
     // SAFETY: reading the syscall's first argument from the tracepoint record.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as i64;
     // SAFETY: this thread's own entry.
@@ -29,7 +31,9 @@ fn on_enter(ctx: &TracePointContext) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+        return 0;
+    };
     // SAFETY: reading `ret` from the tracepoint record.
     let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
     // SAFETY: this thread's own entry.

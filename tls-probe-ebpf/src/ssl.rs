@@ -19,7 +19,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
     bump(counter::UPROBE_HITS);
     let Some((_, tid)) = target() else { return 0 };
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
-    if let Some(cur) = INFLIGHT.get_ptr_mut(&tid) {
+    if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: the pointer is to this thread's own entry.
         let cur = unsafe { &mut *cur };
         if cur.ssl == ssl {
@@ -46,7 +46,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         sys_last_kind: 0,
         _pad: 0,
     };
-    if INFLIGHT.insert(&tid, &state, 0).is_err() {
+    if INFLIGHT.insert(tid, state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
     0
@@ -56,8 +56,12 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
 #[inline(always)]
 fn exit(ctx: &RetProbeContext) -> u32 {
     bump(counter::UPROBE_HITS);
-    let Some((tgid, tid)) = target() else { return 0 };
-    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
+    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+        return 0;
+    };
     // SAFETY: the pointer is to this thread's own entry.
     let cur = unsafe { &mut *cur };
     if cur.depth > 1 {
@@ -65,7 +69,7 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         return 0;
     }
     let st = *cur;
-    let _ = INFLIGHT.remove(&tid);
+    let _ = INFLIGHT.remove(tid);
 
     let ts = now();
     // The return is `int` in every probed function: sign-extend the low 32 bits.
@@ -78,7 +82,11 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         } else {
             0
         }
-    } else if ret > 0 && st.op != op::SSL_DO_HANDSHAKE && st.op != op::SSL_ACCEPT && st.op != op::SSL_CONNECT {
+    } else if ret > 0
+        && st.op != op::SSL_DO_HANDSHAKE
+        && st.op != op::SSL_ACCEPT
+        && st.op != op::SSL_CONNECT
+    {
         ret as u64
     } else {
         0
@@ -99,7 +107,7 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         sys_last_kind: st.sys_last_kind,
     };
     if EVENTS.output::<SslCallEvent>(&ev, 0).is_err() {
-        lost();
+        lost(kind::SSL_CALL);
     }
     0
 }
@@ -138,7 +146,7 @@ pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
         ssl: ctx.arg(0).unwrap_or(0),
         ret: ctx.arg::<u64>(1).unwrap_or(0) as u32 as i32 as i64,
     };
-    if GETERR_ARGS.insert(&tid, &args, 0).is_err() {
+    if GETERR_ARGS.insert(tid, args, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
     0
@@ -147,10 +155,14 @@ pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
     bump(counter::UPROBE_HITS);
-    let Some((tgid, tid)) = target() else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
     // SAFETY: copied out at once.
-    let Some(args) = (unsafe { GETERR_ARGS.get(&tid) }).copied() else { return 0 };
-    let _ = GETERR_ARGS.remove(&tid);
+    let Some(args) = (unsafe { GETERR_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = GETERR_ARGS.remove(tid);
     let code: u64 = ctx.ret();
     let ev = SslErrorEvent {
         hdr: header(kind::SSL_ERROR, tgid, tid, now()),
@@ -160,7 +172,7 @@ pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
         _pad: 0,
     };
     if EVENTS.output::<SslErrorEvent>(&ev, 0).is_err() {
-        lost();
+        lost(kind::SSL_ERROR);
     }
     0
 }
@@ -168,13 +180,15 @@ pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
     bump(counter::UPROBE_HITS);
-    let Some((tgid, tid)) = target() else { return 0 };
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
     let ev = SslFreeEvent {
         hdr: header(kind::SSL_FREE, tgid, tid, now()),
         ssl: ctx.arg(0).unwrap_or(0),
     };
     if EVENTS.output::<SslFreeEvent>(&ev, 0).is_err() {
-        lost();
+        lost(kind::SSL_FREE);
     }
     0
 }

@@ -11,7 +11,7 @@ pub fn target() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is a plain u32 copied out immediately.
-    unsafe { TARGETS.get(&tgid) }?;
+    unsafe { TARGETS.get(tgid) }?;
     Some((tgid, id as u32))
 }
 
@@ -40,7 +40,8 @@ pub fn bump(index: u32) {
     }
 }
 
+/// Counts a record of `kind` that did not fit in the ring buffer.
 #[inline(always)]
-pub fn lost() {
-    bump(counter::LOST_RINGBUF);
+pub fn lost(kind: u32) {
+    bump(counter::LOST_RINGBUF + kind);
 }

@@ -8,8 +8,8 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tls_probe_common::{
-    CloseEvent, EpollCtlEvent, EpollWaitEvent, EventHeader, MAX_READY, SslCallEvent,
-    SslErrorEvent, SslFreeEvent, epoll_sys, kind, sys,
+    CloseEvent, EpollCtlEvent, EpollWaitEvent, EventHeader, MAX_READY, SslCallEvent, SslErrorEvent,
+    SslFreeEvent, epoll_sys, kind, sys,
 };
 
 use crate::event::{
@@ -153,8 +153,7 @@ mod tests {
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a repr(C) POD value as bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     fn hdr(kind: u32) -> EventHeader {

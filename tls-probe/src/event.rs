@@ -258,13 +258,20 @@ pub struct EpollCtl {
 pub enum EventKind {
     SslCall(SslCall),
     SslError(SslError),
-    SslFree { ssl: u64 },
+    SslFree {
+        ssl: u64,
+    },
     EpollWait(EpollWait),
     EpollCtl(EpollCtl),
-    Close { fd: i32, ret: i64 },
+    Close {
+        fd: i32,
+        ret: i64,
+    },
     /// A sample of a thread's CPU time (utime+stime), read by the agent from
     /// `/proc/PID/task/TID/stat` about once a second. Not a probe: `probe` is "procfs".
-    ThreadCpu { cpu_ns: u64 },
+    ThreadCpu {
+        cpu_ns: u64,
+    },
 }
 
 /// One decoded event, with who and when.

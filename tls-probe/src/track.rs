@@ -258,7 +258,12 @@ mod tests {
         t.process(&mut later);
         assert_eq!(call_fd(&later), Some(7));
 
-        t.process(&mut Event::new(2, 10, 11, EventKind::Close { fd: 7, ret: 0 }));
+        t.process(&mut Event::new(
+            2,
+            10,
+            11,
+            EventKind::Close { fd: 7, ret: 0 },
+        ));
         let mut after_close = call(0xa, None);
         t.process(&mut after_close);
         assert_eq!(call_fd(&after_close), None);
@@ -316,7 +321,12 @@ mod tests {
     fn closing_an_fd_drops_its_registration() {
         let mut t = Tracker::new();
         t.process(&mut ctl(CtlOp::Add, 3, 9, 1, 9));
-        t.process(&mut Event::new(2, 10, 11, EventKind::Close { fd: 9, ret: 0 }));
+        t.process(&mut Event::new(
+            2,
+            10,
+            11,
+            EventKind::Close { fd: 9, ret: 0 },
+        ));
         let mut w = wait(3, 9);
         t.process(&mut w);
         assert_eq!(ready(&w), (None, None));

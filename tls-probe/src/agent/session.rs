@@ -1,11 +1,6 @@
 //! One tls-probe run against a set of live processes.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -20,7 +15,10 @@ use crate::{
     decode::decode,
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
-    sink::{human, ndjson::{NdjsonWriter, SCHEMA_VERSION}},
+    sink::{
+        human,
+        ndjson::{NdjsonWriter, SCHEMA_VERSION},
+    },
     track::Tracker,
 };
 
@@ -293,7 +291,9 @@ impl Session {
         self.lost.inflight = c.lost_inflight;
         self.last_counters = c;
         if d_ring + d_inflight > 0 {
-            eprintln!("tls-probe: lost {d_ring} events (ring buffer full) and {d_inflight} call states");
+            eprintln!(
+                "tls-probe: lost {d_ring} events (ring buffer full) and {d_inflight} call states"
+            );
             if let Some(out) = self.out.as_mut() {
                 out.record(
                     "lost",
@@ -317,7 +317,14 @@ impl Session {
                     .unwrap_or_default();
                 eprintln!("tls-probe: pid {pid} ({comm}) exited");
                 if let Some(out) = self.out.as_mut() {
-                    out.record("target_exit", &TargetExit { pid, comm, ts_ns: now })?;
+                    out.record(
+                        "target_exit",
+                        &TargetExit {
+                            pid,
+                            comm,
+                            ts_ns: now,
+                        },
+                    )?;
                 }
                 continue;
             }

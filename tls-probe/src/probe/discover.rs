@@ -21,22 +21,25 @@ pub enum DiscoverError {
     )]
     KernelThread(u32),
     #[error("cannot read /proc/{pid}/maps: {source}; run tls-probe as root (sudo)")]
-    Maps {
-        pid: u32,
-        source: std::io::Error,
-    },
+    Maps { pid: u32, source: std::io::Error },
     #[error(
         "no TLS library found in pid {pid} ({comm}): searched /proc/{pid}/maps for libssl.so*, and the executable {exe} for {REQUIRED_SYMBOL}; if the process loads OpenSSL some other way, pass --libssl PATH"
     )]
     NotFound { pid: u32, comm: String, exe: String },
-    #[error("--libssl {path}: {source}; pass the path of a libssl shared object or a binary that links OpenSSL statically")]
+    #[error(
+        "--libssl {path}: {source}; pass the path of a libssl shared object or a binary that links OpenSSL statically"
+    )]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--libssl {path}: not an ELF file with symbols ({reason}); pass a libssl shared object")]
+    #[error(
+        "--libssl {path}: not an ELF file with symbols ({reason}); pass a libssl shared object"
+    )]
     NotElf { path: PathBuf, reason: String },
-    #[error("{path} has no {REQUIRED_SYMBOL} symbol, so it is not an OpenSSL libssl; pass the libssl the process uses (see /proc/PID/maps)")]
+    #[error(
+        "{path} has no {REQUIRED_SYMBOL} symbol, so it is not an OpenSSL libssl; pass the libssl the process uses (see /proc/PID/maps)"
+    )]
     NoSslSymbols { path: PathBuf },
 }
 
@@ -127,7 +130,9 @@ pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
     let mut seen = BTreeSet::new();
     for line in maps.lines() {
         // address perms offset dev inode pathname
-        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
         let Some(name) = Path::new(path).file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -184,7 +189,13 @@ mod tests {
         let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
         let lib = library_at(path, "/usr/lib/x86_64-linux-gnu/libssl.so.3").unwrap();
         assert_eq!(lib.version.as_deref(), Some("3"));
-        for s in ["SSL_read", "SSL_read_ex", "SSL_write_ex", "SSL_get_error", "SSL_free"] {
+        for s in [
+            "SSL_read",
+            "SSL_read_ex",
+            "SSL_write_ex",
+            "SSL_get_error",
+            "SSL_free",
+        ] {
             assert!(lib.has(s), "{s} missing");
         }
     }

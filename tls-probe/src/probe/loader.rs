@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use tls_probe_common::{counter, target_flag};
 
@@ -83,7 +86,10 @@ pub const TRACEPOINTS: &[&str] = &[
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Records lost because the ring buffer was full, all kinds.
     pub lost_ringbuf: u64,
+    /// The same, by record kind (`tls_probe_common::kind`).
+    pub lost_by_kind: [u64; 8],
     pub lost_inflight: u64,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
@@ -159,7 +165,13 @@ impl Probes {
             hot: Vec::new(),
             missing: Vec::new(),
         };
-        let links = attach_uprobes(&mut self.ebpf, pid, &target.lib, COLD_UPROBES, &mut target.missing)?;
+        let links = attach_uprobes(
+            &mut self.ebpf,
+            pid,
+            &target.lib,
+            COLD_UPROBES,
+            &mut target.missing,
+        )?;
         target.cold = links;
         if !target.lib.has("SSL_read") {
             bail!("{} has no SSL_read", target.lib.display_path);
@@ -178,7 +190,8 @@ impl Probes {
         };
         if on && target.hot.is_empty() {
             let mut missing = Vec::new();
-            target.hot = attach_uprobes(&mut self.ebpf, pid, &target.lib, HOT_UPROBES, &mut missing)?;
+            target.hot =
+                attach_uprobes(&mut self.ebpf, pid, &target.lib, HOT_UPROBES, &mut missing)?;
             for m in missing {
                 if !target.missing.contains(&m) {
                     target.missing.push(m);
@@ -206,7 +219,9 @@ impl Probes {
 
     /// Stops tracing `pid` (e.g. after it exited). Detach errors of a dead process are ignored.
     pub fn detach(&mut self, pid: u32) {
-        let Some(mut target) = self.targets.remove(&pid) else { return };
+        let Some(mut target) = self.targets.remove(&pid) else {
+            return;
+        };
         for (name, link) in target.hot.drain(..).chain(target.cold.drain(..)) {
             if let Ok(prog) = program::<UProbe>(&mut self.ebpf, name) {
                 let _ = prog.detach(link);
@@ -231,8 +246,13 @@ impl Probes {
             .ok_or_else(|| anyhow!("the eBPF object has no COUNTERS map"))?;
         let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let sum = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
+        let mut lost_by_kind = [0u64; 8];
+        for (kind, slot) in lost_by_kind.iter_mut().enumerate() {
+            *slot = sum(counter::LOST_RINGBUF + kind as u32)?;
+        }
         Ok(Counters {
-            lost_ringbuf: sum(counter::LOST_RINGBUF)?,
+            lost_ringbuf: lost_by_kind.iter().sum(),
+            lost_by_kind,
             lost_inflight: sum(counter::LOST_INFLIGHT)?,
             uprobe_hits: sum(counter::UPROBE_HITS)?,
             tracepoint_hits: sum(counter::TRACEPOINT_HITS)?,
@@ -244,7 +264,8 @@ impl Probes {
 fn ensure_tracefs() -> Result<()> {
     const TRACEFS: &str = "/sys/kernel/tracing";
     let events = std::path::Path::new(TRACEFS).join("events/syscalls");
-    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events/syscalls").exists() {
+    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
+    {
         return Ok(());
     }
     nix::mount::mount(
@@ -297,9 +318,12 @@ fn attach_uprobes(
             continue;
         }
         let prog: &mut UProbe = program(ebpf, name)?;
-        let link = prog
-            .attach(symbol, &lib.path, scope)
-            .with_context(|| format!("attaching {name} to {symbol} in {} for pid {pid}", lib.display_path))?;
+        let link = prog.attach(symbol, &lib.path, scope).with_context(|| {
+            format!(
+                "attaching {name} to {symbol} in {} for pid {pid}",
+                lib.display_path
+            )
+        })?;
         links.push((name, link));
     }
     Ok(links)

@@ -48,7 +48,13 @@ fn fd(fd: Option<i32>) -> String {
 
 /// One line describing an event.
 pub fn event_line(ev: &Event) -> String {
-    let mut s = format!("{:>10.6} {:>7}/{:<7} {:<16} ", ev.ts_ns as f64 / 1e9, ev.pid, ev.tid, ev.probe);
+    let mut s = format!(
+        "{:>10.6} {:>7}/{:<7} {:<16} ",
+        ev.ts_ns as f64 / 1e9,
+        ev.pid,
+        ev.tid,
+        ev.probe
+    );
     match &ev.kind {
         EventKind::SslCall(c) => {
             let _ = write!(
@@ -72,7 +78,9 @@ pub fn event_line(ev: &Event) -> String {
             let _ = write!(s, "ssl={ssl:#x}");
         }
         EventKind::EpollWait(w) => {
-            let timeout = w.timeout_ns.map_or("inf".to_owned(), |t| format!("{}ms", t / 1_000_000));
+            let timeout = w
+                .timeout_ns
+                .map_or("inf".to_owned(), |t| format!("{}ms", t / 1_000_000));
             let _ = write!(
                 s,
                 "epfd={} timeout={} blocked={}us ready={}",

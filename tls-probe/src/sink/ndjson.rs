@@ -110,7 +110,13 @@ impl NdjsonWriter {
         self.buf.push(b'\n');
         self.out
             .write_all(&self.buf)
-            .and_then(|()| if self.flush_each { self.out.flush() } else { Ok(()) })
+            .and_then(|()| {
+                if self.flush_each {
+                    self.out.flush()
+                } else {
+                    Ok(())
+                }
+            })
             .with_context(|| format!("writing to {}", self.path))?;
         self.lines += 1;
         Ok(())
@@ -167,7 +173,10 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let err = open(&p, false).err().unwrap().to_string();
-        assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("already exists") && err.contains("--force"),
+            "{err}"
+        );
         assert!(open(&p, true).is_ok());
     }
 
