@@ -18,6 +18,7 @@ pub mod kind {
     pub const EPOLL_WAIT: u32 = 4;
     pub const EPOLL_CTL: u32 = 5;
     pub const CLOSE: u32 = 6;
+    pub const EPOLL_IDLE: u32 = 7;
 }
 
 /// The probed libssl entry points. The value is the index of the symbol in [`SSL_OPS`].
@@ -160,10 +161,13 @@ pub struct ReadyEntry {
 }
 const _: () = assert!(core::mem::size_of::<ReadyEntry>() == 16);
 
-/// The return of `epoll_wait`, `epoll_pwait` or `epoll_pwait2`.
+/// The return of `epoll_wait`, `epoll_pwait` or `epoll_pwait2`, with room for `N` ready
+/// entries. The kernel writes the smallest size class that holds what was ready: `N` is
+/// `EPOLL_WAIT_SMALL_ENTRIES` or `MAX_READY` ([`EpollWaitEvent`]). Readers must take the
+/// entry count from the record's length as well as from `n_entries`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EpollWaitEvent {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollWaitRecord<const N: usize> {
     pub hdr: EventHeader,
     pub start_ns: u64,
     pub duration_ns: u64,
@@ -175,11 +179,64 @@ pub struct EpollWaitEvent {
     pub maxevents: i32,
     /// One of the `epoll_sys` constants.
     pub syscall: u32,
-    /// How many of `entries` are filled (at most `MAX_READY`, at most `ret`).
+    /// How many of `entries` are filled (at most `N`, at most `ret`).
     pub n_entries: u32,
-    pub entries: [ReadyEntry; MAX_READY],
+    pub entries: [ReadyEntry; N],
 }
-const _: () = assert!(core::mem::size_of::<EpollWaitEvent>() == 72 + 16 * MAX_READY);
+
+impl<const N: usize> Default for EpollWaitRecord<N> {
+    fn default() -> Self {
+        Self {
+            hdr: EventHeader::default(),
+            start_ns: 0,
+            duration_ns: 0,
+            timeout_ns: 0,
+            ret: 0,
+            epfd: 0,
+            maxevents: 0,
+            syscall: 0,
+            n_entries: 0,
+            entries: [ReadyEntry::default(); N],
+        }
+    }
+}
+
+/// The largest size class.
+pub type EpollWaitEvent = EpollWaitRecord<MAX_READY>;
+const _: () = assert!(core::mem::size_of::<EpollWaitEvent>() == EPOLL_WAIT_HEAD + 16 * MAX_READY);
+
+const _: () =
+    assert!(core::mem::size_of::<EpollWaitRecord<EPOLL_WAIT_SMALL_ENTRIES>>() == EPOLL_WAIT_SMALL);
+
+/// Bytes of an [`EpollWaitEvent`] before `entries`.
+pub const EPOLL_WAIT_HEAD: usize = 72;
+/// Entries in the small size class of an [`EpollWaitEvent`] record.
+pub const EPOLL_WAIT_SMALL_ENTRIES: usize = 2;
+/// Bytes of a small [`EpollWaitEvent`] record.
+pub const EPOLL_WAIT_SMALL: usize = EPOLL_WAIT_HEAD + 16 * EPOLL_WAIT_SMALL_ENTRIES;
+
+/// Immediate empty epoll waits (timeout 0, nothing ready) of one thread, aggregated in the
+/// kernel: a busy-polling loop makes millions a second, which no event stream can carry.
+/// Flushed before the thread's next non-empty wait, or every `IDLE_FLUSH_COUNT` waits,
+/// or when `IDLE_FLUSH_NS` have passed since the first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollIdleEvent {
+    pub hdr: EventHeader,
+    /// Start of the first wait aggregated.
+    pub first_ns: u64,
+    /// Time spent inside the waits, summed.
+    pub blocked_ns: u64,
+    pub count: u32,
+    pub epfd: i32,
+    /// One of the `epoll_sys` constants (of the last wait).
+    pub syscall: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EpollIdleEvent>() == 56);
+
+pub const IDLE_FLUSH_COUNT: u32 = 4096;
+pub const IDLE_FLUSH_NS: u64 = 20_000_000;
 
 /// The return of `epoll_ctl(epfd, op, fd, event)`.
 #[repr(C)]

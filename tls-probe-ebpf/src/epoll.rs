@@ -2,12 +2,13 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tls_probe_common::{
-    CloseEvent, EpollCtlEvent, EpollWaitEvent, MAX_READY, ReadyEntry, epoll_sys, kind,
+    CloseEvent, EPOLL_WAIT_SMALL_ENTRIES, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord,
+    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind,
 };
 
 use crate::{
-    maps::{EVENTS, SYSCALL_ARGS},
-    state::SyscallArgs,
+    maps::{EVENTS, IDLE_WAITS, SYSCALL_ARGS},
+    state::{IdleWaits, SyscallArgs},
     util::{bump, header, lost, now, target},
 };
 
@@ -64,37 +65,80 @@ fn wait_enter(ctx: &TracePointContext, pwait2: bool) -> u32 {
     0
 }
 
+/// Emits the thread's aggregated empty waits, if any.
 #[inline(always)]
-fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
-    let Some((tgid, tid)) = target() else {
-        return 0;
-    };
-    bump(tls_probe_common::counter::TRACEPOINT_HITS);
+fn flush_idle(tgid: u32, tid: u32, ts: u64) {
     // SAFETY: copied out at once.
-    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
-        return 0;
+    let Some(idle) = (unsafe { IDLE_WAITS.get(tid) }).copied() else {
+        return;
     };
-    let _ = SYSCALL_ARGS.remove(tid);
-    // SAFETY: the exit record's `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
-    let ts = now();
-    let Some(mut entry) = EVENTS.reserve::<EpollWaitEvent>(0) else {
+    let _ = IDLE_WAITS.remove(tid);
+    let ev = EpollIdleEvent {
+        hdr: header(kind::EPOLL_IDLE, tgid, tid, ts),
+        first_ns: idle.first_ns,
+        blocked_ns: idle.blocked_ns,
+        count: idle.count,
+        epfd: idle.epfd,
+        syscall: idle.syscall,
+        _pad: 0,
+    };
+    if EVENTS.output::<EpollIdleEvent>(&ev, 0).is_err() {
+        lost(kind::EPOLL_IDLE);
+    }
+}
+
+/// Counts an immediate empty wait into the thread's aggregate; flushes it when full or old.
+#[inline(always)]
+fn aggregate_idle(tgid: u32, tid: u32, st: &SyscallArgs, ts: u64, syscall: u32) {
+    let blocked = ts - st.start_ns;
+    let flush = if let Some(idle) = IDLE_WAITS.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        let idle = unsafe { &mut *idle };
+        idle.count += 1;
+        idle.blocked_ns += blocked;
+        idle.syscall = syscall;
+        idle.count >= IDLE_FLUSH_COUNT || ts - idle.first_ns >= IDLE_FLUSH_NS
+    } else {
+        let idle = IdleWaits {
+            first_ns: st.start_ns,
+            blocked_ns: blocked,
+            count: 1,
+            epfd: st.args[0] as i32,
+            syscall,
+            _pad: 0,
+        };
+        if IDLE_WAITS.insert(tid, idle, 0).is_err() {
+            bump(tls_probe_common::counter::LOST_INFLIGHT);
+        }
+        false
+    };
+    if flush {
+        flush_idle(tgid, tid, ts);
+    }
+}
+
+/// Fills and submits a wait record with room for `N` entries.
+#[inline(always)]
+fn emit_wait<const N: usize>(
+    tgid: u32,
+    tid: u32,
+    st: &SyscallArgs,
+    ret: i64,
+    ts: u64,
+    syscall: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<EpollWaitRecord<N>>(0) else {
         lost(kind::EPOLL_WAIT);
-        return 0;
+        return;
     };
     let p = entry.as_mut_ptr();
     let n = if ret > 0 {
-        if ret as usize > MAX_READY {
-            MAX_READY
-        } else {
-            ret as usize
-        }
+        if ret as usize > N { N } else { ret as usize }
     } else {
         0
     };
-    // SAFETY: `p` is a reserved, 8-byte aligned EpollWaitEvent in the ring buffer; every
-    // field is written before submit except the entries past `n_entries`, which userspace
-    // never reads.
+    // SAFETY: `p` is a reserved, 8-byte aligned record in the ring buffer; every field is
+    // written before submit except the entries past `n_entries`, which userspace never reads.
     unsafe {
         (*p).hdr = header(kind::EPOLL_WAIT, tgid, tid, ts);
         (*p).start_ns = st.start_ns;
@@ -106,7 +150,7 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
         (*p).syscall = syscall;
         let base = st.args[1];
         let mut filled = 0u32;
-        for i in 0..MAX_READY {
+        for i in 0..N {
             if i >= n {
                 break;
             }
@@ -126,6 +170,33 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
         (*p).n_entries = filled;
     }
     entry.submit(0);
+}
+
+#[inline(always)]
+fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
+    bump(tls_probe_common::counter::TRACEPOINT_HITS);
+    // SAFETY: copied out at once.
+    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALL_ARGS.remove(tid);
+    // SAFETY: the exit record's `ret`.
+    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
+    let ts = now();
+    if ret == 0 && st.args[3] == 0 {
+        // Timeout 0, nothing ready: a busy poll. Count it, don't stream it.
+        aggregate_idle(tgid, tid, &st, ts, syscall);
+        return 0;
+    }
+    flush_idle(tgid, tid, ts);
+    if ret <= EPOLL_WAIT_SMALL_ENTRIES as i64 {
+        emit_wait::<EPOLL_WAIT_SMALL_ENTRIES>(tgid, tid, &st, ret, ts, syscall);
+    } else {
+        emit_wait::<MAX_READY>(tgid, tid, &st, ret, ts, syscall);
+    }
     0
 }
 

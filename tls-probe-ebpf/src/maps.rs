@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tls_probe_common::counter;
 
-use crate::state::{GetErrorArgs, Inflight, SyscallArgs};
+use crate::state::{GetErrorArgs, IdleWaits, Inflight, SyscallArgs};
 
 /// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
 /// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
@@ -26,6 +26,10 @@ pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0
 /// tid -> arguments of the epoll syscall the thread is inside (a thread is in one syscall at a time).
 #[map]
 pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// tid -> the immediate empty waits not yet flushed (see `EpollIdleEvent`).
+#[map]
+pub static IDLE_WAITS: HashMap<u32, IdleWaits> = HashMap::with_max_entries(16384, 0);
 
 /// tid -> arguments of the SSL_get_error call the thread is inside.
 #[map]

@@ -32,3 +32,14 @@ pub struct GetErrorArgs {
     pub ssl: u64,
     pub ret: i64,
 }
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IdleWaits {
+    pub first_ns: u64,
+    pub blocked_ns: u64,
+    pub count: u32,
+    pub epfd: i32,
+    pub syscall: u32,
+    pub _pad: u32,
+}

@@ -8,13 +8,13 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tls_probe_common::{
-    CloseEvent, EpollCtlEvent, EpollWaitEvent, EventHeader, MAX_READY, SslCallEvent, SslErrorEvent,
-    SslFreeEvent, epoll_sys, kind, sys,
+    CloseEvent, EPOLL_WAIT_HEAD, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent, EventHeader,
+    MAX_READY, ReadyEntry, SslCallEvent, SslErrorEvent, SslFreeEvent, epoll_sys, kind, sys,
 };
 
 use crate::event::{
-    CtlOp, EpollCtl, EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall, SslError,
-    SslErrorCode, SslOp, SysKind,
+    CtlOp, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall,
+    SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -42,6 +42,51 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     // SAFETY: the length is checked above, the types are plain-old-data repr(C) structs
     // of integers (tls-probe-common), and read_unaligned makes no alignment assumption.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn epoll_syscall(raw: u32) -> Result<EpollSyscall, DecodeError> {
+    match raw {
+        epoll_sys::EPOLL_WAIT => Ok(EpollSyscall::EpollWait),
+        epoll_sys::EPOLL_PWAIT => Ok(EpollSyscall::EpollPwait),
+        epoll_sys::EPOLL_PWAIT2 => Ok(EpollSyscall::EpollPwait2),
+        other => Err(DecodeError::UnknownSyscall(other)),
+    }
+}
+
+/// An epoll wait record: a fixed head, then as many entries as the record's size class holds.
+fn epoll_wait(bytes: &[u8]) -> Result<EpollWait, DecodeError> {
+    if bytes.len() < EPOLL_WAIT_HEAD {
+        return Err(DecodeError::Short {
+            kind: kind::EPOLL_WAIT,
+            need: EPOLL_WAIT_HEAD,
+            got: bytes.len(),
+        });
+    }
+    // Read the head through a zero-padded full-size copy: the record may be cut short.
+    let mut full = [0u8; size_of::<EpollWaitEvent>()];
+    let n = bytes.len().min(full.len());
+    full[..n].copy_from_slice(&bytes[..n]);
+    let r: EpollWaitEvent = read(&full, kind::EPOLL_WAIT)?;
+    let fits = (n - EPOLL_WAIT_HEAD) / size_of::<ReadyEntry>();
+    let filled = (r.n_entries as usize).min(MAX_READY).min(fits);
+    Ok(EpollWait {
+        syscall: epoll_syscall(r.syscall)?,
+        epfd: r.epfd,
+        maxevents: r.maxevents,
+        timeout_ns: (r.timeout_ns >= 0).then_some(r.timeout_ns),
+        start_ns: r.start_ns,
+        duration_ns: r.duration_ns,
+        ret: r.ret,
+        ready: r.entries[..filled]
+            .iter()
+            .map(|e| ReadyFd {
+                events: e.events,
+                data: e.data,
+                fd: None,
+                interest: None,
+            })
+            .collect(),
+    })
 }
 
 fn ssl_op(raw: u32) -> Result<SslOp, DecodeError> {
@@ -90,31 +135,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let r: SslFreeEvent = read(bytes, hdr.kind)?;
             EventKind::SslFree { ssl: r.ssl }
         }
-        kind::EPOLL_WAIT => {
-            let r: EpollWaitEvent = read(bytes, hdr.kind)?;
-            let n = (r.n_entries as usize).min(MAX_READY);
-            EventKind::EpollWait(EpollWait {
-                syscall: match r.syscall {
-                    epoll_sys::EPOLL_WAIT => EpollSyscall::EpollWait,
-                    epoll_sys::EPOLL_PWAIT => EpollSyscall::EpollPwait,
-                    epoll_sys::EPOLL_PWAIT2 => EpollSyscall::EpollPwait2,
-                    other => return Err(DecodeError::UnknownSyscall(other)),
-                },
+        kind::EPOLL_WAIT => EventKind::EpollWait(epoll_wait(bytes)?),
+        kind::EPOLL_IDLE => {
+            let r: EpollIdleEvent = read(bytes, hdr.kind)?;
+            EventKind::EpollIdle(EpollIdle {
+                syscall: epoll_syscall(r.syscall)?,
                 epfd: r.epfd,
-                maxevents: r.maxevents,
-                timeout_ns: (r.timeout_ns >= 0).then_some(r.timeout_ns),
-                start_ns: r.start_ns,
-                duration_ns: r.duration_ns,
-                ret: r.ret,
-                ready: r.entries[..n]
-                    .iter()
-                    .map(|e| ReadyFd {
-                        events: e.events,
-                        data: e.data,
-                        fd: None,
-                        interest: None,
-                    })
-                    .collect(),
+                count: r.count,
+                first_ns: r.first_ns,
+                blocked_ns: r.blocked_ns,
             })
         }
         kind::EPOLL_CTL => {
@@ -243,6 +272,58 @@ mod tests {
         assert_eq!(w.timeout_ns, None);
         assert_eq!(w.ready.len(), 2);
         assert_eq!(w.ready[1].data, 0xdead_0000_0000_000a);
+    }
+
+    #[test]
+    fn a_small_record_holds_only_its_size_class() {
+        let mut rec = EpollWaitEvent {
+            hdr: hdr(kind::EPOLL_WAIT),
+            ret: 1,
+            n_entries: 1,
+            ..Default::default()
+        };
+        rec.entries[0].data = 7;
+        rec.entries[2].data = 99;
+        let b = bytes_of(&rec);
+        let small = &b[..tls_probe_common::EPOLL_WAIT_SMALL];
+        let EventKind::EpollWait(w) = decode(small).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(w.ready.len(), 1);
+        assert_eq!(w.ready[0].data, 7);
+        // A record that claims more entries than it carries yields only what it carries.
+        rec.n_entries = 5;
+        let b = bytes_of(&rec);
+        let EventKind::EpollWait(w) = decode(&b[..tls_probe_common::EPOLL_WAIT_SMALL])
+            .unwrap()
+            .kind
+        else {
+            panic!()
+        };
+        assert_eq!(w.ready.len(), 2);
+        assert!(matches!(decode(&b[..40]), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn idle_aggregates_decode() {
+        let rec = EpollIdleEvent {
+            hdr: hdr(kind::EPOLL_IDLE),
+            first_ns: 10,
+            blocked_ns: 500,
+            count: 4096,
+            epfd: 5,
+            syscall: epoll_sys::EPOLL_WAIT,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "epoll_wait");
+        let EventKind::EpollIdle(w) = ev.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (w.count, w.epfd, w.first_ns, w.blocked_ns),
+            (4096, 5, 10, 500)
+        );
     }
 
     #[test]

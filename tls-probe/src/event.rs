@@ -230,6 +230,19 @@ pub struct EpollWait {
     pub ready: Vec<ReadyFd>,
 }
 
+/// Immediate empty waits (timeout 0, nothing ready) of one thread, aggregated in the
+/// kernel. Each stands for `count` wake-ups with no ready fd and no progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollIdle {
+    pub syscall: EpollSyscall,
+    pub epfd: i32,
+    pub count: u32,
+    /// Start of the first wait aggregated; the event's `ts_ns` is the last one's return.
+    pub first_ns: u64,
+    /// Time spent inside the waits, summed.
+    pub blocked_ns: u64,
+}
+
 /// Where an epoll registration came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +275,7 @@ pub enum EventKind {
         ssl: u64,
     },
     EpollWait(EpollWait),
+    EpollIdle(EpollIdle),
     EpollCtl(EpollCtl),
     Close {
         fd: i32,
@@ -294,6 +308,7 @@ impl Event {
             EventKind::SslError(_) => "SSL_get_error",
             EventKind::SslFree { .. } => "SSL_free",
             EventKind::EpollWait(w) => w.syscall.name(),
+            EventKind::EpollIdle(w) => w.syscall.name(),
             EventKind::EpollCtl(c) => match c.op {
                 CtlOp::Fdinfo => "fdinfo",
                 _ => "epoll_ctl",

@@ -106,7 +106,7 @@ impl Tracker {
                     }
                 }
             }
-            EventKind::SslError(_) | EventKind::ThreadCpu { .. } => {}
+            EventKind::SslError(_) | EventKind::EpollIdle(_) | EventKind::ThreadCpu { .. } => {}
         }
     }
 

@@ -13,6 +13,7 @@ use tokio::{
 use super::proc;
 use crate::{
     decode::decode,
+    engine::{Change, Config as EngineConfig, Engine, Finding, FindingChange},
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
     sink::{
@@ -74,6 +75,8 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    /// Every finding of the run, in its final state.
+    pub findings: Vec<Finding>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +116,10 @@ pub struct Session {
     events: Option<AsyncFd<RingBuf<MapData>>>,
     targets: Vec<Target>,
     tracker: Tracker,
+    engine: Engine,
+    changes: Vec<FindingChange>,
+    /// Print finding changes as lines on stderr.
+    print_findings: bool,
     out: Option<NdjsonWriter>,
     stdout: std::io::BufWriter<std::io::Stdout>,
     counts: BTreeMap<&'static str, u64>,
@@ -178,6 +185,9 @@ impl Session {
             events: Some(events),
             targets,
             tracker: Tracker::new(),
+            engine: Engine::new(EngineConfig::default()),
+            changes: Vec::new(),
+            print_findings: true,
             out,
             stdout: std::io::BufWriter::new(std::io::stdout()),
             counts: BTreeMap::new(),
@@ -187,6 +197,9 @@ impl Session {
             started_ns: now,
             cfg,
         };
+        for t in &session.targets {
+            session.engine.set_comm(t.pid, &t.comm);
+        }
         session.write_start(now)?;
         for t in &session.targets {
             eprintln!(
@@ -249,6 +262,29 @@ impl Session {
         }
         if self.cfg.print_events {
             writeln!(self.stdout, "{}", human::event_line(&ev)).context("writing to stdout")?;
+        }
+        self.engine.ingest(&ev, &mut self.changes);
+        self.emit_changes()
+    }
+
+    /// Writes the finding changes the engine produced.
+    fn emit_changes(&mut self) -> Result<()> {
+        for change in self.changes.drain(..) {
+            if self.print_findings {
+                let verb = match change.change {
+                    Change::Opened => "FINDING",
+                    Change::Updated => "update ",
+                    Change::Closed => "closed ",
+                };
+                eprintln!("tls-probe: {verb} {}", change.finding.summary_line());
+                if change.change == Change::Opened {
+                    eprintln!("           why: {}", change.finding.explanation);
+                    eprintln!("           fix: {}", change.finding.advice);
+                }
+            }
+            if let Some(out) = self.out.as_mut() {
+                out.record("finding", &change)?;
+            }
         }
         Ok(())
     }
@@ -332,6 +368,11 @@ impl Session {
                 self.handle(ev)?;
             }
         }
+        self.engine.advance(now, &mut self.changes);
+        self.emit_changes()?;
+        if let Some(out) = self.out.as_mut() {
+            out.record("snapshot", &self.engine.snapshot())?;
+        }
         if let Some(out) = self.out.as_mut() {
             out.flush()?;
         }
@@ -400,6 +441,8 @@ impl Session {
                 break;
             }
         }
+        self.engine.advance(proc::monotonic_ns(), &mut self.changes);
+        self.emit_changes()?;
         let c = self.probes.counters().unwrap_or(self.last_counters);
         self.lost.ringbuf = c.lost_ringbuf;
         self.lost.inflight = c.lost_inflight;
@@ -415,6 +458,7 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
+            findings: self.engine.findings(),
         };
         if let Some(out) = self.out.as_mut() {
             out.record("summary", &summary)?;

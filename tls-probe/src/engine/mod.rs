@@ -126,6 +126,8 @@ impl Engine {
             // Registrations are the tracker's business: it puts fd and interest on ready
             // entries.
             EventKind::EpollCtl(_) => {}
+            // TODO(engine): count aggregated immediate empty waits as busy wake-ups.
+            EventKind::EpollIdle(_) => {}
             EventKind::Close { fd, ret } => {
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)

@@ -93,6 +93,15 @@ pub fn event_line(ev: &Event) -> String {
                 let _ = write!(s, " fd{}:{}", fd(r.fd), epoll_mask(r.events));
             }
         }
+        EventKind::EpollIdle(w) => {
+            let _ = write!(
+                s,
+                "epfd={} {} empty waits with timeout 0 in {}us (aggregated)",
+                w.epfd,
+                w.count,
+                ev.ts_ns.saturating_sub(w.first_ns) / 1000
+            );
+        }
         EventKind::EpollCtl(c) => {
             let _ = write!(
                 s,
