@@ -125,8 +125,12 @@ pub struct SslCallEvent {
     pub sys_calls: u32,
     /// One of the `sys` constants: the kind of the last socket syscall.
     pub sys_last_kind: u32,
+    /// Private-key or signature operations in libcrypto (EVP_DigestSign, EVP_DigestVerify,
+    /// EVP_PKEY_decrypt) made inside the call: a handshake with any is a full handshake.
+    pub key_ops: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SslCallEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<SslCallEvent>() == 112);
 
 /// The return of `SSL_get_error(ssl, ret)`.
 #[repr(C)]

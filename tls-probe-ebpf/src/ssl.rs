@@ -44,7 +44,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         fd: -1,
         sys_calls: 0,
         sys_last_kind: 0,
-        _pad: 0,
+        key_ops: 0,
     };
     if INFLIGHT.insert(tid, state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
@@ -105,6 +105,8 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         op: st.op,
         sys_calls: st.sys_calls,
         sys_last_kind: st.sys_last_kind,
+        key_ops: st.key_ops,
+        _pad: 0,
     };
     if EVENTS.output::<SslCallEvent>(&ev, 0).is_err() {
         lost(kind::SSL_CALL);
@@ -136,6 +138,19 @@ ssl_call_probes! {
     ssl_connect_enter, ssl_connect_exit => op::SSL_CONNECT;
     ssl_peek_enter, ssl_peek_exit => op::SSL_PEEK;
     ssl_peek_ex_enter, ssl_peek_ex_exit => op::SSL_PEEK_EX;
+}
+
+/// A private-key or signature operation in libcrypto. Inside an SSL call it marks a full
+/// handshake (a resumed one signs and verifies nothing); elsewhere it is ignored.
+#[uprobe]
+pub fn crypto_key_op(_ctx: ProbeContext) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        unsafe { (*cur).key_ops += 1 };
+    }
+    0
 }
 
 #[uprobe]

@@ -16,7 +16,8 @@ pub struct Inflight {
     pub fd: i32,
     pub sys_calls: u32,
     pub sys_last_kind: u32,
-    pub _pad: u32,
+    /// libcrypto key operations seen inside the call.
+    pub key_ops: u32,
 }
 
 #[repr(C)]

@@ -121,6 +121,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     _ => None,
                 },
                 sys_last_ret: has_sys.then_some(r.sys_last_ret),
+                key_ops: r.key_ops,
             })
         }
         kind::SSL_ERROR => {
@@ -211,6 +212,8 @@ mod tests {
             op: op::SSL_READ_EX,
             sys_calls: 1,
             sys_last_kind: sys::READ,
+            key_ops: 2,
+            _pad: 0,
         };
         let ev = decode(&bytes_of(&rec)).unwrap();
         assert_eq!(ev.probe, "SSL_read_ex");
@@ -224,6 +227,7 @@ mod tests {
         assert_eq!(c.sys_last, Some(SysKind::Read));
         assert_eq!(c.sys_last_ret, Some(-11));
         assert!(!c.made_progress());
+        assert_eq!(c.key_ops, 2);
     }
 
     #[test]

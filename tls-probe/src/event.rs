@@ -181,6 +181,11 @@ pub struct SslCall {
     pub sys_last: Option<SysKind>,
     /// The last socket syscall's return (e.g. -11 for EAGAIN); None without a syscall.
     pub sys_last_ret: Option<i64>,
+    /// libcrypto private-key/signature operations inside the call (sign, verify, decrypt).
+    /// A handshake that makes any is a full handshake; a resumed one makes none. 0 when the
+    /// libcrypto probes are not attached.
+    #[serde(default)]
+    pub key_ops: u32,
 }
 
 impl SslCall {

@@ -193,6 +193,7 @@ mod tests {
                 sys_calls: u32::from(fd.is_some()),
                 sys_last: None,
                 sys_last_ret: None,
+                key_ops: 0,
             }),
         )
     }

@@ -54,7 +54,25 @@ pub struct TlsLibrary {
     pub version: Option<String>,
     /// The SSL_* symbols the file defines.
     pub symbols: BTreeSet<String>,
+    /// The libcrypto holding the key operations (EVP_DigestSign, ...) that tell a full
+    /// handshake from a resumed one: the libcrypto the process maps, or the same file when
+    /// OpenSSL is linked statically. None when it cannot be found; the handshake kind is
+    /// then unknown.
+    pub crypto: Option<CryptoLibrary>,
 }
+
+/// Where the libcrypto key operations are.
+#[derive(Clone, Debug)]
+pub struct CryptoLibrary {
+    pub path: PathBuf,
+    pub display_path: String,
+    pub symbols: BTreeSet<String>,
+}
+
+/// libcrypto functions that only a full handshake calls inside libssl: signing
+/// (CertificateVerify, ServerKeyExchange), verifying (the peer's signature and chain), and
+/// RSA key-exchange decryption. Stable names across OpenSSL 1.1 and 3.x.
+pub const KEY_OPS: [&str; 3] = ["EVP_DigestSign", "EVP_DigestVerify", "EVP_PKEY_decrypt"];
 
 impl TlsLibrary {
     pub fn has(&self, symbol: &str) -> bool {
@@ -62,8 +80,8 @@ impl TlsLibrary {
     }
 }
 
-/// Reads the SSL_* function symbols a file defines.
-fn ssl_symbols(path: &Path) -> Result<BTreeSet<String>, DiscoverError> {
+/// Reads the function symbols a file defines whose names start with one of `prefixes`.
+fn symbols_with(path: &Path, prefixes: &[&str]) -> Result<BTreeSet<String>, DiscoverError> {
     let data = fs::read(path).map_err(|source| DiscoverError::Unreadable {
         path: path.to_owned(),
         source,
@@ -77,7 +95,7 @@ fn ssl_symbols(path: &Path) -> Result<BTreeSet<String>, DiscoverError> {
         if sym.is_definition()
             && sym.kind() == object::SymbolKind::Text
             && let Ok(name) = sym.name()
-            && name.starts_with("SSL_")
+            && prefixes.iter().any(|p| name.starts_with(p))
         {
             // Versioned dynamic names can carry "@@OPENSSL_3.0.0".
             let name = name.split('@').next().unwrap_or(name);
@@ -89,7 +107,7 @@ fn ssl_symbols(path: &Path) -> Result<BTreeSet<String>, DiscoverError> {
 
 /// Builds a [`TlsLibrary`] for an explicit path (`--libssl`, or a path found in maps).
 pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, DiscoverError> {
-    let symbols = ssl_symbols(path)?;
+    let symbols = symbols_with(path, &["SSL_"])?;
     if !symbols.contains(REQUIRED_SYMBOL) {
         return Err(DiscoverError::NoSslSymbols {
             path: path.to_owned(),
@@ -100,12 +118,51 @@ pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, Discove
         .and_then(|n| n.to_str())
         .and_then(|n| n.split_once(".so."))
         .map(|(_, v)| v.to_owned());
+    // Statically linked OpenSSL carries its libcrypto in the same file; a shared libssl
+    // has its libcrypto of the same version beside it.
+    let crypto = crypto_at(path, display_path).or_else(|| {
+        let v = version.as_deref()?;
+        let sibling = |p: &Path| p.with_file_name(format!("libcrypto.so.{v}"));
+        let display = sibling(Path::new(display_path));
+        crypto_at(&sibling(path), &display.display().to_string())
+    });
     Ok(TlsLibrary {
         path: path.to_owned(),
         display_path: display_path.to_owned(),
         version,
         symbols,
+        crypto,
     })
+}
+
+/// A libcrypto (or a static binary) at `path`, if it defines any key operation.
+pub fn crypto_at(path: &Path, display_path: &str) -> Option<CryptoLibrary> {
+    let symbols = symbols_with(path, &["EVP_"]).ok()?;
+    let symbols: BTreeSet<String> = KEY_OPS
+        .iter()
+        .filter(|s| symbols.contains(**s))
+        .map(|s| (*s).to_owned())
+        .collect();
+    (!symbols.is_empty()).then(|| CryptoLibrary {
+        path: path.to_owned(),
+        display_path: display_path.to_owned(),
+        symbols,
+    })
+}
+
+/// The libcrypto `pid` maps, if any.
+pub fn find_crypto(pid: u32) -> Option<CryptoLibrary> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| {
+            Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libcrypto.so"))
+        })
+        .find_map(|path| crypto_at(&root.join(path.trim_start_matches('/')), path))
 }
 
 /// The command name of a process, for messages.
@@ -138,7 +195,10 @@ pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
         };
         if name.starts_with("libssl.so") && seen.insert(path.to_owned()) {
             let host_path = root.join(path.trim_start_matches('/'));
-            if let Ok(lib) = library_at(&host_path, path) {
+            if let Ok(mut lib) = library_at(&host_path, path) {
+                if lib.crypto.is_none() {
+                    lib.crypto = find_crypto(pid);
+                }
                 return Ok(lib);
             }
         }

@@ -118,7 +118,12 @@ impl Probes {
                 "loading the eBPF programs failed: {e}; tls-probe needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and uprobes"
             )
         })?;
-        for (name, _) in HOT_UPROBES.iter().chain(COLD_UPROBES) {
+        for name in HOT_UPROBES
+            .iter()
+            .chain(COLD_UPROBES)
+            .map(|(name, _)| *name)
+            .chain(["crypto_key_op"])
+        {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
                 .with_context(|| format!("loading eBPF program {name}"))?;
@@ -165,13 +170,18 @@ impl Probes {
             hot: Vec::new(),
             missing: Vec::new(),
         };
-        let links = attach_uprobes(
+        let mut links = attach_uprobes(
             &mut self.ebpf,
             pid,
             &target.lib,
             COLD_UPROBES,
             &mut target.missing,
         )?;
+        if let Some(crypto) = &target.lib.crypto {
+            links.extend(attach_key_ops(&mut self.ebpf, pid, crypto)?);
+        } else {
+            target.missing.push("libcrypto key operations");
+        }
         target.cold = links;
         if !target.lib.has("SSL_read") {
             bail!("{} has no SSL_read", target.lib.display_path);
@@ -297,6 +307,33 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
     Ok(prog.try_into()?)
+}
+
+/// One program, attached to each libcrypto key operation the library has.
+fn attach_key_ops(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    crypto: &super::CryptoLibrary,
+) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    const PROGRAM: &str = "crypto_key_op";
+    let scope = UProbeScope::OneProcess(
+        NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be a target"))?,
+    );
+    let mut links = Vec::new();
+    for symbol in super::discover::KEY_OPS {
+        if !crypto.symbols.contains(symbol) {
+            continue;
+        }
+        let prog: &mut UProbe = program(ebpf, PROGRAM)?;
+        let link = prog.attach(symbol, &crypto.path, scope).with_context(|| {
+            format!(
+                "attaching {PROGRAM} to {symbol} in {} for pid {pid}",
+                crypto.display_path
+            )
+        })?;
+        links.push((PROGRAM, link));
+    }
+    Ok(links)
 }
 
 fn attach_uprobes(

@@ -4,5 +4,5 @@
 pub mod discover;
 pub mod loader;
 
-pub use discover::{TlsLibrary, find_tls_library, library_at};
+pub use discover::{CryptoLibrary, TlsLibrary, find_crypto, find_tls_library, library_at};
 pub use loader::{Counters, Probes};
