@@ -289,8 +289,11 @@ impl Session {
         Ok(())
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+    /// Handles up to one batch of events from the ring buffer; returns whether the batch
+    /// limit stopped it (more may be waiting).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
         let mut batch = Vec::new();
+        let mut full = false;
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(ev) => batch.push(ev),
@@ -300,6 +303,7 @@ impl Session {
                 }
             }
             if batch.len() >= 1024 {
+                full = true;
                 break;
             }
         }
@@ -314,7 +318,7 @@ impl Session {
         if self.cfg.print_events {
             self.stdout.flush().context("writing to stdout")?;
         }
-        Ok(())
+        Ok(full)
     }
 
     /// Once a second: kernel counters, thread CPU, target liveness.
@@ -401,8 +405,11 @@ impl Session {
                 tokio::select! {
                     guard = events.readable_mut() => {
                         let mut guard = guard.context("waiting for the ring buffer")?;
-                        self.drain(guard.get_inner_mut())?;
-                        guard.clear_ready();
+                        // The kernel signals new data only once the reader has caught up:
+                        // after a full batch, stay ready and come back for the rest.
+                        if !self.drain(guard.get_inner_mut())? {
+                            guard.clear_ready();
+                        }
                     }
                     _ = ticker.tick() => {
                         if !self.tick()? {
@@ -433,14 +440,12 @@ impl Session {
         events: &mut AsyncFd<RingBuf<MapData>>,
         reason: StopReason,
     ) -> Result<Summary> {
-        // Drain fully: the batch limit in `drain` only keeps the loop responsive.
-        loop {
-            let before = self.total + self.lost.decode;
-            self.drain(events.get_mut())?;
-            if self.total + self.lost.decode == before {
-                break;
-            }
+        // Detach first, so that the drain below ends however busy the targets are; then
+        // drain fully (the batch limit in `drain` only keeps the loop responsive).
+        for pid in self.probes.pids() {
+            self.probes.detach(pid);
         }
+        while self.drain(events.get_mut())? {}
         self.engine.advance(proc::monotonic_ns(), &mut self.changes);
         self.emit_changes()?;
         let c = self.probes.counters().unwrap_or(self.last_counters);
