@@ -21,6 +21,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run one scenario workload by itself (the programs `demo` attaches to).
     Scenario(ScenarioArgs),
+    /// Read an NDJSON export and print a report; re-runs the engine when it holds events.
+    Report(ReportArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -37,6 +39,9 @@ pub struct OutputArgs {
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,4 +62,14 @@ pub struct DemoArgs {
     pub scenario: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// An NDJSON export written by `tls-probe attach -o FILE` (`-` for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -7,7 +7,9 @@
 //!   -> decode  (wire bytes -> event::Event; the only place that reads repr(C) records)
 //!   -> track   (fills in fds: epoll data -> fd, SSL* -> fd)
 //!   -> engine  (pure: events in, metrics and findings out)
-//!   -> sink    (NDJSON file, human lines, TUI)
+//!   -> sink    (NDJSON file, human lines, Prometheus endpoint, TUI)
+//!
+//! replay  (an NDJSON export -> its records; events -> track -> engine again, for `report`)
 //! ```
 
 pub mod agent;
@@ -17,6 +19,7 @@ pub mod decode;
 pub mod engine;
 pub mod event;
 pub mod probe;
+pub mod replay;
 pub mod scenario;
 pub mod sink;
 pub mod track;

@@ -13,12 +13,22 @@ fn main() -> ExitCode {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Scenario(args) => scenario::run(&args),
+        Command::Report(args) => cmd::report::run(&args),
     };
     match result {
         Ok(code) => code,
+        // A closed pipe (`tls-probe ... | head`) is the reader's choice, not a failure.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tls-probe: error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,7 +1,9 @@
 //! The live agent: attach to targets, pump events from the ring buffer through the
-//! tracker and the engine, and write the sinks until told to stop.
+//! tracker and the engine, and hand every record to the sinks until told to stop.
 
 pub mod proc;
 mod session;
 
-pub use session::{AgentConfig, Session, StopReason, Summary, Target};
+pub use session::{AgentConfig, Session};
+
+pub use crate::sink::{Lost, StopReason, Summary, Target};

@@ -1,10 +1,11 @@
-//! One tls-probe run against a set of live processes.
+//! One tls-probe run against a set of live processes: the only owner of the run's state.
+//! Events go ring buffer -> decode -> tracker -> engine, and every output record goes to the
+//! [`Sinks`] from one place.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::SignalKind,
@@ -13,12 +14,14 @@ use tokio::{
 use super::proc;
 use crate::{
     decode::decode,
-    engine::{Change, Config as EngineConfig, Engine, Finding, FindingChange},
+    engine::{Config as EngineConfig, Engine, FindingChange},
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
     sink::{
-        human,
-        ndjson::{NdjsonWriter, SCHEMA_VERSION},
+        ClockAnchor, Flush, Lost, LostRecord, Record, SCHEMA_VERSION, Sinks, Start, StopReason,
+        Summary, Target, TargetExit,
+        human::HumanSink,
+        ndjson::{NdjsonSink, NdjsonWriter},
     },
     track::Tracker,
 };
@@ -36,80 +39,6 @@ pub struct AgentConfig {
     pub hot: bool,
 }
 
-/// A traced process, as reported in `start`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Target {
-    pub pid: u32,
-    pub comm: String,
-    pub library_path: String,
-    pub library_version: Option<String>,
-    /// Optional symbols the library lacks, skipped.
-    pub missing_symbols: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    Duration,
-    Signal,
-    TargetsExited,
-}
-
-/// Events lost, by where they were lost.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Lost {
-    /// The ring buffer was full: lost in the kernel.
-    pub ringbuf: u64,
-    /// A per-thread scratch map was full: a call could not be tracked.
-    pub inflight: u64,
-    /// A record that did not decode.
-    pub decode: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Summary {
-    pub stop_reason: StopReason,
-    pub duration_ns: u64,
-    pub events: u64,
-    pub events_by_probe: BTreeMap<String, u64>,
-    pub lost: Lost,
-    pub uprobe_hits: u64,
-    pub tracepoint_hits: u64,
-    /// Every finding of the run, in its final state.
-    pub findings: Vec<Finding>,
-}
-
-#[derive(Serialize)]
-struct StartRecord<'a> {
-    schema_version: u32,
-    tool_version: &'a str,
-    targets: &'a [Target],
-    probe_mode: &'a str,
-    /// CLOCK_MONOTONIC ns (the clock of every `ts_ns`) and Unix ns at the same instant.
-    clock: ClockAnchor,
-}
-
-#[derive(Serialize)]
-struct ClockAnchor {
-    monotonic_ns: u64,
-    unix_ns: u64,
-}
-
-#[derive(Serialize)]
-struct LostRecord {
-    ringbuf: u64,
-    inflight: u64,
-    decode: u64,
-    total: Lost,
-}
-
-#[derive(Serialize)]
-struct TargetExit {
-    pid: u32,
-    comm: String,
-    ts_ns: u64,
-}
-
 pub struct Session {
     cfg: AgentConfig,
     probes: Probes,
@@ -118,24 +47,29 @@ pub struct Session {
     tracker: Tracker,
     engine: Engine,
     changes: Vec<FindingChange>,
-    /// Print finding changes as lines on stderr.
-    print_findings: bool,
-    out: Option<NdjsonWriter>,
-    stdout: std::io::BufWriter<std::io::Stdout>,
+    sinks: Sinks,
     counts: BTreeMap<&'static str, u64>,
     total: u64,
     lost: Lost,
+    /// The losses the last `lost` record reported.
+    lost_reported: Lost,
     last_counters: Counters,
     started_ns: u64,
 }
 
-fn probe_key(ev: &Event) -> &'static str {
-    Event::probe_name(&ev.kind)
-}
-
 impl Session {
-    /// Finds each target's TLS library, loads the programs and attaches. Writes `start`.
+    /// [`Session::attach_with`] the human lines on the terminal and, when given, the NDJSON
+    /// output.
     pub fn attach(cfg: AgentConfig, out: Option<NdjsonWriter>) -> Result<Self> {
+        let mut sinks = Sinks::new().with(HumanSink::new(cfg.print_events, true));
+        if let Some(out) = out {
+            sinks.push(Box::new(NdjsonSink::new(out, cfg.events)));
+        }
+        Self::attach_with(cfg, sinks)
+    }
+
+    /// Finds each target's TLS library, loads the programs and attaches. Sends `start`.
+    pub fn attach_with(cfg: AgentConfig, sinks: Sinks) -> Result<Self> {
         if cfg.pids.is_empty() {
             bail!("no target: pass --pid PID");
         }
@@ -187,12 +121,11 @@ impl Session {
             tracker: Tracker::new(),
             engine: Engine::new(EngineConfig::default()),
             changes: Vec::new(),
-            print_findings: true,
-            out,
-            stdout: std::io::BufWriter::new(std::io::stdout()),
+            sinks,
             counts: BTreeMap::new(),
             total: 0,
             lost: Lost::default(),
+            lost_reported: Lost::default(),
             last_counters: Counters::default(),
             started_ns: now,
             cfg,
@@ -200,20 +133,19 @@ impl Session {
         for t in &session.targets {
             session.engine.set_comm(t.pid, &t.comm);
         }
-        session.write_start(now)?;
-        for t in &session.targets {
-            eprintln!(
-                "tls-probe: attached to pid {} ({}) through {}{}",
-                t.pid,
-                t.comm,
-                t.library_path,
-                if t.missing_symbols.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (skipped missing {})", t.missing_symbols.join(", "))
-                }
-            );
-        }
+        let start = Start {
+            schema_version: SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            targets: session.targets.clone(),
+            probe_mode: if session.cfg.hot { "full" } else { "light" }.to_owned(),
+            events: session.cfg.events,
+            clock: ClockAnchor {
+                monotonic_ns: now,
+                unix_ns: proc::wall_ns(),
+            },
+        };
+        session.sinks.record(Record::Start(&start))?;
+        session.sinks.flush(Flush::Tick)?;
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {
             for epfd in proc::epoll_fds(pid) {
@@ -230,63 +162,29 @@ impl Session {
         &self.targets
     }
 
-    fn write_start(&mut self, now: u64) -> Result<()> {
-        let Some(out) = self.out.as_mut() else {
-            return Ok(());
-        };
-        out.record(
-            "start",
-            &StartRecord {
-                schema_version: SCHEMA_VERSION,
-                tool_version: env!("CARGO_PKG_VERSION"),
-                targets: &self.targets,
-                probe_mode: if self.cfg.hot { "full" } else { "light" },
-                clock: ClockAnchor {
-                    monotonic_ns: now,
-                    unix_ns: proc::wall_ns(),
-                },
-            },
-        )?;
-        out.flush()
-    }
-
-    /// One event through the pipeline: tracker, counts, sinks.
+    /// One event through the pipeline: tracker, counts, sinks, engine.
     fn handle(&mut self, mut ev: Event) -> Result<()> {
         self.tracker.process(&mut ev);
-        *self.counts.entry(probe_key(&ev)).or_default() += 1;
+        *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;
-        if self.cfg.events
-            && let Some(out) = self.out.as_mut()
-        {
-            out.record("event", &ev)?;
-        }
-        if self.cfg.print_events {
-            writeln!(self.stdout, "{}", human::event_line(&ev)).context("writing to stdout")?;
+        if self.sinks.wants_events() {
+            self.sinks.record(Record::Event(&ev))?;
         }
         self.engine.ingest(&ev, &mut self.changes);
         self.emit_changes()
     }
 
-    /// Writes the finding changes the engine produced.
+    /// Hands the finding changes the engine produced to the sinks.
     fn emit_changes(&mut self) -> Result<()> {
+        let mut first = Ok(());
         for change in self.changes.drain(..) {
-            if self.print_findings {
-                let verb = match change.change {
-                    Change::Opened => "FINDING",
-                    Change::Updated => "update ",
-                    Change::Closed => "closed ",
-                };
-                eprintln!("tls-probe: {verb} {}", change.finding.summary_line());
-                if change.change == Change::Opened {
-                    eprintln!("           why: {}", change.finding.explanation);
-                    eprintln!("           fix: {}", change.finding.advice);
-                }
-            }
-            if let Some(out) = self.out.as_mut() {
-                out.record("finding", &change)?;
+            if let Err(e) = self.sinks.record(Record::Finding(&change))
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
-        Ok(())
+        first
     }
 
     /// Handles up to one batch of events from the ring buffer; returns whether the batch
@@ -315,37 +213,34 @@ impl Session {
                 self.handle(ev)?;
             }
         }
-        if self.cfg.print_events {
-            self.stdout.flush().context("writing to stdout")?;
-        }
+        self.sinks.flush(Flush::Batch)?;
         Ok(full)
     }
 
-    /// Once a second: kernel counters, thread CPU, target liveness.
+    /// Reads the kernel's loss counters; sends a `lost` record when anything new was lost.
+    fn report_lost(&mut self, now: u64) -> Result<()> {
+        if let Ok(c) = self.probes.counters() {
+            self.last_counters = c;
+        }
+        self.lost.ringbuf = self.last_counters.lost_ringbuf;
+        self.lost.inflight = self.last_counters.lost_inflight;
+        let new = self.lost.since(&self.lost_reported);
+        if new.sum() == 0 {
+            return Ok(());
+        }
+        self.lost_reported = self.lost;
+        let rec = LostRecord {
+            ts_ns: now,
+            new,
+            total: self.lost,
+        };
+        self.sinks.record(Record::Lost(&rec))
+    }
+
+    /// Once a second: losses, target liveness, thread CPU, the engine's clock, a snapshot.
     fn tick(&mut self) -> Result<bool> {
         let now = proc::monotonic_ns();
-        let c = self.probes.counters()?;
-        let d_ring = c.lost_ringbuf - self.last_counters.lost_ringbuf;
-        let d_inflight = c.lost_inflight - self.last_counters.lost_inflight;
-        self.lost.ringbuf = c.lost_ringbuf;
-        self.lost.inflight = c.lost_inflight;
-        self.last_counters = c;
-        if d_ring + d_inflight > 0 {
-            eprintln!(
-                "tls-probe: lost {d_ring} events (ring buffer full) and {d_inflight} call states"
-            );
-            if let Some(out) = self.out.as_mut() {
-                out.record(
-                    "lost",
-                    &LostRecord {
-                        ringbuf: d_ring,
-                        inflight: d_inflight,
-                        decode: 0,
-                        total: self.lost,
-                    },
-                )?;
-            }
-        }
+        self.report_lost(now)?;
         for pid in self.probes.pids() {
             if !proc::alive(pid) {
                 self.probes.detach(pid);
@@ -355,17 +250,12 @@ impl Session {
                     .find(|t| t.pid == pid)
                     .map(|t| t.comm.clone())
                     .unwrap_or_default();
-                eprintln!("tls-probe: pid {pid} ({comm}) exited");
-                if let Some(out) = self.out.as_mut() {
-                    out.record(
-                        "target_exit",
-                        &TargetExit {
-                            pid,
-                            comm,
-                            ts_ns: now,
-                        },
-                    )?;
-                }
+                let exit = TargetExit {
+                    pid,
+                    comm,
+                    ts_ns: now,
+                };
+                self.sinks.record(Record::TargetExit(&exit))?;
                 continue;
             }
             for ev in proc::thread_cpu(pid, now) {
@@ -374,17 +264,15 @@ impl Session {
         }
         self.engine.advance(now, &mut self.changes);
         self.emit_changes()?;
-        if let Some(out) = self.out.as_mut() {
-            out.record("snapshot", &self.engine.snapshot())?;
-        }
-        if let Some(out) = self.out.as_mut() {
-            out.flush()?;
-        }
+        self.sinks
+            .record(Record::Snapshot(&self.engine.snapshot()))?;
+        self.sinks.flush(Flush::Tick)?;
         Ok(!self.probes.pids().is_empty())
     }
 
-    /// Runs until the duration ends, a signal arrives, or every target exits; then writes
-    /// the summary. The summary is written on every path that gets here.
+    /// Runs until the duration ends, a signal arrives, or every target exits; then sends
+    /// the summary. On an error (e.g. the output's disk is full) it stops at once: what the
+    /// sinks have is flushed when they still take it, and no summary is sent.
     pub async fn run(mut self) -> Result<Summary> {
         let mut events = self.events.take().context("run called twice")?;
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -424,36 +312,49 @@ impl Session {
             }
         }
         .await;
-        // Whatever stopped us, read what is left and close the output with a summary.
-        let reason = match result {
-            Ok(r) => r,
+        match result {
+            Ok(reason) => self.finish(&mut events, reason),
             Err(e) => {
-                let _ = self.finish(&mut events, StopReason::Signal);
-                return Err(e);
+                let _ = self.sinks.flush(Flush::Tick);
+                for pid in self.probes.pids() {
+                    self.probes.detach(pid);
+                }
+                Err(e)
             }
-        };
-        self.finish(&mut events, reason)
+        }
     }
 
+    /// Detaches, reads what is left in the ring buffer, closes the engine's clock and sends
+    /// the summary.
     fn finish(
         &mut self,
         events: &mut AsyncFd<RingBuf<MapData>>,
         reason: StopReason,
     ) -> Result<Summary> {
-        // Detach first, so that the drain below ends however busy the targets are; then
-        // drain fully (the batch limit in `drain` only keeps the loop responsive).
+        // Detach first, so that the drain below ends however busy the targets are.
         for pid in self.probes.pids() {
             self.probes.detach(pid);
         }
+        self.final_records(events, reason)
+    }
+
+    fn final_records(
+        &mut self,
+        events: &mut AsyncFd<RingBuf<MapData>>,
+        reason: StopReason,
+    ) -> Result<Summary> {
+        // Drain fully: the batch limit in `drain` only keeps the loop responsive.
         while self.drain(events.get_mut())? {}
-        self.engine.advance(proc::monotonic_ns(), &mut self.changes);
+        let end = proc::monotonic_ns();
+        self.engine.advance(end, &mut self.changes);
         self.emit_changes()?;
-        let c = self.probes.counters().unwrap_or(self.last_counters);
-        self.lost.ringbuf = c.lost_ringbuf;
-        self.lost.inflight = c.lost_inflight;
+        self.report_lost(end)?;
+        let c = self.last_counters;
+        let snapshot = self.engine.snapshot();
         let summary = Summary {
             stop_reason: reason,
-            duration_ns: proc::monotonic_ns() - self.started_ns,
+            end_ns: end,
+            duration_ns: end.saturating_sub(self.started_ns),
             events: self.total,
             events_by_probe: self
                 .counts
@@ -463,16 +364,11 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
+            processes: snapshot.processes,
             findings: self.engine.findings(),
         };
-        if let Some(out) = self.out.as_mut() {
-            out.record("summary", &summary)?;
-            out.flush()?;
-        }
-        let _ = self.stdout.flush();
-        for pid in self.probes.pids() {
-            self.probes.detach(pid);
-        }
+        self.sinks.record(Record::Summary(&summary))?;
+        self.sinks.flush(Flush::Tick)?;
         Ok(summary)
     }
 }

@@ -1,8 +1,99 @@
-//! Human-readable lines for a terminal: one per event with `--events`.
+//! Human-readable lines for a terminal: findings and what happens to the targets on
+//! stderr, and one line per event on stdout with `--events` (without `-o`).
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    io::{BufWriter, Stdout, Write as _},
+};
 
-use crate::event::{Event, EventKind, SslErrorCode};
+use anyhow::{Context as _, Result};
+
+use super::{Flush, Record, Sink};
+use crate::{
+    engine::{Change, FindingChange},
+    event::{Event, EventKind, SslErrorCode},
+};
+
+/// The terminal as a sink.
+pub struct HumanSink {
+    /// Print every event on stdout.
+    events: Option<BufWriter<Stdout>>,
+    /// Print findings and target changes on stderr.
+    notes: bool,
+}
+
+impl HumanSink {
+    pub fn new(print_events: bool, notes: bool) -> Self {
+        Self {
+            events: print_events.then(|| BufWriter::new(std::io::stdout())),
+            notes,
+        }
+    }
+}
+
+impl Sink for HumanSink {
+    fn record(&mut self, rec: Record<'_>) -> Result<()> {
+        if let (Record::Event(ev), Some(out)) = (rec, self.events.as_mut()) {
+            return writeln!(out, "{}", event_line(ev)).context("writing to stdout");
+        }
+        if !self.notes {
+            return Ok(());
+        }
+        match rec {
+            Record::Start(start) => {
+                for t in &start.targets {
+                    let skipped = if t.missing_symbols.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (skipped missing {})", t.missing_symbols.join(", "))
+                    };
+                    eprintln!(
+                        "tls-probe: attached to pid {} ({}) through {}{skipped}",
+                        t.pid, t.comm, t.library_path
+                    );
+                }
+            }
+            Record::Finding(change) => eprint!("{}", finding_lines(change)),
+            Record::Lost(lost) => eprintln!(
+                "tls-probe: lost {} events (ring buffer full), {} call states and {} undecodable records",
+                lost.new.ringbuf, lost.new.inflight, lost.new.decode
+            ),
+            Record::TargetExit(exit) => {
+                eprintln!("tls-probe: pid {} ({}) exited", exit.pid, exit.comm);
+            }
+            Record::Event(_) | Record::Snapshot(_) | Record::Summary(_) => {}
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, _at: Flush) -> Result<()> {
+        match self.events.as_mut() {
+            Some(out) => out.flush().context("writing to stdout"),
+            None => Ok(()),
+        }
+    }
+
+    fn wants_events(&self) -> bool {
+        self.events.is_some()
+    }
+}
+
+/// The stderr lines for a finding change: the summary, and for a new finding why and what
+/// to do.
+pub fn finding_lines(change: &FindingChange) -> String {
+    let verb = match change.change {
+        Change::Opened => "FINDING",
+        Change::Updated => "update ",
+        Change::Closed => "closed ",
+    };
+    let f = &change.finding;
+    let mut s = format!("tls-probe: {verb} {}\n", f.summary_line());
+    if change.change == Change::Opened {
+        let _ = writeln!(s, "           why: {}", f.explanation);
+        let _ = writeln!(s, "           fix: {}", f.advice);
+    }
+    s
+}
 
 /// EPOLL* bit names, in the order users read them.
 const EPOLL_BITS: &[(u32, &str)] = &[

@@ -1,48 +1,62 @@
 //! NDJSON output: one `{"type": ..., "data": {...}}` envelope per line.
 //!
-//! The first line is `start` (with `schema_version`), the last is `summary`. Each line is
-//! serialized whole into a buffer and written with one `write_all`, so a failure never
-//! leaves half a line; the stream is flushed after every line when it goes to a pipe or a
-//! terminal, and on every tick otherwise.
+//! The first line is `start` (with `schema_version`), the last is `summary`. Lines are
+//! serialized whole into a buffer of whole lines, which goes to the file with one
+//! `write_all` when it passes 64 KiB, on every tick, and (for pipes and terminals) at the
+//! end of every ring-buffer batch. If a write fails (disk full), the file is truncated back
+//! to the end of the last whole line and the writer refuses any further line, so what is on
+//! disk is always valid NDJSON.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, IsTerminal, Write},
-    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    io::{self, IsTerminal, Seek, Write},
+    os::{
+        fd::AsFd,
+        unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt},
+    },
     path::Path,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 
-/// Bumped when a record's fields change incompatibly.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use super::record::SCHEMA_VERSION;
+use super::{Flush, Record, Sink};
 
-#[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    data: &'a T,
-}
+/// Lines are written out once this many bytes are pending.
+const WRITE_AT: usize = 64 * 1024;
 
 pub struct NdjsonWriter {
-    out: Box<dyn Write + Send>,
-    /// Flush after each line (pipes and terminals: a reader sees whole lines at once).
+    file: File,
+    /// A regular file: a failed write is truncated back to the last whole line.
+    regular: bool,
+    /// Write out at the end of each batch (pipes, terminals): a reader sees lines at once.
     flush_each: bool,
     path: String,
-    buf: Vec<u8>,
+    /// Whole lines not written yet.
+    pending: Vec<u8>,
+    pending_lines: u64,
+    /// Set by a failed write: nothing more is written after it.
+    failed: bool,
+    /// Lines on disk (or in the pipe).
     pub lines: u64,
+    /// The file tls-probe created: removed if dropped before any line reached it, so that a
+    /// run that failed to attach leaves nothing behind.
+    created: Option<std::path::PathBuf>,
 }
 
 /// Opens the output for writing, before anything is attached, so a bad path costs nothing.
 ///
-/// A file is created with mode 0600; an existing file is refused unless `force`; a symlink
-/// at the final component is never followed.
+/// `-` is standard output. A file is created with mode 0600; an existing file is refused
+/// unless `force`; a symlink at the final component is never followed.
 pub fn open(path: &Path, force: bool) -> Result<NdjsonWriter> {
     if path == Path::new("-") {
-        let stdout = io::stdout();
-        let flush_each = true;
-        return Ok(NdjsonWriter::new(Box::new(stdout), flush_each, "-".into()));
+        let fd = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating standard output")?;
+        let tty = io::stdout().is_terminal();
+        return NdjsonWriter::new(File::from(fd), "-".into(), tty);
     }
     let mut opts = OpenOptions::new();
     opts.write(true)
@@ -54,122 +68,247 @@ pub fn open(path: &Path, force: bool) -> Result<NdjsonWriter> {
         opts.create_new(true);
     }
     let file: File = opts.open(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::EEXIST) => anyhow::anyhow!(
+        Some(libc::EEXIST) => anyhow!(
             "output file {} already exists; pass --force to overwrite it, or choose another path",
             path.display()
         ),
-        Some(libc::ELOOP) => anyhow::anyhow!(
+        Some(libc::ELOOP) => anyhow!(
             "output path {} is a symbolic link; tls-probe does not follow symlinks for its output, pass the real path",
             path.display()
         ),
+        Some(libc::EISDIR) => anyhow!("output path {} is a directory", path.display()),
         _ => anyhow::Error::new(e).context(format!(
             "cannot create output file {}; check that the directory exists and is writable",
             path.display()
         )),
     })?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("stat {}", path.display()))?;
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        bail!("output path {} is a directory", path.display());
+    if force {
+        // An overwritten file keeps its old mode: make it private like a new one.
+        let meta = file
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private (mode 0600)", path.display()))?;
+        }
     }
-    let flush_each = ft.is_fifo() || ft.is_char_device() || ft.is_socket();
-    Ok(NdjsonWriter::new(
-        Box::new(io::BufWriter::with_capacity(1 << 16, file)),
-        flush_each,
-        path.display().to_string(),
-    ))
+    let mut writer = NdjsonWriter::new(file, path.display().to_string(), false)?;
+    writer.created = Some(path.to_owned());
+    Ok(writer)
 }
 
 impl NdjsonWriter {
-    fn new(out: Box<dyn Write + Send>, flush_each: bool, path: String) -> Self {
-        Self {
-            out,
-            flush_each: flush_each || io::stdout().is_terminal() && path == "-",
-            path,
-            buf: Vec::with_capacity(4096),
-            lines: 0,
+    fn new(file: File, path: String, tty: bool) -> Result<Self> {
+        let ft = file
+            .metadata()
+            .with_context(|| format!("stat {path}"))?
+            .file_type();
+        if ft.is_dir() {
+            bail!("output path {path} is a directory");
         }
+        Ok(Self {
+            regular: ft.is_file(),
+            flush_each: tty || ft.is_fifo() || ft.is_char_device() || ft.is_socket(),
+            file,
+            path,
+            pending: Vec::with_capacity(WRITE_AT + 4096),
+            pending_lines: 0,
+            failed: false,
+            lines: 0,
+            created: None,
+        })
     }
 
-    /// A writer over any `Write`, for tests.
-    pub fn from_writer(out: Box<dyn Write + Send>, flush_each: bool) -> Self {
-        Self::new(out, flush_each, "<writer>".into())
+    /// A writer over an already open file, for tests.
+    pub fn from_file(file: File, path: &str) -> Result<Self> {
+        Self::new(file, path.into(), false)
     }
 
     pub fn path(&self) -> &str {
         &self.path
     }
 
-    /// Writes one whole line.
+    /// Whether lines go out at the end of every batch (pipes and terminals).
+    pub fn flushes_each_batch(&self) -> bool {
+        self.flush_each
+    }
+
+    /// Queues one whole line: `{"type": kind, "data": data}`.
     pub fn record<T: Serialize>(&mut self, kind: &str, data: &T) -> Result<()> {
-        self.buf.clear();
-        serde_json::to_writer(&mut self.buf, &Envelope { kind, data })
-            .context("serializing an output record")?;
-        self.buf.push(b'\n');
-        self.out
-            .write_all(&self.buf)
-            .and_then(|()| {
-                if self.flush_each {
-                    self.out.flush()
-                } else {
-                    Ok(())
-                }
-            })
-            .with_context(|| format!("writing to {}", self.path))?;
-        self.lines += 1;
+        #[derive(Serialize)]
+        struct Envelope<'a, T: Serialize> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            data: &'a T,
+        }
+        self.line(&Envelope { kind, data })
+    }
+
+    /// Queues one record as a whole line.
+    pub fn write(&mut self, rec: Record<'_>) -> Result<()> {
+        self.line(&rec)
+    }
+
+    fn line<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        if self.failed {
+            bail!("{}: not written after an earlier write error", self.path);
+        }
+        let mark = self.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending, value) {
+            self.pending.truncate(mark);
+            return Err(e).context("serializing an output record");
+        }
+        self.pending.push(b'\n');
+        self.pending_lines += 1;
+        if self.pending.len() >= WRITE_AT {
+            self.flush()?;
+        }
         Ok(())
     }
 
+    /// Writes the pending lines out with one `write_all`.
     pub fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .with_context(|| format!("flushing {}", self.path))
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.failed {
+            bail!("{}: not written after an earlier write error", self.path);
+        }
+        // Where this write starts, to cut a partial write back to it.
+        let start = if self.regular {
+            self.write_offset().ok()
+        } else {
+            None
+        };
+        if let Err(err) = self.file.write_all(&self.pending) {
+            self.failed = true;
+            let kept = match start {
+                Some(at) => match self.file.set_len(at) {
+                    Ok(()) => format!(
+                        "; the file keeps the {} whole lines written before",
+                        self.lines
+                    ),
+                    Err(e) => format!("; cutting it back to its last whole line failed: {e}"),
+                },
+                None => String::new(),
+            };
+            return Err(anyhow::Error::new(err).context(format!("writing to {}{kept}", self.path)));
+        }
+        self.lines += self.pending_lines;
+        self.pending_lines = 0;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// The offset the next write lands at: the end for an O_APPEND file (e.g. `>> log`).
+    fn write_offset(&mut self) -> io::Result<u64> {
+        let flags = nix::fcntl::fcntl(self.file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        if flags & libc::O_APPEND != 0 {
+            Ok(self.file.metadata()?.len())
+        } else {
+            self.file.stream_position()
+        }
+    }
+}
+
+impl Drop for NdjsonWriter {
+    fn drop(&mut self) {
+        if self.lines == 0
+            && let Some(path) = self.created.take()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The NDJSON export as a sink: every record, events only with `--events`.
+pub struct NdjsonSink {
+    writer: NdjsonWriter,
+    events: bool,
+}
+
+impl NdjsonSink {
+    pub fn new(writer: NdjsonWriter, events: bool) -> Self {
+        Self { writer, events }
+    }
+}
+
+impl Sink for NdjsonSink {
+    fn record(&mut self, rec: Record<'_>) -> Result<()> {
+        match rec {
+            Record::Event(_) if !self.events => Ok(()),
+            Record::Summary(_) => {
+                self.writer.write(rec)?;
+                self.writer.flush()
+            }
+            _ => self.writer.write(rec),
+        }
+    }
+
+    fn flush(&mut self, at: Flush) -> Result<()> {
+        if at == Flush::Tick || self.writer.flush_each {
+            self.writer.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn wants_events(&self) -> bool {
+        self.events
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    fn lines_of(p: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
-    fn records_are_envelopes_one_per_line() {
-        let buf = Shared::default();
-        let mut w = NdjsonWriter::from_writer(Box::new(buf.clone()), true);
+    fn records_are_envelopes_one_per_line_written_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.ndjson");
+        let mut w = open(&p, false).unwrap();
         w.record("start", &serde_json::json!({"schema_version": 1}))
             .unwrap();
         w.record("summary", &serde_json::json!({"events": 0}))
             .unwrap();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-        assert_eq!(v["type"], "start");
-        assert_eq!(v["data"]["schema_version"], 1);
-        assert!(text.ends_with('\n'));
+        assert_eq!(std::fs::read(&p).unwrap(), b"", "buffered until flushed");
+        w.flush().unwrap();
+        let v = lines_of(&p);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0]["type"], "start");
+        assert_eq!(v[0]["data"]["schema_version"], 1);
+        assert_eq!(w.lines, 2);
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with('\n'));
+    }
+
+    #[test]
+    fn a_large_backlog_is_written_in_whole_lines_without_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.ndjson");
+        let mut w = open(&p, false).unwrap();
+        let big = "x".repeat(1000);
+        for i in 0..100 {
+            w.record("event", &serde_json::json!({"i": i, "pad": big}))
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.is_empty() && text.ends_with('\n'));
+        assert_eq!(text.lines().count() as u64, w.lines);
     }
 
     #[test]
     fn existing_file_is_refused_without_force_and_mode_is_0600() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.ndjson");
-        drop(open(&p, false).unwrap());
+        let w = open(&p, false).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let err = open(&p, false).err().unwrap().to_string();
@@ -177,7 +316,15 @@ mod tests {
             err.contains("already exists") && err.contains("--force"),
             "{err}"
         );
-        assert!(open(&p, true).is_ok());
+        drop(w);
+        assert!(!p.exists(), "a writer that wrote nothing removes its file");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut w = open(&p, true).unwrap();
+        w.record("start", &1).unwrap();
+        w.flush().unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an overwritten file is made private");
     }
 
     #[test]
@@ -193,10 +340,26 @@ mod tests {
     }
 
     #[test]
-    fn missing_directory_is_a_clear_error() {
+    fn missing_directory_and_directory_are_clear_errors() {
         let err = open(Path::new("/nonexistent-dir/x.ndjson"), false)
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("check that the directory exists"));
+        let dir = tempfile::tempdir().unwrap();
+        let err = open(dir.path(), true).err().unwrap();
+        assert!(format!("{err:#}").contains("is a directory"), "{err:#}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_whole_lines_and_stops() {
+        // /dev/full: every write fails with ENOSPC.
+        let file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut w = NdjsonWriter::from_file(file, "/dev/full").unwrap();
+        w.record("start", &1).unwrap();
+        let err = w.flush().unwrap_err();
+        let io = err.downcast_ref::<io::Error>().unwrap();
+        assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
+        assert!(format!("{err:#}").contains("writing to /dev/full"));
+        assert!(w.record("summary", &1).is_err(), "refused after a failure");
     }
 }

@@ -1,0 +1,201 @@
+//! The output records: what every sink receives, and what an NDJSON export holds one per
+//! line as `{"type": ..., "data": {...}}`. The schema is documented in `docs/json-schema.md`.
+//!
+//! [`Record`] borrows (the live path serializes without copying); [`OwnedRecord`] is the same
+//! envelope read back (`tls-probe report`). Both are adjacently tagged so that the NDJSON
+//! envelope is exactly serde's `{"type", "data"}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    engine::{FindingChange, ProcessSnapshot, Snapshot},
+    event::Event,
+};
+
+/// Bumped when a record's fields change incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One record, borrowed, as the session hands it to each sink.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Record<'a> {
+    Start(&'a Start),
+    Event(&'a Event),
+    Finding(&'a FindingChange),
+    Snapshot(&'a Snapshot),
+    Lost(&'a LostRecord),
+    TargetExit(&'a TargetExit),
+    Summary(&'a Summary),
+}
+
+/// One record as read back from an export.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum OwnedRecord {
+    Start(Start),
+    Event(Event),
+    Finding(Box<FindingChange>),
+    Snapshot(Snapshot),
+    Lost(LostRecord),
+    TargetExit(TargetExit),
+    Summary(Box<Summary>),
+}
+
+impl Record<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::Event(_) => "event",
+            Self::Finding(_) => "finding",
+            Self::Snapshot(_) => "snapshot",
+            Self::Lost(_) => "lost",
+            Self::TargetExit(_) => "target_exit",
+            Self::Summary(_) => "summary",
+        }
+    }
+}
+
+/// The first record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Start {
+    pub schema_version: u32,
+    pub tool_version: String,
+    pub targets: Vec<Target>,
+    /// "full": every SSL call probed from the start; "light": the per-call probes are off.
+    pub probe_mode: String,
+    /// Whether the export holds every decoded event (`--events`), so that it can be replayed.
+    pub events: bool,
+    pub clock: ClockAnchor,
+}
+
+/// A traced process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    pub library_path: String,
+    pub library_version: Option<String>,
+    /// Optional symbols the library lacks, skipped.
+    pub missing_symbols: Vec<String>,
+}
+
+/// CLOCK_MONOTONIC ns (the clock of every `*_ns` timestamp) and Unix ns at the same instant:
+/// `unix = ts_ns - monotonic_ns + unix_ns`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClockAnchor {
+    pub monotonic_ns: u64,
+    pub unix_ns: u64,
+}
+
+/// Events lost, by where they were lost.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lost {
+    /// The ring buffer was full: lost in the kernel.
+    pub ringbuf: u64,
+    /// A per-thread scratch map was full: a call could not be tracked.
+    pub inflight: u64,
+    /// A record that did not decode: dropped in userspace.
+    pub decode: u64,
+}
+
+impl Lost {
+    pub fn sum(&self) -> u64 {
+        self.ringbuf + self.inflight + self.decode
+    }
+
+    pub fn since(&self, earlier: &Lost) -> Lost {
+        Lost {
+            ringbuf: self.ringbuf.saturating_sub(earlier.ringbuf),
+            inflight: self.inflight.saturating_sub(earlier.inflight),
+            decode: self.decode.saturating_sub(earlier.decode),
+        }
+    }
+}
+
+/// Losses since the previous `lost` record (`new`), and since the start (`total`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostRecord {
+    pub ts_ns: u64,
+    pub new: Lost,
+    pub total: Lost,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetExit {
+    pub pid: u32,
+    pub comm: String,
+    /// When tls-probe noticed (it checks once a second).
+    pub ts_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Duration,
+    Signal,
+    TargetsExited,
+}
+
+/// The last record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub stop_reason: StopReason,
+    /// CLOCK_MONOTONIC ns at which the engine was last advanced: where a replay ends.
+    pub end_ns: u64,
+    pub duration_ns: u64,
+    pub events: u64,
+    pub events_by_probe: BTreeMap<String, u64>,
+    pub lost: Lost,
+    pub uprobe_hits: u64,
+    pub tracepoint_hits: u64,
+    /// Per-process totals at the end.
+    pub processes: Vec<ProcessSnapshot>,
+    /// Every finding of the run, in its final state.
+    pub findings: Vec<crate::engine::Finding>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_type_and_data_and_reads_back() {
+        let exit = TargetExit {
+            pid: 7,
+            comm: "x".into(),
+            ts_ns: 9,
+        };
+        let line = serde_json::to_string(&Record::TargetExit(&exit)).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"target_exit","data":{"pid":7,"comm":"x","ts_ns":9}}"#
+        );
+        let back: OwnedRecord = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back, OwnedRecord::TargetExit(e) if e == exit));
+    }
+
+    #[test]
+    fn lost_since_saturates() {
+        let a = Lost {
+            ringbuf: 5,
+            inflight: 1,
+            decode: 0,
+        };
+        let b = Lost {
+            ringbuf: 2,
+            inflight: 1,
+            decode: 3,
+        };
+        assert_eq!(
+            a.since(&b),
+            Lost {
+                ringbuf: 3,
+                inflight: 0,
+                decode: 0
+            }
+        );
+        assert_eq!(a.sum(), 6);
+    }
+}
