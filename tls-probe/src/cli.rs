@@ -42,6 +42,21 @@ pub struct OutputArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// What to probe: `full` traces every SSL_read/SSL_write/SSL_get_error call (a uprobe
+    /// trap each, expensive on busy servers); `light` keeps only syscall tracepoints and the
+    /// once-per-connection handshake probes.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Full)]
+    pub mode: ProbeMode,
+}
+
+/// How much to probe.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Every SSL call (per-call uprobes on the hot path).
+    #[default]
+    Full,
+    /// Syscall tracepoints and handshake probes only.
+    Light,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -56,7 +56,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         duration: o.duration.map(Duration::from_secs_f64),
         events: o.events && o.output.is_some(),
         print_events: o.events && o.output.is_none(),
-        hot: true,
+        hot: o.mode == crate::cli::ProbeMode::Full,
     }
 }
 
