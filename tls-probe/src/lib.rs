@@ -23,3 +23,4 @@ pub mod replay;
 pub mod scenario;
 pub mod sink;
 pub mod track;
+pub mod tui;
