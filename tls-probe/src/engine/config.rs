@@ -54,6 +54,9 @@ pub struct Config {
     pub update_min_change_pct: f64,
     /// ...or when this long passed since the last emission.
     pub update_min_interval_ns: u64,
+    /// Yet never sooner than this after the last emission (a severity change excepted), so
+    /// that a count growing fast does not become a stream of updates.
+    pub update_min_gap_ns: u64,
 
     /// At most this many connections are tracked; the least recently seen are evicted.
     pub max_connections: usize,
@@ -86,6 +89,7 @@ impl Default for Config {
             critical_cpu_pct: 80.0,
             update_min_change_pct: 20.0,
             update_min_interval_ns: 5 * SEC,
+            update_min_gap_ns: SEC,
             max_connections: 65_536,
             max_threads: 16_384,
             max_closed_findings: 1024,

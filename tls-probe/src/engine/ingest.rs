@@ -1,5 +1,6 @@
 //! Turning events into state: SSL calls completed with their SSL_get_error, epoll waits
-//! starting iterations, and finished iterations turned into wake-ups for the rules.
+//! (one by one, or aggregated in the kernel) starting iterations, and finished iterations
+//! turned into wake-ups for the rules.
 
 use super::{
     Engine, FindingChange,
@@ -7,7 +8,7 @@ use super::{
     rules::{CallDone, ConnEnd, ConnWakeup, LoopWakeup},
     state::ThreadKey,
 };
-use crate::event::{EpollWait, SslCall, SslError, SslErrorCode};
+use crate::event::{EpollIdle, EpollWait, SslCall, SslError, SslErrorCode};
 
 impl Engine {
     pub(super) fn on_ssl_call(
@@ -135,6 +136,51 @@ impl Engine {
         }
     }
 
+    /// `count` immediate empty waits (timeout 0, nothing ready) aggregated in the kernel:
+    /// the thread's iteration so far ends, all waits but the last count as wake-ups with no
+    /// ready fd and no progress, and the last one starts an iteration, so that any SSL calls
+    /// made after it are counted in it, as after any wait.
+    ///
+    /// Calls made between the aggregated waits arrived before this event and were counted
+    /// in the iteration then current: the kernel does not say which wait each followed.
+    pub(super) fn on_epoll_idle(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ts: u64,
+        w: &EpollIdle,
+        out: &mut Vec<FindingChange>,
+    ) {
+        let key = (pid, tid);
+        self.resolve_pending(key, out);
+        self.thread(key, out);
+        self.finish_iteration(key, out);
+        if w.count == 0 {
+            return;
+        }
+        let each_ns = w.blocked_ns / u64::from(w.count);
+        let before = w.count - 1;
+        if before > 0 {
+            let wakeups = LoopWakeup {
+                pid,
+                tid,
+                count: before,
+                timeout_ns: Some(0),
+                blocked_ns: w.blocked_ns - each_ns,
+                immediate: true,
+                progress: false,
+                spin_wasted: false,
+                ready_count: 0,
+                idle_ready: None,
+            };
+            self.count_wakeups(&wakeups, out);
+        }
+        if let Some(t) = self.state.threads.get_mut(&key) {
+            t.lp.epoll_mode = true;
+            t.lp.iter.start_empty(ts, each_ns);
+        }
+    }
+
     /// Ends the thread's current iteration: one wake-up per connection it made calls on, one
     /// for the loop, and the thread's counters.
     pub(super) fn finish_iteration(&mut self, key: ThreadKey, out: &mut Vec<FindingChange>) {
@@ -182,6 +228,7 @@ impl Engine {
             let w = LoopWakeup {
                 pid,
                 tid,
+                count: 1,
                 timeout_ns: it.timeout_ns,
                 blocked_ns: it.blocked_ns,
                 immediate,
@@ -194,23 +241,30 @@ impl Engine {
                     .find(|r| !it.touched.iter().any(|t| t.fd.is_some() && t.fd == r.fd))
                     .copied(),
             };
-            self.dispatch(out, |r, cx| r.on_loop_wakeup(cx, &w));
-            let now = self.now;
-            if let Some(t) = self.state.threads.get_mut(&key) {
-                t.wakeups_total += 1;
-                t.no_progress_total += u64::from(!it.progress);
-                t.immediate_total += u64::from(immediate);
-                let c = t.window.current(now);
-                c.wakeups += 1;
-                c.no_progress += u32::from(!it.progress);
-            }
-            let p = self.state.proc_mut(pid, now);
-            p.wakeups_total += 1;
-            p.wakeups_no_progress_total += u64::from(!it.progress);
+            self.count_wakeups(&w, out);
         }
         it.active = false;
         if let Some(t) = self.state.threads.get_mut(&key) {
             t.lp.iter = it;
         }
+    }
+
+    /// Loop wake-ups of a thread: to the rules, and into its and its process's counters.
+    fn count_wakeups(&mut self, w: &LoopWakeup, out: &mut Vec<FindingChange>) {
+        self.dispatch(out, |r, cx| r.on_loop_wakeup(cx, w));
+        let now = self.now;
+        let n = w.count;
+        let no_progress = if w.progress { 0 } else { n };
+        if let Some(t) = self.state.threads.get_mut(&(w.pid, w.tid)) {
+            t.wakeups_total += u64::from(n);
+            t.no_progress_total += u64::from(no_progress);
+            t.immediate_total += if w.immediate { u64::from(n) } else { 0 };
+            let c = t.window.current(now);
+            c.wakeups += n;
+            c.no_progress += no_progress;
+        }
+        let p = self.state.proc_mut(w.pid, now);
+        p.wakeups_total += u64::from(n);
+        p.wakeups_no_progress_total += u64::from(no_progress);
     }
 }

@@ -95,6 +95,14 @@ impl Iteration {
         }));
     }
 
+    /// The last of a run of immediate empty waits aggregated in the kernel (timeout 0,
+    /// nothing ready), which blocked `blocked_ns`.
+    pub fn start_empty(&mut self, ts: u64, blocked_ns: u64) {
+        self.reset(ts, true);
+        self.timeout_ns = Some(0);
+        self.blocked_ns = blocked_ns;
+    }
+
     pub fn start_pseudo(&mut self, ts: u64) {
         self.reset(ts, false);
     }

@@ -5,7 +5,10 @@
 //!
 //! - per thread, its event loop: each epoll wait (timeout, how long it blocked, which fds
 //!   were ready with which interest), then the SSL calls made until the next wait (an
-//!   "iteration"); a wake-up made progress when some call moved bytes or finished a handshake;
+//!   "iteration"); a wake-up made progress when some call moved bytes or finished a handshake.
+//!   Immediate empty waits (timeout 0, nothing ready) come aggregated by the kernel, one
+//!   `EpollIdle` for up to thousands: each counts as a wake-up with no ready fd and no
+//!   progress;
 //! - per connection, keyed by (pid, SSL*) and mapped to its fd: calls and results by op,
 //!   bytes, WANT_* counts, first and last seen;
 //! - per process, totals.
@@ -126,8 +129,7 @@ impl Engine {
             // Registrations are the tracker's business: it puts fd and interest on ready
             // entries.
             EventKind::EpollCtl(_) => {}
-            // TODO(engine): count aggregated immediate empty waits as busy wake-ups.
-            EventKind::EpollIdle(_) => {}
+            EventKind::EpollIdle(w) => self.on_epoll_idle(pid, tid, ts, w, out),
             EventKind::Close { fd, ret } => {
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)

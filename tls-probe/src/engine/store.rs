@@ -46,15 +46,17 @@ impl FindingStore {
         id
     }
 
-    /// Applies `f` to open finding `id`, then emits `Updated` if the change is material: the
-    /// severity changed, the headline number moved by `update_min_change_pct`, or
-    /// `update_min_interval_ns` passed since the last emission and the finding was seen since.
+    /// Applies `f` to open finding `id`, then emits `Updated` if `force`, or if the change is
+    /// material: the severity changed, or, `update_min_gap_ns` after the last emission, the
+    /// headline number moved by `update_min_change_pct`, or `update_min_interval_ns` passed
+    /// and the finding was seen since.
     pub fn update(
         &mut self,
         id: u64,
         now: u64,
         cfg: &Config,
         out: &mut Vec<FindingChange>,
+        force: bool,
         f: impl FnOnce(&mut Finding),
     ) {
         let Some(e) = self.open.get_mut(&id) else {
@@ -65,9 +67,11 @@ impl FindingStore {
         let new = e.finding.evidence.headline();
         let moved =
             (new - old).abs() >= old.abs() * cfg.update_min_change_pct / 100.0 && new != old;
-        let periodic = now.saturating_sub(e.emitted_ns) >= cfg.update_min_interval_ns
-            && e.finding.last_seen_ns > e.emitted.last_seen_ns;
-        if moved || periodic || e.finding.severity != e.emitted.severity {
+        let since = now.saturating_sub(e.emitted_ns);
+        let periodic =
+            since >= cfg.update_min_interval_ns && e.finding.last_seen_ns > e.emitted.last_seen_ns;
+        let due = since >= cfg.update_min_gap_ns && (moved || periodic);
+        if force || due || e.finding.severity != e.emitted.severity {
             e.emitted = e.finding.clone();
             e.emitted_ns = now;
             out.push(FindingChange {

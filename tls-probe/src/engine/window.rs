@@ -106,6 +106,17 @@ impl<T: Counts> Window<T> {
     pub fn span_secs(&self) -> f64 {
         (self.bucket_ns * BUCKETS as u64) as f64 / 1e9
     }
+
+    /// The part of the complete buckets' span since `since_ns` (when counting began), in
+    /// seconds, at least one bucket: what a rate must be divided by while the window is
+    /// still filling, so that a rate read early is not understated.
+    pub fn covered_secs(&self, now_ns: u64, since_ns: u64) -> f64 {
+        let end = (now_ns / self.bucket_ns).max(self.head) * self.bucket_ns;
+        let start = end
+            .saturating_sub(self.bucket_ns * BUCKETS as u64)
+            .max(since_ns);
+        end.saturating_sub(start).max(self.bucket_ns) as f64 / 1e9
+    }
 }
 
 /// A percentage, 0 when the denominator is 0.
@@ -150,6 +161,17 @@ mod tests {
         // Touching the window long after clears every stale bucket.
         w.current(10_000 * MS).0 += 1;
         assert_eq!(w.summary(10_100 * MS, |c| c.0 > 0).total.0, 1);
+    }
+
+    #[test]
+    fn covered_span_while_filling() {
+        let w = Window::<N>::new(250 * MS, 1000 * MS);
+        // Counting began at 250 ms: at 1000 ms the complete buckets cover 750 ms of it.
+        assert_eq!(w.covered_secs(1000 * MS, 250 * MS), 0.75);
+        assert_eq!(w.covered_secs(1050 * MS, 250 * MS), 0.75);
+        // Then the whole window, and never less than a bucket.
+        assert_eq!(w.covered_secs(3000 * MS, 250 * MS), 1.0);
+        assert_eq!(w.covered_secs(260 * MS, 250 * MS), 0.1);
     }
 
     #[test]

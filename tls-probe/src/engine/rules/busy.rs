@@ -8,6 +8,9 @@
 //! `busy_min_immediate_wakeups_per_sec` over the window, in at least `sustained_buckets`
 //! buckets, while at most `busy_max_progress_pct` of the thread's wake-ups made progress, and
 //! no spin_loop finding is open for the thread.
+//!
+//! Immediate empty waits (zero timeout, nothing ready) reach the engine aggregated by the
+//! kernel, thousands to one event; each counts as one such wake-up.
 
 use std::{collections::HashMap, fmt};
 
@@ -114,14 +117,15 @@ impl Rule for BusyRule {
             }),
             None => return,
         };
+        let n = w.count;
         let c = t.window.current(cx.now);
-        c.wakeups += 1;
-        c.progress += u32::from(w.progress);
-        c.zero_timeout += u32::from(w.timeout_ns == Some(0));
+        c.wakeups += n;
+        c.progress += if w.progress { n } else { 0 };
+        c.zero_timeout += if w.timeout_ns == Some(0) { n } else { 0 };
         c.blocked_ns += w.blocked_ns;
-        c.ready += w.ready_count;
+        c.ready += w.ready_count.saturating_mul(n);
         if idle {
-            c.idle += 1;
+            c.idle += n;
             t.last_idle_ns = cx.now;
             t.timeout_ns = w.timeout_ns;
             t.idle_ready = w.idle_ready;
@@ -143,7 +147,7 @@ impl Rule for BusyRule {
         let keep = cfg.keep_open_pct / 100.0;
         self.tracks.retain(|&key, t| {
             let s = t.window.summary(now, |c| c.idle > 0);
-            let secs = t.window.span_secs();
+            let secs = t.window.covered_secs(now, t.started_ns);
             let idle = f64::from(s.total.idle) / secs;
             let progress = pct(f64::from(s.total.progress), f64::from(s.total.wakeups));
             let opens = idle >= min

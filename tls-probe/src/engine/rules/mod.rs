@@ -80,16 +80,27 @@ impl Cx<'_> {
     /// Changes an open finding; emits `Updated` only when the change is material. Fills in
     /// comm and peer if they became known since.
     pub fn update(&mut self, id: u64, f: impl FnOnce(&mut Finding)) {
+        self.update_with(id, false, f);
+    }
+
+    /// As [`Cx::update`], but always emits `Updated`: for a change users must see at once,
+    /// such as what became of the connection an incident hit.
+    pub fn update_now(&mut self, id: u64, f: impl FnOnce(&mut Finding)) {
+        self.update_with(id, true, f);
+    }
+
+    fn update_with(&mut self, id: u64, force: bool, f: impl FnOnce(&mut Finding)) {
         let state = self.state;
-        self.store.update(id, self.now, self.cfg, self.out, |fi| {
-            f(fi);
-            if fi.comm.is_none() {
-                fi.comm = state.comm(fi.pid).map(str::to_owned);
-            }
-            if fi.peer.is_none() {
-                fi.peer = state.peer(fi.pid, fi.fd).map(str::to_owned);
-            }
-        });
+        self.store
+            .update(id, self.now, self.cfg, self.out, force, |fi| {
+                f(fi);
+                if fi.comm.is_none() {
+                    fi.comm = state.comm(fi.pid).map(str::to_owned);
+                }
+                if fi.peer.is_none() {
+                    fi.peer = state.peer(fi.pid, fi.fd).map(str::to_owned);
+                }
+            });
     }
 
     /// Changes an open finding without emitting anything, e.g. its final numbers before
@@ -136,11 +147,15 @@ pub(crate) struct ConnWakeup {
     pub ready: Option<ReadySlot>,
 }
 
-/// One wake-up of a thread's event loop (an epoll wait and the calls until the next one).
+/// Wake-ups of a thread's event loop (an epoll wait and the calls until the next one): one,
+/// or `count` alike (immediate empty waits aggregated in the kernel).
 pub(crate) struct LoopWakeup {
     pub pid: u32,
     pub tid: u32,
+    /// How many wake-ups this stands for; every other field holds for each of them.
+    pub count: u32,
     pub timeout_ns: Option<i64>,
+    /// Time blocked in the waits, summed over `count`.
     pub blocked_ns: u64,
     /// Returned at once: zero timeout, or blocked under `busy_max_blocked_ns`.
     pub immediate: bool,

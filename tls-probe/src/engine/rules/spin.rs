@@ -158,7 +158,7 @@ impl Rule for SpinRule {
         let keep = cfg.keep_open_pct / 100.0;
         self.tracks.retain(|&key, t| {
             let s = t.window.summary(now, |c| c.wasted > 0);
-            let secs = t.window.span_secs();
+            let secs = t.window.covered_secs(now, t.started_ns);
             let wasted = f64::from(s.total.wasted) / secs;
             let no_progress = pct(f64::from(s.total.wasted), f64::from(s.total.wakeups));
             let opens = wasted >= min

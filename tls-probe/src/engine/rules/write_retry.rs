@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{CallDone, ConnEnd, Cx, Rule, want_word};
 use crate::{
     engine::{
-        finding::{Evidence, Severity, Subject},
+        finding::{Evidence, Finding, Severity, Subject},
         state::ConnKey,
     },
     event::{SslErrorCode, SslOp},
@@ -248,10 +248,17 @@ impl WriteRetryRule {
         inc.evidence.fate = fate;
         let ev = Evidence::BadWriteRetry(inc.evidence.clone());
         let sev = severity(&inc.evidence);
-        cx.update(inc.finding, |f| {
+        let update = |f: &mut Finding| {
             f.evidence = ev;
             f.severity = sev;
-        });
+        };
+        // The first connection dropped after the bug completes the story the finding
+        // opened with: say so at once.
+        if !ssl_error && inc.evidence.connections_dropped_after == 1 {
+            cx.update_now(inc.finding, update);
+        } else {
+            cx.update(inc.finding, update);
+        }
     }
 }
 

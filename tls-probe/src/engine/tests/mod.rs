@@ -2,14 +2,15 @@
 //! tracker would, one event at a time, and feeds it to an engine as it goes.
 
 mod busy;
+mod idle;
 mod incidents;
 mod spin;
 mod state;
 
 use super::{Change, Config, Engine, Finding, FindingChange, FindingKind, epoll_bits::*};
 use crate::event::{
-    EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall, SslError, SslErrorCode, SslOp,
-    SysKind,
+    EpollIdle, EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall, SslError, SslErrorCode,
+    SslOp, SysKind,
 };
 
 pub(super) const PID: u32 = 4242;
@@ -69,6 +70,7 @@ pub(super) fn call(op: SslOp, ssl: u64, fd: i32, ret: i64, bytes: u64) -> SslCal
             SysKind::Read
         }),
         sys_last_ret: Some(if ret > 0 { ret } else { -11 }),
+        key_ops: 0,
     }
 }
 
@@ -128,6 +130,21 @@ impl Sim {
             ready,
         };
         self.feed(tid, EventKind::EpollWait(w));
+    }
+
+    /// `count` immediate empty waits (timeout 0, nothing ready) over `span_ns`, each
+    /// blocking 1 µs, as the kernel reports them: one aggregate at the end.
+    pub fn empty_waits(&mut self, tid: u32, count: u32, span_ns: u64) {
+        let first_ns = self.now;
+        self.now += span_ns;
+        let w = EpollIdle {
+            syscall: EpollSyscall::EpollWait,
+            epfd: 3,
+            count,
+            first_ns,
+            blocked_ns: u64::from(count) * US,
+        };
+        self.feed(tid, EventKind::EpollIdle(w));
     }
 
     /// An SSL call taking `call_ns`; a failing one is followed by its SSL_get_error when

@@ -1,0 +1,425 @@
+//! Findings on live processes, as a user would get them: `tls-probe attach` on the
+//! project's scenario programs (each reproduces one pathology, or behaves well) and on a
+//! real busy server (nginx under keep-alive load from wrk). Each pathology must be flagged
+//! with the right kind, pid, thread, fd or SSL* within 2 seconds of its start; healthy
+//! and idle targets must get no finding at all.
+//!
+//! "Start" is the CLOCK_MONOTONIC time at which the test releases the scenario's load;
+//! "flagged at" is the opened finding's `last_seen_ns`, the event time of the last
+//! occurrence before it opened (both on the clock of every `ts_ns`). Measured numbers are
+//! printed; run with `--nocapture` to see them.
+
+mod common;
+#[path = "common/scenario.rs"]
+mod scenario_common;
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Proc, free_port, summary, wait_listening};
+use scenario_common::{
+    Scenario, attach, changes, describe, last_thread_snapshot, opened, peak_thread_metric,
+    records_so_far, secs,
+};
+use serde_json::Value;
+
+/// How soon after its start a pathology must be flagged.
+const BAR_NS: u64 = 2_000_000_000;
+const EXIT: Duration = Duration::from_secs(30);
+
+/// A scenario run under `tls-probe attach`.
+struct Run {
+    sc: Scenario,
+    /// CLOCK_MONOTONIC when the load was released.
+    start: u64,
+    /// Wall time from the start until the expected finding was in the output file.
+    seen_after: Option<Duration>,
+    done: Value,
+    records: Vec<Value>,
+}
+
+/// Runs `name` for `duration` seconds under `tls-probe attach`. With `expect`, also
+/// watches the output file for that finding while the scenario runs.
+fn run(name: &str, duration: f64, expect: Option<&str>) -> Run {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut sc = Scenario::start(name, duration);
+    let probe = attach(dir.path(), sc.pid());
+    let released = Instant::now();
+    let start = sc.go();
+    let seen_after = expect.map(|kind| {
+        loop {
+            let so_far = records_so_far(&probe);
+            if !opened(&so_far, kind).is_empty() {
+                break released.elapsed();
+            }
+            assert!(
+                released.elapsed().as_secs_f64() < duration,
+                "no {kind} in the output while {name} ran; it has:\n{}",
+                describe(&so_far)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let done = sc.done(EXIT);
+    let records = probe.finish(EXIT);
+    Run {
+        sc,
+        start,
+        seen_after,
+        done,
+        records,
+    }
+}
+
+/// How often tls-probe writes its output file out: a finding is in the file at most this
+/// long after it opened.
+const FILE_FLUSH: Duration = Duration::from_secs(1);
+
+/// The one finding of `kind` opened in the run: checks that it is the only finding, that
+/// it was flagged within [`BAR_NS`] of the start in event time, and that it reached the
+/// output file within the bar and one flush of the file. Returns it with its time to flag.
+fn the_finding<'a>(r: &'a Run, kind: &str) -> (&'a Value, u64) {
+    let all = describe(&r.records);
+    let found = opened(&r.records, kind);
+    assert_eq!(found.len(), 1, "one {kind} expected, got:\n{all}");
+    let others = changes(&r.records)
+        .into_iter()
+        .filter(|c| c["finding"]["kind"] != kind)
+        .count();
+    assert_eq!(others, 0, "only {kind} expected, got:\n{all}");
+    let f = found[0];
+    let flagged = f["last_seen_ns"].as_u64().expect("last_seen_ns");
+    assert!(
+        flagged >= r.start && flagged - r.start <= BAR_NS,
+        "{kind} flagged {:.2}s after the start (bar: {:.0}s): {f}",
+        secs(flagged.wrapping_sub(r.start)),
+        secs(BAR_NS)
+    );
+    let seen = r.seen_after.expect("watched for the finding");
+    assert!(
+        seen <= Duration::from_nanos(BAR_NS) + FILE_FLUSH,
+        "{kind} reached the output file {seen:?} after the start"
+    );
+    (f, flagged - r.start)
+}
+
+/// Rate of DONE's `counts[key]` over its run.
+fn done_rate(done: &Value, key: &str) -> f64 {
+    let n = done["counts"][key].as_f64().unwrap_or(0.0);
+    n * 1000.0 / done["elapsed_ms"].as_f64().expect("elapsed_ms")
+}
+
+/// A thread's CPU use over the run, from DONE, in percent of one core.
+fn done_cpu_pct(done: &Value, role: &str) -> f64 {
+    let t = done["threads"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["role"] == role))
+        .expect("the thread in DONE");
+    t["cpu_ms"].as_f64().expect("cpu_ms") * 100.0 / done["elapsed_ms"].as_f64().expect("ms")
+}
+
+fn evidence<'a>(f: &'a Value, kind: &str) -> &'a Value {
+    &f["evidence"][kind]
+}
+
+/// "flagged 0.88s after the start (in the file after 1.20s)".
+fn timing(r: &Run, took: u64) -> String {
+    format!(
+        "flagged {:.2}s after the start (in the file after {:.2}s)",
+        secs(took),
+        r.seen_after.unwrap_or_default().as_secs_f64()
+    )
+}
+
+#[test]
+fn spin_loop_is_flagged_on_the_client_fd() {
+    let r = run("spin-loop", 4.0, Some("spin_loop"));
+    let (f, took) = the_finding(&r, "spin_loop");
+    let sc = &r.sc;
+    assert_eq!(f["pid"], sc.pid());
+    assert_eq!(f["tid"], sc.tid("client"), "{f}");
+    assert_eq!(f["fd"], sc.fd("client"), "{f}");
+    assert_eq!(f["ssl"], sc.ssl("client"), "{f}");
+    let e = evidence(f, "spin_loop");
+    assert_eq!(e["ssl_error"], "want_read", "{f}");
+    assert_eq!(
+        e["mismatch"], "EPOLLOUT is armed while SSL wants READ",
+        "{f}"
+    );
+    assert!(
+        f["explanation"]
+            .as_str()
+            .is_some_and(|x| x.contains("EPOLLOUT is armed while SSL wants READ")),
+        "{f}"
+    );
+    let wasted = e["wasted_wakeups_per_sec"].as_f64().unwrap();
+    let real = done_rate(&r.done, "client_wakeups");
+    assert!(
+        wasted >= 0.5 * real && wasted <= 1.5 * real,
+        "{wasted:.0} wasted wake-ups/s reported, the client made {real:.0}/s"
+    );
+    eprintln!(
+        "spin-loop: spin_loop {}; {wasted:.0} wasted wake-ups/s reported, the client made \
+         {real:.0}/s under the probes at {:.0}% CPU",
+        timing(&r, took),
+        done_cpu_pct(&r.done, "client"),
+    );
+}
+
+#[test]
+fn busy_poll_is_flagged_on_the_client_thread_and_every_wait_counted() {
+    let r = run("busy-poll", 4.0, Some("busy_epoll_loop"));
+    let (f, took) = the_finding(&r, "busy_epoll_loop");
+    let tid = r.sc.tid("client");
+    assert_eq!(f["pid"], r.sc.pid());
+    assert_eq!(f["tid"], tid, "{f}");
+    let e = evidence(f, "busy_epoll_loop");
+    assert_eq!(e["zero_timeout_pct"], 100.0, "{f}");
+    assert_eq!(e["timeout_ns"], 0, "{f}");
+    let immediate = e["immediate_wakeups_per_sec"].as_f64().unwrap();
+    let real = done_rate(&r.done, "client_wakeups");
+    assert!(
+        immediate >= 0.5 * real && immediate <= 1.5 * real,
+        "{immediate:.0} immediate wake-ups/s reported, the client polled {real:.0}/s"
+    );
+    // Every wait the kernel aggregated is counted in the thread's metrics, but the last
+    // batch, which the thread never flushes: it exits instead of waiting again.
+    let snap = last_thread_snapshot(&r.records, tid).expect("a snapshot of the client");
+    let counted = snap["wakeups_total"].as_f64().unwrap();
+    let waits = r.done["counts"]["client_wakeups"].as_f64().unwrap();
+    assert!(
+        counted >= 0.95 * waits && counted <= waits,
+        "{counted} wake-ups counted, the client made {waits}"
+    );
+    assert_eq!(snap["wakeups_no_progress_total"], snap["wakeups_total"]);
+    assert_eq!(snap["immediate_wakeups_total"], snap["wakeups_total"]);
+    let peak = peak_thread_metric(&r.records, tid, "wakeups_per_sec");
+    assert!(
+        peak >= 0.5 * real,
+        "peak {peak:.0} wake-ups/s, real {real:.0}"
+    );
+    eprintln!(
+        "busy-poll: busy_epoll_loop {}; {immediate:.0} immediate wake-ups/s reported, the \
+         client polled {real:.0}/s at {:.0}% CPU; {counted} of {waits} waits counted",
+        timing(&r, took),
+        done_cpu_pct(&r.done, "client"),
+    );
+}
+
+#[test]
+fn bad_write_retry_is_flagged_with_its_fate() {
+    let r = run("bad-write-retry", 3.0, Some("bad_write_retry"));
+    let (f, took) = the_finding(&r, "bad_write_retry");
+    assert_eq!(f["pid"], r.sc.pid());
+    assert_eq!(f["tid"], r.sc.tid("client"), "{f}");
+    let e = evidence(f, "bad_write_retry");
+    assert_eq!(e["previous_answer"], "want_write", "{f}");
+    assert_ne!(e["buf"], e["previous_buf"], "{f}");
+    assert_eq!(e["fate"], "ssl error", "the retry's own answer: {f}");
+    // What became of the connection follows at once, in an update.
+    let id = &f["id"];
+    let fate = changes(&r.records)
+        .into_iter()
+        .filter(|c| c["change"] == "updated" && &c["finding"]["id"] == id)
+        .filter_map(|c| c["finding"]["evidence"]["bad_write_retry"]["fate"].as_str())
+        .find(|fate| fate.contains("SSL_free") || fate.contains("close"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no update with the connection's fate:\n{}",
+                describe(&r.records)
+            )
+        });
+    assert!(fate.starts_with("ssl error, then "), "{fate}");
+    let last = summary(&r.records)["findings"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|x| x["kind"] == "bad_write_retry"))
+        .expect("the finding in the summary");
+    let occurrences = evidence(last, "bad_write_retry")["occurrences"]
+        .as_u64()
+        .unwrap();
+    let bad = r.done["counts"]["client_bad_write_retries"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        occurrences, bad,
+        "every bad retry the client met is counted"
+    );
+    eprintln!(
+        "bad-write-retry: bad_write_retry {}, then fate {fate:?}; {occurrences} occurrences \
+         counted, {bad} met by the client",
+        timing(&r, took)
+    );
+}
+
+#[test]
+fn concurrent_ssl_use_is_flagged_on_the_shared_ssl() {
+    let r = run("concurrent-ssl", 3.0, Some("concurrent_ssl_use"));
+    let (f, took) = the_finding(&r, "concurrent_ssl_use");
+    let (reader, writer) = (r.sc.thread("reader"), r.sc.thread("writer"));
+    assert_eq!(
+        reader["ssl"][0], writer["ssl"][0],
+        "one SSL*: {}",
+        r.sc.ready
+    );
+    assert_eq!(f["pid"], r.sc.pid());
+    assert_eq!(f["ssl"], reader["ssl"][0], "{f}");
+    let e = evidence(f, "concurrent_ssl_use");
+    let mut tids = [e["tid_a"].as_u64(), e["tid_b"].as_u64()];
+    tids.sort();
+    let mut want = [reader["tid"].as_u64(), writer["tid"].as_u64()];
+    want.sort();
+    assert_eq!(tids, want, "{f}");
+    let last = summary(&r.records)["findings"][0]["evidence"]["concurrent_ssl_use"].clone();
+    eprintln!(
+        "concurrent-ssl: concurrent_ssl_use {}; {} overlaps by the end, {} updates",
+        timing(&r, took),
+        last["overlaps"],
+        changes(&r.records)
+            .iter()
+            .filter(|c| c["change"] == "updated")
+            .count()
+    );
+}
+
+/// Healthy load for half the run, then 16 idle connections: nothing to report, during
+/// the load nor while idle.
+#[test]
+fn healthy_load_then_idle_has_no_finding() {
+    let r = run("healthy", 6.0, None);
+    let all = describe(&r.records);
+    assert!(changes(&r.records).is_empty(), "{all}");
+    assert!(
+        summary(&r.records)["findings"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // It was busy, then idle: the server's loop, as the engine saw it.
+    let tid = r.sc.tid("server");
+    let busy = peak_thread_metric(&r.records, tid, "ssl_calls_per_sec");
+    assert!(busy >= 1000.0, "peak {busy:.0} SSL calls/s on the server");
+    let idle = last_thread_snapshot(&r.records, tid).expect("a snapshot of the server");
+    let idle_rate = idle["wakeups_per_sec"].as_f64().unwrap();
+    assert!(
+        idle_rate <= 10.0,
+        "{idle_rate} wake-ups/s at the end: {idle}"
+    );
+    eprintln!(
+        "healthy: no finding; server peak {busy:.0} SSL calls/s, {:.0} round trips/s over the \
+         run, then {idle_rate:.1} wake-ups/s idle",
+        done_rate(&r.done, "client_round_trips"),
+    );
+}
+
+/// nginx (one process, TLS, keep-alive) as a real busy server, loaded by `wrk` at full
+/// speed over 20 keep-alive connections. Skipped, loudly, if either is missing.
+#[test]
+fn nginx_under_keep_alive_load_has_no_finding() {
+    let (Some(nginx), Some(wrk)) = (which("nginx"), which("wrk")) else {
+        eprintln!(
+            "SKIPPED nginx_under_keep_alive_load_has_no_finding: nginx or wrk is not \
+             installed (apt-get install -y nginx-light wrk)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = free_port();
+    let conf = nginx_conf(dir.path(), port);
+    let server = Proc::spawn(
+        Command::new(&nginx)
+            .args(["-e", "stderr", "-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf),
+    );
+    wait_listening(port);
+    let probe = attach(dir.path(), server.pid());
+    let out = Command::new(&wrk)
+        .args(["-t1", "-c20", "-d3s", &format!("https://127.0.0.1:{port}/")])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"));
+    let records = probe.interrupt(EXIT);
+
+    let all = describe(&records);
+    assert!(changes(&records).is_empty(), "{all}");
+    let s = summary(&records);
+    let reads = s["events_by_probe"]["SSL_read"].as_u64().unwrap_or(0);
+    assert!(rps >= 500.0, "only {rps:.0} requests/s: {text}");
+    assert!(
+        reads as f64 >= rps,
+        "{reads} SSL_read events for {rps:.0} requests/s over 3 s"
+    );
+    // nginx runs in one thread: its pid.
+    let tid = u64::from(server.pid());
+    let wakeups = peak_thread_metric(&records, tid, "wakeups_per_sec");
+    let idle = peak_thread_metric(&records, tid, "wakeups_no_progress_per_sec");
+    let cpu = peak_thread_metric(&records, tid, "cpu_pct");
+    eprintln!(
+        "nginx: no finding at {rps:.0} requests/s over 20 keep-alive connections; peak \
+         {wakeups:.0} wake-ups/s ({idle:.0}/s without progress), {cpu:.0}% CPU; {} events, \
+         {reads} SSL_read, lost {}",
+        s["events"], s["lost"]
+    );
+}
+
+fn which(name: &str) -> Option<String> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| Path::new(p).exists())
+}
+
+/// A one-process nginx serving a small page over TLS with keep-alive, everything under
+/// `dir`.
+fn nginx_conf(dir: &Path, port: u16) -> std::path::PathBuf {
+    let (key, crt) = common::cert(dir);
+    let root = dir.join("www");
+    fs::create_dir_all(&root).expect("creating the web root");
+    fs::write(root.join("index.html"), "hello from nginx\n".repeat(32)).expect("index.html");
+    for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        fs::create_dir_all(dir.join(sub)).expect("creating a temp dir");
+    }
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\n\
+         master_process off;\n\
+         worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log stderr warn;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {d}/client_body;\n\
+           proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n\
+           uwsgi_temp_path {d}/uwsgi;\n\
+           scgi_temp_path {d}/scgi;\n\
+           keepalive_requests 1000000;\n\
+           keepalive_timeout 60s;\n\
+           server {{\n\
+             listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {crt};\n\
+             ssl_certificate_key {key};\n\
+             root {root};\n\
+           }}\n\
+         }}\n",
+        crt = crt.display(),
+        key = key.display(),
+        root = root.display(),
+    );
+    let path = dir.join("nginx.conf");
+    fs::write(&path, conf).expect("writing nginx.conf");
+    path
+}
