@@ -42,6 +42,8 @@ pub struct Recording {
     pub lines: u64,
     /// `event` records read.
     pub events: u64,
+    /// Whole records of a type this version does not know, skipped.
+    pub unknown_records: u64,
     /// The engine's results over the events again, when the export holds them.
     pub replay: Option<Replayed>,
     pub error: Option<ReadError>,
@@ -124,6 +126,12 @@ pub fn read(mut input: impl BufRead) -> Recording {
         }
         let record: OwnedRecord = match serde_json::from_slice(&buf) {
             Ok(r) => r,
+            Err(_) if is_unknown_type(&buf) => {
+                // A record type from a newer tls-probe: skipped, as unknown fields are.
+                rec.unknown_records += 1;
+                rec.lines = line;
+                continue;
+            }
             Err(e) => {
                 rec.error = fail(format!("not a tls-probe record: {e}"));
                 break;
@@ -147,6 +155,27 @@ pub fn read(mut input: impl BufRead) -> Recording {
     }
     rec.replay = replay.map(Replayer::finish);
     rec
+}
+
+/// An envelope whose `type` this version does not know.
+fn is_unknown_type(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+        #[expect(dead_code, reason = "only its presence is checked")]
+        data: serde::de::IgnoredAny,
+    }
+    const KNOWN: [&str; 7] = [
+        "start",
+        "event",
+        "finding",
+        "snapshot",
+        "lost",
+        "target_exit",
+        "summary",
+    ];
+    serde_json::from_slice::<Envelope>(line).is_ok_and(|e| !KNOWN.contains(&e.kind.as_str()))
 }
 
 fn apply(
@@ -264,6 +293,15 @@ mod tests {
         assert!(r.error.unwrap().message.contains("not `start`"));
         let r = read_str("");
         assert!(r.error.unwrap().message.contains("empty"));
+    }
+
+    #[test]
+    fn unknown_record_types_and_fields_are_skipped() {
+        let future = r#"{"type":"histogram","data":{"x":1}}"#;
+        let exit = EXIT.replace("\"ts_ns\"", "\"new_field\":true,\"ts_ns\"");
+        let r = read_str(&format!("{START}\n{future}\n{exit}\n{SUMMARY}\n"));
+        assert_eq!(r.error, None);
+        assert_eq!((r.lines, r.unknown_records, r.exits.len()), (4, 1, 1));
     }
 
     #[test]

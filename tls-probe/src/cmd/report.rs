@@ -48,6 +48,8 @@ pub struct Report {
     pub threads: Vec<ThreadSnapshot>,
     pub lost: Lost,
     pub target_exits: Vec<TargetExit>,
+    /// Records of a type this version does not know (from a newer tls-probe), skipped.
+    pub unknown_records: u64,
 }
 
 pub fn build(file: &str, rec: Recording) -> Report {
@@ -91,6 +93,7 @@ pub fn build(file: &str, rec: Recording) -> Report {
         processes,
         threads,
         lost: rec.lost,
+        unknown_records: rec.unknown_records,
         target_exits: rec.exits,
         error: rec.error,
     }
@@ -206,13 +209,14 @@ pub fn text(r: &Report, t0: u64) -> String {
         );
     }
     let mut threads: Vec<&ThreadSnapshot> = r.threads.iter().collect();
+    let cpu = |t: &ThreadSnapshot| t.cpu_pct.unwrap_or(0.0);
     threads.sort_by(|a, b| {
-        b.cpu_pct
-            .unwrap_or(0.0)
-            .total_cmp(&a.cpu_pct.unwrap_or(0.0))
+        cpu(b)
+            .total_cmp(&cpu(a))
+            .then(b.wakeups_total.cmp(&a.wakeups_total))
     });
     if !threads.is_empty() {
-        let _ = writeln!(s, "\nthreads (busiest first):");
+        let _ = writeln!(s, "\nthreads at the end (busiest first):");
     }
     for t in threads.iter().take(TOP_THREADS) {
         let cpu = t.cpu_pct.map_or("?".to_owned(), |c| format!("{c:.0}%"));
@@ -227,6 +231,13 @@ pub fn text(r: &Report, t0: u64) -> String {
             t.wakeups_total
         );
     }
+    if r.unknown_records > 0 {
+        let _ = writeln!(
+            s,
+            "\n{} records of types this tls-probe does not know were skipped: a newer version wrote them",
+            r.unknown_records
+        );
+    }
     if let Some(e) = &r.error {
         let _ = writeln!(s, "\nINCOMPLETE: {e}");
     }
@@ -239,11 +250,11 @@ fn finding(s: &mut String, f: &Finding, at: &dyn Fn(u64) -> String) {
     let until = f.closed_ns.unwrap_or(f.last_seen_ns);
     let _ = writeln!(
         s,
-        "      seen {} to {} ({:.1}s), severity {:?}",
+        "      seen {} to {} ({:.1}s), severity {}",
         at(f.first_seen_ns),
         at(until),
         until.saturating_sub(f.first_seen_ns) as f64 / 1e9,
-        f.severity
+        format!("{:?}", f.severity).to_lowercase()
     );
     // The evidence's own fields, whatever the kind: `{"spin_loop": {...}}`.
     if let Ok(serde_json::Value::Object(outer)) = serde_json::to_value(&f.evidence)
