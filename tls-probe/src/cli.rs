@@ -73,7 +73,10 @@ pub struct AttachArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// The scenario to run; without one, a mixed service.
+    /// The scenario to run: healthy, spin-loop, busy-poll, bad-write-retry,
+    /// handshake-storm, resumed-handshakes, concurrent-ssl or mixed (the default: a spin
+    /// loop, a handshake storm and healthy connections in one process). --duration
+    /// defaults to 20 s.
     pub scenario: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -1,9 +1,378 @@
-//! `tls-probe demo`
+//! `tls-probe demo`: run a scenario workload as a child process, attach to it, then let
+//! it start, so that the pathology begins with the probes already in place; say what to
+//! expect first and what was found at the end.
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode, time::Duration};
 
-use crate::cli::DemoArgs;
+use anyhow::{Result, bail};
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+use crate::{
+    agent::{Session, StopReason, Summary},
+    cli::DemoArgs,
+    cmd::attach,
+    scenario::{
+        ScenarioName,
+        guide::{self, NoFinding, Part},
+        process::Process,
+        report::{Done, Ready},
+    },
+};
+
+/// Seconds of load when `--duration` is not given.
+const DEFAULT_SECS: f64 = 20.0;
+/// How long past the scenario's own end the session waits for it to exit.
+const GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let name = match args.scenario.as_deref() {
+        Some(s) => s.parse::<ScenarioName>()?,
+        None => ScenarioName::Mixed,
+    };
+    let mut output = args.output;
+    let secs = *output.duration.get_or_insert(DEFAULT_SECS);
+    let out = attach::open_output(&output)?;
+    let parts = guide::parts(name);
+    header(name, &parts, secs);
+
+    let mut child = Process::spawn(None, name, secs)?;
+    let ready = child.ready(|done| {
+        // tls-probe notices the exit at its next tick, then detaches: say why it waits.
+        eprintln!(
+            "tls-probe demo: the workload finished ({:.1} s of load); tls-probe notices at \
+             its next tick and detaches its probes (a few seconds)",
+            done.elapsed_ms as f64 / 1000.0
+        );
+    })?;
+    threads(&ready);
+    let mut cfg = attach::config(&output, vec![ready.pid]);
+    cfg.duration = Some(Duration::from_secs_f64(secs) + GRACE);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(async {
+        let session = Session::attach(cfg, out)?;
+        eprintln!("tls-probe demo: probes in place; starting the load now (Ctrl-C stops early)");
+        child.release()?;
+        session.run().await
+    })?;
+    let (status, done) = child.finish(summary.stop_reason != StopReason::TargetsExited)?;
+    recap(&parts, &ready, &summary, done.as_ref());
+    // A workload killed by a signal (ours, or Ctrl-C reaching its process group too) was
+    // stopped, not failed.
+    if status.code().is_some_and(|c| c != 0) {
+        bail!("the {name} scenario failed ({status}); its errors are above");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What runs and what to look for, before anything starts.
+fn header(name: ScenarioName, parts: &[Part], secs: f64) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "tls-probe demo: {name} for {secs} s");
+    if let [part] = parts {
+        let g = part.guide();
+        let _ = writeln!(err, "{}", wrap("  runs:    ", g.runs));
+        let _ = writeln!(err, "{}", wrap("  expect:  ", g.expect));
+    } else {
+        let g = guide::guide(name);
+        let _ = writeln!(err, "{}", wrap("  runs:    ", g.runs));
+        for part in parts {
+            let g = part.guide();
+            let role = format!("{}-*", part.prefix.unwrap_or_default());
+            let _ = writeln!(err, "{}", wrap(&format!("    {role:<10} "), g.runs));
+            let _ = writeln!(
+                err,
+                "{}",
+                wrap(&format!("    {:<10} expect: ", ""), g.expect)
+            );
+        }
+        let _ = writeln!(err, "{}", wrap("  expect:  ", g.expect));
+    }
+    let _ = writeln!(
+        err,
+        "{}",
+        wrap(
+            "",
+            "Findings print below as they open (FINDING), change (update) and close \
+             (closed), naming the thread (tid) and connection (fd, ssl)."
+        )
+    );
+}
+
+/// `text` after `lead`, wrapped at 100 columns with following lines indented to match.
+fn wrap(lead: &str, text: &str) -> String {
+    wrap_hanging(lead, lead.len(), text)
+}
+
+/// `text` after `lead`, wrapped at 100 columns with following lines indented by `indent`.
+fn wrap_hanging(lead: &str, indent: usize, text: &str) -> String {
+    const WIDTH: usize = 100;
+    let mut out = lead.to_owned();
+    let mut col = lead.len();
+    let mut first = true;
+    for word in text.split_whitespace() {
+        if !first && col + 1 + word.len() > WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            col = indent;
+        } else if !first {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += word.len();
+        first = false;
+    }
+    out
+}
+
+/// The threads of the workload by role, so that the tids in findings can be read.
+fn threads(ready: &Ready) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "tls-probe demo: the workload is pid {}; its threads:",
+        ready.pid
+    );
+    let mut roles: Vec<&str> = Vec::new();
+    for t in &ready.threads {
+        if !roles.contains(&t.role.as_str()) {
+            roles.push(&t.role);
+        }
+    }
+    for role in roles {
+        let mine: Vec<_> = ready.threads.iter().filter(|t| t.role == role).collect();
+        let tids: Vec<String> = mine.iter().map(|t| t.tid.to_string()).collect();
+        let fds: Vec<i32> = mine.iter().flat_map(|t| t.fds.iter().copied()).collect();
+        let fds = match fds.len() {
+            0 => String::new(),
+            1..=3 => format!(
+                "  fd {}",
+                fds.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")
+            ),
+            n => format!("  {n} connections"),
+        };
+        let _ = writeln!(err, "  {role:<15} tid {}{fds}", tids.join(" "));
+    }
+}
+
+/// The findings, set against what was expected, and the workload's own counts.
+fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) {
+    let role_of = |tid: Option<u32>| -> String {
+        tid.and_then(|tid| ready.threads.iter().find(|t| t.tid as u32 == tid))
+            .map_or_else(|| "the process".to_owned(), |t| t.role.clone())
+    };
+    let mut err = std::io::stderr().lock();
+    let how = match summary.stop_reason {
+        StopReason::TargetsExited => "the workload finished",
+        StopReason::Signal => "stopped by a signal",
+        StopReason::Duration => "the workload overran --duration and was stopped",
+    };
+    let _ = writeln!(
+        err,
+        "\ntls-probe demo: recap after {:.1} s ({how})",
+        summary.duration_ns as f64 / 1e9
+    );
+    let _ = writeln!(err, "  findings ({}):", summary.findings.len());
+    for f in &summary.findings {
+        let mut at = format!("tid {}", f.tid.map_or("-".into(), |t| t.to_string()));
+        if let Some(fd) = f.fd {
+            at.push_str(&format!(", fd {fd}"));
+        }
+        let text = format!("{} on {} ({at}): {}", f.kind, role_of(f.tid), f.evidence);
+        let _ = writeln!(err, "{}", wrap_hanging("    ", 6, &text));
+    }
+    let _ = writeln!(err, "  compared with what this workload should show:");
+    let seen: Vec<(&str, String)> = summary
+        .findings
+        .iter()
+        .map(|f| (f.kind.name(), role_of(f.tid)))
+        .collect();
+    for line in verdicts(parts, &seen) {
+        let _ = writeln!(err, "{line}");
+    }
+    match done {
+        Some(done) => {
+            let _ = writeln!(
+                err,
+                "  the workload's own counts ({:.1} s of load):",
+                done.elapsed_ms as f64 / 1000.0
+            );
+            for part in parts {
+                for (role, keys) in part.guide().counts {
+                    let (who, text) = counts_line(&part.role(role), keys, done);
+                    let _ = writeln!(err, "{}", wrap(&format!("    {who:<17} "), &text));
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(
+                err,
+                "  the workload was stopped before it reported its own counts"
+            );
+        }
+    }
+    let lost = summary.lost.ringbuf + summary.lost.inflight;
+    let _ = writeln!(
+        err,
+        "  tls-probe saw {} events, lost {lost}",
+        summary.events
+    );
+}
+
+/// Each expected finding seen or not, each quiet part quiet or not, and each finding
+/// nobody expected; `seen` holds every finding as (kind, role of its thread).
+fn verdicts(parts: &[Part], seen: &[(&str, String)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut explained = vec![false; seen.len()];
+    for part in parts {
+        let g = part.guide();
+        for (kind, roles) in g.findings {
+            let roles: Vec<String> = roles.iter().map(|r| part.role(r)).collect();
+            let mut found = false;
+            for (i, (k, role)) in seen.iter().enumerate() {
+                if k == kind && roles.contains(role) {
+                    explained[i] = true;
+                    found = true;
+                }
+            }
+            let verdict = if found { "seen" } else { "NOT SEEN" };
+            lines.push(format!(
+                "    {verdict:<10} {kind} on {}",
+                roles.join(" or ")
+            ));
+        }
+        let (verdict, why) = match g.no_finding {
+            Some(NoFinding::Correct(why)) => ("ok", why),
+            Some(NoFinding::NotYet(why)) => ("not yet", why),
+            None => continue,
+        };
+        if !seen.iter().any(|(_, role)| part.owns(role)) {
+            let scope = part
+                .prefix
+                .map(|p| format!(" on {p}-*"))
+                .unwrap_or_default();
+            lines.push(wrap(
+                &format!("    {verdict:<10} "),
+                &format!("no finding{scope}: {why}"),
+            ));
+        }
+    }
+    for ((kind, role), _) in seen.iter().zip(&explained).filter(|(_, e)| !**e) {
+        lines.push(format!("    {:<10} {kind} on {role}", "UNEXPECTED"));
+    }
+    lines
+}
+
+/// ("spin-client", "812345 epoll wake-ups, ...; CPU 99%") from the DONE threads of one
+/// role; the CPU is their summed time over the time of load.
+fn counts_line(role: &str, keys: &[(&str, &str)], done: &Done) -> (String, String) {
+    let threads: Vec<_> = done.threads.iter().filter(|t| t.role == role).collect();
+    let mut parts = Vec::new();
+    for (key, label) in keys {
+        let n: u64 = threads.iter().map(|t| t.counts.get(key)).sum();
+        parts.push(if key.ends_with("_bytes") {
+            format!("{label} {}", bytes(n))
+        } else {
+            format!("{n} {label}")
+        });
+    }
+    let cpu_ms: u64 = threads.iter().map(|t| t.cpu_ms).sum();
+    let share = 100.0 * cpu_ms as f64 / done.elapsed_ms.max(1) as f64;
+    let who = match threads.len() {
+        1 => role.to_owned(),
+        n => format!("{role} x{n}"),
+    };
+    (who, format!("{}; CPU {share:.0}%", parts.join(", ")))
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} bytes"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_indents_continuation_lines_under_the_text() {
+        let text = "word ".repeat(40);
+        let out = wrap("  runs:    ", &text);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() > 1, "{out}");
+        assert!(lines[0].starts_with("  runs:    word"));
+        for l in &lines[1..] {
+            assert!(l.starts_with("           word"), "{l:?}");
+        }
+        assert!(lines.iter().all(|l| l.len() <= 100));
+        assert_eq!(wrap("", "a b"), "a b");
+        let out = wrap_hanging("    ", 6, &text);
+        assert!(
+            out.lines().skip(1).all(|l| l.starts_with("      word")),
+            "{out}"
+        );
+    }
+
+    fn seen(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, r)| (*k, (*r).to_owned())).collect()
+    }
+
+    #[test]
+    fn verdicts_match_findings_to_the_parts_that_expect_them() {
+        let mixed = guide::parts(ScenarioName::Mixed);
+        let lines = verdicts(&mixed, &seen(&[("spin_loop", "spin-client")]));
+        assert_eq!(lines[0], "    seen       spin_loop on spin-client");
+        assert!(lines[1].starts_with("    not yet    no finding on storm-*: "));
+        assert!(lines[2].starts_with("    ok         no finding on healthy-*: "));
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+
+        let lines = verdicts(
+            &mixed,
+            &seen(&[
+                ("busy_epoll_loop", "healthy-client"),
+                ("spin_loop", "the process"),
+            ]),
+        );
+        assert_eq!(lines[0], "    NOT SEEN   spin_loop on spin-client");
+        assert!(lines[1].contains("no finding on storm-*"));
+        assert_eq!(lines[2], "    UNEXPECTED busy_epoll_loop on healthy-client");
+        assert_eq!(lines[3], "    UNEXPECTED spin_loop on the process");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+
+        let concurrent = guide::parts(ScenarioName::ConcurrentSsl);
+        let lines = verdicts(&concurrent, &seen(&[("concurrent_ssl_use", "writer")]));
+        assert_eq!(
+            lines,
+            ["    seen       concurrent_ssl_use on reader or writer"]
+        );
+        let healthy = guide::parts(ScenarioName::Healthy);
+        let lines = verdicts(&healthy, &seen(&[("spin_loop", "client")]));
+        assert_eq!(lines, ["    UNEXPECTED spin_loop on client"]);
+    }
+
+    #[test]
+    fn demo_help_names_every_scenario() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let demo = cli.find_subcommand("demo").expect("demo subcommand");
+        let arg = demo
+            .get_arguments()
+            .find(|a| a.get_id() == "scenario")
+            .expect("scenario argument");
+        let help = arg.get_help().expect("help").to_string();
+        for name in ScenarioName::ALL {
+            assert!(help.contains(name.as_str()), "{name} missing from: {help}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_readable() {
+        assert_eq!(bytes(0), "0 bytes");
+        assert_eq!(bytes(4096), "4.1 kB");
+        assert_eq!(bytes(28_300_000), "28.3 MB");
+    }
 }

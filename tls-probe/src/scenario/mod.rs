@@ -8,11 +8,19 @@
 //! `DONE {json}` line with its counts at the end. With `--wait-stdin` it waits for a
 //! line (or EOF) on stdin between the two, before starting the load, so that a profiler
 //! can attach first.
+//!
+//! `mixed` runs spin-loop, handshake-storm and healthy side by side in one process, with
+//! roles named after their part ("spin-client"). `guide` says in words what each scenario
+//! is for and what a profiler should find; `process` runs one as a child held at READY,
+//! the way `tls-probe demo` does.
 
 mod concurrent;
 mod conn;
 mod echo;
+pub mod guide;
 mod healthy;
+pub mod mixed;
+pub mod process;
 pub mod report;
 mod runner;
 mod spin;
@@ -46,10 +54,12 @@ pub enum ScenarioName {
     ResumedHandshakes,
     /// SSL_read and SSL_write on the same SSL* from two threads at once.
     ConcurrentSsl,
+    /// spin-loop, handshake-storm and healthy side by side in one process.
+    Mixed,
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 7] = [
+    pub const ALL: [ScenarioName; 8] = [
         Self::Healthy,
         Self::SpinLoop,
         Self::BusyPoll,
@@ -57,6 +67,7 @@ impl ScenarioName {
         Self::HandshakeStorm,
         Self::ResumedHandshakes,
         Self::ConcurrentSsl,
+        Self::Mixed,
     ];
 
     /// The command-line name, e.g. "spin-loop".
@@ -69,6 +80,7 @@ impl ScenarioName {
             Self::HandshakeStorm => "handshake-storm",
             Self::ResumedHandshakes => "resumed-handshakes",
             Self::ConcurrentSsl => "concurrent-ssl",
+            Self::Mixed => "mixed",
         }
     }
 }
@@ -140,19 +152,25 @@ pub fn execute(
     if output == Output::Quiet {
         runner = runner.quiet();
     }
-    match name {
-        ScenarioName::Healthy => healthy::run(&mut runner),
-        ScenarioName::SpinLoop => spin::run(&mut runner, spin::Flavor::SpinLoop),
-        ScenarioName::BusyPoll => spin::run(&mut runner, spin::Flavor::BusyPoll),
-        ScenarioName::BadWriteRetry => write_retry::run(&mut runner),
-        ScenarioName::HandshakeStorm => storm::run(&mut runner, storm::Resumption::Never),
-        ScenarioName::ResumedHandshakes => storm::run(&mut runner, storm::Resumption::Reuse),
-        ScenarioName::ConcurrentSsl => concurrent::run(&mut runner),
-    }
-    .map_err(|e| e.context(format!("setting up scenario {name} failed")))?;
+    setup(name, &mut runner)
+        .map_err(|e| e.context(format!("setting up scenario {name} failed")))?;
     runner
         .run()
         .map_err(|e| e.context(format!("scenario {name} failed")))
+}
+
+/// Starts a scenario's threads on `runner`; they wait at [`runner::Ctl::ready`].
+fn setup(name: ScenarioName, runner: &mut Runner) -> anyhow::Result<()> {
+    match name {
+        ScenarioName::Healthy => healthy::run(runner),
+        ScenarioName::SpinLoop => spin::run(runner, spin::Flavor::SpinLoop),
+        ScenarioName::BusyPoll => spin::run(runner, spin::Flavor::BusyPoll),
+        ScenarioName::BadWriteRetry => write_retry::run(runner),
+        ScenarioName::HandshakeStorm => storm::run(runner, storm::Resumption::Never),
+        ScenarioName::ResumedHandshakes => storm::run(runner, storm::Resumption::Reuse),
+        ScenarioName::ConcurrentSsl => concurrent::run(runner),
+        ScenarioName::Mixed => mixed::run(runner),
+    }
 }
 
 #[cfg(test)]

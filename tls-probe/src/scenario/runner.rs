@@ -68,7 +68,7 @@ impl Gate {
 /// A thread's handle on the runner.
 pub struct Ctl {
     index: usize,
-    role: &'static str,
+    role: String,
     tx: mpsc::Sender<(usize, ThreadInfo)>,
     gate: Arc<Gate>,
 }
@@ -77,7 +77,7 @@ impl Ctl {
     /// Announces this thread's connections of interest and blocks until the load starts.
     pub fn ready(&self, fds: Vec<RawFd>, ssl: Vec<u64>) -> Window {
         let info = ThreadInfo {
-            role: self.role.to_owned(),
+            role: self.role.clone(),
             tid: sys::gettid(),
             fds,
             ssl,
@@ -100,7 +100,9 @@ pub struct Runner {
     gate: Arc<Gate>,
     tx: mpsc::Sender<(usize, ThreadInfo)>,
     rx: mpsc::Receiver<(usize, ThreadInfo)>,
-    workers: Vec<(&'static str, Worker)>,
+    workers: Vec<(String, Worker)>,
+    /// Set inside [`Runner::group`]: spawned roles become `{group}-{role}`.
+    group: Option<&'static str>,
 }
 
 impl Runner {
@@ -115,6 +117,7 @@ impl Runner {
             tx,
             rx,
             workers: Vec::new(),
+            group: None,
         }
     }
 
@@ -124,26 +127,48 @@ impl Runner {
         self
     }
 
+    /// Sets up another scenario's threads inside this one, with each role named
+    /// `{name}-{role}` (e.g. "spin-client"), so that several can share one process.
+    pub fn group(
+        &mut self,
+        name: &'static str,
+        setup: impl FnOnce(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.group = Some(name);
+        let res = setup(self);
+        self.group = None;
+        res.with_context(|| format!("setting up the {name} part failed"))
+    }
+
     /// Starts a thread. `body` must call [`Ctl::ready`] exactly once.
     pub fn spawn<F>(&mut self, role: &'static str, body: F) -> anyhow::Result<()>
     where
         F: FnOnce(&Ctl) -> anyhow::Result<Counts> + Send + 'static,
     {
+        // The thread name is what `top -H` shows; Linux keeps its first 15 bytes.
+        let (role, thread_name) = match self.group {
+            Some(group) => {
+                let role = format!("{group}-{role}");
+                (role.clone(), role)
+            }
+            None => (role.to_owned(), format!("{}-{role}", self.scenario)),
+        };
         let ctl = Ctl {
             index: self.workers.len(),
-            role,
+            role: role.clone(),
             tx: self.tx.clone(),
             gate: Arc::clone(&self.gate),
         };
         let handle = thread::Builder::new()
-            .name(format!("{}-{role}", self.scenario))
+            .name(thread_name)
             .spawn(move || {
+                let role = ctl.role.clone();
                 let tid = sys::gettid();
                 let counts =
                     body(&ctl).with_context(|| format!("{role} thread (tid {tid}) failed"))?;
                 let cpu_ms = sys::thread_cpu().as_millis() as u64;
                 Ok(ThreadDone {
-                    role: role.to_owned(),
+                    role,
                     tid,
                     cpu_ms,
                     counts,
@@ -181,7 +206,7 @@ impl Runner {
         });
         let mut done = Vec::with_capacity(self.workers.len());
         for (role, handle) in self.workers {
-            done.push(join(role, handle)?);
+            done.push(join(&role, handle)?);
         }
         let elapsed_ms = start.elapsed().as_millis() as u64;
         let done = Done::new(self.scenario, pid, elapsed_ms, done);
@@ -214,7 +239,7 @@ impl Runner {
                 (0..want).find(|&i| got[i].is_none() && self.workers[i].1.is_finished())
             {
                 let (role, handle) = self.workers.swap_remove(i);
-                join(role, handle)?;
+                join(&role, handle)?;
                 anyhow::bail!("the {role} thread ended during setup without announcing itself");
             }
             if Instant::now() > until {
@@ -223,7 +248,7 @@ impl Runner {
                     .iter()
                     .zip(&got)
                     .filter(|(_, g)| g.is_none())
-                    .map(|((r, _), _)| *r)
+                    .map(|((r, _), _)| r.as_str())
                     .collect();
                 anyhow::bail!(
                     "scenario setup took over {}s; still waiting for: {}",

@@ -110,3 +110,28 @@ fn concurrent_ssl_shares_one_ssl_between_reader_and_writer() {
     assert_eq!(tids.len(), 2);
     assert_ne!(tids[0], tids[1]);
 }
+
+#[test]
+fn mixed_runs_every_part_under_its_own_roles() {
+    let done = run(ScenarioName::Mixed, 1000);
+    let c = &done.counts;
+    assert!(c.get("spin-client_wakeups") > 1000, "{c:?}");
+    assert_eq!(c.get("spin-client_read_bytes"), 0, "{c:?}");
+    assert!(c.get("storm-server_handshakes_full") > 10, "{c:?}");
+    assert_eq!(c.get("storm-server_handshakes_resumed"), 0, "{c:?}");
+    assert_eq!(c.get("healthy-client_handshakes_full"), 16, "{c:?}");
+    assert!(c.get("healthy-client_round_trips") > 16, "{c:?}");
+    let mut roles: Vec<&str> = done.threads.iter().map(|t| t.role.as_str()).collect();
+    roles.dedup();
+    assert_eq!(
+        roles,
+        [
+            "spin-server",
+            "spin-client",
+            "storm-server",
+            "storm-client",
+            "healthy-server",
+            "healthy-client"
+        ]
+    );
+}
