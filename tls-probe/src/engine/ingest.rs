@@ -4,6 +4,7 @@
 
 use super::{
     Engine, FindingChange,
+    epoll_bits::{EPOLLERR, EPOLLHUP},
     iteration::{Pending, Readiness},
     rules::{CallDone, ConnEnd, ConnWakeup, LoopWakeup},
     state::ThreadKey,
@@ -171,6 +172,7 @@ impl Engine {
                 progress: false,
                 spin_wasted: false,
                 ready_count: 0,
+                other_ready: false,
                 idle_ready: None,
             };
             self.count_wakeups(&wakeups, out);
@@ -235,6 +237,13 @@ impl Engine {
                 progress: it.progress,
                 spin_wasted,
                 ready_count: u32::try_from(it.ret.max(0)).unwrap_or(u32::MAX),
+                other_ready: it.ret > it.ready.len() as i64
+                    || it.ready.iter().any(|r| {
+                        // Hang-up and error readiness cannot be read away: reported again and
+                        // again, it is a leaked registration whatever the fd.
+                        r.events & (EPOLLHUP | EPOLLERR) == 0
+                            && self.state.ssl_of_fd(pid, r.fd).is_none()
+                    }),
                 idle_ready: it
                     .ready
                     .iter()

@@ -2,12 +2,15 @@
 //! loop makes no progress at all.
 //!
 //! A wake-up counts when the wait returned at once (zero timeout, or blocked less than
-//! `busy_max_blocked_ns`), no SSL call in the iteration made progress, and no connection had
-//! a wasted wake-up in it: those belong to spin_loop, the more specific finding, so the same
-//! wake-ups are never reported twice. The finding opens when such wake-ups reach
-//! `busy_min_immediate_wakeups_per_sec` over the window, in at least `sustained_buckets`
-//! buckets, while at most `busy_max_progress_pct` of the thread's wake-ups made progress, and
-//! no spin_loop finding is open for the thread.
+//! `busy_max_blocked_ns`), no SSL call in the iteration made progress, no connection had a
+//! wasted wake-up in it (those belong to spin_loop, the more specific finding, so the same
+//! wake-ups are never reported twice), and every fd reported ready, if any, is a known TLS
+//! connection: a ready plain socket, listener or pipe may have been served with I/O that is
+//! not traced (plain HTTP next to HTTPS in one nginx), so it is never taken for idleness,
+//! unless it reports EPOLLHUP or EPOLLERR, which no read clears.
+//! The finding opens when such wake-ups reach `busy_min_immediate_wakeups_per_sec` over the
+//! window, in at least `sustained_buckets` buckets, while at most `busy_max_progress_pct` of
+//! the thread's wake-ups made progress, and no spin_loop finding is open for the thread.
 //!
 //! Immediate empty waits (zero timeout, nothing ready) reach the engine aggregated by the
 //! kernel, thousands to one event; each counts as one such wake-up.
@@ -103,7 +106,7 @@ pub(crate) struct BusyRule {
 impl Rule for BusyRule {
     fn on_loop_wakeup(&mut self, cx: &mut Cx<'_>, w: &LoopWakeup) {
         let key = (w.pid, w.tid);
-        let idle = w.immediate && !w.progress && !w.spin_wasted;
+        let idle = w.immediate && !w.progress && !w.spin_wasted && !w.other_ready;
         let t = match self.tracks.get_mut(&key) {
             Some(t) => t,
             None if idle => self.tracks.entry(key).or_insert(Track {

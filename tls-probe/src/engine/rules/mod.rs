@@ -163,6 +163,10 @@ pub(crate) struct LoopWakeup {
     /// Some connection had a wasted wake-up in it (spin_loop's business).
     pub spin_wasted: bool,
     pub ready_count: u32,
+    /// Some ready fd is not a known TLS connection (a plain socket, a listener, a pipe, an
+    /// fd epoll data did not resolve): the loop may have served it with I/O that is not
+    /// traced, so the wake-up cannot be called idle.
+    pub other_ready: bool,
     /// The first ready entry that no SSL call followed, if any.
     pub idle_ready: Option<ReadySlot>,
 }

@@ -76,6 +76,52 @@ fn ready_fd_never_consumed_is_flagged_with_its_fd() {
 }
 
 #[test]
+fn plain_sockets_under_load_are_not_idle() {
+    let mut sim = Sim::new();
+    // One nginx serving HTTPS and plain HTTP: plain requests wake the loop at once, 5000
+    // times a second, with no SSL call (their I/O is not traced), and a TLS request now
+    // and then.
+    let ssl = 0x55d0_0000_c000;
+    let mut n = 0u64;
+    sim.every(200 * US, 3 * SEC, |s| {
+        n += 1;
+        if n.is_multiple_of(500) {
+            s.drain_once(TID, ssl, 7, 2 * US);
+        } else {
+            let fd = 20 + (n % 30) as i32;
+            s.wait(TID, Some(-1), 2 * US, vec![ready(fd, EPOLLIN, EPOLLIN)]);
+        }
+    });
+    sim.assert_quiet();
+}
+
+#[test]
+fn freed_connection_left_registered_is_flagged() {
+    let mut sim = Sim::new();
+    let ssl = 0x55d0_0000_c000;
+    // The connection is freed but its fd is neither closed nor removed from epoll: the
+    // hang-up is reported at once, on every wait, and nothing can read it away.
+    sim.drain_once(TID, ssl, 7, 100 * US);
+    sim.free(TID, ssl);
+    sim.every(200 * US, 2 * SEC, |s| {
+        s.wait(
+            TID,
+            Some(-1),
+            2 * US,
+            vec![ready(7, EPOLLIN | EPOLLHUP, EPOLLIN)],
+        );
+    });
+    let opened = sim.opened(FindingKind::BusyEpollLoop);
+    assert_eq!(opened.len(), 1, "{:?}", sim.changes);
+    let f = opened[0];
+    assert_eq!((f.tid, f.fd, f.ssl), (Some(TID), Some(7), None));
+    assert_eq!(
+        busy_evidence(f).ready_events.as_deref(),
+        Some("EPOLLIN|EPOLLHUP")
+    );
+}
+
+#[test]
 fn below_threshold_is_not_flagged() {
     let mut sim = Sim::new();
     sim.every(2 * MS, 3 * SEC, |s| s.wait(TID, Some(0), US, vec![]));
