@@ -74,7 +74,11 @@ impl Proc {
 
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is piped");
-        writeln!(stdin, "{line}").expect("writing to child stdin");
+        // One write for the whole line: a peer that forwards each read (s_client) must see
+        // the line and its newline together.
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("writing to child stdin");
         stdin.flush().expect("flushing child stdin");
     }
 
