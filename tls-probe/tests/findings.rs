@@ -14,16 +14,14 @@ mod common;
 mod scenario_common;
 
 use std::{
-    fs,
-    path::Path,
-    process::{Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use common::{Proc, free_port, summary, wait_listening};
+use common::summary;
 use scenario_common::{
-    Scenario, attach, changes, describe, last_thread_snapshot, opened, peak_thread_metric,
-    records_so_far, secs,
+    Nginx, Scenario, attach, changes, describe, last_thread_snapshot, opened, peak_thread_metric,
+    records_so_far, secs, slow_upload, upload_rate, which, wrk, wrk_rate,
 };
 use serde_json::Value;
 
@@ -195,7 +193,9 @@ fn busy_poll_is_flagged_on_the_client_thread_and_every_wait_counted() {
         counted >= 0.95 * waits && counted <= waits,
         "{counted} wake-ups counted, the client made {waits}"
     );
-    assert_eq!(snap["wakeups_no_progress_total"], snap["wakeups_total"]);
+    // All without progress, but maybe the first: it reads the server's session tickets.
+    let no_progress = snap["wakeups_no_progress_total"].as_f64().unwrap();
+    assert!(counted - no_progress <= 1.0, "{snap}");
     assert_eq!(snap["immediate_wakeups_total"], snap["wakeups_total"]);
     let peak = peak_thread_metric(&r.records, tid, "wakeups_per_sec");
     assert!(
@@ -316,10 +316,12 @@ fn healthy_load_then_idle_has_no_finding() {
 }
 
 /// nginx (one process, TLS, keep-alive) as a real busy server, loaded by `wrk` at full
-/// speed over 20 keep-alive connections. Skipped, loudly, if either is missing.
+/// speed over 20 keep-alive connections.
 #[test]
 fn nginx_under_keep_alive_load_has_no_finding() {
-    nginx_load("nginx_under_keep_alive_load_has_no_finding", 20, 0);
+    nginx_quiet_under("nginx_under_keep_alive_load_has_no_finding", |n| {
+        Load::Wrk(wrk(20, &format!("https://127.0.0.1:{}/", n.port)))
+    });
 }
 
 /// The same nginx, its HTTPS idle, loaded over 20 connections of plain HTTP on its second
@@ -327,137 +329,61 @@ fn nginx_under_keep_alive_load_has_no_finding() {
 /// traced), which must not look like a busy loop.
 #[test]
 fn nginx_serving_plain_http_next_to_https_has_no_finding() {
-    nginx_load(
+    nginx_quiet_under(
         "nginx_serving_plain_http_next_to_https_has_no_finding",
-        0,
-        20,
+        |n| Load::Wrk(wrk(20, &format!("http://127.0.0.1:{}/", n.plain_port))),
     );
 }
 
-/// Runs nginx under tls-probe with `tls` keep-alive connections of wrk load over HTTPS and
-/// `plain` over HTTP at once, for 3 seconds; checks that nothing is found.
-fn nginx_load(test: &str, tls: u32, plain: u32) {
-    let (Some(nginx), Some(wrk)) = (which("nginx"), which("wrk")) else {
+/// The same nginx receiving an upload over HTTPS the way it crosses a network: 16 KiB
+/// records in 1448-byte segments, each a wake-up in which SSL_read consumes the segment
+/// and answers WANT_READ until the record is whole. Not a spin.
+#[test]
+fn nginx_receiving_an_upload_in_network_segments_has_no_finding() {
+    nginx_quiet_under(
+        "nginx_receiving_an_upload_in_network_segments_has_no_finding",
+        |n| Load::Upload(slow_upload(n.port, 3.0)),
+    );
+}
+
+enum Load {
+    Wrk(Child),
+    Upload(Child),
+}
+
+/// Starts nginx, attaches, runs `load` against it to the end, and checks that nothing was
+/// found. Skipped, loudly, when nginx or wrk is missing.
+fn nginx_quiet_under(test: &str, load: impl FnOnce(&Nginx) -> Load) {
+    if which("nginx").is_none() || which("wrk").is_none() {
         eprintln!(
             "SKIPPED {test}: nginx or wrk is not installed (apt-get install -y nginx-light \
              wrk)"
         );
         return;
-    };
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (port, plain_port) = (free_port(), free_port());
-    let conf = nginx_conf(dir.path(), port, plain_port);
-    let server = Proc::spawn(
-        Command::new(&nginx)
-            .args(["-e", "stderr", "-p"])
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf),
-    );
-    wait_listening(port);
-    wait_listening(plain_port);
-    let probe = attach(dir.path(), server.pid());
-    let load = |conns: u32, scheme: &str, port: u16| {
-        (conns > 0).then(|| {
-            Command::new(&wrk)
-                .args(["-t1", &format!("-c{conns}"), "-d3s"])
-                .arg(format!("{scheme}://127.0.0.1:{port}/"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("running wrk")
-        })
+    let nginx = Nginx::start(dir.path());
+    let probe = attach(dir.path(), nginx.proc.pid());
+    let what = match load(&nginx) {
+        Load::Wrk(child) => format!("{:.0} requests/s", wrk_rate(child)),
+        Load::Upload(child) => upload_rate(child),
     };
-    let https = load(tls, "https", port);
-    let http = load(plain, "http", plain_port);
-    let rps = https.map_or(0.0, wrk_rate);
-    let plain_rps = http.map_or(0.0, wrk_rate);
     let records = probe.interrupt(EXIT);
 
     let all = describe(&records);
-    assert!(changes(&records).is_empty(), "{all}");
+    assert!(changes(&records).is_empty(), "{test}: {all}");
     let s = summary(&records);
-    let reads = s["events_by_probe"]["SSL_read"].as_u64().unwrap_or(0);
-    assert!(
-        rps + plain_rps >= 1000.0,
-        "only {rps:.0} HTTPS and {plain_rps:.0} HTTP requests/s"
-    );
-    assert!(
-        reads as f64 >= rps,
-        "{reads} SSL_read events for {rps:.0} requests/s over 3 s"
-    );
-    // nginx runs in one thread: its pid.
-    let tid = u64::from(server.pid());
+    let tid = u64::from(nginx.proc.pid());
     let wakeups = peak_thread_metric(&records, tid, "wakeups_per_sec");
+    assert!(
+        wakeups >= 100.0,
+        "the load did not reach nginx: {wakeups} wake-ups/s"
+    );
     let idle = peak_thread_metric(&records, tid, "wakeups_no_progress_per_sec");
     let cpu = peak_thread_metric(&records, tid, "cpu_pct");
     eprintln!(
-        "nginx: no finding at {rps:.0} HTTPS requests/s over {tls} and {plain_rps:.0} HTTP \
-         requests/s over {plain} keep-alive connections; peak {wakeups:.0} wake-ups/s \
-         ({idle:.0}/s without TLS progress), {cpu:.0}% CPU; {} events, {reads} SSL_read, \
-         lost {}",
-        s["events"], s["lost"]
+        "{test}: no finding at {what}; nginx peaked at {wakeups:.0} wake-ups/s ({idle:.0}/s \
+         without TLS progress) and {cpu:.0}% CPU; {} events ({} SSL_read), lost {}",
+        s["events"], s["events_by_probe"]["SSL_read"], s["lost"]
     );
-}
-
-/// Waits for a wrk run and returns its requests per second.
-fn wrk_rate(child: std::process::Child) -> f64 {
-    let out = child.wait_with_output().expect("waiting for wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk failed: {text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"))
-}
-
-fn which(name: &str) -> Option<String> {
-    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| format!("{d}/{name}"))
-        .find(|p| Path::new(p).exists())
-}
-
-/// A one-process nginx serving a small page with keep-alive over TLS on `port` and in the
-/// clear on `plain_port`, everything under `dir`.
-fn nginx_conf(dir: &Path, port: u16, plain_port: u16) -> std::path::PathBuf {
-    let (key, crt) = common::cert(dir);
-    let root = dir.join("www");
-    fs::create_dir_all(&root).expect("creating the web root");
-    fs::write(root.join("index.html"), "hello from nginx\n".repeat(32)).expect("index.html");
-    for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        fs::create_dir_all(dir.join(sub)).expect("creating a temp dir");
-    }
-    let d = dir.display();
-    let conf = format!(
-        "daemon off;\n\
-         master_process off;\n\
-         worker_processes 1;\n\
-         pid {d}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n\
-           access_log off;\n\
-           client_body_temp_path {d}/client_body;\n\
-           proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n\
-           uwsgi_temp_path {d}/uwsgi;\n\
-           scgi_temp_path {d}/scgi;\n\
-           keepalive_requests 1000000;\n\
-           keepalive_timeout 60s;\n\
-           server {{\n\
-             listen 127.0.0.1:{port} ssl;\n\
-             listen 127.0.0.1:{plain_port};\n\
-             ssl_certificate {crt};\n\
-             ssl_certificate_key {key};\n\
-             root {root};\n\
-           }}\n\
-         }}\n",
-        crt = crt.display(),
-        key = key.display(),
-        root = root.display(),
-    );
-    let path = dir.join("nginx.conf");
-    fs::write(&path, conf).expect("writing nginx.conf");
-    path
 }

@@ -107,9 +107,10 @@ impl Iteration {
         self.reset(ts, false);
     }
 
-    /// Records a completed call on connection `ssl`.
+    /// Records a completed call on connection `ssl`. A call that moved bytes on the socket
+    /// counts as progress for the loop, though not for the connection's counters.
     pub fn record(&mut self, call: &SslCall, fd: Option<i32>, code: Option<SslErrorCode>) {
-        let progress = call.made_progress();
+        let progress = call.made_progress() || moved_socket_bytes(call);
         self.calls += 1;
         self.progress |= progress;
         self.last_failed = call.ret <= 0;
@@ -163,6 +164,15 @@ impl Iteration {
     pub fn immediate(&self, max_blocked_ns: u64) -> bool {
         self.timeout_ns == Some(0) || self.blocked_ns < max_blocked_ns
     }
+}
+
+/// True for a failing call that made more than one socket syscall before the one that
+/// would block: OpenSSL stops at the first EAGAIN, so the earlier ones moved bytes. Part
+/// of a record came in (or went out): no TLS progress yet, but no wasted wake-up either,
+/// since a 16 KiB record that crosses a network in 1448-byte segments takes a wake-up each.
+fn moved_socket_bytes(call: &SslCall) -> bool {
+    const EAGAIN: i64 = -11;
+    call.ret <= 0 && call.sys_calls >= 2 && call.sys_last_ret == Some(EAGAIN)
 }
 
 /// A thread's loop state.

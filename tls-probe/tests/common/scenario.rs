@@ -1,18 +1,19 @@
-//! Helpers for tests that run the project's scenario programs under `tls-probe attach`
-//! and read the findings it writes. Declared by each test file that uses it, next to
-//! `mod common`.
+//! Helpers for tests that run targets under `tls-probe attach` and read the findings it
+//! writes: the project's scenario programs, and a real server (nginx) with its load
+//! (wrk, a slow uploader). Declared by each test file that uses it, next to `mod common`.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
-    path::Path,
-    process::{Command, Stdio},
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::common::{Attached, Proc, TLS_PROBE, wait_for};
+use crate::common::{Attached, Proc, TLS_PROBE, cert, free_port, wait_for, wait_listening};
 
 /// CLOCK_MONOTONIC now, in ns: the clock of every `ts_ns` tls-probe writes.
 pub fn monotonic_ns() -> u64 {
@@ -209,3 +210,161 @@ pub fn peak_thread_metric(records: &[Value], tid: u64, field: &str) -> f64 {
 pub fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
+
+/// The path of an installed program, if any.
+pub fn which(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// nginx in one process (no master, no daemon), serving a small page with keep-alive over
+/// TLS on `port` and in the clear on `plain_port`, and reading uploads to `/upload` into
+/// temporary files; everything under a test's directory. Killed on drop.
+pub struct Nginx {
+    pub proc: Proc,
+    pub port: u16,
+    pub plain_port: u16,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path) -> Self {
+        let (port, plain_port) = (free_port(), free_port());
+        let (key, crt) = cert(dir);
+        let root = dir.join("www");
+        fs::create_dir_all(&root).expect("creating the web root");
+        fs::write(root.join("index.html"), "hello from nginx\n".repeat(32)).expect("index");
+        for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            fs::create_dir_all(dir.join(sub)).expect("creating a temp dir");
+        }
+        let d = dir.display();
+        // An upload is read whole into a file before it would go upstream (proxy request
+        // buffering); nothing listens upstream, and the body is never complete anyway.
+        let conf = format!(
+            "daemon off;\n\
+             master_process off;\n\
+             worker_processes 1;\n\
+             pid {d}/nginx.pid;\n\
+             error_log stderr error;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/client_body;\n\
+               proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n\
+               scgi_temp_path {d}/scgi;\n\
+               keepalive_requests 1000000;\n\
+               keepalive_timeout 60s;\n\
+               client_max_body_size 0;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port} ssl;\n\
+                 listen 127.0.0.1:{plain_port};\n\
+                 ssl_certificate {crt};\n\
+                 ssl_certificate_key {key};\n\
+                 root {root};\n\
+                 location /upload {{ proxy_pass http://127.0.0.1:9; }}\n\
+               }}\n\
+             }}\n",
+            crt = crt.display(),
+            key = key.display(),
+            root = root.display(),
+        );
+        let path = dir.join("nginx.conf");
+        fs::write(&path, conf).expect("writing nginx.conf");
+        let nginx = which("nginx").expect("nginx is installed");
+        let proc = Proc::spawn(
+            Command::new(nginx)
+                .args(["-e", "stderr", "-p"])
+                .arg(dir)
+                .arg("-c")
+                .arg(&path),
+        );
+        wait_listening(port);
+        wait_listening(plain_port);
+        Self {
+            proc,
+            port,
+            plain_port,
+        }
+    }
+}
+
+/// `wrk -t1 -cCONNS -d3s URL`: keep-alive load at full speed for 3 seconds.
+pub fn wrk(conns: u32, url: &str) -> Child {
+    Command::new(which("wrk").expect("wrk is installed"))
+        .args(["-t1", &format!("-c{conns}"), "-d3s", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("running wrk")
+}
+
+/// Waits for a wrk run and returns its requests per second.
+pub fn wrk_rate(child: Child) -> f64 {
+    let out = child.wait_with_output().expect("waiting for wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"))
+}
+
+/// An HTTPS upload (POST /upload) for `secs` seconds, paced the way it crosses a network:
+/// each 16 KiB record sent in 1448-byte segments 0.6 ms apart. Python's `ssl` on memory
+/// BIOs makes the records; the pacing is plain socket writes.
+pub fn slow_upload(port: u16, secs: f64) -> Child {
+    Command::new("python3")
+        .args(["-c", SLOW_UPLOAD, &port.to_string(), &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("running python3")
+}
+
+/// Waits for [`slow_upload`]; returns its "N bytes at R KiB/s" line.
+pub fn upload_rate(child: Child) -> String {
+    let out = child.wait_with_output().expect("waiting for the upload");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "the upload failed: {text}");
+    format!("an upload of {text} in 1448-byte segments")
+}
+
+const SLOW_UPLOAD: &str = r#"
+import socket, ssl, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+sock = socket.create_connection(("127.0.0.1", port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+def send(segment=None):
+    data = outgoing.read()
+    step = segment or max(len(data), 1)
+    for i in range(0, len(data), step):
+        sock.sendall(data[i:i + step])
+        if segment:
+            time.sleep(0.0006)
+
+while True:
+    try:
+        tls.do_handshake()
+        send()
+        break
+    except ssl.SSLWantReadError:
+        send()
+        incoming.write(sock.recv(65536))
+tls.write(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (1 << 30))
+send()
+sent, start = 0, time.time()
+while time.time() - start < secs:
+    tls.write(b"x" * 16384)
+    send(1448)
+    sent += 16384
+print("%d bytes at %.0f KiB/s" % (sent, sent / 1024 / (time.time() - start)))
+"#;

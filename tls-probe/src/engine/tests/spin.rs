@@ -323,3 +323,24 @@ fn blocking_and_slow_readers_without_epoll_are_quiet() {
     sim.every(200 * MS, 3 * SEC, |s| s.read_want(TID + 1, B, 8));
     sim.assert_quiet();
 }
+
+#[test]
+fn record_split_over_many_segments_is_not_a_spin() {
+    let mut sim = Sim::new();
+    // An upload over a real network: each 16 KiB record arrives in 1448-byte segments, each
+    // waking the loop; SSL_read consumes the segment (a read that returns it, then EAGAIN)
+    // and answers WANT_READ until the record is complete: 10 wake-ups in 11 move no
+    // application byte. 700 segments a second.
+    let mut n = 0u64;
+    sim.every(1_430 * US, 3 * SEC, |s| {
+        n += 1;
+        s.wait(TID, Some(-1), 1_400 * US, vec![ready(7, EPOLLIN, EPOLLIN)]);
+        if n.is_multiple_of(11) {
+            s.read(TID, A, 7, 16_384);
+        }
+        let mut c = call(SslOp::Read, A, 7, -1, 0);
+        c.sys_calls = 2;
+        s.ssl(TID, c, Some(SslErrorCode::WantRead));
+    });
+    sim.assert_quiet();
+}
