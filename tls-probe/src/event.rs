@@ -291,6 +291,12 @@ pub enum EventKind {
     ThreadCpu {
         cpu_ns: u64,
     },
+    /// The kernel's `TcpExtListenOverflows` counter (host-wide, from `/proc/net/netstat`),
+    /// read by the agent about once a second: SYNs dropped because an accept queue was full.
+    /// Not a probe: `probe` is "procfs".
+    ListenOverflows {
+        total: u64,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -319,7 +325,7 @@ impl Event {
                 _ => "epoll_ctl",
             },
             EventKind::Close { .. } => "close",
-            EventKind::ThreadCpu { .. } => "procfs",
+            EventKind::ThreadCpu { .. } | EventKind::ListenOverflows { .. } => "procfs",
         }
     }
 

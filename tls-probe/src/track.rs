@@ -106,7 +106,10 @@ impl Tracker {
                     }
                 }
             }
-            EventKind::SslError(_) | EventKind::EpollIdle(_) | EventKind::ThreadCpu { .. } => {}
+            EventKind::SslError(_)
+            | EventKind::EpollIdle(_)
+            | EventKind::ThreadCpu { .. }
+            | EventKind::ListenOverflows { .. } => {}
         }
     }
 

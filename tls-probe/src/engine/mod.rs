@@ -137,6 +137,8 @@ impl Engine {
                     self.dispatch(out, |r, cx| r.on_conn_end(cx, (pid, ssl), ConnEnd::Closed));
                 }
             }
+            // Handshake accounting (the handshake issue) reads this; nothing else does.
+            EventKind::ListenOverflows { .. } => {}
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 if let Some((t0, c0)) = t.cpu_sample

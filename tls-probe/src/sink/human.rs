@@ -207,6 +207,9 @@ pub fn event_line(ev: &Event) -> String {
         EventKind::Close { fd, .. } => {
             let _ = write!(s, "fd={fd}");
         }
+        EventKind::ListenOverflows { total } => {
+            let _ = write!(s, "TcpExtListenOverflows={total}");
+        }
         EventKind::ThreadCpu { cpu_ns } => {
             let _ = write!(s, "cpu={}ms", cpu_ns / 1_000_000);
         }
