@@ -86,6 +86,19 @@ impl App {
     }
 
     pub fn update(&mut self, msg: Msg) {
+        let clock_was = self.live.now_ns;
+        self.apply(msg);
+        // A notice sent before the first clock (the agent's notices at start) counts its
+        // time from when the clock starts, not from zero.
+        if clock_was == 0
+            && self.live.now_ns > 0
+            && let Some((_, until)) = &mut self.notice
+        {
+            *until = self.live.now_ns + NOTICE_NS;
+        }
+    }
+
+    fn apply(&mut self, msg: Msg) {
         let live = &mut self.live;
         match msg {
             Msg::Header(h) => live.header = h,
@@ -333,5 +346,23 @@ impl App {
                 worst(&|f| f.pid == c.pid && about_conn(f, c))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_before_the_clock_starts_stays_for_its_time() {
+        let mut app = App::new(false);
+        app.update(Msg::Notice("serving metrics".into()));
+        let start = 7_000_000_000_000;
+        app.update(Msg::Tick { now_ns: start });
+        assert_eq!(app.notice(), Some("serving metrics"));
+        app.update(Msg::Tick {
+            now_ns: start + NOTICE_NS + 1,
+        });
+        assert_eq!(app.notice(), None);
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! The agent calls [`start_dashboard`] once its targets are attached, sends what it learns
 //! through the returned [`Dashboard`] (never waiting on the UI), selects on
-//! [`Dashboard::closed`] to stop when the user quits, and calls [`Dashboard::finish`] before
-//! it prints anything: the terminal is restored when `finish` returns.
+//! [`Dashboard::stopped`] to stop when the user quits, and drops the dashboard (or calls
+//! [`Dashboard::finish`]) before it prints anything: the terminal is restored then.
+//!
+//! While the dashboard is up, log output is off (it would scribble on the screen); the level
+//! comes back when the dashboard stops.
 
 use std::{
+    future::Future,
     io::{self, IsTerminal},
     sync::{
         Arc,
@@ -16,7 +20,11 @@ use std::{
 };
 
 use crossterm::event::{self, Event};
-use tokio::sync::mpsc::{self, WeakSender, error::TrySendError};
+use log::LevelFilter;
+use tokio::sync::{
+    mpsc::{self, WeakSender, error::TrySendError},
+    watch,
+};
 
 use super::{
     App, CHANNEL_CAPACITY, Exit, HeaderInfo, Msg, RunOptions, run,
@@ -60,6 +68,10 @@ pub fn wanted(no_tui: bool, stdout_claimed: bool) -> bool {
 pub struct Dashboard {
     tx: Option<mpsc::Sender<Msg>>,
     thread: Option<JoinHandle<io::Result<Exit>>>,
+    /// Changes never; closes when the dashboard thread ends (after restoring the terminal).
+    stopped: watch::Receiver<()>,
+    /// The log level to put back when the dashboard stops.
+    log_level: LevelFilter,
 }
 
 /// Takes the terminal (raw mode, alternate screen) and starts the dashboard on its own
@@ -68,8 +80,11 @@ pub fn start_dashboard(opts: DashboardOptions) -> io::Result<Dashboard> {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
     let keys = tx.downgrade();
     let color = opts.color.unwrap_or_else(color_allowed);
+    let (done, stopped) = watch::channel(());
     let mut guard = TerminalGuard::enter()?;
-    let thread = std::thread::Builder::new()
+    let log_level = log::max_level();
+    log::set_max_level(LevelFilter::Off);
+    let spawned = std::thread::Builder::new()
         .name("tls-probe-tui".into())
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -88,13 +103,24 @@ pub fn start_dashboard(opts: DashboardOptions) -> io::Result<Dashboard> {
             // Restore before the agent learns we are gone, so that what it prints next
             // lands on the normal screen.
             drop(guard);
+            drop(done);
             drop(rx);
             let _ = input.join();
             result
-        })?;
+        });
+    let thread = match spawned {
+        Ok(thread) => thread,
+        // The closure, and the guard in it, were dropped: the terminal is restored.
+        Err(e) => {
+            log::set_max_level(log_level);
+            return Err(e);
+        }
+    };
     Ok(Dashboard {
         tx: Some(tx),
         thread: Some(thread),
+        stopped,
+        log_level,
     })
 }
 
@@ -141,6 +167,14 @@ impl Dashboard {
         }
     }
 
+    /// Resolves once the dashboard has stopped, like [`Dashboard::closed`], but borrows
+    /// nothing and keeps nothing open: a run loop can hold it while the dashboard itself is
+    /// owned elsewhere (a sink).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopped.clone();
+        async move { while rx.changed().await.is_ok() {} }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.as_ref().is_none_or(|tx| tx.is_closed())
     }
@@ -161,7 +195,22 @@ impl Dashboard {
             .unwrap_or_else(|_| Err(io::Error::other("the dashboard thread panicked")));
         // Whatever happened on that thread, the terminal is ours again.
         let _ = terminal::restore();
+        log::set_max_level(self.log_level);
         result
+    }
+
+    /// A dashboard with no terminal and no thread: what it is sent arrives on the receiver.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (_, stopped) = watch::channel(());
+        let dash = Self {
+            tx: Some(tx),
+            thread: None,
+            stopped,
+            log_level: log::max_level(),
+        };
+        (dash, rx)
     }
 }
 

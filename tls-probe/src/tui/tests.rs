@@ -276,6 +276,11 @@ fn adapts_to_resizes() {
     t.draw(|f| view::render(f, &app)).unwrap();
     let s = t.backend().to_string();
     assert!(s.contains("COMM"), "wide tables show more columns: {s}");
+    let cpu = s
+        .lines()
+        .find(|l| l.contains("4242/4243     spin_server"))
+        .unwrap_or_default();
+    assert!(cpu.contains("99%") && cpu.contains("100%"), "{s}");
     for (w, h) in [(20, 5), (40, 10), (1, 1), (300, 100)] {
         draw(&app, w, h);
     }

@@ -180,14 +180,22 @@ fn header(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         ),
         sep(),
         label("overhead "),
-        Span::raw(h.overhead_pct.map_or("n/a".into(), |p| format!("~{p:.1}%"))),
+        Span::raw(
+            h.overhead_pct
+                .map_or("n/a".into(), |p| format!("~{}%", fmt::count(p))),
+        ),
+    ];
+    if cx.wide && h.overhead_pct.is_some() {
+        second.push(label(" of target CPU"));
+    }
+    second.extend([
         sep(),
         label("findings "),
         Span::styled(
             format!("{open} open"),
             if open > 0 { t.bad() } else { t.good() },
         ),
-    ];
+    ]);
     if closed > 0 {
         second.push(Span::styled(format!(", {closed} closed"), t.dim()));
     }

@@ -44,6 +44,10 @@ pub fn help(frame: &mut Frame, body: Rect, cx: &Ctx<'_>) {
         " ! marks a thread or connection with an open finding.",
         t.dim(),
     )));
+    lines.push(Line::from(Span::styled(
+        " overhead: the probes' estimated share of the targets' CPU",
+        t.dim(),
+    )));
     let h = (lines.len() as u16 + 2).min(body.height);
     let area = body.centered(
         Constraint::Length(60.min(body.width)),

@@ -49,7 +49,9 @@ pub fn render(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         return;
     }
 
-    let bar_w = if cx.wide { 10 } else { 6 };
+    // Long bars need the width of a full-width panel: side by side at 120 columns (~74)
+    // the row would cut the percentages off.
+    let bar_w = if cx.wide && area.width >= 80 { 10 } else { 6 };
     let shares: Vec<&Share> = SHARES
         .iter()
         .filter(|(_, f)| list.iter().any(|th| f(th).is_some()))
