@@ -47,6 +47,19 @@ pub struct OutputArgs {
     /// once-per-connection handshake probes.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full)]
     pub mode: ProbeMode,
+    /// Print findings as lines on stderr instead of opening the live dashboard. The
+    /// dashboard opens only when stdout is a terminal not taken by `-o -` or `--events`.
+    #[arg(long)]
+    pub no_tui: bool,
+}
+
+impl OutputArgs {
+    /// Whether stdout carries output of its own: NDJSON (`-o -`) or event lines (`--events`
+    /// without `-o`).
+    pub fn stdout_claimed(&self) -> bool {
+        self.output.as_deref() == Some(std::path::Path::new("-"))
+            || (self.events && self.output.is_none())
+    }
 }
 
 /// How much to probe.
@@ -90,4 +103,40 @@ pub struct ReportArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_of(args: &[&str]) -> OutputArgs {
+        let cli = Cli::try_parse_from(args).expect("parse");
+        match cli.command {
+            Command::Attach(a) => a.output,
+            Command::Demo(d) => d.output,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_tui_and_what_claims_stdout() {
+        let o = output_of(&["tls-probe", "attach", "--pid", "1"]);
+        assert!(!o.no_tui && !o.stdout_claimed());
+        let o = output_of(&["tls-probe", "demo", "spin-loop", "--no-tui"]);
+        assert!(o.no_tui && !o.stdout_claimed());
+        let o = output_of(&["tls-probe", "attach", "-p", "1", "-o", "-"]);
+        assert!(o.stdout_claimed());
+        let o = output_of(&["tls-probe", "attach", "-p", "1", "--events"]);
+        assert!(o.stdout_claimed());
+        let o = output_of(&[
+            "tls-probe",
+            "attach",
+            "-p",
+            "1",
+            "--events",
+            "-o",
+            "x.ndjson",
+        ]);
+        assert!(!o.stdout_claimed(), "events go to the file");
+    }
 }

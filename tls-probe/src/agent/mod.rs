@@ -1,9 +1,11 @@
 //! The live agent: attach to targets, pump events from the ring buffer through the
 //! tracker and the engine, and hand every record to the sinks until told to stop.
 
+mod privileges;
 pub mod proc;
 mod session;
+pub mod stats;
 
-pub use session::{AgentConfig, Session};
+pub use session::{AgentConfig, Quit, Session};
 
 pub use crate::sink::{Lost, StopReason, Summary, Target};

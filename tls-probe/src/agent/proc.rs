@@ -100,6 +100,15 @@ pub fn thread_cpu(pid: u32, ts_ns: u64) -> Vec<Event> {
     .collect()
 }
 
+/// CPU time (user + system) of `pid` so far, its exited threads included.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * (1_000_000_000 / procfs_ticks()))
+}
+
 fn procfs_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -118,6 +127,8 @@ mod tests {
         let evs = thread_cpu(pid, 1);
         assert!(!evs.is_empty());
         assert!(evs.iter().any(|e| e.tid == pid));
+        assert!(process_cpu_ns(pid).is_some());
+        assert_eq!(process_cpu_ns(u32::MAX - 1), None);
     }
 
     #[test]

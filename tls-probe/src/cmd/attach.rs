@@ -1,4 +1,8 @@
 //! `tls-probe attach`: attach to running processes.
+//!
+//! On a terminal the findings go to the live dashboard; with `--no-tui`, or when stdout is
+//! not a terminal or carries other output (`-o -`, `--events`), they print as lines on
+//! stderr. Either way `-o FILE` gets the same records.
 
 use std::{net::TcpListener, process::ExitCode, time::Duration};
 
@@ -13,7 +17,9 @@ use crate::{
         metrics::MetricsSink,
         metrics_http,
         ndjson::{self, NdjsonSink},
+        tui::TuiSink,
     },
+    tui::{self, Dashboard, DashboardOptions},
 };
 
 /// Validates the output flags and opens the NDJSON output before anything is attached.
@@ -37,6 +43,8 @@ pub fn open_output(o: &OutputArgs) -> Result<Option<ndjson::NdjsonWriter>> {
 pub struct Outputs {
     pub ndjson: Option<ndjson::NdjsonWriter>,
     pub metrics: Option<TcpListener>,
+    /// Open the live dashboard once the probes are attached.
+    pub dashboard: bool,
 }
 
 pub fn open_outputs(o: &OutputArgs) -> Result<Outputs> {
@@ -46,7 +54,11 @@ pub fn open_outputs(o: &OutputArgs) -> Result<Outputs> {
         .as_deref()
         .map(metrics_http::bind)
         .transpose()?;
-    Ok(Outputs { ndjson, metrics })
+    Ok(Outputs {
+        ndjson,
+        metrics,
+        dashboard: tui::wanted(o.no_tui, o.stdout_claimed()),
+    })
 }
 
 pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
@@ -60,41 +72,95 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
     }
 }
 
-/// The sinks of a session: the terminal, the NDJSON output and the metrics endpoint. Call
-/// inside the runtime (the endpoint is a task on it).
-pub fn sinks(cfg: &AgentConfig, outputs: Outputs) -> Result<Sinks> {
+/// The sinks of a session: the terminal lines, the NDJSON output and the metrics endpoint;
+/// and what they said on stderr, for the dashboard to repeat. Call inside the runtime (the
+/// endpoint is a task on it).
+pub fn sinks(
+    cfg: &AgentConfig,
+    ndjson: Option<ndjson::NdjsonWriter>,
+    metrics: Option<TcpListener>,
+) -> Result<(Sinks, Vec<String>)> {
+    let mut notices = Vec::new();
     let mut sinks = Sinks::new().with(HumanSink::new(cfg.print_events, true));
-    if let Some(out) = outputs.ndjson {
+    if let Some(out) = ndjson {
         sinks.push(Box::new(NdjsonSink::new(out, cfg.events)));
     }
-    if let Some(listener) = outputs.metrics {
+    if let Some(listener) = metrics {
         let addr = listener
             .local_addr()
             .context("reading the metrics address")?;
         let (sink, published) = MetricsSink::new();
         metrics_http::spawn(listener, published)?;
         sinks.push(Box::new(sink));
-        eprintln!("tls-probe: serving Prometheus metrics at http://{addr}/metrics");
+        let text = format!("serving Prometheus metrics at http://{addr}/metrics");
+        eprintln!("tls-probe: {text}");
+        notices.push(text);
     }
-    Ok(sinks)
+    Ok((sinks, notices))
 }
 
-/// Attaches and runs a session on a current-thread runtime until it stops.
-pub fn run_session(cfg: AgentConfig, outputs: Outputs) -> Result<Summary> {
+/// Attaches and runs a session on a current-thread runtime until it stops. Once the probes
+/// are in place it opens the dashboard (when wanted) and calls `attached` with it (`demo`
+/// starts its load there). The dashboard is closed, and the terminal restored, when this
+/// returns, whatever it returns.
+pub fn run_session(
+    cfg: AgentConfig,
+    outputs: Outputs,
+    attached: impl FnOnce(Option<&Dashboard>) -> Result<()>,
+) -> Result<Summary> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let sinks = sinks(&cfg, outputs)?;
-        Session::attach_with(cfg, sinks)?.run().await
+        let (sinks, notices) = sinks(&cfg, outputs.ndjson, outputs.metrics)?;
+        // Attach errors print on the normal screen: the dashboard opens only after.
+        let mut session = Session::attach_with(cfg, sinks)?;
+        let dash = outputs.dashboard.then(open_dashboard).flatten();
+        attached(dash.as_ref())?;
+        if let Some(dash) = dash {
+            for text in notices {
+                dash.notice(text);
+            }
+            let stopped = dash.stopped();
+            let quit = async {
+                stopped.await;
+                // The terminal is back; detaching can take seconds on a busy target.
+                eprintln!("tls-probe: the dashboard closed; finishing (detaching can take seconds)");
+            };
+            session.add_viewer(TuiSink::new(dash), quit)?;
+        }
+        session.run().await
     })
+}
+
+/// The dashboard on this terminal; on failure, says why and goes on with lines.
+fn open_dashboard() -> Option<Dashboard> {
+    match tui::start_dashboard(DashboardOptions::default()) {
+        Ok(dash) => Some(dash),
+        Err(e) => {
+            eprintln!("tls-probe: cannot open the dashboard ({e}); printing findings as lines");
+            None
+        }
+    }
 }
 
 pub fn run(args: AttachArgs) -> Result<ExitCode> {
     let outputs = open_outputs(&args.output)?;
     let mut cfg = config(&args.output, args.pids.clone());
     cfg.libssl = args.libssl.clone();
-    let summary = run_session(cfg, outputs)?;
+    let mut dashboard = false;
+    let summary = run_session(cfg, outputs, |dash| {
+        dashboard = dash.is_some();
+        Ok(())
+    })?;
+    if dashboard {
+        // The lines were not printed while the dashboard was up: leave the findings in the
+        // scrollback.
+        for f in &summary.findings {
+            let severity = tui::view::fmt::severity_long(f.severity);
+            eprintln!("tls-probe: {severity} {}", f.summary_line());
+        }
+    }
     eprintln!(
         "tls-probe: {} events in {:.1}s, {} lost in the kernel",
         summary.events,

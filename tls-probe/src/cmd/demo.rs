@@ -1,13 +1,20 @@
 //! `tls-probe demo`: run a scenario workload as a child process, attach to it, then let
 //! it start, so that the pathology begins with the probes already in place; say what to
-//! expect first and what was found at the end.
+//! expect first and what was found at the end. On a terminal the findings show on the
+//! live dashboard in between; the recap prints once it closes.
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{
+    io::Write,
+    process::ExitCode,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
+use tokio::sync::mpsc::WeakSender;
 
 use crate::{
-    agent::{Session, StopReason, Summary},
+    agent::{StopReason, Summary},
     cli::DemoArgs,
     cmd::attach,
     scenario::{
@@ -16,6 +23,7 @@ use crate::{
         process::Process,
         report::{Done, Ready},
     },
+    tui::Msg,
 };
 
 /// Seconds of load when `--duration` is not given.
@@ -30,30 +38,48 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     };
     let mut output = args.output;
     let secs = *output.duration.get_or_insert(DEFAULT_SECS);
-    let out = attach::open_output(&output)?;
+    let outputs = attach::open_outputs(&output)?;
     let parts = guide::parts(name);
-    header(name, &parts, secs);
+    header(name, &parts, secs, outputs.dashboard);
 
     let mut child = Process::spawn(None, name, secs)?;
-    let ready = child.ready(|done| {
-        // tls-probe notices the exit at its next tick, then detaches: say why it waits.
-        eprintln!(
-            "tls-probe demo: the workload finished ({:.1} s of load); tls-probe notices at \
-             its next tick and detaches its probes (a few seconds)",
+    // While the dashboard is up, what would go to stderr goes to it.
+    let dashboard: Arc<OnceLock<WeakSender<Msg>>> = Arc::default();
+    let to_dashboard = Arc::clone(&dashboard);
+    let ready = child.ready(move |done| {
+        let text = format!(
+            "the workload finished ({:.1} s of load)",
             done.elapsed_ms as f64 / 1000.0
         );
+        match to_dashboard.get().and_then(WeakSender::upgrade) {
+            Some(tx) => {
+                let _ = tx.try_send(Msg::Notice(text));
+            }
+            // tls-probe notices the exit at its next tick, then detaches: say why it waits.
+            None => eprintln!(
+                "tls-probe demo: {text}; tls-probe notices at its next tick and detaches its \
+                 probes (a few seconds)"
+            ),
+        }
     })?;
     threads(&ready);
     let mut cfg = attach::config(&output, vec![ready.pid]);
     cfg.duration = Some(Duration::from_secs_f64(secs) + GRACE);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let summary = rt.block_on(async {
-        let session = Session::attach(cfg, out)?;
-        eprintln!("tls-probe demo: probes in place; starting the load now (Ctrl-C stops early)");
-        child.release()?;
-        session.run().await
+    let summary = attach::run_session(cfg, outputs, |dash| {
+        match dash {
+            Some(dash) => {
+                if let Some(tx) = dash.sender() {
+                    let _ = dashboard.set(tx.downgrade());
+                }
+                dash.notice(format!(
+                    "demo {name}: {secs} s of load starting now; q quits and prints the recap"
+                ));
+            }
+            None => eprintln!(
+                "tls-probe demo: probes in place; starting the load now (Ctrl-C stops early)"
+            ),
+        }
+        child.release()
     })?;
     let (status, done) = child.finish(summary.stop_reason != StopReason::TargetsExited)?;
     recap(&parts, &ready, &summary, done.as_ref());
@@ -66,7 +92,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 }
 
 /// What runs and what to look for, before anything starts.
-fn header(name: ScenarioName, parts: &[Part], secs: f64) {
+fn header(name: ScenarioName, parts: &[Part], secs: f64, dashboard: bool) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "tls-probe demo: {name} for {secs} s");
     if let [part] = parts {
@@ -88,15 +114,14 @@ fn header(name: ScenarioName, parts: &[Part], secs: f64) {
         }
         let _ = writeln!(err, "{}", wrap("  expect:  ", g.expect));
     }
-    let _ = writeln!(
-        err,
-        "{}",
-        wrap(
-            "",
-            "Findings print below as they open (FINDING), change (update) and close \
-             (closed), naming the thread (tid) and connection (fd, ssl)."
-        )
-    );
+    let how = if dashboard {
+        "The dashboard opens once the probes are in place: findings on top, naming the \
+         thread (tid) and connection (fd); ? lists the keys, q quits and prints the recap."
+    } else {
+        "Findings print below as they open (FINDING), change (update) and close (closed), \
+         naming the thread (tid) and connection (fd, ssl)."
+    };
+    let _ = writeln!(err, "{}", wrap("", how));
 }
 
 /// `text` after `lead`, wrapped at 100 columns with following lines indented to match.
@@ -165,7 +190,7 @@ fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) 
     let mut err = std::io::stderr().lock();
     let how = match summary.stop_reason {
         StopReason::TargetsExited => "the workload finished",
-        StopReason::Signal => "stopped by a signal",
+        StopReason::Signal => "stopped early: q, Ctrl-C or a signal",
         StopReason::Duration => "the workload overran --duration and was stopped",
     };
     let _ = writeln!(

@@ -76,6 +76,11 @@ impl Sink for HumanSink {
     fn wants_events(&self) -> bool {
         self.events.is_some()
     }
+
+    fn quiet(&mut self) {
+        self.notes = false;
+        self.events = None;
+    }
 }
 
 /// The stderr lines for a finding change: the summary, and for a new finding why and what

@@ -1,6 +1,6 @@
 //! Where the engine's output goes. The session hands every [`Record`] to each [`Sink`] in
 //! one place ([`Sinks`]); each sink decides what it shows: the NDJSON export, the human
-//! lines on stderr, the Prometheus endpoint, and later the TUI. No sink holds detection
+//! lines on stderr, the Prometheus endpoint, and the dashboard. No sink holds detection
 //! logic: findings and metrics come from the engine.
 
 pub mod human;
@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod ndjson;
 pub mod record;
+pub mod tui;
 
 use anyhow::Result;
 
@@ -25,6 +26,20 @@ pub enum Flush {
     Tick,
 }
 
+/// How the probes are doing, once a second: for sinks that show it live. Not an NDJSON
+/// record: the export's `summary` holds the counts these rates come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProbeStats {
+    pub ts_ns: u64,
+    /// Events read from the ring buffer per second, over the last tick.
+    pub events_per_sec: f64,
+    /// Events lost so far, everywhere (ring buffer, in-flight state, decode).
+    pub lost_total: u64,
+    /// The probes' estimated share of the targets' CPU time over the last tick, in percent;
+    /// None until two samples exist or when no target is left.
+    pub overhead_pct: Option<f64>,
+}
+
 /// A consumer of the session's records. `record` is called for every event with `--events`
 /// (hundreds of thousands a second): it must not allocate or make a syscall per event.
 pub trait Sink {
@@ -38,6 +53,12 @@ pub trait Sink {
     fn wants_events(&self) -> bool {
         false
     }
+
+    /// Once a second, after the snapshot.
+    fn stats(&mut self, _stats: &ProbeStats) {}
+
+    /// Another sink (the dashboard) owns the terminal now: write nothing more to it.
+    fn quiet(&mut self) {}
 }
 
 /// The sinks of one session, fed from one place.
@@ -77,6 +98,18 @@ impl Sinks {
             }
         }
         first
+    }
+
+    pub fn stats(&mut self, stats: &ProbeStats) {
+        for s in &mut self.sinks {
+            s.stats(stats);
+        }
+    }
+
+    pub fn quiet(&mut self) {
+        for s in &mut self.sinks {
+            s.quiet();
+        }
     }
 
     pub fn flush(&mut self, at: Flush) -> Result<()> {

@@ -1,8 +1,13 @@
 //! One tls-probe run against a set of live processes: the only owner of the run's state.
 //! Events go ring buffer -> decode -> tracker -> engine, and every output record goes to the
 //! [`Sinks`] from one place.
+//!
+//! A viewer (the dashboard) joins after attach with [`Session::add_viewer`]: one more sink,
+//! and a future that resolves when its user quits. While a viewer is open the session
+//! outlives its targets: once every target has exited it writes the summary as usual, then
+//! waits for the user (or a signal) so that the findings stay on screen.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -11,15 +16,17 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
-use super::proc;
+mod tick;
+
+use super::{privileges::check_privileges, proc, stats::Meter};
 use crate::{
     decode::decode,
     engine::{Config as EngineConfig, Engine, FindingChange},
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
     sink::{
-        ClockAnchor, Flush, Lost, LostRecord, Record, SCHEMA_VERSION, Sinks, Start, StopReason,
-        Summary, Target, TargetExit,
+        ClockAnchor, Flush, Lost, Record, SCHEMA_VERSION, Sink, Sinks, Start, StopReason, Summary,
+        Target,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
     },
@@ -55,7 +62,15 @@ pub struct Session {
     lost_reported: Lost,
     last_counters: Counters,
     started_ns: u64,
+    /// The first record, for a sink that joins later.
+    start: Start,
+    meter: Meter,
+    /// Resolves when the viewer's user quits; None without a viewer.
+    viewer: Option<Quit>,
 }
+
+/// What [`Session::add_viewer`] waits on.
+pub type Quit = Pin<Box<dyn Future<Output = ()>>>;
 
 impl Session {
     /// [`Session::attach_with`] the human lines on the terminal and, when given, the NDJSON
@@ -114,6 +129,17 @@ impl Session {
             });
         }
         let now = proc::monotonic_ns();
+        let start = Start {
+            schema_version: SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            targets: targets.clone(),
+            probe_mode: if cfg.hot { "full" } else { "light" }.to_owned(),
+            events: cfg.events,
+            clock: ClockAnchor {
+                monotonic_ns: now,
+                unix_ns: proc::wall_ns(),
+            },
+        };
         let mut session = Self {
             probes,
             events: Some(events),
@@ -128,23 +154,15 @@ impl Session {
             lost_reported: Lost::default(),
             last_counters: Counters::default(),
             started_ns: now,
+            start,
+            meter: Meter::default(),
+            viewer: None,
             cfg,
         };
         for t in &session.targets {
             session.engine.set_comm(t.pid, &t.comm);
         }
-        let start = Start {
-            schema_version: SCHEMA_VERSION,
-            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            targets: session.targets.clone(),
-            probe_mode: if session.cfg.hot { "full" } else { "light" }.to_owned(),
-            events: session.cfg.events,
-            clock: ClockAnchor {
-                monotonic_ns: now,
-                unix_ns: proc::wall_ns(),
-            },
-        };
-        session.sinks.record(Record::Start(&start))?;
+        session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {
@@ -160,6 +178,22 @@ impl Session {
 
     pub fn targets(&self) -> &[Target] {
         &self.targets
+    }
+
+    /// Adds a sink that owns the terminal (the dashboard): it gets the `start` record and
+    /// the state so far, the other sinks stop writing to the terminal, and the run ends when
+    /// `quit` resolves.
+    pub fn add_viewer(
+        &mut self,
+        mut sink: impl Sink + 'static,
+        quit: impl Future<Output = ()> + 'static,
+    ) -> Result<()> {
+        self.sinks.quiet();
+        sink.record(Record::Start(&self.start))?;
+        sink.record(Record::Snapshot(&self.engine.snapshot()))?;
+        self.sinks.push(Box::new(sink));
+        self.viewer = Some(Box::pin(quit));
+        Ok(())
     }
 
     /// One event through the pipeline: tracker, counts, sinks, engine.
@@ -217,64 +251,19 @@ impl Session {
         Ok(full)
     }
 
-    /// Reads the kernel's loss counters; sends a `lost` record when anything new was lost.
-    fn report_lost(&mut self, now: u64) -> Result<()> {
-        if let Ok(c) = self.probes.counters() {
-            self.last_counters = c;
-        }
-        self.lost.ringbuf = self.last_counters.lost_ringbuf;
-        self.lost.inflight = self.last_counters.lost_inflight;
-        let new = self.lost.since(&self.lost_reported);
-        if new.sum() == 0 {
-            return Ok(());
-        }
-        self.lost_reported = self.lost;
-        let rec = LostRecord {
-            ts_ns: now,
-            new,
-            total: self.lost,
-        };
-        self.sinks.record(Record::Lost(&rec))
-    }
-
-    /// Once a second: losses, target liveness, thread CPU, the engine's clock, a snapshot.
-    fn tick(&mut self) -> Result<bool> {
-        let now = proc::monotonic_ns();
-        self.report_lost(now)?;
-        for pid in self.probes.pids() {
-            if !proc::alive(pid) {
-                self.probes.detach(pid);
-                let comm = self
-                    .targets
-                    .iter()
-                    .find(|t| t.pid == pid)
-                    .map(|t| t.comm.clone())
-                    .unwrap_or_default();
-                let exit = TargetExit {
-                    pid,
-                    comm,
-                    ts_ns: now,
-                };
-                self.sinks.record(Record::TargetExit(&exit))?;
-                continue;
-            }
-            for ev in proc::thread_cpu(pid, now) {
-                self.handle(ev)?;
-            }
-        }
-        self.engine.advance(now, &mut self.changes);
-        self.emit_changes()?;
-        self.sinks
-            .record(Record::Snapshot(&self.engine.snapshot()))?;
-        self.sinks.flush(Flush::Tick)?;
-        Ok(!self.probes.pids().is_empty())
-    }
-
-    /// Runs until the duration ends, a signal arrives, or every target exits; then sends
-    /// the summary. On an error (e.g. the output's disk is full) it stops at once: what the
-    /// sinks have is flushed when they still take it, and no summary is sent.
+    /// Runs until the duration ends, a signal arrives, the viewer's user quits, or every
+    /// target exits; then sends the summary. With a viewer, when every target has exited
+    /// it then waits for the user to quit (or a signal): `--duration` bounds the tracing,
+    /// and there is nothing left to trace. On an error (e.g. the output's disk is full) it
+    /// stops at once: what the sinks have is flushed when they still take it, and no summary
+    /// is sent.
     pub async fn run(mut self) -> Result<Summary> {
         let mut events = self.events.take().context("run called twice")?;
+        let viewer = self.viewer.is_some();
+        let mut quit: Quit = self
+            .viewer
+            .take()
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -305,6 +294,8 @@ impl Session {
                         }
                     }
                     _ = &mut sleep => return Ok(StopReason::Duration),
+                    // q or Ctrl-C in the dashboard: in raw mode Ctrl-C is a key, not SIGINT.
+                    _ = &mut quit => return Ok(StopReason::Signal),
                     _ = sigint.recv() => return Ok(StopReason::Signal),
                     _ = sigterm.recv() => return Ok(StopReason::Signal),
                     _ = sighup.recv() => return Ok(StopReason::Signal),
@@ -313,7 +304,18 @@ impl Session {
         }
         .await;
         match result {
-            Ok(reason) => self.finish(&mut events, reason),
+            Ok(reason) => {
+                let summary = self.finish(&mut events, reason)?;
+                if viewer && reason == StopReason::TargetsExited {
+                    tokio::select! {
+                        _ = &mut quit => {}
+                        _ = sigint.recv() => {}
+                        _ = sigterm.recv() => {}
+                        _ = sighup.recv() => {}
+                    }
+                }
+                Ok(summary)
+            }
             Err(e) => {
                 let _ = self.sinks.flush(Flush::Tick);
                 for pid in self.probes.pids() {
@@ -349,6 +351,7 @@ impl Session {
         self.engine.advance(end, &mut self.changes);
         self.emit_changes()?;
         self.report_lost(end)?;
+        self.send_stats(end);
         let c = self.last_counters;
         let snapshot = self.engine.snapshot();
         let summary = Summary {
@@ -371,36 +374,4 @@ impl Session {
         self.sinks.flush(Flush::Tick)?;
         Ok(summary)
     }
-}
-
-/// Fails early, with what to do, when tls-probe lacks the privileges to load eBPF.
-fn check_privileges() -> Result<()> {
-    use nix::unistd::Uid;
-    if Uid::effective().is_root() {
-        return Ok(());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_ADMIN: u64 = 21;
-    const CAP_PERFMON: u64 = 38;
-    const CAP_BPF: u64 = 39;
-    let has = |c: u64| eff & (1 << c) != 0;
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_PERFMON");
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "tls-probe is not running as root and lacks {}: run it with sudo, or grant the capabilities with `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which tls-probe)`",
-        missing.join(" and ")
-    )
 }

@@ -1,0 +1,87 @@
+//! The session's once-a-second work: losses, target liveness, thread CPU, the engine's
+//! clock, a snapshot and the probes' rates.
+
+use anyhow::Result;
+
+use super::Session;
+use crate::{
+    agent::{proc, stats::Sample},
+    sink::{Flush, LostRecord, Record, TargetExit},
+};
+
+impl Session {
+    /// Reads the kernel's loss counters; sends a `lost` record when anything new was lost.
+    pub(super) fn report_lost(&mut self, now: u64) -> Result<()> {
+        if let Ok(c) = self.probes.counters() {
+            self.last_counters = c;
+        }
+        self.lost.ringbuf = self.last_counters.lost_ringbuf;
+        self.lost.inflight = self.last_counters.lost_inflight;
+        let new = self.lost.since(&self.lost_reported);
+        if new.sum() == 0 {
+            return Ok(());
+        }
+        self.lost_reported = self.lost;
+        let rec = LostRecord {
+            ts_ns: now,
+            new,
+            total: self.lost,
+        };
+        self.sinks.record(Record::Lost(&rec))
+    }
+
+    /// Once a second: losses, target liveness, thread CPU, the engine's clock, a snapshot.
+    pub(super) fn tick(&mut self) -> Result<bool> {
+        let now = proc::monotonic_ns();
+        self.report_lost(now)?;
+        for pid in self.probes.pids() {
+            if !proc::alive(pid) {
+                self.probes.detach(pid);
+                let comm = self
+                    .targets
+                    .iter()
+                    .find(|t| t.pid == pid)
+                    .map(|t| t.comm.clone())
+                    .unwrap_or_default();
+                let exit = TargetExit {
+                    pid,
+                    comm,
+                    ts_ns: now,
+                };
+                self.sinks.record(Record::TargetExit(&exit))?;
+                continue;
+            }
+            for ev in proc::thread_cpu(pid, now) {
+                self.handle(ev)?;
+            }
+        }
+        self.engine.advance(now, &mut self.changes);
+        self.emit_changes()?;
+        self.sinks
+            .record(Record::Snapshot(&self.engine.snapshot()))?;
+        self.send_stats(now);
+        self.sinks.flush(Flush::Tick)?;
+        Ok(!self.probes.pids().is_empty())
+    }
+
+    /// Rates since the last call, to the sinks that show them live. Call after
+    /// `report_lost`, which reads the kernel's counters.
+    pub(super) fn send_stats(&mut self, now: u64) {
+        let c = &self.last_counters;
+        let sample = Sample {
+            ts_ns: now,
+            events: self.total,
+            lost_total: self.lost.sum(),
+            uprobe_hits: c.uprobe_hits,
+            tracepoint_hits: c.tracepoint_hits,
+            cpu_ns: self
+                .probes
+                .pids()
+                .into_iter()
+                .filter_map(|pid| Some((pid, proc::process_cpu_ns(pid)?)))
+                .collect(),
+        };
+        let stats = self.meter.next(sample);
+        self.sinks.stats(&stats);
+    }
+}
