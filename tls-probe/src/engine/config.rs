@@ -58,6 +58,36 @@ pub struct Config {
     /// that a count growing fast does not become a stream of updates.
     pub update_min_gap_ns: u64,
 
+    /// handshake_saturation: a thread spends at least this share of its wall time inside
+    /// handshake calls...
+    pub saturation_min_handshake_pct: f64,
+    /// ...and at most this share blocked in epoll waits (the loop has no idle time left)...
+    pub saturation_max_blocked_pct: f64,
+    /// ...while at least this many handshakes a second start on it...
+    pub saturation_min_handshakes_per_sec: f64,
+    /// ...for this long without a break.
+    pub saturation_min_duration_ns: u64,
+    /// handshake_saturation is critical from this share of wall time in handshakes, or when
+    /// the kernel's listen queue overflows meanwhile.
+    pub saturation_critical_handshake_pct: f64,
+
+    /// low_session_resumption: the resumption rate is measured over this long...
+    pub resumption_window_ns: u64,
+    /// ...over at least this many completed handshakes...
+    pub resumption_min_handshakes: u32,
+    /// ...and is low under this share...
+    pub resumption_min_pct: f64,
+    /// ...reported only when at least this share of those handshakes came from a peer host
+    /// that had connected before (clients come back).
+    pub resumption_min_returning_pct: f64,
+
+    /// connection_churn: new connections a second from one peer host...
+    pub churn_min_connections_per_sec: f64,
+    /// ...whose median lifetime is under this.
+    pub churn_max_lifetime_ns: u64,
+    /// At most this many peer hosts are counted per process.
+    pub max_peers: usize,
+
     /// At most this many connections are tracked; the least recently seen are evicted.
     pub max_connections: usize,
     /// At most this many threads are tracked; the least recently seen are evicted.
@@ -90,6 +120,18 @@ impl Default for Config {
             update_min_change_pct: 20.0,
             update_min_interval_ns: 5 * SEC,
             update_min_gap_ns: SEC,
+            saturation_min_handshake_pct: 50.0,
+            saturation_max_blocked_pct: 20.0,
+            saturation_min_handshakes_per_sec: 20.0,
+            saturation_min_duration_ns: 3 * SEC,
+            saturation_critical_handshake_pct: 80.0,
+            resumption_window_ns: 10 * SEC,
+            resumption_min_handshakes: 100,
+            resumption_min_pct: 70.0,
+            resumption_min_returning_pct: 50.0,
+            churn_min_connections_per_sec: 5.0,
+            churn_max_lifetime_ns: SEC,
+            max_peers: 1024,
             max_connections: 65_536,
             max_threads: 16_384,
             max_closed_findings: 1024,

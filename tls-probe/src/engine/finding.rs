@@ -5,7 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use super::rules::{
-    async_stall::AsyncStallEvidence, busy::BusyEvidence, concurrent::ConcurrentEvidence,
+    async_stall::AsyncStallEvidence, busy::BusyEvidence, churn::ChurnEvidence,
+    concurrent::ConcurrentEvidence, resumption::ResumptionEvidence, saturation::SaturationEvidence,
     spin::SpinEvidence, write_retry::WriteRetryEvidence,
 };
 
@@ -17,6 +18,9 @@ pub enum FindingKind {
     BadWriteRetry,
     ConcurrentSslUse,
     WantAsyncStall,
+    HandshakeSaturation,
+    LowSessionResumption,
+    ConnectionChurn,
 }
 
 impl FindingKind {
@@ -27,6 +31,9 @@ impl FindingKind {
             Self::BadWriteRetry => "bad_write_retry",
             Self::ConcurrentSslUse => "concurrent_ssl_use",
             Self::WantAsyncStall => "want_async_stall",
+            Self::HandshakeSaturation => "handshake_saturation",
+            Self::LowSessionResumption => "low_session_resumption",
+            Self::ConnectionChurn => "connection_churn",
         }
     }
 }
@@ -62,6 +69,9 @@ pub enum Evidence {
     BadWriteRetry(WriteRetryEvidence),
     ConcurrentSslUse(ConcurrentEvidence),
     WantAsyncStall(AsyncStallEvidence),
+    HandshakeSaturation(SaturationEvidence),
+    LowSessionResumption(ResumptionEvidence),
+    ConnectionChurn(ChurnEvidence),
 }
 
 impl Evidence {
@@ -72,6 +82,9 @@ impl Evidence {
             Self::BadWriteRetry(_) => FindingKind::BadWriteRetry,
             Self::ConcurrentSslUse(_) => FindingKind::ConcurrentSslUse,
             Self::WantAsyncStall(_) => FindingKind::WantAsyncStall,
+            Self::HandshakeSaturation(_) => FindingKind::HandshakeSaturation,
+            Self::LowSessionResumption(_) => FindingKind::LowSessionResumption,
+            Self::ConnectionChurn(_) => FindingKind::ConnectionChurn,
         }
     }
 
@@ -83,6 +96,9 @@ impl Evidence {
             Self::BadWriteRetry(e) => e.occurrences as f64,
             Self::ConcurrentSslUse(e) => e.overlaps as f64,
             Self::WantAsyncStall(e) => e.stalled_ns as f64,
+            Self::HandshakeSaturation(e) => e.handshake_time_pct,
+            Self::LowSessionResumption(e) => e.resumption_pct,
+            Self::ConnectionChurn(e) => e.connections_per_sec,
         }
     }
 }
@@ -95,6 +111,9 @@ impl fmt::Display for Evidence {
             Self::BadWriteRetry(e) => e.fmt(f),
             Self::ConcurrentSslUse(e) => e.fmt(f),
             Self::WantAsyncStall(e) => e.fmt(f),
+            Self::HandshakeSaturation(e) => e.fmt(f),
+            Self::LowSessionResumption(e) => e.fmt(f),
+            Self::ConnectionChurn(e) => e.fmt(f),
         }
     }
 }

@@ -102,6 +102,8 @@ impl Engine {
         }
         let fd = self.state.record_call(key, tid, ts, call, code);
         let now = self.now;
+        self.state
+            .record_handshake(&self.cfg, (key, tid), now, (call, code), fd);
         if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
             t.ssl_calls_total += 1;
             t.window.current(now).calls += 1;
@@ -131,6 +133,7 @@ impl Engine {
         self.resolve_pending((pid, tid), out);
         self.thread((pid, tid), out);
         self.finish_iteration((pid, tid), out);
+        self.state.hs.blocked((pid, tid), self.now, w.duration_ns);
         if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
             t.lp.epoll_mode = true;
             t.lp.iter.start_wait(ts, w);
@@ -156,6 +159,7 @@ impl Engine {
         self.resolve_pending(key, out);
         self.thread(key, out);
         self.finish_iteration(key, out);
+        self.state.hs.blocked(key, self.now, w.blocked_ns);
         if w.count == 0 {
             return;
         }

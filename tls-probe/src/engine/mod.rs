@@ -24,6 +24,7 @@
 mod config;
 pub mod epoll_bits;
 mod finding;
+mod handshake;
 mod ingest;
 mod iteration;
 pub mod rules;
@@ -37,9 +38,11 @@ mod tests;
 
 pub use config::Config;
 pub use finding::{
-    AsyncStallEvidence, BusyEvidence, Change, ConcurrentEvidence, Evidence, Finding, FindingChange,
-    FindingKind, FindingState, Severity, SpinEvidence, WriteRetryEvidence,
+    AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
+    FindingChange, FindingKind, FindingState, ResumptionEvidence, SaturationEvidence, Severity,
+    SpinEvidence, WriteRetryEvidence,
 };
+pub use handshake::{HandshakeSnapshot, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot};
 pub use rules::write_retry::PeerCount;
 pub use snapshot::{
     ConnSnapshot, OpSnapshot, ProcessSnapshot, ReadySnapshot, Snapshot, ThreadSnapshot,
@@ -137,8 +140,7 @@ impl Engine {
                     self.dispatch(out, |r, cx| r.on_conn_end(cx, (pid, ssl), ConnEnd::Closed));
                 }
             }
-            // Handshake accounting (the handshake issue) reads this; nothing else does.
-            EventKind::ListenOverflows { .. } => {}
+            EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 if let Some((t0, c0)) = t.cpu_sample
@@ -205,6 +207,7 @@ impl Engine {
 
     fn remove_thread(&mut self, key: ThreadKey, out: &mut Vec<FindingChange>) {
         self.resolve_pending(key, out);
+        self.state.hs.forget_thread(key);
         if self.state.threads.remove(&key).is_some() {
             self.state.evicted_threads_total += 1;
         }
@@ -212,6 +215,8 @@ impl Engine {
     }
 
     fn end_conn(&mut self, key: ConnKey, how: ConnEnd, out: &mut Vec<FindingChange>) {
+        let freed = how == ConnEnd::Freed;
+        self.state.hs.conn_end(&self.cfg, key, self.now, freed);
         if self.state.remove_conn(key).is_some() {
             match how {
                 ConnEnd::Evicted => self.state.evicted_connections_total += 1,

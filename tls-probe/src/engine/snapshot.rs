@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     epoll_bits,
+    handshake::{self, HandshakeSnapshot, NewConnectionsSnapshot, TimeShareSnapshot},
     state::{Conn, ConnKey, State, Thread, ThreadKey},
 };
 use crate::event::{SslErrorCode, SslOp};
@@ -19,6 +20,9 @@ pub struct Snapshot {
     pub evicted_threads_total: u64,
     /// SSL_get_error answers that matched no failing call.
     pub unmatched_ssl_errors_total: u64,
+    /// The kernel's listen-queue overflows (TcpExtListenOverflows, host-wide) since the first
+    /// sample after attach; None before any sample.
+    pub listen_overflows_total: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +44,10 @@ pub struct ProcessSnapshot {
     pub handshakes_total: u64,
     pub wakeups_total: u64,
     pub wakeups_no_progress_total: u64,
+    /// Handshakes of the process; None before its first.
+    pub handshakes: Option<HandshakeSnapshot>,
+    /// Connections whose handshake start was seen, their rate and lifetime, per peer.
+    pub new_connections: Option<NewConnectionsSnapshot>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +67,11 @@ pub struct ThreadSnapshot {
     pub ssl_calls_total: u64,
     /// The wait that started the current iteration; None for a thread not seen in epoll.
     pub last_wait: Option<WaitSnapshot>,
+    /// Handshakes of the thread; None for a thread that made no SSL call.
+    pub handshakes: Option<HandshakeSnapshot>,
+    /// Where the thread's wall time went over the recent window; None for a thread that
+    /// made no SSL call.
+    pub time_share: Option<TimeShareSnapshot>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +112,12 @@ pub struct ConnSnapshot {
     pub want_write_total: u64,
     pub last_want: Option<SslErrorCode>,
     pub handshake_done: bool,
+    /// "full" or "resumed" once the handshake completed, as classified by key operations.
+    pub handshake_kind: Option<String>,
+    /// Not measured yet: always None.
+    pub tls_version: Option<String>,
+    /// Not measured yet: always None.
+    pub cipher: Option<String>,
     /// Per op, only the ops called.
     pub ops: Vec<OpSnapshot>,
 }
@@ -122,6 +141,7 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
         .iter()
         .map(|&pid| {
             let p = &state.procs[&pid];
+            let hs = state.hs.procs.get(&pid);
             ProcessSnapshot {
                 pid,
                 comm: state.comm(pid).map(str::to_owned),
@@ -140,6 +160,8 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
                 handshakes_total: p.handshakes_total,
                 wakeups_total: p.wakeups_total,
                 wakeups_no_progress_total: p.wakeups_no_progress_total,
+                handshakes: hs.map(|h| handshake::side_snapshot(&h.side, now)),
+                new_connections: hs.map(|h| handshake::new_connections(h, now)),
             }
         })
         .collect();
@@ -148,7 +170,7 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
     tkeys.sort_unstable();
     let threads = tkeys
         .iter()
-        .map(|&k| thread(k, &state.threads[&k], now))
+        .map(|&k| thread(state, k, &state.threads[&k], now))
         .collect();
 
     let mut ckeys: Vec<ConnKey> = state.conns.keys().copied().collect();
@@ -167,10 +189,12 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
         evicted_connections_total: state.evicted_connections_total,
         evicted_threads_total: state.evicted_threads_total,
         unmatched_ssl_errors_total: state.unmatched_ssl_errors_total,
+        listen_overflows_total: state.hs.overflows.map(|o| o.since_attach()),
     }
 }
 
-fn thread((pid, tid): ThreadKey, t: &Thread, now: u64) -> ThreadSnapshot {
+fn thread(state: &State, (pid, tid): ThreadKey, t: &Thread, now: u64) -> ThreadSnapshot {
+    let hs = state.hs.threads.get(&(pid, tid));
     let s = t.window.summary(now, |_| true).total;
     let secs = t.window.span_secs();
     let it = &t.lp.iter;
@@ -205,6 +229,8 @@ fn thread((pid, tid): ThreadKey, t: &Thread, now: u64) -> ThreadSnapshot {
         immediate_wakeups_total: t.immediate_total,
         ssl_calls_total: t.ssl_calls_total,
         last_wait,
+        handshakes: hs.map(|h| handshake::side_snapshot(h, now)),
+        time_share: hs.map(|h| handshake::time_share(h, now)),
     }
 }
 
@@ -239,6 +265,12 @@ fn conn(state: &State, (pid, ssl): ConnKey, c: &Conn) -> ConnSnapshot {
         want_write_total: c.want_write,
         last_want: c.last_want,
         handshake_done: c.handshake_done,
+        handshake_kind: state
+            .hs
+            .full((pid, ssl))
+            .map(|full| if full { "full" } else { "resumed" }.to_owned()),
+        tls_version: None,
+        cipher: None,
         ops,
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use super::{
+    config::Config,
+    handshake::HsState,
     iteration::LoopState,
     window::{Counts, Window},
 };
@@ -161,6 +163,8 @@ pub(crate) struct State {
     pub comms: HashMap<u32, String>,
     /// (pid, fd) -> peer address, as told by `set_peer`; dropped when the fd closes.
     pub peers: HashMap<(u32, i32), String>,
+    /// Handshakes, time shares, connections per peer, listen overflows.
+    pub hs: HsState,
     pub evicted_connections_total: u64,
     pub evicted_threads_total: u64,
     pub unmatched_ssl_errors_total: u64,
@@ -274,6 +278,20 @@ impl State {
         fd
     }
 
+    /// Handshake accounting of a completed call, with the peer of the connection's fd.
+    pub fn record_handshake(
+        &mut self,
+        cfg: &Config,
+        (key, tid): (ConnKey, u32),
+        now: u64,
+        done: (&SslCall, Option<SslErrorCode>),
+        fd: Option<i32>,
+    ) {
+        let peer = fd.and_then(|fd| self.peers.get(&(key.0, fd)));
+        self.hs
+            .call(cfg, (key, tid), now, done, peer.map(String::as_str));
+    }
+
     /// Forgets a connection (SSL_free, eviction). Returns it.
     pub fn remove_conn(&mut self, key: ConnKey) -> Option<Conn> {
         let conn = self.conns.remove(&key)?;
@@ -316,6 +334,8 @@ impl State {
             .collect();
         self.procs
             .retain(|pid, p| live.contains(pid) || now.saturating_sub(p.last_seen_ns) < idle_ns);
+        let procs = &self.procs;
+        self.hs.retain_procs(|pid| procs.contains_key(&pid));
     }
 }
 

@@ -113,6 +113,15 @@ impl FindingStore {
             .any(|e| e.finding.kind == kind && pred(&e.finding))
     }
 
+    /// The ids of the open findings of `kind` that satisfy `pred`, in order.
+    pub fn open_ids(&self, kind: FindingKind, pred: impl Fn(&Finding) -> bool) -> Vec<u64> {
+        self.open
+            .iter()
+            .filter(|(_, e)| e.finding.kind == kind && pred(&e.finding))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// All findings kept, open and closed, by id.
     pub fn all(&self) -> Vec<Finding> {
         let mut v: Vec<Finding> = self

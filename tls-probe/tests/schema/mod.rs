@@ -110,6 +110,7 @@ pub enum Event {
     EpollCtl(EpollCtl),
     Close(Close),
     ThreadCpu(ThreadCpu),
+    ListenOverflows(ListenOverflows),
 }
 
 macro_rules! event {
@@ -175,6 +176,7 @@ event!(EpollCtl {
 });
 event!(Close { fd: i32, ret: i64 });
 event!(ThreadCpu { cpu_ns: Ns });
+event!(ListenOverflows { total: u64 });
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SslOp {
@@ -312,6 +314,9 @@ pub enum Evidence {
     BadWriteRetry(WriteRetryEvidence),
     ConcurrentSslUse(ConcurrentEvidence),
     WantAsyncStall(AsyncStallEvidence),
+    HandshakeSaturation(SaturationEvidence),
+    LowSessionResumption(ResumptionEvidence),
+    ConnectionChurn(ChurnEvidence),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -400,6 +405,49 @@ pub struct AsyncStallEvidence {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SaturationEvidence {
+    pub handshakes_per_sec: f64,
+    pub completed_per_sec: f64,
+    pub handshake_time_pct: f64,
+    pub epoll_blocked_pct: f64,
+    pub ssl_io_pct: f64,
+    pub full_per_sec: f64,
+    pub resumed_per_sec: f64,
+    pub resumption_pct: Option<f64>,
+    pub full_cpu_mean_ns: Option<Ns>,
+    pub latency_p50_ns: Option<Ns>,
+    pub latency_p99_ns: Option<Ns>,
+    pub listen_overflows_total: Option<u64>,
+    pub thread_cpu_pct: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumptionEvidence {
+    pub window_ns: Ns,
+    pub handshakes: u64,
+    pub full: u64,
+    pub resumed: u64,
+    pub resumption_pct: f64,
+    pub returning_pct: f64,
+    pub handshakes_per_sec: f64,
+    pub full_cpu_mean_ns: Option<Ns>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnEvidence {
+    pub peer: String,
+    pub connections_per_sec: f64,
+    pub connections_total: u64,
+    pub lifetime_p50_ns: Option<Ns>,
+    pub full_handshakes_total: u64,
+    pub resumed_handshakes_total: u64,
+    pub related_finding_ids: Vec<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub now_ns: Ns,
     pub processes: Vec<ProcessSnapshot>,
@@ -409,6 +457,7 @@ pub struct Snapshot {
     pub evicted_connections_total: u64,
     pub evicted_threads_total: u64,
     pub unmatched_ssl_errors_total: u64,
+    pub listen_overflows_total: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -431,6 +480,65 @@ pub struct ProcessSnapshot {
     pub handshakes_total: u64,
     pub wakeups_total: u64,
     pub wakeups_no_progress_total: u64,
+    pub handshakes: Option<HandshakeSnapshot>,
+    pub new_connections: Option<NewConnectionsSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeSnapshot {
+    pub started_total: u64,
+    pub completed_total: u64,
+    pub full_total: u64,
+    pub resumed_total: u64,
+    pub implicit_full_total: u64,
+    pub failed_total: u64,
+    pub abandoned_total: u64,
+    pub in_progress: u64,
+    pub started_per_sec: f64,
+    pub completed_per_sec: f64,
+    pub full_per_sec: f64,
+    pub resumed_per_sec: f64,
+    pub failed_per_sec: f64,
+    pub resumption_pct: Option<f64>,
+    pub latency_p50_ns: Option<Ns>,
+    pub latency_p99_ns: Option<Ns>,
+    pub cpu_p50_ns: Option<Ns>,
+    pub cpu_p99_ns: Option<Ns>,
+    pub full_cpu_mean_ns: Option<Ns>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeShareSnapshot {
+    pub handshake_pct: f64,
+    pub ssl_io_pct: f64,
+    pub epoll_blocked_pct: f64,
+    pub other_pct: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConnectionsSnapshot {
+    pub per_sec: f64,
+    pub total: u64,
+    pub ended_total: u64,
+    pub lifetime_p50_ns: Option<Ns>,
+    pub lifetime_p99_ns: Option<Ns>,
+    pub peers: Vec<PeerSnapshot>,
+    pub untracked_peer_connections_total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSnapshot {
+    pub peer: String,
+    pub connections_total: u64,
+    pub connections_per_sec: f64,
+    pub ended_total: u64,
+    pub lifetime_p50_ns: Option<Ns>,
+    pub full_total: u64,
+    pub resumed_total: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -449,6 +557,8 @@ pub struct ThreadSnapshot {
     pub immediate_wakeups_total: u64,
     pub ssl_calls_total: u64,
     pub last_wait: Option<WaitSnapshot>,
+    pub handshakes: Option<HandshakeSnapshot>,
+    pub time_share: Option<TimeShareSnapshot>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -488,7 +598,17 @@ pub struct ConnSnapshot {
     pub want_write_total: u64,
     pub last_want: Option<Code>,
     pub handshake_done: bool,
+    pub handshake_kind: Option<HandshakeKind>,
+    pub tls_version: Option<String>,
+    pub cipher: Option<String>,
     pub ops: Vec<OpSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandshakeKind {
+    Full,
+    Resumed,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -8,7 +8,10 @@
 
 pub mod async_stall;
 pub mod busy;
+pub mod churn;
 pub mod concurrent;
+pub mod resumption;
+pub mod saturation;
 pub mod spin;
 pub mod write_retry;
 
@@ -30,6 +33,9 @@ pub(crate) fn all() -> Vec<Box<dyn Rule>> {
         Box::new(write_retry::WriteRetryRule::default()),
         Box::new(concurrent::ConcurrentRule::default()),
         Box::new(async_stall::AsyncStallRule::default()),
+        Box::new(saturation::SaturationRule::default()),
+        Box::new(resumption::ResumptionRule::default()),
+        Box::new(churn::ChurnRule::default()),
     ]
 }
 

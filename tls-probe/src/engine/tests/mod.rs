@@ -2,6 +2,8 @@
 //! tracker would, one event at a time, and feeds it to an engine as it goes.
 
 mod busy;
+mod handshake;
+mod handshake_rules;
 mod idle;
 mod incidents;
 mod spin;
@@ -243,6 +245,49 @@ impl Sim {
         self.wait(tid, Some(-1), blocked_ns, vec![ready(fd, EPOLLIN, EPOLLIN)]);
         self.read(tid, ssl, fd, 512);
         self.read_want(tid, ssl, fd);
+    }
+
+    /// A handshake call (`SSL_do_handshake`) answering `ret`, with `key_ops` key operations;
+    /// a failing one reports `code` (WANT_READ when None).
+    pub fn handshake(
+        &mut self,
+        tid: u32,
+        ssl: u64,
+        fd: i32,
+        ret: i64,
+        key_ops: u32,
+        code: Option<SslErrorCode>,
+    ) {
+        let mut c = call(SslOp::DoHandshake, ssl, fd, ret, 0);
+        c.buf = 0;
+        c.len = 0;
+        c.key_ops = key_ops;
+        let code = if ret == 1 {
+            None
+        } else {
+            Some(code.unwrap_or(SslErrorCode::WantRead))
+        };
+        self.ssl(tid, c, code);
+    }
+
+    /// A server handshake: ClientHello read and signed (WANT_READ), then completed with no
+    /// key operation if `full`; or completed in one call with none if resumed.
+    pub fn server_handshake(&mut self, tid: u32, ssl: u64, fd: i32, full: bool) {
+        self.handshake(tid, ssl, fd, -1, u32::from(full), None);
+        self.handshake(tid, ssl, fd, 1, 0, None);
+    }
+
+    /// SSL_read of `bytes` (WANT_READ when 0) with `key_ops` key operations inside.
+    pub fn read_ops(&mut self, tid: u32, ssl: u64, fd: i32, bytes: u64, key_ops: u32) {
+        let ret = if bytes > 0 { bytes as i64 } else { -1 };
+        let mut c = call(SslOp::Read, ssl, fd, ret, bytes);
+        c.key_ops = key_ops;
+        let code = (bytes == 0).then_some(SslErrorCode::WantRead);
+        self.ssl(tid, c, code);
+    }
+
+    pub fn listen_overflows(&mut self, total: u64) {
+        self.feed(TID, EventKind::ListenOverflows { total });
     }
 
     /// The changes of `kind` of type `change`, with the time they came.

@@ -116,6 +116,9 @@ pub fn kind(k: FindingKind) -> &'static str {
         FindingKind::BadWriteRetry => "bad retry",
         FindingKind::ConcurrentSslUse => "concurrent SSL",
         FindingKind::WantAsyncStall => "async stall",
+        FindingKind::HandshakeSaturation => "handshakes",
+        FindingKind::LowSessionResumption => "no resumption",
+        FindingKind::ConnectionChurn => "conn churn",
     }
 }
 
@@ -160,6 +163,20 @@ pub fn key_number(e: &Evidence) -> String {
             "stalled {} on {}",
             latency(e.stalled_ns),
             ssl_error(e.ssl_error)
+        ),
+        Evidence::HandshakeSaturation(e) => format!(
+            "{:.0}% time in handshakes, {} handshakes/s",
+            e.handshake_time_pct,
+            count(e.handshakes_per_sec)
+        ),
+        Evidence::LowSessionResumption(e) => format!(
+            "{:.0}% of {} handshakes resumed",
+            e.resumption_pct, e.handshakes
+        ),
+        Evidence::ConnectionChurn(e) => format!(
+            "{} new connections/s from {}",
+            count(e.connections_per_sec),
+            e.peer
         ),
     }
 }

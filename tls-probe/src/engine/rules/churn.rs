@@ -1,0 +1,181 @@
+//! connection_churn: one peer opens and tears down connections again and again, each living
+//! a short time: every one pays a handshake, and a client that resets and reconnects often
+//! hides an error it keeps running into (e.g. a write retried wrongly, then the connection
+//! reset: see `bad_write_retry`).
+//!
+//! Per (pid, peer host), over the window: at least `churn_min_connections_per_sec` new
+//! connections a second, new connections in at least `sustained_buckets` buckets, and the
+//! median lifetime of its last connections under `churn_max_lifetime_ns`. Only where the
+//! peer is known (`Engine::set_peer`). The evidence lists the ids of open `bad_write_retry`
+//! findings of the same process that hit this peer (or name no peer). It stays open while
+//! the rate is at least `keep_open_pct` of the threshold and closes `close_after_ns` after.
+
+use std::{collections::HashMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Cx, Rule};
+use crate::engine::{
+    Finding,
+    finding::{Evidence, FindingKind, Severity, Subject},
+    handshake::stats::peer_host,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChurnEvidence {
+    /// The peer host (address without port).
+    pub peer: String,
+    pub connections_per_sec: f64,
+    pub connections_total: u64,
+    /// Median of its last connections' lifetimes.
+    pub lifetime_p50_ns: Option<u64>,
+    pub full_handshakes_total: u64,
+    pub resumed_handshakes_total: u64,
+    /// Open findings about the same process and peer, e.g. a bad_write_retry.
+    pub related_finding_ids: Vec<u64>,
+}
+
+impl fmt::Display for ChurnEvidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.0} new connections/s from {}",
+            self.connections_per_sec, self.peer
+        )?;
+        if let Some(ns) = self.lifetime_p50_ns {
+            write!(f, ", living {:.1} ms (median)", ns as f64 / 1e6)?;
+        }
+        if !self.related_finding_ids.is_empty() {
+            write!(f, ", related to finding {:?}", self.related_finding_ids)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct ChurnRule {
+    open: HashMap<(u32, String), (u64, u64)>,
+}
+
+impl Rule for ChurnRule {
+    fn tick(&mut self, cx: &mut Cx<'_>) {
+        let (cfg, now) = (cx.cfg, cx.now);
+        let keep = cfg.keep_open_pct / 100.0;
+        let mut found = Vec::new();
+        for (&pid, p) in &cx.state.hs.procs {
+            for (host, s) in &p.peers {
+                let sum = s.window.summary(now, |c| c.opened > 0);
+                let rate = f64::from(sum.total.opened) / s.window.covered_secs(now, s.since_ns);
+                let median = s.median_lifetime_ns();
+                let short = median.is_some_and(|m| m < cfg.churn_max_lifetime_ns);
+                let opens = rate >= cfg.churn_min_connections_per_sec
+                    && sum.active >= cfg.sustained_buckets
+                    && short;
+                let holds = rate >= cfg.churn_min_connections_per_sec * keep && short;
+                if opens || holds {
+                    found.push((
+                        (pid, host.clone()),
+                        opens,
+                        ChurnEvidence {
+                            peer: host.clone(),
+                            connections_per_sec: rate,
+                            connections_total: s.connections_total,
+                            lifetime_p50_ns: median,
+                            full_handshakes_total: s.full_total,
+                            resumed_handshakes_total: s.resumed_total,
+                            related_finding_ids: Vec::new(),
+                        },
+                    ));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, opens, mut ev) in found {
+            ev.related_finding_ids = cx.store.open_ids(FindingKind::BadWriteRetry, |f| {
+                f.pid == key.0 && hits_peer(f, &key.1)
+            });
+            match self.open.get_mut(&key) {
+                Some((id, held)) => {
+                    *held = now;
+                    let id = *id;
+                    let expl = explanation(&ev);
+                    cx.update(id, |f| {
+                        f.evidence = Evidence::ConnectionChurn(ev);
+                        f.explanation = expl;
+                        f.last_seen_ns = now;
+                    });
+                }
+                None if opens => {
+                    let subject = Subject {
+                        pid: key.0,
+                        ..Subject::default()
+                    };
+                    let expl = explanation(&ev);
+                    let mut f = cx.finding(
+                        subject,
+                        now.saturating_sub(cfg.window_ns),
+                        Severity::Warning,
+                        Evidence::ConnectionChurn(ev),
+                        expl,
+                        advice(),
+                    );
+                    f.peer = Some(key.1.clone());
+                    let id = cx.open(f);
+                    self.open.insert(key, (id, now));
+                }
+                None => {}
+            }
+        }
+        self.open.retain(|_, (id, held)| {
+            let done = now.saturating_sub(*held) >= cfg.close_after_ns;
+            if done {
+                cx.store.close(*id, now, cfg, cx.out);
+            }
+            !done
+        });
+    }
+}
+
+/// A bad_write_retry finding hit `host`: one of its peers, or its latest one, is that host;
+/// or it names no peer at all (peers unknown), so it may be this one.
+fn hits_peer(f: &Finding, host: &str) -> bool {
+    let Evidence::BadWriteRetry(e) = &f.evidence else {
+        return false;
+    };
+    let mut peers = e
+        .peers
+        .iter()
+        .map(|p| p.peer.as_str())
+        .chain(f.peer.as_deref())
+        .peekable();
+    peers.peek().is_none() || peers.any(|p| peer_host(p) == host)
+}
+
+fn explanation(ev: &ChurnEvidence) -> String {
+    let mut s = format!(
+        "{} opens {:.0} new TLS connections a second to this process, each living only \
+         briefly{}: every one pays a handshake, and a client that keeps resetting and \
+         reconnecting is usually recovering from an error.",
+        ev.peer,
+        ev.connections_per_sec,
+        ev.lifetime_p50_ns
+            .map(|ns| format!(" ({:.1} ms median)", ns as f64 / 1e6))
+            .unwrap_or_default(),
+    );
+    if !ev.related_finding_ids.is_empty() {
+        s.push_str(&format!(
+            " A bad_write_retry finding on the same process and peer (id {:?}) is the likely \
+             cause: the connection fails after the wrong retry and the client reconnects.",
+            ev.related_finding_ids
+        ));
+    }
+    s
+}
+
+fn advice() -> String {
+    "Find why the peer's connections end: errors in the server log for that address, a \
+     bad_write_retry or other SSL error on its connections, a client timeout shorter than \
+     the response time. Then keep connections alive (keep-alive, connection pooling on the \
+     client) and let reconnects resume their session."
+        .to_owned()
+}
