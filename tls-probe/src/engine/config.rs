@@ -65,8 +65,12 @@ pub struct Config {
     pub saturation_max_blocked_pct: f64,
     /// ...while at least this many handshakes a second start on it...
     pub saturation_min_handshakes_per_sec: f64,
-    /// ...for this long without a break.
+    /// ...for this long without a break, and the thread uses at least this much of a core
+    /// (when its CPU is sampled).
     pub saturation_min_duration_ns: u64,
+    pub saturation_min_cpu_pct: f64,
+    /// handshake_saturation: the full handshakes take at least this share of the wall time.
+    pub saturation_min_full_time_pct: f64,
     /// handshake_saturation is critical from this share of wall time in handshakes, or when
     /// the kernel's listen queue overflows meanwhile.
     pub saturation_critical_handshake_pct: f64,
@@ -124,6 +128,8 @@ impl Default for Config {
             saturation_max_blocked_pct: 20.0,
             saturation_min_handshakes_per_sec: 20.0,
             saturation_min_duration_ns: 3 * SEC,
+            saturation_min_cpu_pct: 25.0,
+            saturation_min_full_time_pct: 25.0,
             saturation_critical_handshake_pct: 80.0,
             resumption_window_ns: 10 * SEC,
             resumption_min_handshakes: 100,

@@ -10,6 +10,14 @@
 //! of the thresholds, and closes `close_after_ns` after that stopped. Critical from
 //! `saturation_critical_handshake_pct`, or when the kernel's listen queue overflowed in the
 //! last three windows (connections dropped before the loop could accept them).
+//!
+//! Only event loops are judged: the thread must have been seen in epoll waits. Time inside a
+//! handshake call on a blocking socket includes waiting for the peer, so a blocking client
+//! would look "saturated" while idle. When the thread's CPU use is known, it must be at least
+//! `saturation_min_cpu_pct` too. And the crypto must be what starves it: the full handshakes
+//! completed in the window must account for at least `saturation_min_full_time_pct` of its
+//! wall time (a loop busy with cheap resumed handshakes needs keep-alive, not a session
+//! cache, and is not reported by this rule).
 
 use std::{collections::HashMap, fmt};
 
@@ -102,7 +110,15 @@ impl Rule for SaturationRule {
             let side = &cx.state.hs.threads[&key];
             let share = time_share(side, now);
             let hs = side_snapshot(side, now);
-            let opens = share.handshake_pct >= cfg.saturation_min_handshake_pct
+            let event_loop = cx.state.threads.get(&key).is_some_and(|t| t.lp.epoll_mode);
+            let busy = cx
+                .cpu_pct(key)
+                .is_none_or(|c| c >= cfg.saturation_min_cpu_pct);
+            let full_pct = full_time_pct(side, now);
+            let opens = event_loop
+                && busy
+                && full_pct >= cfg.saturation_min_full_time_pct
+                && share.handshake_pct >= cfg.saturation_min_handshake_pct
                 && share.epoll_blocked_pct <= cfg.saturation_max_blocked_pct
                 && hs.started_per_sec >= cfg.saturation_min_handshakes_per_sec;
             let holds = share.handshake_pct >= cfg.saturation_min_handshake_pct * keep
@@ -177,6 +193,13 @@ impl Rule for SaturationRule {
         self.tracks
             .retain(|k, t| t.finding.is_some() || threads.contains_key(k));
     }
+}
+
+/// Share of the window's wall time spent in the calls of the full handshakes completed in it.
+fn full_time_pct(side: &crate::engine::handshake::stats::HsSide, now: u64) -> f64 {
+    let w = side.window.summary(now, |_| true).total;
+    let span = side.window.covered_secs(now, side.since_ns) * 1e9;
+    crate::engine::window::pct(w.full_cpu_ns as f64, span)
 }
 
 fn explanation(tid: u32, ev: &SaturationEvidence) -> String {

@@ -159,6 +159,21 @@ fn below_the_time_share_rate_or_duration_is_not_saturated() {
     .run(&mut sim, 8 * SEC);
     assert!(sim.opened(FindingKind::HandshakeSaturation).is_empty());
 
+    // A flood of resumed handshakes: cheap ones, not crypto starving the loop.
+    let mut sim = Sim::new();
+    flood(false, None).run(&mut sim, 8 * SEC);
+    assert!(sim.opened(FindingKind::HandshakeSaturation).is_empty());
+
+    // A thread that uses a tenth of a core: preempted, not crypto-bound.
+    let mut sim = Sim::new();
+    sim.cpu(TID, 0);
+    sim.every(SEC, 8 * SEC, |sim| {
+        flood(true, None).run(sim, SEC);
+        let cpu = (sim.now - T0) / 10;
+        sim.cpu(TID, cpu);
+    });
+    assert!(sim.opened(FindingKind::HandshakeSaturation).is_empty());
+
     // A flood of 2.5 s: shorter than the minimum duration once the window filled.
     let mut sim = Sim::new();
     flood(true, None).run(&mut sim, 2500 * MS);
