@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -13,7 +14,7 @@ mod test;
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Set up, test and demo tls-probe"
+    about = "Set up, test, demo and benchmark tls-probe"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,8 +29,9 @@ enum Command {
     Test(test::TestArgs),
     /// Set up, build the release agent and run `tls-probe demo ARGS...`.
     Demo(demo::DemoArgs),
-    // Bench (`cargo xtask bench --smoke`) goes here, in its own module; it calls
-    // `setup::ensure()` first like the others.
+    /// Set up, build the release agent and measure what probing costs nginx and the
+    /// spin-loop scenario, against no probe and bpftrace; writes bench/results.{md,json}.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::ensure(),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use crate::sh::{self, cmd, run};
 
 /// Debian packages: LLVM 22 to build bpf-linker (it must match nightly's LLVM 22), OpenSSL
-/// headers for the `openssl` crate, and the tools the integration tests drive.
+/// headers for the `openssl` crate, the tools the integration tests drive, and the server
+/// and load generator of `cargo xtask bench`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -20,7 +21,12 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "tmux",
     "strace",
+    "nginx-light",
+    "wrk",
 ];
+
+/// Installed on a best-effort basis for `cargo xtask bench` only, which skips what is missing.
+const BENCH_OPTIONAL_PACKAGES: &[&str] = &["bpftrace"];
 
 /// Nightly components: rust-src for `-Z build-std=core`, rustfmt for the nightly-only options
 /// in rustfmt.toml, clippy for the eBPF crate.
@@ -38,6 +44,42 @@ pub fn ensure() -> Result<()> {
     bpf_linker()?;
     eprintln!("setup: everything present ({})", sh::secs(start));
     Ok(())
+}
+
+/// The bench's optional packages (bpftrace, to compare against): installs what is missing,
+/// and only warns when that fails, since the bench runs without them.
+pub fn ensure_bench_extras() {
+    let statuses = sh::query_any_status(
+        cmd("dpkg-query")
+            .args(["-W", "-f", "${Package}\t${Status}\n"])
+            .args(BENCH_OPTIONAL_PACKAGES),
+    )
+    .unwrap_or_default();
+    let missing = missing_packages(&statuses, BENCH_OPTIONAL_PACKAGES);
+    if missing.is_empty() {
+        eprintln!("ok: bench packages {}", BENCH_OPTIONAL_PACKAGES.join(", "));
+        return;
+    }
+    if !sh::is_root() {
+        eprintln!(
+            "warning: {} not installed and we are not root: the bench will skip it",
+            missing.join(", ")
+        );
+        return;
+    }
+    eprintln!("installing (best effort): {}", missing.join(" "));
+    let installed = run(cmd("apt-get").arg("update")).and_then(|()| {
+        run(cmd("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing))
+    });
+    if let Err(err) = installed {
+        eprintln!(
+            "warning: could not install {} ({err:#}): the bench will skip it",
+            missing.join(", ")
+        );
+    }
 }
 
 fn rustup_missing() -> anyhow::Error {

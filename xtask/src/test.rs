@@ -37,7 +37,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         setup::ensure()?;
     }
 
-    let steps = steps(&args.filter, integration);
+    let steps = steps(&args.filter, integration, args.skip_setup);
     let names: Vec<&str> = steps.iter().map(|step| step.name).collect();
     let skipped = if integration {
         ""
@@ -63,7 +63,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 }
 
 /// The steps in the order they run; `filter` goes to both test runs.
-fn steps(filter: &[String], integration: bool) -> Vec<Step> {
+fn steps(filter: &[String], integration: bool, skip_setup: bool) -> Vec<Step> {
     let mut steps = vec![
         Step {
             name: "fmt",
@@ -141,7 +141,20 @@ fn steps(filter: &[String], integration: bool) -> Vec<Step> {
             hint: "see the failing tests above",
         });
     }
-    // `cargo xtask bench --smoke` will join here as the last step, once `bench` exists.
+    if integration {
+        // Last: proves the bench still runs end to end (1 s loads, no timing assertions).
+        // It attaches probes too, so it needs root like the step above. Its setup adds
+        // bpftrace (best effort) to what `setup::ensure` checked.
+        let mut bench = cargo(&["xtask", "bench", "--smoke"]);
+        if skip_setup {
+            bench.arg("--skip-setup");
+        }
+        steps.push(Step {
+            name: "bench (smoke)",
+            command: bench,
+            hint: "run `cargo xtask bench --smoke --keep-temp` and read the kept logs",
+        });
+    }
     steps
 }
 
@@ -223,7 +236,7 @@ mod tests {
             panic!("parsed as {cli:?}")
         };
         assert!(args.no_privileged && !args.skip_setup);
-        let shown: Vec<(&str, String)> = steps(&args.filter, true)
+        let shown: Vec<(&str, String)> = steps(&args.filter, true, false)
             .iter()
             .map(|step| (step.name, sh::display(&step.command)))
             .collect();
@@ -246,7 +259,7 @@ mod tests {
 
     #[test]
     fn without_a_filter_only_the_integration_run_gets_libtest_args() {
-        let steps = steps(&[], true);
+        let steps = steps(&[], true, false);
         let unit = steps.iter().find(|step| step.name == "unit tests").unwrap();
         assert!(!sh::display(&unit.command).contains(" -- "));
         let names: Vec<&str> = steps.iter().map(|step| step.name).collect();
@@ -257,9 +270,10 @@ mod tests {
                 "clippy (host)",
                 "clippy (eBPF)",
                 "unit tests",
-                "integration tests (privileged)"
+                "integration tests (privileged)",
+                "bench (smoke)"
             ]
         );
-        assert_eq!(super::steps(&[], false).len(), 4);
+        assert_eq!(super::steps(&[], false, false).len(), 4);
     }
 }

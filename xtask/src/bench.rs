@@ -1,0 +1,298 @@
+//! `cargo xtask bench`: what tls-probe costs the programs it watches, measured side by side
+//! with no probe and with bpftrace, on nginx and on the spin-loop scenario. Variants are
+//! interleaved round-robin within each repetition, so slow drift of a shared machine hits
+//! all of them alike; the results are ratios to the baseline of the same run.
+
+mod agent;
+mod machine;
+mod measure;
+mod nginx;
+mod proc;
+mod report;
+mod workload;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use self::{
+    measure::Ctx,
+    report::{Results, Settings},
+    workload::{Detail, Workload},
+};
+use crate::{setup, sh};
+
+const WARMUP_S: u32 = 1;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    duration: u32,
+    /// Measurements of each variant of each workload.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    repetitions: u32,
+    /// Check that every step works: 1 s per measurement, one repetition, results in a
+    /// scratch directory (not bench/). Fails if any step produced no numbers.
+    #[arg(long)]
+    smoke: bool,
+    /// Only this workload (repeatable).
+    #[arg(long = "workload", value_enum, value_name = "NAME")]
+    workloads: Vec<Workload>,
+    /// Only this variant besides the baseline (repeatable).
+    #[arg(long = "variant", value_enum, value_name = "NAME")]
+    variants: Vec<Variant>,
+    /// Write results.md and results.json here (default: bench/, or the scratch directory
+    /// with --smoke).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Keep the scratch directory (nginx config and logs, agent outputs).
+    #[arg(long)]
+    keep_temp: bool,
+    /// Do not check or install prerequisites first.
+    #[arg(long)]
+    skip_setup: bool,
+}
+
+/// What is attached to the target while it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Nothing attached.
+    Baseline,
+    /// `tls-probe attach --mode light`.
+    Light,
+    /// `tls-probe attach --mode full`.
+    Full,
+    /// bpftrace with uprobes on SSL_read/SSL_write/SSL_get_error and epoll_wait tracepoints.
+    Bpftrace,
+}
+
+impl Variant {
+    const ALL: [Variant; 4] = [Self::Baseline, Self::Light, Self::Full, Self::Bpftrace];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Light => "light",
+            Self::Full => "full",
+            Self::Bpftrace => "bpftrace",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline (no probe)",
+            Self::Light => "tls-probe light",
+            Self::Full => "tls-probe full",
+            Self::Bpftrace => "bpftrace (per-call uprobes)",
+        }
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    if !args.skip_setup {
+        setup::ensure()?;
+        setup::ensure_bench_extras();
+    }
+    if !sh::is_root() {
+        bail!(
+            "the bench attaches eBPF probes to nginx and to the scenario: run it as root \
+             (`sudo -E env \"PATH=$PATH\" cargo xtask bench`)"
+        );
+    }
+    let (duration, repetitions) = if args.smoke {
+        (1, 1)
+    } else {
+        (args.duration, args.repetitions)
+    };
+    sh::run(sh::cmd("cargo").args(["build", "--release", "--package", "tls-probe"]))
+        .context("building the release agent failed")?;
+
+    let bpftrace = sh::find_program("bpftrace");
+    let settings = Settings {
+        duration_s: duration,
+        repetitions,
+        warmup_s: WARMUP_S,
+        workloads: chosen(&args.workloads, &Workload::ALL),
+        variants: variants(&args.variants, bpftrace.is_some()),
+    };
+    let scratch = proc::TempDir::new(args.keep_temp)?;
+    let ctx = Ctx {
+        tls_probe: sh::root().join("target/release/tls-probe"),
+        bpftrace,
+        dir: scratch.path().to_owned(),
+        duration,
+    };
+    let date_utc = machine::date_utc();
+    let loadavg_start = machine::loadavg();
+    let runs = measure::measure_all(&ctx, &settings)?;
+    let medians = report::medians(&settings, &runs);
+    let results = Results {
+        schema_version: 1,
+        smoke: args.smoke,
+        date_utc,
+        machine: machine::machine(loadavg_start),
+        software: machine::software(ctx.bpftrace.as_deref()),
+        settings,
+        runs,
+        medians,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+
+    let out = match (&args.out, args.smoke) {
+        (Some(out), _) => out.clone(),
+        (None, true) => ctx.dir.join("results"),
+        (None, false) => sh::root().join("bench"),
+    };
+    let markdown = report::markdown(&results);
+    write_results(&out, &results, &markdown)?;
+    eprintln!("\n{markdown}");
+    if args.smoke {
+        smoke_check(&results)?;
+        eprintln!(
+            "bench: smoke OK: {} runs, every one produced numbers ({})",
+            results.runs.len(),
+            sh::secs(started)
+        );
+    } else {
+        eprintln!(
+            "bench: wrote {}/results.md and results.json ({})",
+            out.display(),
+            sh::secs(started)
+        );
+    }
+    Ok(())
+}
+
+/// The selection, in canonical order, or everything when nothing was chosen.
+fn chosen<T: Copy + PartialEq>(picked: &[T], all: &[T]) -> Vec<T> {
+    all.iter()
+        .copied()
+        .filter(|x| picked.is_empty() || picked.contains(x))
+        .collect()
+}
+
+/// The variants to run: always the baseline (the ratios need it); bpftrace where installed.
+fn variants(picked: &[Variant], have_bpftrace: bool) -> Vec<Variant> {
+    let mut variants = chosen(picked, &Variant::ALL);
+    if !variants.contains(&Variant::Baseline) {
+        variants.insert(0, Variant::Baseline);
+    }
+    if !have_bpftrace && variants.contains(&Variant::Bpftrace) {
+        eprintln!(
+            "bench: bpftrace is not installed: its variant is SKIPPED (`apt-get install bpftrace`)"
+        );
+        variants.retain(|&v| v != Variant::Bpftrace);
+    }
+    variants
+}
+
+/// The smoke run's only check: every step ran and produced numbers. No timing assertions.
+fn smoke_check(results: &Results) -> Result<()> {
+    let expected = results.settings.workloads.len() * results.settings.variants.len();
+    let mut problems = Vec::new();
+    if results.runs.len() != expected {
+        problems.push(format!("{} runs, expected {expected}", results.runs.len()));
+    }
+    for run in &results.runs {
+        let name = format!("{} {}", run.workload.name(), run.variant.name());
+        if run.value.is_nan() || run.value <= 0.0 {
+            problems.push(format!("{name}: no {} measured", run.unit));
+        }
+        match &run.detail {
+            Detail::Wrk {
+                requests,
+                nginx_log,
+                ..
+            } => {
+                if *requests == 0 {
+                    problems.push(format!("{name}: wrk completed no request"));
+                }
+                if run.workload == Workload::Handshake
+                    && nginx_log.as_ref().is_none_or(|log| log.requests == 0)
+                {
+                    problems.push(format!("{name}: nginx logged no handshake request"));
+                }
+            }
+            Detail::Scenario { client_wakeups, .. } => {
+                if *client_wakeups == 0 {
+                    problems.push(format!("{name}: the scenario's client never woke up"));
+                }
+            }
+        }
+        if run.variant != Variant::Baseline {
+            if run.agent_cost.is_none() {
+                problems.push(format!(
+                    "{name}: the agent's CPU and memory were not sampled"
+                ));
+            }
+            if run.agent_counted.as_ref().is_none_or(|c| c.events == 0) {
+                problems.push(format!("{name}: the agent counted no event"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the smoke bench ran but some steps produced no numbers:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn write_results(out: &Path, results: &Results, markdown: &str) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = serde_json::to_string_pretty(results)? + "\n";
+    fs::write(out.join("results.json"), json)
+        .with_context(|| format!("writing {}/results.json", out.display()))?;
+    fs::write(out.join("results.md"), markdown)
+        .with_context(|| format!("writing {}/results.md", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn baseline_is_always_measured_and_bpftrace_only_when_installed() {
+        assert_eq!(
+            variants(&[Variant::Full], true),
+            [Variant::Baseline, Variant::Full]
+        );
+        assert_eq!(
+            variants(&[], false),
+            [Variant::Baseline, Variant::Light, Variant::Full]
+        );
+        assert_eq!(variants(&[], true), Variant::ALL);
+    }
+
+    #[test]
+    fn bench_arguments_parse() {
+        let cli = Cli::parse_from([
+            "cargo xtask",
+            "bench",
+            "--smoke",
+            "--workload",
+            "spin-loop",
+            "--variant",
+            "bpftrace",
+        ]);
+        let Command::Bench(args) = cli.command else {
+            panic!("parsed as {cli:?}")
+        };
+        assert!(args.smoke);
+        assert_eq!(args.workloads, [Workload::SpinLoop]);
+        assert_eq!(args.variants, [Variant::Bpftrace]);
+        assert_eq!((args.duration, args.repetitions), (5, 3));
+    }
+}

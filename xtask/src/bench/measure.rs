@@ -1,0 +1,155 @@
+//! The measurement loop: every variant of every workload, round-robin within each
+//! repetition, each one a fresh agent attached to the target for one load.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::{
+    Variant,
+    agent::Agent,
+    nginx::Nginx,
+    proc,
+    report::{self, Run, Settings},
+    workload::{self, Measured, Scenario, Workload},
+};
+
+/// What every measurement needs.
+pub struct Ctx {
+    pub tls_probe: PathBuf,
+    pub bpftrace: Option<PathBuf>,
+    pub dir: PathBuf,
+    pub duration: u32,
+}
+
+pub fn measure_all(ctx: &Ctx, settings: &Settings) -> Result<Vec<Run>> {
+    let nginx = if settings.workloads.iter().any(|w| w.needs_nginx()) {
+        let nginx = Nginx::start(&ctx.dir)?;
+        for &workload in settings.workloads.iter().filter(|w| w.needs_nginx()) {
+            workload::wrk(&nginx, workload, settings.warmup_s)
+                .with_context(|| format!("warming up nginx with the {} load", workload.name()))?;
+        }
+        Some(nginx)
+    } else {
+        None
+    };
+    let total = settings.repetitions as usize * settings.workloads.len() * settings.variants.len();
+    let mut runs = Vec::with_capacity(total);
+    for repetition in 1..=settings.repetitions {
+        for &workload in &settings.workloads {
+            let mut order = settings.variants.clone();
+            let shift = (repetition as usize - 1) % order.len();
+            order.rotate_left(shift);
+            for (position, variant) in (1..).zip(order) {
+                let tag = format!("r{repetition}-{}-{}", workload.name(), variant.name());
+                let run = measure(ctx, nginx.as_ref(), workload, variant, &tag)
+                    .with_context(|| format!("measuring {tag}"))?;
+                eprintln!(
+                    "bench: [{}/{total}] repetition {repetition} {} {}: {}",
+                    runs.len() + 1,
+                    workload.name(),
+                    variant.name(),
+                    progress(&run)
+                );
+                runs.push(Run {
+                    repetition,
+                    position,
+                    ..run
+                });
+            }
+        }
+    }
+    if let Some(nginx) = nginx {
+        nginx.stop()?;
+    }
+    Ok(runs)
+}
+
+/// One measurement: start the target (the scenario) or reuse it (nginx's worker), attach
+/// the variant's agent, run the load, sample the agent's cost, stop the agent.
+fn measure(
+    ctx: &Ctx,
+    nginx: Option<&Nginx>,
+    workload: Workload,
+    variant: Variant,
+    tag: &str,
+) -> Result<Run> {
+    let mut scenario = None;
+    let pid = match (workload, nginx) {
+        (Workload::SpinLoop, _) => {
+            let started = Scenario::start(&ctx.tls_probe, ctx.duration, &ctx.dir, tag)?;
+            let pid = started.pid;
+            scenario = Some(started);
+            pid
+        }
+        (_, Some(nginx)) => nginx.worker,
+        (_, None) => unreachable!("nginx runs for every nginx workload"),
+    };
+    let agent = match variant {
+        Variant::Baseline => None,
+        Variant::Light | Variant::Full => Some(Agent::tls_probe(
+            &ctx.tls_probe,
+            variant.name(),
+            pid,
+            &ctx.dir,
+            tag,
+        )?),
+        Variant::Bpftrace => {
+            let bpftrace = ctx
+                .bpftrace
+                .as_deref()
+                .context("bpftrace is not installed")?;
+            Some(Agent::bpftrace(bpftrace, pid, &ctx.dir, tag)?)
+        }
+    };
+    let target_before = proc::cpu_ticks(pid);
+    let Measured { value, detail } = match (&mut scenario, nginx) {
+        (Some(scenario), _) => scenario.run()?,
+        (None, Some(nginx)) => workload::wrk(nginx, workload, ctx.duration)?,
+        (None, None) => unreachable!("a target was started above"),
+    };
+    let target_cpu_s = target_before
+        .zip(proc::cpu_ticks(pid))
+        .map(|(before, after)| proc::ticks_to_secs(after.saturating_sub(before)));
+    let agent_cost = agent.as_ref().and_then(Agent::cost);
+    let agent_counted = agent.map(Agent::stop).transpose()?;
+    if let Some(scenario) = scenario {
+        scenario.finish()?;
+    }
+    if let Some(nginx) = nginx {
+        nginx.check_worker()?;
+    }
+    Ok(Run {
+        repetition: 0,
+        position: 0,
+        workload,
+        variant,
+        unit: workload.unit(),
+        value,
+        target_cpu_us_per_op: target_cpu_s
+            .zip(detail.operations().filter(|&n| n > 0))
+            .map(|(cpu_s, n)| cpu_s * 1e6 / n as f64),
+        target_cpu_s,
+        detail,
+        agent_cost,
+        agent_counted,
+    })
+}
+
+fn progress(run: &Run) -> String {
+    let mut line = format!("{} {}", report::count(run.value), run.unit);
+    if let Some(cost) = run.agent_cost {
+        line += &format!(
+            "; agent {:.1}% CPU, {} KiB max RSS",
+            cost.cpu_pct,
+            cost.max_rss_kib.map_or("?".into(), |k| k.to_string())
+        );
+    }
+    if let Some(counted) = &run.agent_counted {
+        line += &format!("; {} events", counted.events);
+        if let Some(lost) = counted.lost_total {
+            line += &format!(", {lost} lost");
+        }
+    }
+    line
+}
