@@ -125,7 +125,9 @@ pub fn run_session(
             let quit = async {
                 stopped.await;
                 // The terminal is back; detaching can take seconds on a busy target.
-                eprintln!("tls-probe: the dashboard closed; finishing (detaching can take seconds)");
+                eprintln!(
+                    "tls-probe: the dashboard closed; finishing (detaching can take seconds)"
+                );
             };
             session.add_viewer(TuiSink::new(dash), quit)?;
         }
