@@ -78,7 +78,12 @@ fn metrics_endpoint_serves_the_engine_counters() {
     // The endpoint is up before the probes are attached; wait for the attach itself (the
     // target's comm appears in the labels once the first snapshot is published).
     let pid_s = pid.to_string();
-    wait_for("the endpoint", Duration::from_secs(60), || scrape(port));
+    let label = format!("pid=\"{pid}\"");
+    wait_for(
+        "the endpoint to show the attached target",
+        Duration::from_secs(60),
+        || scrape(port).filter(|(_, body)| body.contains(&label)),
+    );
     target.send_line("go");
 
     let (head, body) = wait_for(

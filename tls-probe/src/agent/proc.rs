@@ -74,6 +74,28 @@ pub fn epoll_registrations(pid: u32, epfd: i32, ts_ns: u64) -> Vec<Event> {
         .collect()
 }
 
+/// The kernel's `TcpExtListenOverflows` counter, as seen from `pid`'s network namespace.
+pub fn listen_overflows(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/netstat")).ok()?;
+    parse_listen_overflows(&text)
+}
+
+/// Finds `ListenOverflows` in the `TcpExt:` header/value line pair of /proc/net/netstat.
+fn parse_listen_overflows(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    while let Some(header) = lines.next() {
+        let values = lines.next()?;
+        if !header.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = header
+            .split_whitespace()
+            .position(|h| h == "ListenOverflows")?;
+        return values.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
+}
+
 /// CPU time (user + system) of every thread of `pid`, as `ThreadCpu` events.
 pub fn thread_cpu(pid: u32, ts_ns: u64) -> Vec<Event> {
     let tick_ns = 1_000_000_000 / procfs_ticks();
@@ -118,6 +140,16 @@ fn procfs_ticks() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_overflows_parse() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                    TcpExt: 0 17 17\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_listen_overflows(text), Some(17));
+        assert_eq!(parse_listen_overflows("IpExt: A\nIpExt: 1\n"), None);
+        assert!(listen_overflows(std::process::id()).is_some());
+    }
 
     #[test]
     fn own_threads_have_cpu_time_and_we_are_alive() {

@@ -62,6 +62,9 @@ pub struct Session {
     lost_reported: Lost,
     last_counters: Counters,
     started_ns: u64,
+    /// The last drain stopped at its batch limit: records older than now are still unread,
+    /// so the engine's clock must not be moved to now (it would close findings mid-spin).
+    behind: bool,
     /// The first record, for a sink that joins later.
     start: Start,
     meter: Meter,
@@ -152,6 +155,7 @@ impl Session {
             total: 0,
             lost: Lost::default(),
             lost_reported: Lost::default(),
+            behind: false,
             last_counters: Counters::default(),
             started_ns: now,
             start,
@@ -171,6 +175,10 @@ impl Session {
                 for ev in proc::epoll_registrations(pid, epfd, now) {
                     session.handle(ev)?;
                 }
+            }
+            // A first CPU sample now, so a finding in the first second has the thread's CPU.
+            for ev in proc::thread_cpu(pid, now) {
+                session.handle(ev)?;
             }
         }
         Ok(session)
@@ -284,7 +292,8 @@ impl Session {
                         let mut guard = guard.context("waiting for the ring buffer")?;
                         // The kernel signals new data only once the reader has caught up:
                         // after a full batch, stay ready and come back for the rest.
-                        if !self.drain(guard.get_inner_mut())? {
+                        self.behind = self.drain(guard.get_inner_mut())?;
+                        if !self.behind {
                             guard.clear_ready();
                         }
                     }
@@ -333,11 +342,16 @@ impl Session {
         events: &mut AsyncFd<RingBuf<MapData>>,
         reason: StopReason,
     ) -> Result<Summary> {
-        // Detach first, so that the drain below ends however busy the targets are.
+        // Silence the targets first, so that the drain below ends however busy they are;
+        // write the summary; only then pay for the slow uprobe detach.
+        for pid in self.probes.pids() {
+            self.probes.silence(pid);
+        }
+        let summary = self.final_records(events, reason);
         for pid in self.probes.pids() {
             self.probes.detach(pid);
         }
-        self.final_records(events, reason)
+        summary
     }
 
     fn final_records(

@@ -6,6 +6,7 @@ use anyhow::Result;
 use super::Session;
 use crate::{
     agent::{proc, stats::Sample},
+    event::{Event, EventKind},
     sink::{Flush, LostRecord, Record, TargetExit},
 };
 
@@ -55,7 +56,21 @@ impl Session {
                 self.handle(ev)?;
             }
         }
-        self.engine.advance(now, &mut self.changes);
+        if let Some(&pid) = self.probes.pids().first()
+            && let Some(total) = proc::listen_overflows(pid)
+        {
+            self.handle(Event::new(
+                now,
+                pid,
+                0,
+                EventKind::ListenOverflows { total },
+            ))?;
+        }
+        // While unread records older than now wait in the ring buffer, event time is behind
+        // the wall clock: advancing to now would close findings that are still going on.
+        if !self.behind {
+            self.engine.advance(now, &mut self.changes);
+        }
         self.emit_changes()?;
         self.sinks
             .record(Record::Snapshot(&self.engine.snapshot()))?;
