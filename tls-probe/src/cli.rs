@@ -80,6 +80,10 @@ pub struct AttachArgs {
     /// Use this TLS library instead of the one found in /proc/PID/maps.
     #[arg(long, value_name = "PATH")]
     pub libssl: Option<PathBuf>,
+    /// Trace only the given pids. By default each pid's descendants are traced too: those
+    /// running at attach and those it forks later (e.g. nginx workers after a reload).
+    #[arg(long)]
+    pub no_children: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -116,6 +120,16 @@ mod tests {
             Command::Demo(d) => d.output,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn attach_follows_children_unless_told_not_to() {
+        let attach = |args: &[&str]| match Cli::try_parse_from(args).expect("parse").command {
+            Command::Attach(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert!(!attach(&["tls-probe", "attach", "-p", "1"]).no_children);
+        assert!(attach(&["tls-probe", "attach", "-p", "1", "--no-children"]).no_children);
     }
 
     #[test]

@@ -166,12 +166,13 @@ fn is_unknown_type(line: &[u8]) -> bool {
         #[expect(dead_code, reason = "only its presence is checked")]
         data: serde::de::IgnoredAny,
     }
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "start",
         "event",
         "finding",
         "snapshot",
         "lost",
+        "target_attach",
         "target_exit",
         "summary",
     ];
@@ -222,6 +223,15 @@ fn apply(
             rec.last_snapshot = Some(snapshot);
         }
         OwnedRecord::Lost(lost) => rec.lost = lost.total,
+        OwnedRecord::TargetAttach(attach) => {
+            // A process that joined later: named in the replay, listed with the others.
+            if let Some(r) = replay.as_mut() {
+                r.engine.set_comm(attach.target.pid, &attach.target.comm);
+            }
+            if let Some(start) = rec.start.as_mut() {
+                start.targets.push(attach.target);
+            }
+        }
         OwnedRecord::TargetExit(exit) => rec.exits.push(exit),
         OwnedRecord::Summary(summary) => {
             if let Some(r) = replay.as_mut() {

@@ -69,6 +69,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         events: o.events && o.output.is_some(),
         print_events: o.events && o.output.is_none(),
         hot: o.mode == crate::cli::ProbeMode::Full,
+        children: true,
     }
 }
 
@@ -150,6 +151,7 @@ pub fn run(args: AttachArgs) -> Result<ExitCode> {
     let outputs = open_outputs(&args.output)?;
     let mut cfg = config(&args.output, args.pids.clone());
     cfg.libssl = args.libssl.clone();
+    cfg.children = !args.no_children;
     let mut dashboard = false;
     let summary = run_session(cfg, outputs, |dash| {
         dashboard = dash.is_some();

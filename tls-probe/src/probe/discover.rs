@@ -1,7 +1,7 @@
 //! Finding the TLS library a process uses.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
 };
@@ -172,6 +172,49 @@ pub fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// Every descendant of each of `roots` (not the roots themselves), with its parent; parents
+/// come before their children. Read from the parent pid of every process in /proc
+/// (`/proc/PID/task/*/children` needs a kernel built with CONFIG_PROC_CHILDREN).
+pub fn descendants(roots: &[u32]) -> Vec<(u32, u32)> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = parent_pid(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut seen: BTreeSet<u32> = roots.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut queue: Vec<u32> = roots.to_vec();
+    while let Some(&parent) = queue.get(next) {
+        next += 1;
+        for &child in children.get(&parent).into_iter().flatten() {
+            if seen.insert(child) {
+                out.push((child, parent));
+                queue.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// The parent pid of `pid`, from field 4 of /proc/PID/stat.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "comm)": state, then ppid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Finds the TLS library mapped by `pid`, or OpenSSL linked into its executable.
 pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
@@ -225,6 +268,39 @@ mod tests {
         let err = find_tls_library(u32::MAX - 1).unwrap_err();
         assert!(matches!(err, DiscoverError::NoProcess(_)), "{err}");
         assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn descendants_are_found_recursively_with_their_parents() {
+        // sh -> sleep: a child and a grandchild of this test.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let sh = child.id();
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = descendants(&[me]);
+            if found.iter().any(|&(_, parent)| parent == sh) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for &(pid, _) in found.iter().filter(|&&(_, parent)| parent == sh) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(sh, me)), "{found:?}");
+        assert!(
+            found.iter().any(|&(_, parent)| parent == sh),
+            "no grandchild in {found:?}"
+        );
+        assert!(!found.iter().any(|&(pid, _)| pid == me));
     }
 
     #[test]

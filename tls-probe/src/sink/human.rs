@@ -58,6 +58,12 @@ impl Sink for HumanSink {
                 "tls-probe: lost {} events (ring buffer full), {} call states and {} undecodable records",
                 lost.new.ringbuf, lost.new.inflight, lost.new.decode
             ),
+            Record::TargetAttach(a) => {
+                eprintln!(
+                    "tls-probe: attached to pid {} ({}), child of {}",
+                    a.target.pid, a.target.comm, a.parent_pid
+                );
+            }
             Record::TargetExit(exit) => {
                 eprintln!("tls-probe: pid {} ({}) exited", exit.pid, exit.comm);
             }

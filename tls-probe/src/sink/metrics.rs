@@ -321,6 +321,9 @@ impl Sink for MetricsSink {
                 self.publish();
             }
             Record::Lost(l) => self.lost = l.total,
+            Record::TargetAttach(a) => {
+                self.comms.insert(a.target.pid, a.target.comm.clone());
+            }
             Record::TargetExit(_) => {}
             Record::Summary(s) => {
                 self.lost = s.lost;

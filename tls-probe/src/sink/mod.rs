@@ -14,7 +14,7 @@ use anyhow::Result;
 
 pub use self::record::{
     ClockAnchor, Lost, LostRecord, OwnedRecord, Record, SCHEMA_VERSION, Start, StopReason, Summary,
-    Target, TargetExit,
+    Target, TargetAttach, TargetExit,
 };
 
 /// When the session asks the sinks to make their output visible.

@@ -26,6 +26,7 @@ pub enum Record<'a> {
     Finding(&'a FindingChange),
     Snapshot(&'a Snapshot),
     Lost(&'a LostRecord),
+    TargetAttach(&'a TargetAttach),
     TargetExit(&'a TargetExit),
     Summary(&'a Summary),
 }
@@ -39,6 +40,7 @@ pub enum OwnedRecord {
     Finding(Box<FindingChange>),
     Snapshot(Snapshot),
     Lost(LostRecord),
+    TargetAttach(TargetAttach),
     TargetExit(TargetExit),
     Summary(Box<Summary>),
 }
@@ -51,6 +53,7 @@ impl Record<'_> {
             Self::Finding(_) => "finding",
             Self::Snapshot(_) => "snapshot",
             Self::Lost(_) => "lost",
+            Self::TargetAttach(_) => "target_attach",
             Self::TargetExit(_) => "target_exit",
             Self::Summary(_) => "summary",
         }
@@ -122,6 +125,18 @@ pub struct LostRecord {
     pub total: Lost,
 }
 
+/// A process that joined the run after `start`: a new descendant of a traced process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetAttach {
+    /// The same fields as a `start` target.
+    #[serde(flatten)]
+    pub target: Target,
+    /// Its parent when tls-probe found it (a traced process, or a descendant of one).
+    pub parent_pid: u32,
+    /// When tls-probe attached (it looks once a second).
+    pub ts_ns: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TargetExit {
     pub pid: u32,
@@ -174,6 +189,28 @@ mod tests {
         );
         let back: OwnedRecord = serde_json::from_str(&line).unwrap();
         assert!(matches!(back, OwnedRecord::TargetExit(e) if e == exit));
+    }
+
+    #[test]
+    fn target_attach_is_a_start_target_with_its_parent() {
+        let attach = TargetAttach {
+            target: Target {
+                pid: 8,
+                comm: "nginx".into(),
+                library_path: "/lib/libssl.so.3".into(),
+                library_version: Some("3".into()),
+                missing_symbols: Vec::new(),
+            },
+            parent_pid: 7,
+            ts_ns: 9,
+        };
+        let line = serde_json::to_string(&Record::TargetAttach(&attach)).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"target_attach","data":{"pid":8,"comm":"nginx","library_path":"/lib/libssl.so.3","library_version":"3","missing_symbols":[],"parent_pid":7,"ts_ns":9}}"#
+        );
+        let back: OwnedRecord = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back, OwnedRecord::TargetAttach(a) if a == attach));
     }
 
     #[test]

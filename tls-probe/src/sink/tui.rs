@@ -74,7 +74,7 @@ impl Sink for TuiSink {
                     dash.notice("every target exited: tracing stopped; the findings stay until q");
                 }
             }
-            Record::Event(_) => {}
+            Record::Event(_) | Record::TargetAttach(_) => {}
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ pub enum Record {
     Finding(FindingChange),
     Snapshot(Snapshot),
     Lost(LostRecord),
+    TargetAttach(TargetAttach),
     TargetExit(TargetExit),
     Summary(Summary),
 }
@@ -44,6 +45,7 @@ impl Record {
             Self::Finding(_) => "finding",
             Self::Snapshot(_) => "snapshot",
             Self::Lost(_) => "lost",
+            Self::TargetAttach(_) => "target_attach",
             Self::TargetExit(_) => "target_exit",
             Self::Summary(_) => "summary",
         }
@@ -638,6 +640,19 @@ pub struct LostRecord {
     pub ts_ns: Ns,
     pub new: Lost,
     pub total: Lost,
+}
+
+/// A `start` target's fields, then `parent_pid` and `ts_ns`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAttach {
+    pub pid: u32,
+    pub comm: String,
+    pub library_path: String,
+    pub library_version: Option<String>,
+    pub missing_symbols: Vec<String>,
+    pub parent_pid: u32,
+    pub ts_ns: Ns,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -7,7 +7,13 @@
 //! outlives its targets: once every target has exited it writes the summary as usual, then
 //! waits for the user (or a signal) so that the findings stay on screen.
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -17,6 +23,7 @@ use tokio::{
 };
 
 mod tick;
+mod tree;
 
 use super::{privileges::check_privileges, proc, stats::Meter};
 use crate::{
@@ -44,6 +51,9 @@ pub struct AgentConfig {
     pub print_events: bool,
     /// Attach the per-call uprobes (SSL_read/SSL_write/SSL_get_error) from the start.
     pub hot: bool,
+    /// Also trace the descendants of each pid: those there at attach, and those forked
+    /// later (found once a second).
+    pub children: bool,
 }
 
 pub struct Session {
@@ -70,6 +80,8 @@ pub struct Session {
     meter: Meter,
     /// Resolves when the viewer's user quits; None without a viewer.
     viewer: Option<Quit>,
+    /// Descendants not traced (no TLS library, or the attach failed): not tried again.
+    skipped: BTreeSet<u32>,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -93,16 +105,27 @@ impl Session {
         }
         let mut libs: Vec<(u32, TlsLibrary)> = Vec::new();
         for &pid in &cfg.pids {
-            let lib = match &cfg.libssl {
-                Some(path) => {
-                    if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                        return Err(discover::DiscoverError::NoProcess(pid).into());
-                    }
-                    discover::library_at(path, &path.display().to_string())?
+            libs.push((pid, tree::library(&cfg, pid)?));
+        }
+        // Descendants there now: one without a TLS library is skipped with a notice.
+        let mut skipped = BTreeSet::new();
+        let mut parents = BTreeMap::new();
+        if cfg.children {
+            for (pid, parent) in discover::descendants(&cfg.pids) {
+                if libs.iter().any(|(p, _)| *p == pid) {
+                    continue;
                 }
-                None => discover::find_tls_library(pid)?,
-            };
-            libs.push((pid, lib));
+                match tree::library(&cfg, pid) {
+                    Ok(lib) => {
+                        libs.push((pid, lib));
+                        parents.insert(pid, parent);
+                    }
+                    Err(e) => {
+                        eprintln!("tls-probe: skipping pid {pid}, child of {parent}: {e}");
+                        skipped.insert(pid);
+                    }
+                }
+            }
         }
         check_privileges()?;
         let mut probes = Probes::load()?;
@@ -114,22 +137,16 @@ impl Session {
             .context("registering the ring buffer with the event loop")?;
         let mut targets = Vec::new();
         for (pid, lib) in libs {
-            let target = Target {
-                pid,
-                comm: discover::comm(pid),
-                library_path: lib.display_path.clone(),
-                library_version: lib.version.clone(),
-                missing_symbols: Vec::new(),
-            };
-            probes.attach(pid, lib, cfg.hot)?;
-            targets.push(Target {
-                missing_symbols: probes
-                    .missing_symbols(pid)
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-                ..target
-            });
+            match tree::attach_target(&mut probes, pid, lib, cfg.hot) {
+                Ok(target) => targets.push(target),
+                Err(e) => match parents.get(&pid) {
+                    Some(parent) => {
+                        eprintln!("tls-probe: skipping pid {pid}, child of {parent}: {e:#}");
+                        skipped.insert(pid);
+                    }
+                    None => return Err(e),
+                },
+            }
         }
         let now = proc::monotonic_ns();
         let start = Start {
@@ -161,6 +178,7 @@ impl Session {
             start,
             meter: Meter::default(),
             viewer: None,
+            skipped,
             cfg,
         };
         for t in &session.targets {

@@ -1,5 +1,5 @@
-//! The session's once-a-second work: losses, target liveness, thread CPU, the engine's
-//! clock, a snapshot and the probes' rates.
+//! The session's once-a-second work: losses, target liveness, new descendants, thread CPU,
+//! the engine's clock, a snapshot and the probes' rates.
 
 use anyhow::Result;
 
@@ -31,7 +31,8 @@ impl Session {
         self.sinks.record(Record::Lost(&rec))
     }
 
-    /// Once a second: losses, target liveness, thread CPU, the engine's clock, a snapshot.
+    /// Once a second: losses, target liveness, new descendants, thread CPU, the engine's
+    /// clock, a snapshot.
     pub(super) fn tick(&mut self) -> Result<bool> {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
@@ -56,6 +57,7 @@ impl Session {
                 self.handle(ev)?;
             }
         }
+        self.adopt_children(now)?;
         if let Some(&pid) = self.probes.pids().first()
             && let Some(total) = proc::listen_overflows(pid)
         {
