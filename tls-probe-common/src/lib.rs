@@ -19,6 +19,23 @@ pub mod kind {
     pub const EPOLL_CTL: u32 = 5;
     pub const CLOSE: u32 = 6;
     pub const EPOLL_IDLE: u32 = 7;
+    pub const PEER: u32 = 8;
+}
+
+/// Which syscall a [`PeerEvent`] came from: the side of the connection is in the name.
+pub mod peer_sys {
+    /// `accept4`: the process accepted the connection.
+    pub const ACCEPT4: u32 = 0;
+    /// `accept`: the process accepted the connection.
+    pub const ACCEPT: u32 = 1;
+    /// `connect`: the process opened the connection.
+    pub const CONNECT: u32 = 2;
+}
+
+/// Address families a [`PeerEvent`] carries (Linux values).
+pub mod family {
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
 }
 
 /// The probed libssl entry points. The value is the index of the symbol in [`SSL_OPS`].
@@ -73,7 +90,9 @@ pub mod counter {
     /// `LOST_RINGBUF + kind`: a ring-buffer reserve failed for a record of that `kind`,
     /// so the event was lost in the kernel.
     pub const LOST_RINGBUF: u32 = 8;
-    pub const COUNT: u32 = LOST_RINGBUF + 8;
+    /// Record kinds with a lost counter: `kind` values below this.
+    pub const LOST_KINDS: u32 = 16;
+    pub const COUNT: u32 = LOST_RINGBUF + LOST_KINDS;
 }
 
 /// The most ready entries copied out of one `epoll_wait` result.
@@ -266,6 +285,29 @@ pub struct CloseEvent {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 40);
+
+/// The peer of a connection, read once when it is made: `accept`/`accept4` returned a new
+/// fd (the address the kernel wrote to the caller's `upeer_sockaddr`), or `connect`
+/// succeeded or started (`ret` 0 or -EINPROGRESS; the address the caller passed). Only
+/// AF_INET and AF_INET6 are sent; an accept whose caller passed no address buffer (NULL)
+/// sends nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEvent {
+    pub hdr: EventHeader,
+    /// The connection's fd: the accepted fd, or connect's socket.
+    pub fd: i32,
+    /// One of the `peer_sys` constants.
+    pub syscall: u32,
+    /// `family::INET` or `family::INET6`.
+    pub family: u16,
+    /// The peer's port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// The address in network byte order: 4 bytes for INET, 16 for INET6, zeros after.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PeerEvent>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,6 +11,8 @@ mod epoll;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod peer;
+#[cfg(target_arch = "bpf")]
 mod sockio;
 #[cfg(target_arch = "bpf")]
 mod ssl;

@@ -23,7 +23,8 @@ pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
-/// tid -> arguments of the epoll syscall the thread is inside (a thread is in one syscall at a time).
+/// tid -> arguments of the epoll, accept or connect syscall the thread is inside (a thread
+/// is in one syscall at a time).
 #[map]
 pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
 

@@ -4,17 +4,21 @@
 //! checked matches. A record that does not parse is an error the caller counts, never a
 //! panic.
 
-use std::mem::size_of;
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
 
 use thiserror::Error;
 use tls_probe_common::{
     CloseEvent, EPOLL_WAIT_HEAD, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent, EventHeader,
-    MAX_READY, ReadyEntry, SslCallEvent, SslErrorEvent, SslFreeEvent, epoll_sys, kind, sys,
+    MAX_READY, PeerEvent, ReadyEntry, SslCallEvent, SslErrorEvent, SslFreeEvent, epoll_sys, family,
+    kind, peer_sys, sys,
 };
 
 use crate::event::{
-    CtlOp, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, ReadyFd, SslCall,
-    SslError, SslErrorCode, SslOp, SysKind,
+    CtlOp, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, PeerSide, ReadyFd,
+    SslCall, SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -27,6 +31,10 @@ pub enum DecodeError {
     UnknownOp(u32),
     #[error("unknown epoll syscall {0}")]
     UnknownSyscall(u32),
+    #[error("unknown peer syscall {0}")]
+    UnknownPeerSyscall(u32),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
 }
 
 /// Reads a `T` from the front of `bytes`, which must be at least `size_of::<T>()` long.
@@ -94,6 +102,33 @@ fn ssl_op(raw: u32) -> Result<SslOp, DecodeError> {
         .get(raw as usize)
         .copied()
         .ok_or(DecodeError::UnknownOp(raw))
+}
+
+/// A peer record: the probe name (the syscall) and the event.
+fn peer(r: &PeerEvent) -> Result<(&'static str, EventKind), DecodeError> {
+    let (probe, side) = match r.syscall {
+        peer_sys::ACCEPT4 => ("accept4", PeerSide::Accepted),
+        peer_sys::ACCEPT => ("accept", PeerSide::Accepted),
+        peer_sys::CONNECT => ("connect", PeerSide::Connected),
+        other => return Err(DecodeError::UnknownPeerSyscall(other)),
+    };
+    let ip = match r.family {
+        family::INET => IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]]),
+        family::INET6 => {
+            let v6 = Ipv6Addr::from(r.addr);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    let addr = SocketAddr::new(ip, r.port).to_string();
+    Ok((
+        probe,
+        EventKind::Peer {
+            fd: r.fd,
+            addr,
+            side,
+        },
+    ))
 }
 
 /// Decodes one ring-buffer record.
@@ -169,6 +204,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fd: r.fd,
                 ret: r.ret,
             }
+        }
+        kind::PEER => {
+            let r: PeerEvent = read(bytes, hdr.kind)?;
+            let (probe, kind) = peer(&r)?;
+            let mut ev = Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind);
+            probe.clone_into(&mut ev.probe);
+            return Ok(ev);
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -369,6 +411,87 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decode(&bytes_of(&bad_op)), Err(DecodeError::UnknownOp(77)));
+    }
+
+    fn peer_rec(syscall: u32, fam: u16, port: u16, addr: &[u8]) -> PeerEvent {
+        let mut r = PeerEvent {
+            hdr: hdr(kind::PEER),
+            fd: 12,
+            syscall,
+            family: fam,
+            port,
+            ..Default::default()
+        };
+        r.addr[..addr.len()].copy_from_slice(addr);
+        r
+    }
+
+    #[test]
+    fn peers_decode_both_families() {
+        let ev = decode(&bytes_of(&peer_rec(
+            peer_sys::ACCEPT4,
+            family::INET,
+            5678,
+            &[1, 2, 3, 4],
+        )))
+        .unwrap();
+        assert_eq!(ev.probe, "accept4");
+        assert_eq!(
+            ev.kind,
+            EventKind::Peer {
+                fd: 12,
+                addr: "1.2.3.4:5678".to_owned(),
+                side: PeerSide::Accepted
+            }
+        );
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        let ev = decode(&bytes_of(&peer_rec(
+            peer_sys::CONNECT,
+            family::INET6,
+            443,
+            &v6,
+        )))
+        .unwrap();
+        assert_eq!(ev.probe, "connect");
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["kind"], "peer");
+        assert_eq!(json["addr"], "[::1]:443");
+        assert_eq!(json["side"], "connected");
+        // A v4 client on a dual-stack socket: written as IPv4, so its host matches.
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+        let ev = decode(&bytes_of(&peer_rec(
+            peer_sys::ACCEPT,
+            family::INET6,
+            40000,
+            &mapped,
+        )))
+        .unwrap();
+        assert_eq!(ev.probe, "accept");
+        assert!(
+            matches!(&ev.kind, EventKind::Peer { addr, .. } if addr == "127.0.0.1:40000"),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn bad_peer_records_are_errors() {
+        let b = bytes_of(&peer_rec(peer_sys::ACCEPT4, family::INET, 1, &[1, 2, 3, 4]));
+        assert_eq!(
+            decode(&b[..40]),
+            Err(DecodeError::Short {
+                kind: kind::PEER,
+                need: size_of::<PeerEvent>(),
+                got: 40
+            })
+        );
+        let unix = peer_rec(peer_sys::ACCEPT4, 1, 0, &[]);
+        assert_eq!(decode(&bytes_of(&unix)), Err(DecodeError::UnknownFamily(1)));
+        let bad = peer_rec(9, family::INET, 1, &[1, 2, 3, 4]);
+        assert_eq!(
+            decode(&bytes_of(&bad)),
+            Err(DecodeError::UnknownPeerSyscall(9))
+        );
     }
 
     #[test]

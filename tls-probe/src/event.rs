@@ -270,6 +270,16 @@ pub struct EpollCtl {
     pub ret: i64,
 }
 
+/// Which end of a connection the traced process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSide {
+    /// The process accepted it (`accept`, `accept4`): the peer is a client.
+    Accepted,
+    /// The process opened it (`connect`): the peer is a server.
+    Connected,
+}
+
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -285,6 +295,14 @@ pub enum EventKind {
     Close {
         fd: i32,
         ret: i64,
+    },
+    /// A connection's peer, learned once when it was made: `accept`/`accept4` returned `fd`,
+    /// or `connect` on `fd` succeeded or started. `addr` is "1.2.3.4:5678" or "[::1]:5678"
+    /// (an IPv4-mapped IPv6 address is written as IPv4).
+    Peer {
+        fd: i32,
+        addr: String,
+        side: PeerSide,
     },
     /// A sample of a thread's CPU time (utime+stime), read by the agent from
     /// `/proc/PID/task/TID/stat` about once a second. Not a probe: `probe` is "procfs".
@@ -325,6 +343,11 @@ impl Event {
                 _ => "epoll_ctl",
             },
             EventKind::Close { .. } => "close",
+            // `accept` is told from `accept4` by the decoder, which sets the probe itself.
+            EventKind::Peer { side, .. } => match side {
+                PeerSide::Accepted => "accept4",
+                PeerSide::Connected => "connect",
+            },
             EventKind::ThreadCpu { .. } | EventKind::ListenOverflows { .. } => "procfs",
         }
     }

@@ -109,7 +109,8 @@ impl Tracker {
             EventKind::SslError(_)
             | EventKind::EpollIdle(_)
             | EventKind::ThreadCpu { .. }
-            | EventKind::ListenOverflows { .. } => {}
+            | EventKind::ListenOverflows { .. }
+            | EventKind::Peer { .. } => {}
         }
     }
 

@@ -55,7 +55,7 @@ use self::{
     store::FindingStore,
     window::BUCKETS,
 };
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, PeerSide};
 
 const SWEEP_NS: u64 = 1_000_000_000;
 /// After an idle gap, at most this many bucket ticks are replayed one by one (enough for
@@ -103,12 +103,19 @@ impl Engine {
         }
     }
 
-    /// The peer address of a socket, as the agent knows it. Forgotten when the fd closes.
+    /// The peer address of a socket the process accepted, as the agent knows it. Forgotten
+    /// when the fd closes. `peer` events from the kernel set it too.
     pub fn set_peer(&mut self, pid: u32, fd: i32, peer: String) {
+        self.insert_peer(pid, fd, peer, false);
+    }
+
+    fn insert_peer(&mut self, pid: u32, fd: i32, addr: String, outbound: bool) {
         if self.state.peers.len() < self.cfg.max_connections
             || self.state.peers.contains_key(&(pid, fd))
         {
-            self.state.peers.insert((pid, fd), peer);
+            self.state
+                .peers
+                .insert((pid, fd), state::Peer { addr, outbound });
         }
     }
 
@@ -139,6 +146,9 @@ impl Engine {
                 {
                     self.dispatch(out, |r, cx| r.on_conn_end(cx, (pid, ssl), ConnEnd::Closed));
                 }
+            }
+            EventKind::Peer { fd, addr, side } => {
+                self.insert_peer(pid, *fd, addr.clone(), *side == PeerSide::Connected);
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
             EventKind::ThreadCpu { cpu_ns } => {

@@ -153,6 +153,15 @@ pub(crate) struct Process {
     pub wakeups_no_progress_total: u64,
 }
 
+/// The other end of a socket.
+pub(crate) struct Peer {
+    pub addr: String,
+    /// The process opened the connection (`connect`): the peer is a server, not a client
+    /// coming to this process, so it is left out of the per-peer connection counts that
+    /// `connection_churn` and `low_session_resumption` read.
+    pub outbound: bool,
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub conns: HashMap<ConnKey, Conn>,
@@ -161,8 +170,9 @@ pub(crate) struct State {
     pub threads: HashMap<ThreadKey, Thread>,
     pub procs: HashMap<u32, Process>,
     pub comms: HashMap<u32, String>,
-    /// (pid, fd) -> peer address, as told by `set_peer`; dropped when the fd closes.
-    pub peers: HashMap<(u32, i32), String>,
+    /// (pid, fd) -> peer address, from `peer` events or `set_peer`; dropped when the fd
+    /// closes.
+    pub peers: HashMap<(u32, i32), Peer>,
     /// Handshakes, time shares, connections per peer, listen overflows.
     pub hs: HsState,
     pub evicted_connections_total: u64,
@@ -176,7 +186,7 @@ impl State {
     }
 
     pub fn peer(&self, pid: u32, fd: Option<i32>) -> Option<&str> {
-        self.peers.get(&(pid, fd?)).map(String::as_str)
+        self.peers.get(&(pid, fd?)).map(|p| p.addr.as_str())
     }
 
     pub fn cpu_pct(&self, key: ThreadKey) -> Option<f64> {
@@ -287,9 +297,11 @@ impl State {
         done: (&SslCall, Option<SslErrorCode>),
         fd: Option<i32>,
     ) {
-        let peer = fd.and_then(|fd| self.peers.get(&(key.0, fd)));
+        let peer = fd
+            .and_then(|fd| self.peers.get(&(key.0, fd)))
+            .filter(|p| !p.outbound);
         self.hs
-            .call(cfg, (key, tid), now, done, peer.map(String::as_str));
+            .call(cfg, (key, tid), now, done, peer.map(|p| p.addr.as_str()));
     }
 
     /// Forgets a connection (SSL_free, eviction). Returns it.

@@ -81,6 +81,12 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_readv",
     "sys_enter_writev",
     "sys_exit_writev",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_connect",
+    "sys_exit_connect",
 ];
 
 /// Kernel-side counters, summed over CPUs.
@@ -89,7 +95,7 @@ pub struct Counters {
     /// Records lost because the ring buffer was full, all kinds.
     pub lost_ringbuf: u64,
     /// The same, by record kind (`tls_probe_common::kind`).
-    pub lost_by_kind: [u64; 8],
+    pub lost_by_kind: [u64; counter::LOST_KINDS as usize],
     pub lost_inflight: u64,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
@@ -265,7 +271,7 @@ impl Probes {
             .ok_or_else(|| anyhow!("the eBPF object has no COUNTERS map"))?;
         let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let sum = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
-        let mut lost_by_kind = [0u64; 8];
+        let mut lost_by_kind = [0u64; counter::LOST_KINDS as usize];
         for (kind, slot) in lost_by_kind.iter_mut().enumerate() {
             *slot = sum(counter::LOST_RINGBUF + kind as u32)?;
         }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use super::{Flush, Record, Sink};
 use crate::{
     engine::{Change, FindingChange},
-    event::{Event, EventKind, SslErrorCode},
+    event::{Event, EventKind, PeerSide, SslErrorCode},
 };
 
 /// The terminal as a sink.
@@ -217,6 +217,13 @@ pub fn event_line(ev: &Event) -> String {
         }
         EventKind::Close { fd, .. } => {
             let _ = write!(s, "fd={fd}");
+        }
+        EventKind::Peer { fd, addr, side } => {
+            let side = match side {
+                PeerSide::Accepted => "accepted",
+                PeerSide::Connected => "connected",
+            };
+            let _ = write!(s, "fd={fd} peer={addr} {side}");
         }
         EventKind::ListenOverflows { total } => {
             let _ = write!(s, "TcpExtListenOverflows={total}");

@@ -111,6 +111,7 @@ pub enum Event {
     EpollIdle(EpollIdle),
     EpollCtl(EpollCtl),
     Close(Close),
+    Peer(Peer),
     ThreadCpu(ThreadCpu),
     ListenOverflows(ListenOverflows),
 }
@@ -177,8 +178,20 @@ event!(EpollCtl {
     ret: i64,
 });
 event!(Close { fd: i32, ret: i64 });
+event!(Peer {
+    fd: i32,
+    addr: String,
+    side: PeerSide,
+});
 event!(ThreadCpu { cpu_ns: Ns });
 event!(ListenOverflows { total: u64 });
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSide {
+    Accepted,
+    Connected,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SslOp {

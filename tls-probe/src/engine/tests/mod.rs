@@ -6,6 +6,7 @@ mod handshake;
 mod handshake_rules;
 mod idle;
 mod incidents;
+mod peers;
 mod spin;
 mod state;
 
