@@ -264,9 +264,12 @@ fn the_master_pid_covers_its_workers_and_those_a_reload_forks() {
         let fresh: BTreeSet<u32> = now.difference(&old).copied().collect();
         (fresh.len() == 2).then_some(fresh)
     });
+    // Detaching an exited worker's uprobes takes the kernel a second or more, in the same
+    // once-a-second tick that finds the new workers.
+    let reloaded = Instant::now();
     wait_for(
         "target_attach for the new workers and target_exit for the old",
-        Duration::from_secs(6),
+        Duration::from_secs(15),
         || {
             let records = records_so_far(&output);
             let attached: BTreeSet<u32> = pids_of(&records, "target_attach").collect();
@@ -275,6 +278,10 @@ fn the_master_pid_covers_its_workers_and_those_a_reload_forks() {
         },
     );
 
+    println!(
+        "new workers traced and old ones gone {:?} after the reload",
+        reloaded.elapsed()
+    );
     let records = stop(probe, &output);
     for r in records.iter().filter(|r| r["type"] == "target_attach") {
         let d = &r["data"];
