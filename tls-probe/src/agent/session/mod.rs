@@ -313,6 +313,13 @@ impl Session {
                         self.behind = self.drain(guard.get_inner_mut())?;
                         if !self.behind {
                             guard.clear_ready();
+                        } else {
+                            // Still behind: the ring buffer stays ready, and this task would
+                            // never let the runtime drive its timers, starving the ticker
+                            // (no lost records, CPU samples or snapshots while a busy target
+                            // outruns the reader). Yield so the timer and signals get polled.
+                            drop(guard);
+                            tokio::task::yield_now().await;
                         }
                     }
                     _ = ticker.tick() => {
