@@ -20,6 +20,7 @@ pub mod kind {
     pub const CLOSE: u32 = 6;
     pub const EPOLL_IDLE: u32 = 7;
     pub const PEER: u32 = 8;
+    pub const SERVER_HELLO: u32 = 9;
 }
 
 /// Which syscall a [`PeerEvent`] came from: the side of the connection is in the name.
@@ -308,6 +309,40 @@ pub struct PeerEvent {
     pub addr: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<PeerEvent>() == 56);
+
+/// Bits of [`ServerHelloEvent::flags`].
+pub mod hello_flag {
+    /// The ServerHello carries a `pre_shared_key` extension (0x0029): TLS 1.3 resumption.
+    pub const PSK: u32 = 1;
+    /// A HelloRetryRequest (its `key_share` names only a group): a real ServerHello follows.
+    pub const HELLO_RETRY: u32 = 2;
+    /// The process wrote it (it is the server); otherwise it read it (the client).
+    pub const SENT: u32 = 4;
+    /// `version` came from a `supported_versions` extension (0x002b), not `legacy_version`.
+    pub const SUPPORTED_VERSIONS: u32 = 8;
+}
+
+/// The cleartext ServerHello of a handshake, walked in the kernel at the record layer: a
+/// `write` inside a handshake call (the server) or a `read` (the client) whose buffer is a
+/// handshake record starting with a ServerHello. Only the header fields below leave the
+/// kernel; the random and the session id are skipped, never copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerHelloEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+    /// The socket the record went through.
+    pub fd: i32,
+    /// The negotiated version: `supported_versions` when present (TLS 1.3), else
+    /// `legacy_version` (e.g. 0x0303 for TLS 1.2).
+    pub version: u16,
+    /// The IANA cipher suite id, e.g. 0x1301 (TLS_AES_128_GCM_SHA256).
+    pub cipher: u16,
+    /// `hello_flag` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServerHelloEvent>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

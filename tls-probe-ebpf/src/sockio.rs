@@ -1,20 +1,164 @@
-//! Socket syscalls made inside an SSL call: they tell which fd the SSL* uses.
+//! Socket syscalls made inside an SSL call: they tell which fd the SSL* uses, and, inside a
+//! handshake call, carry the cleartext ServerHello, from which the negotiated version and
+//! cipher are read at the record layer.
 //!
 //! These tracepoints fire for every process on the machine, so they do one map lookup
 //! keyed by tid: only threads inside a probed SSL call have an `INFLIGHT` entry.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
-use tls_probe_common::sys;
+use tls_probe_common::{ServerHelloEvent, hello_flag, kind, op, sys};
 
-use crate::maps::INFLIGHT;
+use crate::{
+    maps::{EVENTS, INFLIGHT},
+    state::{HELLO_BODY_NEXT, HELLO_DONE, Inflight},
+    util::{header, lost, now},
+};
 
 /// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
 const ARG0: usize = 16;
+/// The second and third arguments: the buffer and its length for read/write/recvfrom/sendto.
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+
+/// TLS record header: type (0x16 handshake), version (0x03 0x0x), length.
+const RECORD_HEADER: u64 = 5;
+const CONTENT_HANDSHAKE: u8 = 0x16;
+const HANDSHAKE_SERVER_HELLO: u8 = 2;
+/// Handshake header (4) + legacy_version (2) + random (32): where the session id starts.
+const SESSION_ID_AT: u64 = 4 + 2 + 32;
+const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+const EXT_PRE_SHARED_KEY: u16 = 0x0029;
+const EXT_KEY_SHARE: u16 = 0x0033;
+/// Extensions looked at, at most: a ServerHello from OpenSSL 3 carries 2 to 6.
+const MAX_EXTENSIONS: u32 = 12;
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext) -> u32 {
+fn is_handshake_op(op: u32) -> bool {
+    op == op::SSL_DO_HANDSHAKE || op == op::SSL_ACCEPT || op == op::SSL_CONNECT
+}
+
+#[inline(always)]
+fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+    // SAFETY: bpf_probe_read_user copies from a user address and fails cleanly if it is
+    // not mapped; only handshake header fields are read, never application data.
+    unsafe { bpf_probe_read_user(addr as *const [u8; N]) }.ok()
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    (u16::from(b0) << 8) | u16::from(b1)
+}
+
+/// Walks a ServerHello message starting at `msg` (its handshake header), of which `avail`
+/// bytes are in the buffer. Returns (version, cipher, flags) without the `SENT` bit.
+#[inline(always)]
+fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
+    let h = read_bytes::<6>(msg)?;
+    if h[0] != HANDSHAKE_SERVER_HELLO {
+        return None;
+    }
+    let msg_len = (u64::from(h[1]) << 16) | (u64::from(h[2]) << 8) | u64::from(h[3]);
+    let end = (4 + msg_len).min(avail);
+    let mut version = be16(h[4], h[5]);
+    let sid_len = u64::from(read_bytes::<1>(msg + SESSION_ID_AT)?[0]);
+    if sid_len > 32 {
+        return None;
+    }
+    let mut off = SESSION_ID_AT + 1 + sid_len;
+    if off + 3 > end {
+        return None;
+    }
+    // cipher_suite (2), legacy_compression_method (1), extensions length (2).
+    let c = read_bytes::<5>(msg + off)?;
+    let cipher = be16(c[0], c[1]);
+    let mut flags = 0;
+    off += 3;
+    if off + 2 <= end {
+        let ext_end = (off + 2 + u64::from(be16(c[3], c[4]))).min(end);
+        off += 2;
+        for _ in 0..MAX_EXTENSIONS {
+            if off + 4 > ext_end {
+                break;
+            }
+            let Some(e) = read_bytes::<4>(msg + off) else {
+                break;
+            };
+            let (ty, len) = (be16(e[0], e[1]), be16(e[2], e[3]));
+            off += 4;
+            if ty == EXT_SUPPORTED_VERSIONS && len == 2 && off + 2 <= ext_end {
+                if let Some(v) = read_bytes::<2>(msg + off) {
+                    version = be16(v[0], v[1]);
+                    flags |= hello_flag::SUPPORTED_VERSIONS;
+                }
+            } else if ty == EXT_PRE_SHARED_KEY {
+                flags |= hello_flag::PSK;
+            } else if ty == EXT_KEY_SHARE && len == 2 {
+                // RFC 8446 4.2.8: a HelloRetryRequest's key_share holds only the group.
+                flags |= hello_flag::HELLO_RETRY;
+            }
+            off += u64::from(len);
+        }
+    }
+    Some((version, cipher, flags))
+}
+
+/// `buf` holds `len` bytes a handshake call wrote (`sent`) or read. If they are a
+/// ServerHello (or, for a read, the header of a handshake record whose body comes next),
+/// emit one `ServerHelloEvent`.
+#[inline(always)]
+fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
+    let (msg, avail) = if cur.hello == HELLO_BODY_NEXT {
+        cur.hello = 0;
+        (buf, len.min(u64::from(cur.hello_len)))
+    } else {
+        if len < RECORD_HEADER {
+            return;
+        }
+        let Some(r) = read_bytes::<5>(buf) else {
+            return;
+        };
+        if r[0] != CONTENT_HANDSHAKE || r[1] != 3 {
+            return;
+        }
+        let rec_len = u64::from(be16(r[3], r[4]));
+        if len == RECORD_HEADER {
+            // OpenSSL without read-ahead reads the record header alone, then its body.
+            if !sent {
+                cur.hello = HELLO_BODY_NEXT;
+                cur.hello_len = rec_len as u32;
+            }
+            return;
+        }
+        (buf + RECORD_HEADER, (len - RECORD_HEADER).min(rec_len))
+    };
+    let Some((version, cipher, mut flags)) = walk_server_hello(msg, avail) else {
+        return;
+    };
+    if sent {
+        flags |= hello_flag::SENT;
+    }
+    cur.hello = HELLO_DONE;
+    let id = bpf_get_current_pid_tgid();
+    let ev = ServerHelloEvent {
+        hdr: header(kind::SERVER_HELLO, (id >> 32) as u32, id as u32, now()),
+        ssl: cur.ssl,
+        fd: cur.fd,
+        version,
+        cipher,
+        flags,
+        _pad: 0,
+    };
+    if EVENTS.output::<ServerHelloEvent>(&ev, 0).is_err() {
+        lost(kind::SERVER_HELLO);
+    }
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
         return 0;
@@ -25,6 +169,18 @@ fn on_enter(ctx: &TracePointContext) -> u32 {
     let cur = unsafe { &mut *cur };
     cur.fd = fd as i32;
     cur.sys_calls += 1;
+    if plain_buf && cur.hello != HELLO_DONE && is_handshake_op(cur.op) {
+        // SAFETY: reading the buffer and length arguments from the tracepoint record.
+        let buf = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
+        if kind == sys::WRITE {
+            let len = unsafe { ctx.read_at::<u64>(ARG2) }.unwrap_or(0);
+            if buf != 0 {
+                server_hello(cur, buf, len, true);
+            }
+        } else {
+            cur.rd_buf = buf;
+        }
+    }
     0
 }
 
@@ -40,14 +196,21 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let cur = unsafe { &mut *cur };
     cur.sys_last_ret = ret;
     cur.sys_last_kind = kind;
+    if cur.rd_buf != 0 {
+        let buf = cur.rd_buf;
+        cur.rd_buf = 0;
+        if ret > 0 && cur.hello != HELLO_DONE {
+            server_hello(cur, buf, ret as u64, false);
+        }
+    }
     0
 }
 
 macro_rules! sock_tracepoints {
-    ($($enter:ident, $exit:ident => $kind:expr;)*) => {$(
+    ($($enter:ident, $exit:ident => $kind:expr, $plain:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx)
+            on_enter(&ctx, $kind, $plain)
         }
 
         #[tracepoint]
@@ -57,13 +220,14 @@ macro_rules! sock_tracepoints {
     )*};
 }
 
+// `plain`: the second and third arguments are a buffer and its length (not an iovec).
 sock_tracepoints! {
-    sys_enter_read, sys_exit_read => sys::READ;
-    sys_enter_write, sys_exit_write => sys::WRITE;
-    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ;
-    sys_enter_sendto, sys_exit_sendto => sys::WRITE;
-    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ;
-    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE;
-    sys_enter_readv, sys_exit_readv => sys::READ;
-    sys_enter_writev, sys_exit_writev => sys::WRITE;
+    sys_enter_read, sys_exit_read => sys::READ, true;
+    sys_enter_write, sys_exit_write => sys::WRITE, true;
+    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, true;
+    sys_enter_sendto, sys_exit_sendto => sys::WRITE, true;
+    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, false;
+    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, false;
+    sys_enter_readv, sys_exit_readv => sys::READ, false;
+    sys_enter_writev, sys_exit_writev => sys::WRITE, false;
 }

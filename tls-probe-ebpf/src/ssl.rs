@@ -45,6 +45,9 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         sys_calls: 0,
         sys_last_kind: 0,
         key_ops: 0,
+        rd_buf: 0,
+        hello: 0,
+        hello_len: 0,
     };
     if INFLIGHT.insert(tid, state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);

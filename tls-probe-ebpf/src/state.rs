@@ -18,7 +18,17 @@ pub struct Inflight {
     pub sys_last_kind: u32,
     /// libcrypto key operations seen inside the call.
     pub key_ops: u32,
+    /// The buffer of the `read` the thread is inside, for the ServerHello (sockio.rs).
+    pub rd_buf: u64,
+    /// ServerHello parsing: 0 nothing yet, `HELLO_BODY_NEXT` a handshake record header was
+    /// read alone (its body comes in the next read), `HELLO_DONE` the hello was sent.
+    pub hello: u32,
+    /// The record length from that header.
+    pub hello_len: u32,
 }
+
+pub const HELLO_BODY_NEXT: u32 = 1;
+pub const HELLO_DONE: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -12,8 +12,8 @@ use std::{
 use thiserror::Error;
 use tls_probe_common::{
     CloseEvent, EPOLL_WAIT_HEAD, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent, EventHeader,
-    MAX_READY, PeerEvent, ReadyEntry, SslCallEvent, SslErrorEvent, SslFreeEvent, epoll_sys, family,
-    kind, peer_sys, sys,
+    MAX_READY, PeerEvent, ReadyEntry, ServerHelloEvent, SslCallEvent, SslErrorEvent, SslFreeEvent,
+    epoll_sys, family, hello_flag, kind, peer_sys, sys,
 };
 
 use crate::event::{
@@ -211,6 +211,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let mut ev = Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind);
             probe.clone_into(&mut ev.probe);
             return Ok(ev);
+        }
+        kind::SERVER_HELLO => {
+            let r: ServerHelloEvent = read(bytes, hdr.kind)?;
+            EventKind::ServerHello(crate::event::ServerHello {
+                ssl: r.ssl,
+                fd: (r.fd >= 0).then_some(r.fd),
+                version: r.version,
+                cipher: r.cipher,
+                psk: r.flags & hello_flag::PSK != 0,
+                hello_retry: r.flags & hello_flag::HELLO_RETRY != 0,
+                sent: r.flags & hello_flag::SENT != 0,
+            })
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -508,5 +520,50 @@ mod tests {
         assert_eq!(json["code"], "want_read");
         assert_eq!(json["probe"], "SSL_get_error");
         assert_eq!(json["kind"], "ssl_error");
+    }
+
+    #[test]
+    fn server_hellos_decode_flags() {
+        let rec = ServerHelloEvent {
+            hdr: hdr(kind::SERVER_HELLO),
+            ssl: 0x5555,
+            fd: 7,
+            version: 0x0304,
+            cipher: 0x1302,
+            flags: hello_flag::PSK | hello_flag::SENT | hello_flag::SUPPORTED_VERSIONS,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "write");
+        let EventKind::ServerHello(h) = &ev.kind else {
+            panic!("not a server hello: {ev:?}");
+        };
+        assert_eq!(
+            (h.ssl, h.fd, h.version, h.cipher),
+            (0x5555, Some(7), 0x0304, 0x1302)
+        );
+        assert!(h.psk && h.sent && !h.hello_retry);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["kind"], "server_hello");
+        let read_side = ServerHelloEvent {
+            fd: -1,
+            flags: hello_flag::HELLO_RETRY,
+            ..rec
+        };
+        let ev = decode(&bytes_of(&read_side)).unwrap();
+        assert_eq!(ev.probe, "read");
+        let EventKind::ServerHello(h) = &ev.kind else {
+            panic!("not a server hello: {ev:?}");
+        };
+        assert_eq!(h.fd, None);
+        assert!(h.hello_retry && !h.sent && !h.psk);
+        assert_eq!(
+            decode(&bytes_of(&rec)[..40]),
+            Err(DecodeError::Short {
+                kind: kind::SERVER_HELLO,
+                need: size_of::<ServerHelloEvent>(),
+                got: 40
+            })
+        );
     }
 }

@@ -280,6 +280,24 @@ pub enum PeerSide {
     Connected,
 }
 
+/// A cleartext ServerHello seen at the record layer inside a handshake call: what it
+/// negotiated. Only header fields: the random and the session id never leave the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    pub ssl: u64,
+    pub fd: Option<i32>,
+    /// `supported_versions` when present, else `legacy_version`: 0x0304 is TLS 1.3.
+    pub version: u16,
+    /// The IANA cipher suite id.
+    pub cipher: u16,
+    /// A `pre_shared_key` extension: a resumed TLS 1.3 handshake.
+    pub psk: bool,
+    /// A HelloRetryRequest, not the final ServerHello.
+    pub hello_retry: bool,
+    /// The process wrote it (the server side); false: it read it (the client side).
+    pub sent: bool,
+}
+
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -315,6 +333,9 @@ pub enum EventKind {
     ListenOverflows {
         total: u64,
     },
+    /// The ServerHello of a handshake, read from the `write` (server) or `read` (client)
+    /// made inside the handshake call.
+    ServerHello(ServerHello),
 }
 
 /// One decoded event, with who and when.
@@ -349,6 +370,13 @@ impl Event {
                 PeerSide::Connected => "connect",
             },
             EventKind::ThreadCpu { .. } | EventKind::ListenOverflows { .. } => "procfs",
+            EventKind::ServerHello(h) => {
+                if h.sent {
+                    "write"
+                } else {
+                    "read"
+                }
+            }
         }
     }
 

@@ -110,7 +110,8 @@ impl Tracker {
             | EventKind::EpollIdle(_)
             | EventKind::ThreadCpu { .. }
             | EventKind::ListenOverflows { .. }
-            | EventKind::Peer { .. } => {}
+            | EventKind::Peer { .. }
+            | EventKind::ServerHello(_) => {}
         }
     }
 

@@ -42,7 +42,10 @@ pub use finding::{
     FindingChange, FindingKind, FindingState, ResumptionEvidence, SaturationEvidence, Severity,
     SpinEvidence, WriteRetryEvidence,
 };
-pub use handshake::{HandshakeSnapshot, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot};
+pub use handshake::{
+    HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
+    names as tls_names,
+};
 pub use rules::write_retry::PeerCount;
 pub use snapshot::{
     ConnSnapshot, OpSnapshot, ProcessSnapshot, ReadySnapshot, Snapshot, ThreadSnapshot,
@@ -151,6 +154,7 @@ impl Engine {
                 self.insert_peer(pid, *fd, addr.clone(), *side == PeerSide::Connected);
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
+            EventKind::ServerHello(h) => self.state.hs.server_hello(&self.cfg, (pid, h.ssl), h),
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 if let Some((t0, c0)) = t.cpu_sample

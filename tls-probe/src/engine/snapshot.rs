@@ -114,9 +114,10 @@ pub struct ConnSnapshot {
     pub handshake_done: bool,
     /// "full" or "resumed" once the handshake completed, as classified by key operations.
     pub handshake_kind: Option<String>,
-    /// Not measured yet: always None.
+    /// Negotiated, from the cleartext ServerHello ("TLS 1.3"); None when it was not seen
+    /// (a handshake before attach, or one run inside SSL_read/SSL_write).
     pub tls_version: Option<String>,
-    /// Not measured yet: always None.
+    /// The cipher suite's IANA name, or "0xC0AD" when not in the name table; None likewise.
     pub cipher: Option<String>,
     /// Per op, only the ops called.
     pub ops: Vec<OpSnapshot>,
@@ -269,8 +270,14 @@ fn conn(state: &State, (pid, ssl): ConnKey, c: &Conn) -> ConnSnapshot {
             .hs
             .full((pid, ssl))
             .map(|full| if full { "full" } else { "resumed" }.to_owned()),
-        tls_version: None,
-        cipher: None,
+        tls_version: state
+            .hs
+            .hello((pid, ssl))
+            .map(|h| handshake::names::version_name(h.version)),
+        cipher: state
+            .hs
+            .hello((pid, ssl))
+            .map(|h| handshake::names::cipher_name(h.cipher)),
         ops,
     }
 }

@@ -297,11 +297,16 @@ impl State {
         done: (&SslCall, Option<SslErrorCode>),
         fd: Option<i32>,
     ) {
-        let peer = fd
-            .and_then(|fd| self.peers.get(&(key.0, fd)))
-            .filter(|p| !p.outbound);
-        self.hs
-            .call(cfg, (key, tid), now, done, peer.map(|p| p.addr.as_str()));
+        let known = fd.and_then(|fd| self.peers.get(&(key.0, fd)));
+        let peer = known.filter(|p| !p.outbound);
+        let outbound = known.map(|p| p.outbound);
+        self.hs.call(
+            cfg,
+            (key, tid),
+            now,
+            done,
+            (peer.map(|p| p.addr.as_str()), outbound),
+        );
     }
 
     /// Forgets a connection (SSL_free, eviction). Returns it.

@@ -231,6 +231,18 @@ pub fn event_line(ev: &Event) -> String {
         EventKind::ThreadCpu { cpu_ns } => {
             let _ = write!(s, "cpu={}ms", cpu_ns / 1_000_000);
         }
+        EventKind::ServerHello(h) => {
+            let _ = write!(
+                s,
+                "ssl={:#x} fd={} ServerHello {} {}{}{}",
+                h.ssl,
+                fd(h.fd),
+                crate::engine::tls_names::version_name(h.version),
+                crate::engine::tls_names::cipher_name(h.cipher),
+                if h.psk { " psk" } else { "" },
+                if h.hello_retry { " hello-retry" } else { "" }
+            );
+        }
     }
     s
 }

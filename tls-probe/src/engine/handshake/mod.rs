@@ -27,14 +27,26 @@
 //!   1 at once with no key operation: a no-op.
 //! - A connection's **lifetime** runs from its first handshake call to SSL_free; connections
 //!   first seen mid-life are not measured.
+//! - **Side**: the process is the client of a connection it opened (`connect` peer event),
+//!   that it called SSL_connect on, or whose ServerHello it read; the server of one it
+//!   accepted, called SSL_accept on, or whose ServerHello it wrote. The first evidence
+//!   wins. Client-side handshakes are left out of the resumption rate (`rated`): a process
+//!   with both ends (a proxy, a test harness) would count each connection twice, and its
+//!   own outgoing sessions say nothing about whether its clients resume. A handshake of
+//!   unknown side is counted.
+//! - The **ServerHello** (`server_hello`) gives the negotiated version and cipher, counted
+//!   at completion, and in TLS 1.3 a second resumption signal: a `pre_shared_key` extension.
+//!   Completed TLS 1.3 handshakes whose psk presence disagrees with the key-operation
+//!   classification are counted (`psk_disagree`), so the two signals cross-check.
 
+pub mod names;
 mod snapshot;
 pub(crate) mod stats;
 
 use std::collections::HashMap;
 
 pub use self::snapshot::{
-    HandshakeSnapshot, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
+    HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
 };
 pub(crate) use self::snapshot::{new_connections, side_snapshot, time_share};
 use self::stats::{HsProc, HsSide, PeerStats, peer_host};
@@ -42,7 +54,7 @@ use super::{
     config::Config,
     state::{ConnKey, ThreadKey},
 };
-use crate::event::{SslCall, SslErrorCode};
+use crate::event::{ServerHello, SslCall, SslErrorCode, SslOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -71,6 +83,17 @@ struct HsConn {
     /// The peer host, once known.
     peer: Option<String>,
     full: Option<bool>,
+    /// The process is the client of this connection (Some(true)), the server, or unknown.
+    client: Option<bool>,
+}
+
+/// What a connection's last ServerHello negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub version: u16,
+    pub cipher: u16,
+    pub psk: bool,
+    pub hello_retry: bool,
 }
 
 /// Handshake accounting of every process and thread.
@@ -81,6 +104,9 @@ pub(crate) struct HsState {
     pub procs: HashMap<u32, HsProc>,
     /// TcpExtListenOverflows: the first sample, the latest, and when it last rose.
     pub overflows: Option<ListenOverflows>,
+    /// (pid, SSL*) -> its last ServerHello, until SSL_free. Kept apart from `conns`
+    /// because the hello comes inside the call whose record follows it.
+    hellos: HashMap<ConnKey, (Hello, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +126,32 @@ impl HsState {
     /// Whether (pid, ssl) has a completed handshake classified full (Some(true)) or resumed.
     pub fn full(&self, key: ConnKey) -> Option<bool> {
         self.conns.get(&key).and_then(|c| c.full)
+    }
+
+    /// What the connection's ServerHello negotiated, if one was seen.
+    pub fn hello(&self, key: ConnKey) -> Option<Hello> {
+        self.hellos.get(&key).map(|h| h.0)
+    }
+
+    /// A ServerHello seen on connection `key`: written by the process (`sent`, it is the
+    /// server) or read by it. A HelloRetryRequest is replaced by the ServerHello after it.
+    pub fn server_hello(&mut self, cfg: &Config, key: ConnKey, h: &ServerHello) {
+        if !self.hellos.contains_key(&key) && self.hellos.len() >= cfg.max_connections {
+            return;
+        }
+        let hello = Hello {
+            version: h.version,
+            cipher: h.cipher,
+            psk: h.psk,
+            hello_retry: h.hello_retry,
+        };
+        if hello.hello_retry && self.hellos.get(&key).is_some_and(|o| !o.0.hello_retry) {
+            return;
+        }
+        self.hellos.insert(key, (hello, h.sent));
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.client.get_or_insert(!h.sent);
+        }
     }
 
     pub fn listen_overflows(&mut self, now: u64, total: u64) {
@@ -130,14 +182,15 @@ impl HsState {
     }
 
     /// A completed call and its SSL_get_error answer, on connection `key` by thread `tid`.
-    /// `peer` is the connection's address when known.
+    /// `peer` is the connection's address when the process accepted it; `outbound` tells
+    /// whether the process opened (Some(true)) or accepted the connection, when known.
     pub fn call(
         &mut self,
         cfg: &Config,
         (key, tid): (ConnKey, u32),
         now: u64,
         (call, code): (&SslCall, Option<SslErrorCode>),
-        peer: Option<&str>,
+        (peer, outbound): (Option<&str>, Option<bool>),
     ) {
         let hs_call = call.op.is_handshake();
         let progress = call.made_progress();
@@ -172,6 +225,16 @@ impl HsState {
         if let Some(peer) = peer {
             self.learn_peer(cfg, key, now, peer);
         }
+        let side = outbound
+            .or(match call.op {
+                SslOp::Connect => Some(true),
+                SslOp::Accept => Some(false),
+                _ => None,
+            })
+            .or_else(|| self.hellos.get(&key).map(|h| !h.1));
+        if let (Some(side), Some(c)) = (side, self.conns.get_mut(&key)) {
+            c.client.get_or_insert(side);
+        }
         let in_handshake = self
             .conns
             .get(&key)
@@ -199,12 +262,13 @@ impl HsState {
             c.phase = Phase::Done;
             c.full = Some(c.key_ops > 0);
             let c = c.clone();
-            self.completed(cfg, key.0, tid, &c, now);
+            self.completed(cfg, key, tid, &c, now);
         }
     }
 
     /// SSL_free (`freed`), or the engine dropped the connection.
     pub fn conn_end(&mut self, cfg: &Config, key: ConnKey, now: u64, freed: bool) {
+        self.hellos.remove(&key);
         let Some(c) = self.conns.remove(&key) else {
             return;
         };
@@ -293,12 +357,19 @@ impl HsState {
         ps.window.current(now).opened += 1;
     }
 
-    fn completed(&mut self, cfg: &Config, pid: u32, tid: u32, c: &HsConn, now: u64) {
+    fn completed(&mut self, cfg: &Config, key: ConnKey, tid: u32, c: &HsConn, now: u64) {
+        let pid = key.0;
         let full = c.key_ops > 0;
         let latency = now.saturating_sub(c.start_ns).max(1);
         let cpu = c.cpu_ns.max(1);
-        // Only explicit handshakes count towards the resumption rate (see the module doc).
-        let rated = c.explicit || !full;
+        // Only explicit, server-side handshakes count towards the resumption rate (see the
+        // module doc).
+        let rated = (c.explicit || !full) && c.client != Some(true);
+        let hello = self
+            .hellos
+            .get(&key)
+            .map(|h| h.0)
+            .filter(|h| !h.hello_retry);
         let peer = c.peer.as_ref().and_then(|h| {
             let ps = self.procs.get_mut(&pid)?.peers.get_mut(h)?;
             if full {
@@ -323,6 +394,9 @@ impl HsState {
             }
             s.latency.saturating_record(latency);
             s.cpu.saturating_record(cpu);
+            if let Some(h) = hello {
+                s.hello(h, full);
+            }
             let b = s.window.current(now);
             count_completion(b, full, rated, cpu, peer);
         });
@@ -378,6 +452,7 @@ impl HsConn {
             counted: false,
             peer: None,
             full: None,
+            client: None,
         }
     }
 }

@@ -1,8 +1,13 @@
 //! Handshake metrics as of now, in the form every sink reads.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::stats::{HsProc, HsSide, quantile};
+use super::{
+    names,
+    stats::{HsProc, HsSide, quantile},
+};
 use crate::engine::window::pct;
 
 /// At most this many peers per process in a snapshot, the busiest first.
@@ -39,6 +44,34 @@ pub struct HandshakeSnapshot {
     pub cpu_p99_ns: Option<u64>,
     /// Mean time inside the calls of the full handshakes completed in the recent window.
     pub full_cpu_mean_ns: Option<u64>,
+    /// Completed handshakes whose cleartext ServerHello was seen.
+    pub server_hello_total: u64,
+    /// Of those in TLS 1.3: with a `pre_shared_key` extension (resumed, by the hello), and
+    /// where that disagrees with the key-operation classification.
+    pub psk_total: u64,
+    pub psk_disagree_total: u64,
+    /// Completed handshakes by negotiated version ("TLS 1.3") and cipher suite
+    /// ("TLS_AES_256_GCM_SHA384", or "0xC0AD" when not in the name table), the most first.
+    pub tls_versions: Vec<NameCount>,
+    pub ciphers: Vec<NameCount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameCount {
+    pub name: String,
+    pub total: u64,
+}
+
+fn name_counts(m: &BTreeMap<u16, u64>, name: fn(u16) -> String) -> Vec<NameCount> {
+    let mut v: Vec<NameCount> = m
+        .iter()
+        .map(|(id, n)| NameCount {
+            name: name(*id),
+            total: *n,
+        })
+        .collect();
+    v.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
+    v
 }
 
 /// Where a thread's wall time went over the recent window.
@@ -109,6 +142,11 @@ pub(crate) fn side_snapshot(s: &HsSide, now: u64) -> HandshakeSnapshot {
         cpu_p50_ns: quantile(&s.cpu, 0.5),
         cpu_p99_ns: quantile(&s.cpu, 0.99),
         full_cpu_mean_ns: (w.full > 0).then(|| w.full_cpu_ns / u64::from(w.full)),
+        server_hello_total: t.hello,
+        psk_total: t.psk,
+        psk_disagree_total: t.psk_disagree,
+        tls_versions: name_counts(&s.versions, names::version_name),
+        ciphers: name_counts(&s.ciphers, names::cipher_name),
     }
 }
 

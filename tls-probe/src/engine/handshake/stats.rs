@@ -1,7 +1,7 @@
 //! What handshake accounting counts: per-bucket counters for rates and time shares, totals
 //! and histograms per thread and per process, and connections per peer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
 
@@ -63,6 +63,12 @@ pub(crate) struct HsTotals {
     /// An SSL error, or freed before completion (`abandoned`).
     pub failed: u64,
     pub abandoned: u64,
+    /// Completed handshakes whose ServerHello was seen; of those in TLS 1.3, the ones whose
+    /// ServerHello carried a `pre_shared_key`, and the ones where that disagrees with the
+    /// key-operation classification (psk present but full, or absent but resumed).
+    pub hello: u64,
+    pub psk: u64,
+    pub psk_disagree: u64,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -80,6 +86,9 @@ pub(crate) struct HsSide {
     pub cpu: Histogram<u64>,
     /// Handshakes under way now.
     pub in_progress: u64,
+    /// Completed handshakes by negotiated version and cipher suite id (from ServerHellos).
+    pub versions: BTreeMap<u16, u64>,
+    pub ciphers: BTreeMap<u16, u64>,
 }
 
 impl HsSide {
@@ -91,9 +100,25 @@ impl HsSide {
             latency: histogram(),
             cpu: histogram(),
             in_progress: 0,
+            versions: BTreeMap::new(),
+            ciphers: BTreeMap::new(),
+        }
+    }
+
+    /// A completed handshake's ServerHello; `full` is its key-operation classification.
+    pub fn hello(&mut self, h: super::Hello, full: bool) {
+        self.totals.hello += 1;
+        *self.versions.entry(h.version).or_default() += 1;
+        *self.ciphers.entry(h.cipher).or_default() += 1;
+        if h.version == TLS13 {
+            self.totals.psk += u64::from(h.psk);
+            self.totals.psk_disagree += u64::from(h.psk == full);
         }
     }
 }
+
+/// The `supported_versions` value of TLS 1.3.
+pub(crate) const TLS13: u16 = 0x0304;
 
 /// Per-bucket connection counters of one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
