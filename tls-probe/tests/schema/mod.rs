@@ -114,6 +114,7 @@ pub enum Event {
     Peer(Peer),
     ThreadCpu(ThreadCpu),
     ListenOverflows(ListenOverflows),
+    ServerHello(ServerHello),
 }
 
 macro_rules! event {
@@ -185,6 +186,15 @@ event!(Peer {
 });
 event!(ThreadCpu { cpu_ns: Ns });
 event!(ListenOverflows { total: u64 });
+event!(ServerHello {
+    ssl: u64,
+    fd: Option<i32>,
+    version: u16,
+    cipher: u16,
+    psk: bool,
+    hello_retry: bool,
+    sent: bool,
+});
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -521,6 +531,18 @@ pub struct HandshakeSnapshot {
     pub cpu_p50_ns: Option<Ns>,
     pub cpu_p99_ns: Option<Ns>,
     pub full_cpu_mean_ns: Option<Ns>,
+    pub server_hello_total: u64,
+    pub psk_total: u64,
+    pub psk_disagree_total: u64,
+    pub tls_versions: Vec<NameCount>,
+    pub ciphers: Vec<NameCount>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameCount {
+    pub name: String,
+    pub total: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 mod busy;
 mod handshake;
 mod handshake_rules;
+mod handshake_side;
 mod idle;
 mod incidents;
 mod peers;
