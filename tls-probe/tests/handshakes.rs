@@ -59,6 +59,78 @@ impl Run {
             .expect("a server snapshot with handshakes")
     }
 
+    /// The process's handshakes in the last snapshot.
+    fn process_handshakes(&self) -> &Value {
+        let snap = self
+            .records
+            .iter()
+            .rev()
+            .find(|r| r["type"] == "snapshot")
+            .expect("a snapshot");
+        &snap["data"]["processes"][0]["handshakes"]
+    }
+
+    /// Version and cipher come from the ServerHello of (nearly) every handshake, and in TLS
+    /// 1.3 its pre_shared_key agrees with the key-operation classification.
+    fn check_server_hellos(&self, name: &str, resumed: bool) {
+        let h = self.process_handshakes();
+        let n = |k: &str| h[k].as_u64().unwrap_or_else(|| panic!("{k} in {h}"));
+        eprintln!(
+            "{name}: {} completed, {} ServerHellos, psk {}, psk disagrees {}, versions {}, \
+             ciphers {}",
+            n("completed_total"),
+            n("server_hello_total"),
+            n("psk_total"),
+            n("psk_disagree_total"),
+            h["tls_versions"],
+            h["ciphers"]
+        );
+        let completed = n("completed_total");
+        assert!(completed >= 100, "{h}");
+        // Handshakes already under way at attach have no hello: a few at most.
+        assert!(n("server_hello_total") * 100 >= completed * 95, "{h}");
+        assert_eq!(h["tls_versions"][0]["name"], "TLS 1.3", "{h}");
+        assert!(
+            h["ciphers"][0]["name"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("TLS_AES_") || c.starts_with("TLS_CHACHA20")),
+            "{h}"
+        );
+        // The two resumption signals agree, but for handshakes caught half-way at attach.
+        assert!(
+            n("psk_disagree_total") * 100 <= n("server_hello_total"),
+            "{h}"
+        );
+        let psk = n("psk_total");
+        if resumed {
+            assert!(psk * 100 >= n("server_hello_total") * 90, "{h}");
+        } else {
+            assert_eq!(psk, 0, "{h}");
+        }
+        // Connections live milliseconds: look in every snapshot.
+        let conns = self
+            .records
+            .iter()
+            .filter(|r| r["type"] == "snapshot")
+            .filter_map(|r| r["data"]["connections"].as_array())
+            .flatten();
+        assert!(
+            conns
+                .into_iter()
+                .any(|c| c["tls_version"] == "TLS 1.3" && c["cipher"].is_string()),
+            "no connection shows its version and cipher"
+        );
+    }
+
+    /// Handshakes the server thread completed since attach, in its last snapshot.
+    fn peak_total(&self) -> u64 {
+        self.server_snapshots()
+            .into_iter()
+            .filter_map(|t| t["handshakes"]["completed_total"].as_u64())
+            .max()
+            .expect("server handshakes")
+    }
+
     fn report(&self, name: &str) {
         let t = self.peak();
         let h = &t["handshakes"];
@@ -104,6 +176,20 @@ fn handshake_storm_saturates_the_server_with_no_resumption() {
         "{}",
         describe(&run.records)
     );
+    run.check_server_hellos("handshake-storm", false);
+    // The process holds both ends: the resumption rate counts the server's handshakes only,
+    // never more than the server thread completed (counted twice, it would be about double).
+    let server_completed = run.peak_total();
+    for r in run.records.iter().filter(|r| r["type"] == "finding") {
+        let ev = &r["data"]["finding"]["evidence"]["low_session_resumption"];
+        if let Some(n) = ev["handshakes"].as_u64() {
+            assert!(
+                n <= server_completed + 5,
+                "low_session_resumption rated {n} handshakes; the server completed \
+                 {server_completed}: {ev}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -125,4 +211,5 @@ fn resumed_handshakes_resume_nearly_all_and_are_not_flagged() {
         "{}",
         describe(&run.records)
     );
+    run.check_server_hellos("resumed-handshakes", true);
 }

@@ -16,127 +16,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Proc, TLS_PROBE, cert, free_port, read_ndjson, wait_for, wait_listening};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-use scenario_common::{which, wrk, wrk_rate};
+use common::{Proc, TLS_PROBE, read_ndjson, wait_for};
+use nix::sys::signal::Signal;
+use scenario_common::{Nginx, NginxConf, children_of, signal, wrk, wrk_rate};
 use serde_json::Value;
 
-/// The children of `pid`, from the parent pid of every process in /proc.
-fn children_of(pid: u32) -> BTreeSet<u32> {
-    let mut out = BTreeSet::new();
-    for e in fs::read_dir("/proc").expect("reading /proc").flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // state, ppid; a zombie is gone as far as the test is concerned.
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
-            out.insert(child);
-        }
-    }
-    out
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
-}
-
-/// nginx with a master and two workers, serving a small page over TLS. On drop the master
-/// is asked to stop (SIGTERM, which stops the workers too); whatever is left is killed.
-struct NginxTree {
-    proc: Proc,
-    port: u16,
-}
+/// nginx with a master and two workers, serving a small page over TLS.
+struct NginxTree;
 
 impl NginxTree {
-    fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let (key, crt) = cert(dir);
-        let root = dir.join("www");
-        fs::create_dir_all(&root).expect("creating the web root");
-        fs::write(root.join("index.html"), "hello from nginx\n".repeat(32)).expect("index");
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\n\
-             master_process on;\n\
-             worker_processes 2;\n\
-             user root;\n\
-             pid {d}/nginx.pid;\n\
-             error_log stderr error;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-               access_log off;\n\
-               client_body_temp_path {d}/client_body;\n\
-               proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port} ssl;\n\
-                 ssl_certificate {crt};\n\
-                 ssl_certificate_key {key};\n\
-                 root {root};\n\
-               }}\n\
-             }}\n",
-            crt = crt.display(),
-            key = key.display(),
-            root = root.display(),
-        );
-        let path = dir.join("nginx.conf");
-        fs::write(&path, conf).expect("writing nginx.conf");
-        let nginx = which("nginx").expect("nginx is installed");
-        let proc = Proc::spawn(
-            Command::new(nginx)
-                .args(["-e", "stderr", "-p"])
-                .arg(dir)
-                .arg("-c")
-                .arg(&path),
-        );
-        let me = Self { proc, port };
-        wait_listening(port);
-        me.workers(2);
-        me
-    }
-
-    fn master(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    /// Waits until the master has exactly `n` children, and returns them.
-    fn workers(&self, n: usize) -> BTreeSet<u32> {
-        wait_for(
-            &format!("{n} nginx workers"),
-            Duration::from_secs(10),
-            || Some(children_of(self.master())).filter(|w| w.len() == n),
+    fn start(dir: &Path) -> Nginx {
+        Nginx::start_with(
+            dir,
+            NginxConf {
+                workers: Some(2),
+                ..NginxConf::default()
+            },
         )
-    }
-}
-
-impl Drop for NginxTree {
-    fn drop(&mut self) {
-        let master = self.master();
-        let workers = children_of(master);
-        signal(master, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.proc.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for w in workers.into_iter().chain(children_of(master)) {
-            signal(w, Signal::SIGKILL);
-        }
-        // Proc's own drop kills the master if it is still there.
     }
 }
 

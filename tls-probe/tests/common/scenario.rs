@@ -5,12 +5,17 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use serde_json::Value;
 
 use crate::common::{Attached, Proc, TLS_PROBE, cert, free_port, wait_for, wait_listening};
@@ -219,9 +224,21 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// nginx in one process (no master, no daemon), serving a small page with keep-alive over
-/// TLS on `port` and in the clear on `plain_port`, and reading uploads to `/upload` into
-/// temporary files; everything under a test's directory. Killed on drop.
+/// How the nginx of a test is set up: the parts that differ between tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NginxConf<'a> {
+    /// None: one process (`master_process off`); Some(n): a master and `n` workers.
+    pub workers: Option<usize>,
+    /// Also listen in the clear on `plain_port`.
+    pub plain: bool,
+    /// Directives added to the `server {}` block, e.g. `ssl_session_cache off;`.
+    pub server_extra: &'a str,
+}
+
+/// nginx under a test's directory: a small page with keep-alive over TLS on `port` (and in
+/// the clear on `plain_port` when asked), uploads to `/upload` read into temporary files.
+/// Started in the foreground (no daemon); on drop the master is asked to stop (SIGTERM,
+/// which stops the workers too), and whatever is left is killed.
 pub struct Nginx {
     pub proc: Proc,
     pub port: u16,
@@ -229,7 +246,18 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// One process (no master), with a plain port.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(
+            dir,
+            NginxConf {
+                plain: true,
+                ..NginxConf::default()
+            },
+        )
+    }
+
+    pub fn start_with(dir: &Path, c: NginxConf<'_>) -> Self {
         let (port, plain_port) = (free_port(), free_port());
         let (key, crt) = cert(dir);
         let root = dir.join("www");
@@ -239,12 +267,21 @@ impl Nginx {
             fs::create_dir_all(dir.join(sub)).expect("creating a temp dir");
         }
         let d = dir.display();
+        let process = match c.workers {
+            None => "master_process off;\nworker_processes 1;\n".to_owned(),
+            // Workers as root: they read the key and the temp dirs under the test's dir.
+            Some(n) => format!("master_process on;\nworker_processes {n};\nuser root;\n"),
+        };
+        let plain = if c.plain {
+            format!("listen 127.0.0.1:{plain_port};")
+        } else {
+            String::new()
+        };
         // An upload is read whole into a file before it would go upstream (proxy request
         // buffering); nothing listens upstream, and the body is never complete anyway.
         let conf = format!(
             "daemon off;\n\
-             master_process off;\n\
-             worker_processes 1;\n\
+             {process}\
              pid {d}/nginx.pid;\n\
              error_log stderr error;\n\
              events {{ worker_connections 256; }}\n\
@@ -260,9 +297,10 @@ impl Nginx {
                client_max_body_size 0;\n\
                server {{\n\
                  listen 127.0.0.1:{port} ssl;\n\
-                 listen 127.0.0.1:{plain_port};\n\
+                 {plain}\n\
                  ssl_certificate {crt};\n\
                  ssl_certificate_key {key};\n\
+                 {extra}\n\
                  root {root};\n\
                  location /upload {{ proxy_pass http://127.0.0.1:9; }}\n\
                }}\n\
@@ -270,6 +308,7 @@ impl Nginx {
             crt = crt.display(),
             key = key.display(),
             root = root.display(),
+            extra = c.server_extra,
         );
         let path = dir.join("nginx.conf");
         fs::write(&path, conf).expect("writing nginx.conf");
@@ -281,14 +320,79 @@ impl Nginx {
                 .arg("-c")
                 .arg(&path),
         );
-        wait_listening(port);
-        wait_listening(plain_port);
-        Self {
+        let me = Self {
             proc,
             port,
             plain_port,
+        };
+        wait_listening(port);
+        if c.plain {
+            wait_listening(plain_port);
+        }
+        if let Some(n) = c.workers {
+            me.workers(n);
+        }
+        me
+    }
+
+    /// The pid started: the master, or the only process.
+    pub fn master(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Waits until the master has exactly `n` children, and returns them.
+    pub fn workers(&self, n: usize) -> BTreeSet<u32> {
+        wait_for(
+            &format!("{n} nginx workers"),
+            Duration::from_secs(10),
+            || Some(children_of(self.master())).filter(|w| w.len() == n),
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let master = self.master();
+        let workers = children_of(master);
+        signal(master, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for w in workers.into_iter().chain(children_of(master)) {
+            signal(w, Signal::SIGKILL);
+        }
+        // Proc's own drop kills the master if it is still there.
+    }
+}
+
+/// The children of `pid`, from the parent pid of every process in /proc.
+pub fn children_of(pid: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for e in fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // state, ppid; a zombie is gone as far as the test is concerned.
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
+            out.insert(child);
         }
     }
+    out
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// `wrk -t1 -cCONNS -d3s URL`: keep-alive load at full speed for 3 seconds.
