@@ -173,6 +173,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
         // SAFETY: reading the buffer and length arguments from the tracepoint record.
         let buf = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
         if kind == sys::WRITE {
+            // SAFETY: as above, the third argument.
             let len = unsafe { ctx.read_at::<u64>(ARG2) }.unwrap_or(0);
             if buf != 0 {
                 server_hello(cur, buf, len, true);
