@@ -111,8 +111,12 @@ fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
 /// emit one `ServerHelloEvent`.
 #[inline(always)]
 fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
-    let (msg, avail) = if cur.hello == HELLO_BODY_NEXT {
+    let body_next = cur.hello == HELLO_BODY_NEXT;
+    if body_next {
         cur.hello = 0;
+    }
+    // Only a read carries on a header that a read began.
+    let (msg, avail) = if body_next && !sent {
         (buf, len.min(u64::from(cur.hello_len)))
     } else {
         if len < RECORD_HEADER {

@@ -32,6 +32,9 @@ struct Flood {
 
 /// nginx (one worker) with `server_extra`, flooded by `CLIENTS` `openssl s_time` runs with
 /// `client_args` (`-new` or `-reuse`), under `tls-probe attach --mode light` on the master.
+/// An RSA-4096 certificate makes each full handshake cost the worker several times what it
+/// costs a client (signing against verifying), so the worker always has a backlog, however
+/// the two cores are shared.
 fn flood(server_extra: &str, client_args: &[&str]) -> Flood {
     let dir = tempfile::tempdir().expect("tempdir");
     let nginx = Nginx::start_with(
@@ -39,6 +42,7 @@ fn flood(server_extra: &str, client_args: &[&str]) -> Flood {
         NginxConf {
             workers: Some(1),
             server_extra,
+            rsa_bits: Some(4096),
             ..NginxConf::default()
         },
     );
@@ -134,7 +138,7 @@ fn nginx_without_session_cache_saturates_its_worker() {
     );
     let h = run.report("no cache");
     let completed = h["completed_total"].as_u64().unwrap();
-    assert!(completed >= 200, "{h}");
+    assert!(completed >= 100, "{h}");
     assert!(h["resumption_pct"].as_f64().unwrap() < 2.0, "{h}");
     // nginx before 1.23.4 leaves TLS 1.3 out of its default ssl_protocols: the
     // legacy_version path.

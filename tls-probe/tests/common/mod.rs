@@ -196,6 +196,11 @@ pub fn summary(records: &[Value]) -> &Value {
 
 /// A self-signed RSA-2048 key and certificate for a test server, made with the openssl CLI.
 pub fn cert(dir: &Path) -> (PathBuf, PathBuf) {
+    cert_bits(dir, 2048)
+}
+
+/// The same with an RSA key of `bits`.
+pub fn cert_bits(dir: &Path, bits: u32) -> (PathBuf, PathBuf) {
     let key = dir.join("key.pem");
     let crt = dir.join("cert.pem");
     let status = Command::new("openssl")
@@ -203,7 +208,7 @@ pub fn cert(dir: &Path) -> (PathBuf, PathBuf) {
             "req",
             "-x509",
             "-newkey",
-            "rsa:2048",
+            &format!("rsa:{bits}"),
             "-nodes",
             "-days",
             "1",

@@ -18,7 +18,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::common::{Attached, Proc, TLS_PROBE, cert, free_port, wait_for, wait_listening};
+use crate::common::{Attached, Proc, TLS_PROBE, cert_bits, free_port, wait_for, wait_listening};
 
 /// CLOCK_MONOTONIC now, in ns: the clock of every `ts_ns` tls-probe writes.
 pub fn monotonic_ns() -> u64 {
@@ -233,6 +233,8 @@ pub struct NginxConf<'a> {
     pub plain: bool,
     /// Directives added to the `server {}` block, e.g. `ssl_session_cache off;`.
     pub server_extra: &'a str,
+    /// The RSA key size of the certificate; 2048 when None.
+    pub rsa_bits: Option<u32>,
 }
 
 /// nginx under a test's directory: a small page with keep-alive over TLS on `port` (and in
@@ -259,7 +261,7 @@ impl Nginx {
 
     pub fn start_with(dir: &Path, c: NginxConf<'_>) -> Self {
         let (port, plain_port) = (free_port(), free_port());
-        let (key, crt) = cert(dir);
+        let (key, crt) = cert_bits(dir, c.rsa_bits.unwrap_or(2048));
         let root = dir.join("www");
         fs::create_dir_all(&root).expect("creating the web root");
         fs::write(root.join("index.html"), "hello from nginx\n".repeat(32)).expect("index");
