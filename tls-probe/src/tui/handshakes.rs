@@ -2,9 +2,8 @@
 
 use crate::engine::Snapshot;
 
-/// Handshake rate and latency as the panel shows them. Unknown values are `None` and drawn
-/// as "n/a": the engine counts handshakes today, and a later engine adds the full/resumed
-/// split and latency percentiles, filled in [`HandshakeView::observe`].
+/// Handshake rate, full/resumed split, latency and what was negotiated, as the panel shows
+/// them. Unknown values are `None` and drawn as "n/a".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HandshakeView {
     /// Handshakes per second, oldest first, one point per second or so of snapshots.
@@ -14,6 +13,9 @@ pub struct HandshakeView {
     pub resumed: Option<u64>,
     pub p50_ns: Option<u64>,
     pub p99_ns: Option<u64>,
+    /// The most common negotiated version and cipher suite, from the ServerHellos seen.
+    pub version: Option<String>,
+    pub cipher: Option<String>,
     /// The snapshot the last rate point was measured from: (now_ns, total).
     anchor: Option<(u64, u64)>,
 }
@@ -36,8 +38,28 @@ impl HandshakeView {
             // The first snapshot, or a clock that went back (a replay restarted).
             _ => self.anchor = Some((snap.now_ns, self.total)),
         }
-        // One line per field the snapshot gains, e.g.:
-        // self.resumed = Some(snap.processes.iter().map(|p| p.handshakes_resumed_total).sum());
+        let hs: Vec<_> = snap
+            .processes
+            .iter()
+            .filter_map(|p| p.handshakes.as_ref())
+            .collect();
+        if hs.is_empty() {
+            return;
+        }
+        self.full = Some(hs.iter().map(|h| h.full_total).sum());
+        self.resumed = Some(hs.iter().map(|h| h.resumed_total).sum());
+        // The busiest process speaks for the latency: quantiles do not add up.
+        let busiest = hs.iter().max_by_key(|h| h.completed_total);
+        self.p50_ns = busiest.and_then(|h| h.latency_p50_ns);
+        self.p99_ns = busiest.and_then(|h| h.latency_p99_ns);
+        let top = |f: fn(&crate::engine::HandshakeSnapshot) -> &[crate::engine::NameCount]| {
+            hs.iter()
+                .flat_map(|h| f(h))
+                .max_by_key(|n| n.total)
+                .map(|n| n.name.clone())
+        };
+        self.version = top(|h| &h.tls_versions);
+        self.cipher = top(|h| &h.ciphers);
     }
 
     /// The latest rate point.

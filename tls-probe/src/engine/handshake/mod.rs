@@ -36,8 +36,9 @@
 //!   unknown side is counted.
 //! - The **ServerHello** (`server_hello`) gives the negotiated version and cipher, counted
 //!   at completion, and in TLS 1.3 a second resumption signal: a `pre_shared_key` extension.
-//!   Completed TLS 1.3 handshakes whose psk presence disagrees with the key-operation
-//!   classification are counted (`psk_disagree`), so the two signals cross-check.
+//!   In TLS 1.3 the psk decides full or resumed; completed TLS 1.3 handshakes whose psk
+//!   presence disagrees with the key-operation classification are counted (`psk_disagree`),
+//!   so the two signals cross-check.
 
 pub mod names;
 mod snapshot;
@@ -359,17 +360,24 @@ impl HsState {
 
     fn completed(&mut self, cfg: &Config, key: ConnKey, tid: u32, c: &HsConn, now: u64) {
         let pid = key.0;
-        let full = c.key_ops > 0;
-        let latency = now.saturating_sub(c.start_ns).max(1);
-        let cpu = c.cpu_ns.max(1);
-        // Only explicit, server-side handshakes count towards the resumption rate (see the
-        // module doc).
-        let rated = (c.explicit || !full) && c.client != Some(true);
         let hello = self
             .hellos
             .get(&key)
             .map(|h| h.0)
             .filter(|h| !h.hello_retry);
+        // TLS 1.3 says it in the clear: a `pre_shared_key` in the ServerHello is a resumption.
+        // That beats key operations, which miss a handshake whose signing happened while the
+        // libcrypto probes were still attaching; older versions only have the key operations.
+        let key_op_full = c.key_ops > 0;
+        let full = match hello {
+            Some(h) if h.version == stats::TLS13 => !h.psk,
+            _ => key_op_full,
+        };
+        let latency = now.saturating_sub(c.start_ns).max(1);
+        let cpu = c.cpu_ns.max(1);
+        // Only explicit, server-side handshakes count towards the resumption rate (see the
+        // module doc).
+        let rated = (c.explicit || !full) && c.client != Some(true);
         let peer = c.peer.as_ref().and_then(|h| {
             let ps = self.procs.get_mut(&pid)?.peers.get_mut(h)?;
             if full {
@@ -395,7 +403,7 @@ impl HsState {
             s.latency.saturating_record(latency);
             s.cpu.saturating_record(cpu);
             if let Some(h) = hello {
-                s.hello(h, full);
+                s.hello(h, key_op_full);
             }
             let b = s.window.current(now);
             count_completion(b, full, rated, cpu, peer);

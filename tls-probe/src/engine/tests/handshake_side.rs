@@ -140,7 +140,8 @@ fn client_side_handshakes_do_not_lower_the_rate() {
 #[test]
 fn server_hello_gives_version_cipher_and_the_psk_cross_check() {
     let mut sim = Sim::new();
-    // Full, no psk: agree. Resumed with psk: agree. Resumed without psk: disagree.
+    // Full, no psk: agree. Resumed with psk: agree. No key operation but no psk either:
+    // they disagree, and in TLS 1.3 the psk decides (full).
     hello(&mut sim, TID, 0x100, 10, false, true);
     sim.server_handshake(TID, 0x100, 10, true);
     hello(&mut sim, TID, 0x200, 11, true, true);
@@ -181,6 +182,7 @@ fn server_hello_gives_version_cipher_and_the_psk_cross_check() {
     assert_eq!(h.completed_total, 5);
     assert_eq!(h.server_hello_total, 5);
     assert_eq!((h.psk_total, h.psk_disagree_total), (1, 1));
+    assert_eq!((h.full_total, h.resumed_total), (4, 1));
     let names = |v: &[crate::engine::NameCount]| {
         v.iter()
             .map(|n| format!("{}={}", n.name, n.total))

@@ -49,6 +49,15 @@ pub fn render(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         label("  p99 "),
         lat(h.p99_ns),
     ];
+    let mut rate = rate;
+    if let Some(v) = &h.version {
+        rate.push(Span::raw("  "));
+        rate.push(Span::raw(v.clone()));
+    }
+    if let Some(c) = &h.cipher {
+        rate.push(Span::raw(" "));
+        rate.push(Span::styled(c.clone(), t.dim()));
+    }
     let spark_data: Vec<u64> = {
         let n = inner.width as usize;
         let from = h.rate_history.len().saturating_sub(n);
