@@ -59,6 +59,27 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    pid: u32,
+    comm: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CipherLabels {
+    pid: u32,
+    comm: String,
+    cipher: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    pid: u32,
+    comm: String,
+    quantile: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProgressLabels {
     pid: u32,
     comm: String,
@@ -146,6 +167,9 @@ impl MetricsSink {
         let results = Family::<ResultLabels, Counter>::default();
         let bytes = Family::<DirLabels, Counter>::default();
         let handshakes = Family::<KindLabels, Counter>::default();
+        let versions = Family::<VersionLabels, Counter>::default();
+        let ciphers = Family::<CipherLabels, Counter>::default();
+        let latency = Family::<QuantileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let wakeups = Family::<ProgressLabels, Counter>::default();
         let conns = Family::<ProcLabels, Gauge>::default();
         for ps in &self.processes {
@@ -175,14 +199,53 @@ impl MetricsSink {
                     })
                     .inc_by(n);
             }
-            let kind = "unknown";
-            handshakes
-                .get_or_create(&KindLabels {
-                    pid,
-                    comm: comm.clone(),
-                    kind,
-                })
-                .inc_by(ps.handshakes_total);
+            // Full or resumed once the engine classified them (key operations, or the
+            // TLS 1.3 psk); handshakes it saw no classifying evidence for stay unknown.
+            let (full, resumed) = ps
+                .handshakes
+                .as_ref()
+                .map_or((0, 0), |h| (h.full_total, h.resumed_total));
+            let unknown = ps.handshakes_total.saturating_sub(full + resumed);
+            for (kind, n) in [("full", full), ("resumed", resumed), ("unknown", unknown)] {
+                handshakes
+                    .get_or_create(&KindLabels {
+                        pid,
+                        comm: comm.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+            if let Some(h) = &ps.handshakes {
+                for v in &h.tls_versions {
+                    versions
+                        .get_or_create(&VersionLabels {
+                            pid,
+                            comm: comm.clone(),
+                            version: v.name.clone(),
+                        })
+                        .inc_by(v.total);
+                }
+                for c in &h.ciphers {
+                    ciphers
+                        .get_or_create(&CipherLabels {
+                            pid,
+                            comm: comm.clone(),
+                            cipher: c.name.clone(),
+                        })
+                        .inc_by(c.total);
+                }
+                for (quantile, ns) in [("0.5", h.latency_p50_ns), ("0.99", h.latency_p99_ns)] {
+                    if let Some(ns) = ns {
+                        latency
+                            .get_or_create(&QuantileLabels {
+                                pid,
+                                comm: comm.clone(),
+                                quantile,
+                            })
+                            .set(ns as f64 / 1e9);
+                    }
+                }
+            }
             let no_progress = ps.wakeups_no_progress_total;
             for (progress, n) in [
                 ("true", ps.wakeups_total.saturating_sub(no_progress)),
@@ -211,8 +274,23 @@ impl MetricsSink {
         );
         reg.register(
             "handshakes",
-            "Completed TLS handshakes, by kind (full/resumed not told yet: unknown)",
+            "TLS handshakes, by kind: full, resumed, or unknown (no classifying evidence)",
             handshakes,
+        );
+        reg.register(
+            "handshake_versions",
+            "Completed handshakes by negotiated TLS version, from the cleartext ServerHello",
+            versions,
+        );
+        reg.register(
+            "handshake_ciphers",
+            "Completed handshakes by negotiated cipher suite, from the cleartext ServerHello",
+            ciphers,
+        );
+        reg.register(
+            "handshake_latency_seconds",
+            "Handshake wall time, first handshake call to completion, by quantile",
+            latency,
         );
         reg.register(
             "wakeups",
@@ -336,5 +414,30 @@ impl Sink for MetricsSink {
 
     fn wants_events(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::fixtures::{handshake_snapshot, snapshot_at};
+
+    #[test]
+    fn handshakes_by_kind_version_cipher_and_latency() {
+        let (mut sink, rx) = MetricsSink::new();
+        let mut snap = snapshot_at(1_000_000_000, 1_003);
+        snap.processes[0].handshakes = Some(handshake_snapshot());
+        sink.record(Record::Snapshot(&snap)).unwrap();
+        let text = rx.borrow().clone();
+        for line in [
+            r#"tls_probe_handshakes_total{pid="4242",comm="spin_server",kind="full"} 990"#,
+            r#"tls_probe_handshakes_total{pid="4242",comm="spin_server",kind="resumed"} 10"#,
+            r#"tls_probe_handshakes_total{pid="4242",comm="spin_server",kind="unknown"} 3"#,
+            r#"tls_probe_handshake_versions_total{pid="4242",comm="spin_server",version="TLS 1.3"} 1000"#,
+            r#"cipher="TLS_AES_256_GCM_SHA384"} 1000"#,
+            r#"tls_probe_handshake_latency_seconds{pid="4242",comm="spin_server",quantile="0.99"} 0.0095"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
     }
 }

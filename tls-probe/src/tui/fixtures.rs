@@ -214,6 +214,23 @@ pub fn snapshot_at(now_ns: u64, handshakes: u64) -> Snapshot {
     serde_json::from_value(v).expect("fixture snapshot matches the engine's Snapshot")
 }
 
+/// A server's handshakes: 990 full, 10 resumed, TLS 1.3 with one cipher.
+pub fn handshake_snapshot() -> crate::engine::HandshakeSnapshot {
+    serde_json::from_value(json!({
+        "started_total": 1_001, "completed_total": 1_000, "full_total": 990,
+        "resumed_total": 10, "implicit_full_total": 0, "failed_total": 0,
+        "abandoned_total": 0, "in_progress": 1, "started_per_sec": 600.0,
+        "completed_per_sec": 600.0, "full_per_sec": 594.0, "resumed_per_sec": 6.0,
+        "failed_per_sec": 0.0, "resumption_pct": 1.0, "latency_p50_ns": 1_800_000,
+        "latency_p99_ns": 9_500_000, "cpu_p50_ns": 1_500_000, "cpu_p99_ns": 3_000_000,
+        "full_cpu_mean_ns": 1_600_000, "server_hello_total": 1_000, "psk_total": 10,
+        "psk_disagree_total": 0,
+        "tls_versions": [{"name": "TLS 1.3", "total": 1_000}],
+        "ciphers": [{"name": "TLS_AES_256_GCM_SHA384", "total": 1_000}],
+    }))
+    .expect("fixture matches the engine's HandshakeSnapshot")
+}
+
 pub fn opened(f: Finding) -> Msg {
     Msg::Finding(Box::new(FindingChange {
         change: Change::Opened,

@@ -247,21 +247,7 @@ fn handshake_rate_is_per_second_of_snapshots() {
 fn handshake_panel_shows_the_split_latency_and_what_was_negotiated() {
     let mut app = App::new(false);
     let mut snap = snapshot_at(NOW_NS, 1_000);
-    snap.processes[0].handshakes = Some(
-        serde_json::from_value(serde_json::json!({
-            "started_total": 1_001, "completed_total": 1_000, "full_total": 990,
-            "resumed_total": 10, "implicit_full_total": 0, "failed_total": 0,
-            "abandoned_total": 0, "in_progress": 1, "started_per_sec": 600.0,
-            "completed_per_sec": 600.0, "full_per_sec": 594.0, "resumed_per_sec": 6.0,
-            "failed_per_sec": 0.0, "resumption_pct": 1.0, "latency_p50_ns": 1_800_000,
-            "latency_p99_ns": 9_500_000, "cpu_p50_ns": 1_500_000, "cpu_p99_ns": 3_000_000,
-            "full_cpu_mean_ns": 1_600_000, "server_hello_total": 1_000, "psk_total": 10,
-            "psk_disagree_total": 0,
-            "tls_versions": [{"name": "TLS 1.3", "total": 1_000}],
-            "ciphers": [{"name": "TLS_AES_256_GCM_SHA384", "total": 1_000}],
-        }))
-        .unwrap(),
-    );
+    snap.processes[0].handshakes = Some(handshake_snapshot());
     app.update(Msg::Snapshot(Box::new(snap)));
     let h = &app.model().handshakes;
     assert_eq!((h.full, h.resumed), (Some(990), Some(10)));
