@@ -135,6 +135,22 @@ pub struct TargetAttach {
     pub parent_pid: u32,
     /// When tls-probe attached (it looks once a second).
     pub ts_ns: u64,
+    /// Why it was attached then.
+    #[serde(default)]
+    pub cause: AttachCause,
+}
+
+/// Why a target was attached after the start.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachCause {
+    /// A new descendant of a traced process.
+    #[default]
+    Child,
+    /// A watched process mapped a TLS library (dlopen) after tls-probe started.
+    LibraryLoaded,
+    /// A watched or traced process ran a new program (exec) with a TLS library.
+    Exec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -58,6 +58,7 @@ impl Session {
             }
         }
         self.adopt_children(now)?;
+        self.adopt_late(now)?;
         if let Some(&pid) = self.probes.pids().first()
             && let Some(total) = proc::listen_overflows(pid)
         {
@@ -78,7 +79,7 @@ impl Session {
             .record(Record::Snapshot(&self.engine.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
-        Ok(!self.probes.pids().is_empty())
+        Ok(!self.probes.pids().is_empty() || self.late.waiting())
     }
 
     /// Rates since the last call, to the sinks that show them live. Call after
