@@ -666,6 +666,15 @@ pub struct TargetAttach {
     pub missing_symbols: Vec<String>,
     pub parent_pid: u32,
     pub ts_ns: Ns,
+    pub cause: AttachCause,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachCause {
+    Child,
+    LibraryLoaded,
+    Exec,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
