@@ -212,6 +212,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             probe.clone_into(&mut ev.probe);
             return Ok(ev);
         }
+        tls_probe_common::KIND_TASK_EXIT => {
+            let r: tls_probe_common::TaskExitEvent = read(bytes, hdr.kind)?;
+            EventKind::TaskExit {
+                cleared: r.cleared,
+                group_dead: r.group_dead != 0,
+            }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))

@@ -315,6 +315,13 @@ pub enum EventKind {
     ListenOverflows {
         total: u64,
     },
+    /// A thread of the process exited (`sched:sched_process_exit`). `cleared` per-thread
+    /// kernel entries it left behind (non-zero when it died inside a probed call) were
+    /// deleted; `group_dead` when it was the last thread: the process exited.
+    TaskExit {
+        cleared: u32,
+        group_dead: bool,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -349,6 +356,7 @@ impl Event {
                 PeerSide::Connected => "connect",
             },
             EventKind::ThreadCpu { .. } | EventKind::ListenOverflows { .. } => "procfs",
+            EventKind::TaskExit { .. } => "sched_process_exit",
         }
     }
 

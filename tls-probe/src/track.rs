@@ -110,6 +110,7 @@ impl Tracker {
             | EventKind::EpollIdle(_)
             | EventKind::ThreadCpu { .. }
             | EventKind::ListenOverflows { .. }
+            | EventKind::TaskExit { .. }
             | EventKind::Peer { .. } => {}
         }
     }

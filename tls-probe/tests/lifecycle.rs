@@ -149,3 +149,84 @@ fn a_target_waiting_for_its_library_that_exits_ends_the_run() {
         "no target_exit"
     );
 }
+
+/// A thread that dies inside SSL_read_ex (another thread calls exit) never runs the return
+/// probe: the exit tracepoint deletes the call it left in the kernel's per-thread maps and
+/// says so (`cleared`), and the process's exit is reported at once (the `target_exit` has
+/// the time of the last thread's exit, not of the next once-a-second look).
+#[test]
+fn a_thread_that_dies_inside_ssl_read_leaves_no_state_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, crt) = cert(dir.path());
+    let port = free_port();
+    // A server that never answers: its stdin stays open and nothing is typed.
+    let _server = Proc::spawn(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-key")
+            .arg(&key)
+            .arg("-cert")
+            .arg(&crt),
+    );
+    wait_listening(port);
+    let script = format!(
+        r#"
+import sys, socket, ssl, threading, os
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port})))
+print("READY", flush=True)
+sys.stdin.readline()
+def reader():
+    print("TID", threading.get_native_id(), flush=True)
+    s.recv(100)
+threading.Thread(target=reader).start()
+sys.stdin.readline()
+os._exit(0)
+"#
+    );
+    let mut py = Proc::spawn(Command::new("python3").args(["-c", &script]));
+    py.read_until("python to connect", |l| (l == "READY").then_some(()));
+    let pid = py.pid();
+    let probe = Attached::start(dir.path(), pid, &["--no-tui"]);
+    py.send_line("read");
+    let tid: u32 = py.read_until("the reader's tid", |l| {
+        l.strip_prefix("TID ").and_then(|t| t.parse().ok())
+    });
+    // Blocked in the socket read inside SSL_read_ex: read(2) or recvfrom(2).
+    wait_for(
+        "the reader to block in a read",
+        Duration::from_secs(10),
+        || {
+            let sc = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            matches!(sc.split_whitespace().next(), Some("0" | "45")).then_some(())
+        },
+    );
+    py.send_line("exit");
+    let records = probe.finish(Duration::from_secs(60));
+    let exits: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "event" && r["data"]["kind"] == "task_exit")
+        .map(|r| &r["data"])
+        .collect();
+    let reader = exits
+        .iter()
+        .find(|e| e["tid"] == tid)
+        .unwrap_or_else(|| panic!("no task_exit for the reader {tid}: {exits:?}"));
+    assert!(
+        reader["cleared"].as_u64().unwrap() >= 1,
+        "the SSL_read_ex it died in was not cleared: {reader}"
+    );
+    let last: Vec<&&Value> = exits.iter().filter(|e| e["group_dead"] == true).collect();
+    assert_eq!(last.len(), 1, "{exits:?}");
+    let target_exit = records
+        .iter()
+        .find(|r| r["type"] == "target_exit" && r["data"]["pid"] == pid)
+        .expect("a target_exit");
+    assert_eq!(
+        target_exit["data"]["ts_ns"], last[0]["ts_ns"],
+        "not reported at once"
+    );
+}

@@ -151,6 +151,8 @@ impl Engine {
                 self.insert_peer(pid, *fd, addr.clone(), *side == PeerSide::Connected);
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
+            // The session acts on a process's exit; its threads' state ages out as before.
+            EventKind::TaskExit { .. } => {}
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 if let Some((t0, c0)) = t.cpu_sample

@@ -240,6 +240,12 @@ pub fn event_line(ev: &Event) -> String {
         EventKind::ThreadCpu { cpu_ns } => {
             let _ = write!(s, "cpu={}ms", cpu_ns / 1_000_000);
         }
+        EventKind::TaskExit {
+            cleared,
+            group_dead,
+        } => {
+            let _ = write!(s, "cleared={cleared} group_dead={group_dead}");
+        }
     }
     s
 }

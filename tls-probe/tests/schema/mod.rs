@@ -114,6 +114,7 @@ pub enum Event {
     Peer(Peer),
     ThreadCpu(ThreadCpu),
     ListenOverflows(ListenOverflows),
+    TaskExit(TaskExit),
 }
 
 macro_rules! event {
@@ -185,6 +186,10 @@ event!(Peer {
 });
 event!(ThreadCpu { cpu_ns: Ns });
 event!(ListenOverflows { total: u64 });
+event!(TaskExit {
+    cleared: u32,
+    group_dead: bool,
+});
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

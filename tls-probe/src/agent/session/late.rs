@@ -63,6 +63,24 @@ impl Watch {
 }
 
 impl Session {
+    /// A traced process exited (seen by the kernel's exit tracepoint, or on the tick):
+    /// detach and send `target_exit`, once.
+    pub(super) fn target_exited(&mut self, pid: u32, ts_ns: u64) -> Result<()> {
+        if !self.probes.pids().contains(&pid) {
+            return Ok(());
+        }
+        self.probes.detach(pid);
+        self.late.forget(pid);
+        let comm = self
+            .targets
+            .iter()
+            .find(|t| t.pid == pid)
+            .map(|t| t.comm.clone())
+            .unwrap_or_default();
+        let exit = TargetExit { pid, comm, ts_ns };
+        self.sinks.record(Record::TargetExit(&exit))
+    }
+
     /// Attaches to watched processes that now map a TLS library, and moves traced processes
     /// that exec'd a program with another TLS library over to it.
     pub(super) fn adopt_late(&mut self, now: u64) -> Result<()> {

@@ -238,6 +238,12 @@ impl Session {
 
     /// One event through the pipeline: tracker, counts, sinks, engine.
     fn handle(&mut self, mut ev: Event) -> Result<()> {
+        if let crate::event::EventKind::TaskExit {
+            group_dead: true, ..
+        } = ev.kind
+        {
+            self.target_exited(ev.pid, ev.ts_ns)?;
+        }
         self.tracker.process(&mut ev);
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;

@@ -7,7 +7,7 @@ use super::Session;
 use crate::{
     agent::{proc, stats::Sample},
     event::{Event, EventKind},
-    sink::{Flush, LostRecord, Record, TargetExit},
+    sink::{Flush, LostRecord, Record},
 };
 
 impl Session {
@@ -38,19 +38,7 @@ impl Session {
         self.report_lost(now)?;
         for pid in self.probes.pids() {
             if !proc::alive(pid) {
-                self.probes.detach(pid);
-                let comm = self
-                    .targets
-                    .iter()
-                    .find(|t| t.pid == pid)
-                    .map(|t| t.comm.clone())
-                    .unwrap_or_default();
-                let exit = TargetExit {
-                    pid,
-                    comm,
-                    ts_ns: now,
-                };
-                self.sinks.record(Record::TargetExit(&exit))?;
+                self.target_exited(pid, now)?;
                 continue;
             }
             for ev in proc::thread_cpu(pid, now) {
