@@ -280,6 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn task_exit_decodes_and_a_short_one_is_an_error() {
+        let rec = tls_probe_common::TaskExitEvent {
+            hdr: hdr(tls_probe_common::KIND_TASK_EXIT),
+            cleared: 2,
+            group_dead: 1,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "sched_process_exit");
+        assert_eq!(
+            ev.kind,
+            EventKind::TaskExit {
+                cleared: 2,
+                group_dead: true
+            }
+        );
+        let short = &bytes_of(&rec)[..28];
+        assert!(matches!(
+            decode(short),
+            Err(DecodeError::Short { kind: 14, .. })
+        ));
+    }
+
+    #[test]
     fn ssl_call_without_syscall_has_no_fd() {
         let rec = SslCallEvent {
             hdr: hdr(kind::SSL_CALL),

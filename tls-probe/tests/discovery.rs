@@ -56,7 +56,7 @@ fn refused(args: &[&str], code: i32, needle: &str) {
     );
 }
 
-fn ssl_calls<'a>(records: &'a [Value], pid: u32) -> Vec<&'a Value> {
+fn ssl_calls(records: &[Value], pid: u32) -> Vec<&Value> {
     records
         .iter()
         .filter(|r| r["type"] == "event" && r["data"]["kind"] == "ssl_call")

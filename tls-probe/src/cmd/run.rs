@@ -15,7 +15,7 @@
 use std::{
     ffi::{CString, OsString},
     os::{fd::OwnedFd, unix::ffi::OsStrExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitCode,
 };
 
@@ -87,7 +87,7 @@ impl Held {
     /// Forks; the child blocks reading a pipe and execs `program` once a byte arrives (it
     /// exits 125 without exec if the pipe closes first). Call while single-threaded: before
     /// the runtime starts.
-    fn spawn(program: &PathBuf, argv: &[OsString]) -> Result<Self> {
+    fn spawn(program: &Path, argv: &[OsString]) -> Result<Self> {
         let c = |s: &std::ffi::OsStr| {
             CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte"))
         };

@@ -219,11 +219,12 @@ mod tests {
             },
             parent_pid: 7,
             ts_ns: 9,
+            cause: AttachCause::LibraryLoaded,
         };
         let line = serde_json::to_string(&Record::TargetAttach(&attach)).unwrap();
         assert_eq!(
             line,
-            r#"{"type":"target_attach","data":{"pid":8,"comm":"nginx","library_path":"/lib/libssl.so.3","library_version":"3","missing_symbols":[],"parent_pid":7,"ts_ns":9}}"#
+            r#"{"type":"target_attach","data":{"pid":8,"comm":"nginx","library_path":"/lib/libssl.so.3","library_version":"3","missing_symbols":[],"parent_pid":7,"ts_ns":9,"cause":"library_loaded"}}"#
         );
         let back: OwnedRecord = serde_json::from_str(&line).unwrap();
         assert!(matches!(back, OwnedRecord::TargetAttach(a) if a == attach));
