@@ -345,3 +345,68 @@ fn read_ndjson_prefix(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }
+
+/// A C client with OpenSSL linked in statically (libssl.a + libcrypto.a), built here with
+/// gcc and started with `tls-probe run`: no libssl in its maps, the probes go on the
+/// executable itself, the handshake (SSL_connect, with its key operations from the same
+/// file) and each SSL_write/SSL_read are seen with the socket's fd.
+#[test]
+fn static_openssl_c_client_under_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = s_server(dir.path());
+    let exe = dir.path().join("static_client");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/static_client.c");
+    let status = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .args([
+            src,
+            "/usr/lib/x86_64-linux-gnu/libssl.a",
+            "/usr/lib/x86_64-linux-gnu/libcrypto.a",
+            "-lpthread",
+            "-ldl",
+        ])
+        .status()
+        .expect("running gcc");
+    assert!(status.success(), "gcc failed");
+    let out = dir.path().join("static.ndjson");
+    let mut probe = Proc::spawn(
+        Command::new(TLS_PROBE)
+            .args(["run", "--no-tui", "--events", "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&exe)
+            .arg(port.to_string())
+            .stderr(Stdio::inherit()),
+    );
+    let fd: i64 = probe.read_until("the client to connect", |l| {
+        l.strip_prefix("READY ").and_then(|f| f.parse().ok())
+    });
+    const LINES: usize = 3;
+    for i in 0..LINES {
+        probe.send_line(&format!("static{i}"));
+        probe.read_until("a reply", |l| l.starts_with("REPLY").then_some(()));
+    }
+    probe.close_stdin();
+    let status = probe.wait_exit("tls-probe run to end", Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0));
+    let records = read_ndjson(&out);
+    let target = &records[0]["data"]["targets"][0];
+    assert_eq!(target["library_path"], exe.to_str().unwrap(), "{target}");
+    let pid = target["pid"].as_u64().unwrap() as u32;
+    let calls = ssl_calls(&records, pid);
+    let connect = calls
+        .iter()
+        .find(|c| c["op"] == "SSL_connect")
+        .unwrap_or_else(|| panic!("no SSL_connect in {calls:?}"));
+    assert_eq!(connect["ret"], 1, "{connect}");
+    assert!(connect["key_ops"].as_u64().unwrap() >= 1, "{connect}");
+    let writes: Vec<_> = calls
+        .iter()
+        .filter(|c| c["op"] == "SSL_write" && c["bytes"] == 8)
+        .collect();
+    assert_eq!(writes.len(), LINES, "{calls:?}");
+    for c in &calls {
+        assert_eq!(c["fd"], fd, "{c}");
+    }
+}
