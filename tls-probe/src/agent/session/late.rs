@@ -21,6 +21,9 @@ pub(super) struct Watch {
     waiting: BTreeSet<u32>,
     /// The executable (device, inode) of each watched or traced pid when last seen.
     exes: BTreeMap<u32, (u64, u64)>,
+    /// Traced processes that exited: reported and silenced, their (slow) uprobe detach left
+    /// for the end of the tick, after the scan for new processes.
+    exited: BTreeSet<u32>,
 }
 
 impl Watch {
@@ -38,6 +41,7 @@ impl Watch {
         Self {
             waiting: waiting.into_iter().collect(),
             exes,
+            exited: BTreeSet::new(),
         }
     }
 
@@ -64,13 +68,17 @@ impl Watch {
 
 impl Session {
     /// A traced process exited (seen by the kernel's exit tracepoint, or on the tick):
-    /// detach and send `target_exit`, once.
+    /// silence it and send `target_exit`, once. Its uprobes are detached by
+    /// [`Session::detach_exited`] at the end of the tick: detaching takes the kernel about
+    /// 100 ms a uprobe, and must not hold up the records being read or the scan that finds
+    /// new processes (nginx's new workers while the old ones exit after a reload).
     pub(super) fn target_exited(&mut self, pid: u32, ts_ns: u64) -> Result<()> {
-        if !self.probes.pids().contains(&pid) {
+        if self.late.exited.contains(&pid) || !self.probes.pids().contains(&pid) {
             return Ok(());
         }
-        self.probes.detach(pid);
+        self.probes.silence(pid);
         self.late.forget(pid);
+        self.late.exited.insert(pid);
         let comm = self
             .targets
             .iter()
@@ -79,6 +87,18 @@ impl Session {
             .unwrap_or_default();
         let exit = TargetExit { pid, comm, ts_ns };
         self.sinks.record(Record::TargetExit(&exit))
+    }
+
+    /// Detaches the processes that exited. Call last in the tick.
+    pub(super) fn detach_exited(&mut self) {
+        for pid in std::mem::take(&mut self.late.exited) {
+            self.probes.detach(pid);
+        }
+    }
+
+    /// Whether `pid` exited and waits for its detach.
+    pub(super) fn has_exited(&self, pid: u32) -> bool {
+        self.late.exited.contains(&pid)
     }
 
     /// Attaches to watched processes that now map a TLS library, and moves traced processes

@@ -37,7 +37,7 @@ impl Session {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
         for pid in self.probes.pids() {
-            if !proc::alive(pid) {
+            if self.has_exited(pid) || !proc::alive(pid) {
                 self.target_exited(pid, now)?;
                 continue;
             }
@@ -67,6 +67,7 @@ impl Session {
             .record(Record::Snapshot(&self.engine.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
+        self.detach_exited();
         Ok(!self.probes.pids().is_empty() || self.late.waiting())
     }
 
