@@ -135,6 +135,50 @@ fn run_sees_the_first_handshake_and_passes_the_exit_status_on() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let out = run("kill -TERM $$");
     assert_eq!(out.status.code(), Some(128 + 15), "{out:?}");
+
+    // tls-probe stops first: after --duration it waits for the command's own end...
+    let out = Command::new(TLS_PROBE)
+        .current_dir(&dir2)
+        .args(["run", "--no-tui", "--duration", "0.5", "--"])
+        .args(["sh", "-c", "sleep 2; exit 4"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("tls-probe run");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("waiting for"),
+        "{out:?}"
+    );
+    // ...and on SIGTERM it stops the command with SIGTERM.
+    let mut probe = Proc::spawn(
+        Command::new(TLS_PROBE)
+            .current_dir(&dir2)
+            .args(["run", "--no-tui", "--", "sleep", "60"]),
+    );
+    let sleeper = wait_for("the command to run", Duration::from_secs(30), || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (ppid == probe.pid() && comm.trim() == "sleep" && exe.ends_with("sleep")).then_some(pid)
+        })
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(probe.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = probe.wait_exit("tls-probe run to stop", Duration::from_secs(60));
+    assert_eq!(status.code(), Some(128 + 15), "the command got SIGTERM");
+    assert!(!std::path::Path::new(&format!("/proc/{sleeper}/exe")).exists());
 }
 
 #[test]
