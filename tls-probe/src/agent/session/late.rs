@@ -24,6 +24,9 @@ pub(super) struct Watch {
     /// Traced processes that exited: reported and silenced, their (slow) uprobe detach left
     /// for the end of the tick, after the scan for new processes.
     exited: BTreeSet<u32>,
+    /// Watched pids whose library was found but could not be attached: tried again only
+    /// after an exec, not every second.
+    failed: BTreeSet<u32>,
 }
 
 impl Watch {
@@ -42,6 +45,7 @@ impl Watch {
             waiting: waiting.into_iter().collect(),
             exes,
             exited: BTreeSet::new(),
+            failed: BTreeSet::new(),
         }
     }
 
@@ -63,6 +67,7 @@ impl Watch {
     fn forget(&mut self, pid: u32) {
         self.waiting.remove(&pid);
         self.exes.remove(&pid);
+        self.failed.remove(&pid);
     }
 }
 
@@ -128,14 +133,23 @@ impl Session {
                 continue;
             }
             let exec = self.late.exec_seen(pid);
+            if exec {
+                self.late.failed.remove(&pid);
+            }
             // A full discovery reads the executable's symbols: only when something changed.
-            if !exec && !discover::maps_libssl(pid) {
+            let maps_libssl = discover::maps_libssl(pid);
+            if self.late.failed.contains(&pid) || (!exec && !maps_libssl) {
                 continue;
             }
             let lib = match tree::library(&self.cfg, pid) {
                 Ok(lib) => lib,
                 Err(e) => {
                     log::debug!("pid {pid} still has no TLS library: {e}");
+                    // It maps a libssl that will not do: wait for the next exec. (An exec'd
+                    // program without one may still dlopen it: keep looking.)
+                    if maps_libssl {
+                        self.late.failed.insert(pid);
+                    }
                     continue;
                 }
             };
@@ -151,7 +165,10 @@ impl Session {
                     };
                     self.adopted(target, parent, cause, now)?;
                 }
-                Err(e) => log::info!("attaching to pid {pid} failed: {e:#}"),
+                Err(e) => {
+                    log::info!("attaching to pid {pid} failed: {e:#}");
+                    self.late.failed.insert(pid);
+                }
             }
         }
         // `--libssl` names the library for every process: nothing to re-discover.
