@@ -343,6 +343,22 @@ pub struct ServerHelloEvent {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServerHelloEvent>() == 48);
+/// `kind` of a [`TaskExitEvent`] (pre-assigned: 14).
+pub const KIND_TASK_EXIT: u32 = 14;
+
+/// A thread of a traced process exited (`sched:sched_process_exit`). `cleared` counts the
+/// per-thread kernel entries it left behind (an SSL call, a syscall's arguments, pending
+/// idle waits, an SSL_get_error call) that the exit program deleted: non-zero when the
+/// thread died inside a probed call. `group_dead` is 1 when it was the process's last
+/// thread: the process has exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskExitEvent {
+    pub hdr: EventHeader,
+    pub cleared: u32,
+    pub group_dead: u32,
+}
+const _: () = assert!(core::mem::size_of::<TaskExitEvent>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

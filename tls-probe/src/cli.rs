@@ -23,6 +23,9 @@ pub enum Command {
     Scenario(ScenarioArgs),
     /// Read an NDJSON export and print a report; re-runs the engine when it holds events.
     Report(ReportArgs),
+    /// Start a command with the probes in place before it runs, so its first handshake is
+    /// seen; exit with its exit status when it ends.
+    Run(RunArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -37,7 +40,7 @@ pub struct OutputArgs {
     #[arg(long)]
     pub force: bool,
     /// Stop after SECS seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = positive_secs, allow_hyphen_values = true)]
     pub duration: Option<f64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -75,8 +78,16 @@ pub enum ProbeMode {
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttachArgs {
     /// Process id to attach to (repeatable).
-    #[arg(short, long = "pid", value_name = "PID", required = true)]
+    #[arg(short, long = "pid", value_name = "PID", required_unless_present = "comm", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
+    /// Attach to every process whose command name (or executable's file name) is NAME
+    /// (repeatable; combines with --pid).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub comm: Vec<String>,
+    /// A target that has no TLS library mapped yet is watched, and attached once it loads
+    /// one (dlopen, or exec of a TLS program), instead of being an error.
+    #[arg(long)]
+    pub wait_for_library: bool,
     /// Use this TLS library instead of the one found in /proc/PID/maps.
     #[arg(long, value_name = "PATH")]
     pub libssl: Option<PathBuf>,
@@ -86,6 +97,33 @@ pub struct AttachArgs {
     pub no_children: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Use this TLS library instead of the one the command links (or the system libssl).
+    #[arg(long, value_name = "PATH")]
+    pub libssl: Option<PathBuf>,
+    /// Trace only the command's own process, not the processes it starts.
+    #[arg(long)]
+    pub no_children: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The command to run and its arguments, after `--`.
+    #[arg(value_name = "CMD", required = true, last = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// A duration in seconds: a finite number above zero.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds (e.g. 10 or 2.5)"))?;
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}`: must be a positive number of seconds"))
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -130,6 +168,47 @@ mod tests {
         };
         assert!(!attach(&["tls-probe", "attach", "-p", "1"]).no_children);
         assert!(attach(&["tls-probe", "attach", "-p", "1", "--no-children"]).no_children);
+    }
+
+    #[test]
+    fn nonsensical_flags_are_refused_by_the_parser() {
+        let err = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(err(&["tls-probe", "attach", "-p", "0"]).contains("0 is not in 1.."));
+        assert!(err(&["tls-probe", "attach", "--comm", ""]).contains("a value is required"));
+        assert!(err(&["tls-probe", "attach"]).contains("--pid"));
+        for d in ["0", "-1", "nan", "inf", "abc"] {
+            let e = err(&["tls-probe", "attach", "-p", "1", "--duration", d]);
+            assert!(e.contains("seconds"), "--duration {d}: {e}");
+        }
+        assert!(err(&["tls-probe", "run"]).contains("CMD"));
+        assert!(err(&["tls-probe", "run", "sleep"]).contains("unexpected argument"));
+    }
+
+    #[test]
+    fn run_takes_a_command_after_the_separator_and_attach_takes_names() {
+        let cli = Cli::try_parse_from([
+            "tls-probe",
+            "run",
+            "--no-children",
+            "--duration",
+            "2",
+            "--",
+            "curl",
+            "-k",
+            "--x",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert!(r.no_children);
+        assert_eq!(r.output.duration, Some(2.0));
+        assert_eq!(r.command, ["curl", "-k", "--x"]);
+        let cli = Cli::try_parse_from(["tls-probe", "attach", "--comm", "nginx", "-p", "7"]);
+        let Command::Attach(a) = cli.unwrap().command else {
+            panic!()
+        };
+        assert_eq!((a.comm, a.pids), (vec!["nginx".to_owned()], vec![7]));
     }
 
     #[test]

@@ -224,6 +224,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sent: r.flags & hello_flag::SENT != 0,
             })
         }
+        tls_probe_common::KIND_TASK_EXIT => {
+            let r: tls_probe_common::TaskExitEvent = read(bytes, hdr.kind)?;
+            EventKind::TaskExit {
+                cleared: r.cleared,
+                group_dead: r.group_dead != 0,
+            }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
@@ -282,6 +289,29 @@ mod tests {
         assert_eq!(c.sys_last_ret, Some(-11));
         assert!(!c.made_progress());
         assert_eq!(c.key_ops, 2);
+    }
+
+    #[test]
+    fn task_exit_decodes_and_a_short_one_is_an_error() {
+        let rec = tls_probe_common::TaskExitEvent {
+            hdr: hdr(tls_probe_common::KIND_TASK_EXIT),
+            cleared: 2,
+            group_dead: 1,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "sched_process_exit");
+        assert_eq!(
+            ev.kind,
+            EventKind::TaskExit {
+                cleared: 2,
+                group_dead: true
+            }
+        );
+        let short = &bytes_of(&rec)[..28];
+        assert!(matches!(
+            decode(short),
+            Err(DecodeError::Short { kind: 14, .. })
+        ));
     }
 
     #[test]

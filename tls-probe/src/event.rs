@@ -336,6 +336,13 @@ pub enum EventKind {
     /// The ServerHello of a handshake, read from the `write` (server) or `read` (client)
     /// made inside the handshake call.
     ServerHello(ServerHello),
+    /// A thread of the process exited (`sched:sched_process_exit`). `cleared` per-thread
+    /// kernel entries it left behind (non-zero when it died inside a probed call) were
+    /// deleted; `group_dead` when it was the last thread: the process exited.
+    TaskExit {
+        cleared: u32,
+        group_dead: bool,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -377,6 +384,7 @@ impl Event {
                     "read"
                 }
             }
+            EventKind::TaskExit { .. } => "sched_process_exit",
         }
     }
 

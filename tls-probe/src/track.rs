@@ -111,7 +111,8 @@ impl Tracker {
             | EventKind::ThreadCpu { .. }
             | EventKind::ListenOverflows { .. }
             | EventKind::Peer { .. }
-            | EventKind::ServerHello(_) => {}
+            | EventKind::ServerHello(_)
+            | EventKind::TaskExit { .. } => {}
         }
     }
 

@@ -112,7 +112,10 @@ fn pids_with_ssl_calls(records: &[Value]) -> BTreeSet<u32> {
 /// Sends SIGINT and returns every record, each checked against the schema.
 fn stop(mut probe: Proc, output: &Path) -> Vec<Value> {
     signal(probe.pid(), Signal::SIGINT);
-    let status = probe.wait_exit("tls-probe to finish", Duration::from_secs(15));
+    // Every uprobe detach takes the kernel ~100 ms: after a reload, the old workers' detach
+    // (left for the end of the tick that reported their exit) and then the master's and the
+    // new workers' at the stop can add up to tens of seconds on a loaded machine.
+    let status = probe.wait_exit("tls-probe to finish", Duration::from_secs(60));
     assert!(status.success(), "tls-probe failed: {status}");
     let text = fs::read_to_string(output).expect("reading the output");
     for (i, line) in text.lines().enumerate() {
@@ -160,8 +163,8 @@ fn the_master_pid_covers_its_workers_and_those_a_reload_forks() {
         let fresh: BTreeSet<u32> = now.difference(&old).copied().collect();
         (fresh.len() == 2).then_some(fresh)
     });
-    // Detaching an exited worker's uprobes takes the kernel a second or more, in the same
-    // once-a-second tick that finds the new workers.
+    // The old workers' exits are reported at once (the kernel's exit tracepoint), the new
+    // workers are found by the next tick; the old ones' slow uprobe detach comes after.
     let reloaded = Instant::now();
     wait_for(
         "target_attach for the new workers and target_exit for the old",

@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "strace",
     "nginx-light",
     "wrk",
+    // tests/discovery.rs: OpenSSL linked statically (node's, and a C client built with gcc
+    // against libssl.a).
+    "nodejs",
+    "gcc",
 ];
 
 /// Installed on a best-effort basis for `cargo xtask bench` only, which skips what is missing.

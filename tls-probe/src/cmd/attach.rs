@@ -70,6 +70,8 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         print_events: o.events && o.output.is_none(),
         hot: o.mode == crate::cli::ProbeMode::Full,
         children: true,
+        libraries: Default::default(),
+        wait_for_library: false,
     }
 }
 
@@ -148,15 +150,29 @@ fn open_dashboard() -> Option<Dashboard> {
 }
 
 pub fn run(args: AttachArgs) -> Result<ExitCode> {
+    let mut pids = args.pids.clone();
+    for pid in crate::probe::discover::pids_by_comms(&args.comm)? {
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
     let outputs = open_outputs(&args.output)?;
-    let mut cfg = config(&args.output, args.pids.clone());
+    let mut cfg = config(&args.output, pids);
     cfg.libssl = args.libssl.clone();
     cfg.children = !args.no_children;
+    cfg.wait_for_library = args.wait_for_library;
     let mut dashboard = false;
     let summary = run_session(cfg, outputs, |dash| {
         dashboard = dash.is_some();
         Ok(())
     })?;
+    print_summary(&summary, dashboard);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The closing lines on stderr: the findings again when the dashboard hid them, and the
+/// event and loss counts.
+pub fn print_summary(summary: &Summary, dashboard: bool) {
     if dashboard {
         // The lines were not printed while the dashboard was up: leave the findings in the
         // scrollback.
@@ -171,5 +187,4 @@ pub fn run(args: AttachArgs) -> Result<ExitCode> {
         summary.duration_ns as f64 / 1e9,
         summary.lost.ringbuf + summary.lost.inflight
     );
-    Ok(ExitCode::SUCCESS)
 }

@@ -3,3 +3,4 @@
 pub mod attach;
 pub mod demo;
 pub mod report;
+pub mod run;

@@ -155,6 +155,8 @@ impl Engine {
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
             EventKind::ServerHello(h) => self.state.hs.server_hello(&self.cfg, (pid, h.ssl), h),
+            // The session acts on a process's exit; its threads' state ages out as before.
+            EventKind::TaskExit { .. } => {}
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 if let Some((t0, c0)) = t.cpu_sample

@@ -41,6 +41,21 @@ pub enum DiscoverError {
         "{path} has no {REQUIRED_SYMBOL} symbol, so it is not an OpenSSL libssl; pass the libssl the process uses (see /proc/PID/maps)"
     )]
     NoSslSymbols { path: PathBuf },
+    #[error(
+        "no process named {name}: searched the command name (/proc/PID/comm) and the executable's file name of every process; check with `pgrep -l {name}`, or pass --pid PID"
+    )]
+    NoSuchComm { name: String },
+    #[error(
+        "cannot tell which TLS library {program} will load: it does not link OpenSSL statically, `ldd {program}` names no libssl, and `ldconfig -p` lists no system libssl; pass --libssl PATH"
+    )]
+    NoLibraryForProgram { program: String },
+}
+
+impl DiscoverError {
+    /// The process exists but maps no TLS library (yet).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
 }
 
 /// A TLS library (or an executable with OpenSSL linked in) to attach to.
@@ -204,7 +219,7 @@ pub fn descendants(roots: &[u32]) -> Vec<(u32, u32)> {
 }
 
 /// The parent pid of `pid`, from field 4 of /proc/PID/stat.
-fn parent_pid(pid: u32) -> Option<u32> {
+pub fn parent_pid(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after "comm)": state, then ppid.
     stat.rsplit_once(')')?
@@ -213,6 +228,127 @@ fn parent_pid(pid: u32) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The processes whose command name, or executable's file name, is `name`; not tls-probe
+/// itself, nor kernel threads. The kernel cuts comm to 15 bytes, so a longer `name` matches
+/// its first 15 bytes too.
+pub fn pids_by_comm(name: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let short: String = name
+        .chars()
+        .scan(0, |n, c| {
+            *n += c.len_utf8();
+            (*n <= 15).then_some(c)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Kernel threads have no executable.
+        let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let exe_name = exe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(" (deleted)").to_owned());
+        let comm = comm(pid);
+        if comm == name || comm == short || exe_name.as_deref() == Some(name) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The pids of each name in `names`; an error names the first that matches nothing.
+pub fn pids_by_comms(names: &[String]) -> Result<Vec<u32>, DiscoverError> {
+    let mut out = Vec::new();
+    for name in names {
+        let pids = pids_by_comm(name);
+        if pids.is_empty() {
+            return Err(DiscoverError::NoSuchComm { name: name.clone() });
+        }
+        out.extend(pids);
+    }
+    Ok(out)
+}
+
+/// The (device, inode) of the executable of `pid`: it changes when the process execs.
+pub fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The (device, inode) of a file: uprobes are placed on an inode, so two paths of one
+/// library are one library.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Whether `pid` maps a file named libssl.so* now: a cheap look before a full discovery.
+pub fn maps_libssl(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+        maps.lines().any(|line| {
+            line.split_whitespace()
+                .nth(5)
+                .and_then(|p| Path::new(p).file_name())
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libssl.so"))
+        })
+    })
+}
+
+/// The TLS library a program will use once it runs, found before it runs (uprobes are
+/// placed on the library's inode, so they are in place when it is mapped): OpenSSL linked
+/// into the program, else the libssl `ldd` resolves for it, else the system libssl from
+/// `ldconfig -p` (for programs that dlopen it, such as Python's `ssl` module).
+pub fn library_for_program(program: &Path) -> Result<TlsLibrary, DiscoverError> {
+    let display = program.display().to_string();
+    if let Ok(lib) = library_at(program, &display) {
+        return Ok(lib);
+    }
+    let from = |cmd: &str, arg: &str| -> Vec<String> {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                // "\tlibssl.so.3 (...) => /usr/lib/.../libssl.so.3 (0x...)" in both tools.
+                let (name, rest) = l.trim().split_once(' ')?;
+                if !name.starts_with("libssl.so") {
+                    return None;
+                }
+                let path = rest.split_once("=> ")?.1.split_whitespace().next()?;
+                Some(path.to_owned())
+            })
+            .collect()
+    };
+    let candidates = from("ldd", &display)
+        .into_iter()
+        .chain(from("ldconfig", "-p"));
+    for path in candidates {
+        if let Ok(lib) = library_at(Path::new(&path), &path) {
+            return Ok(lib);
+        }
+    }
+    Err(DiscoverError::NoLibraryForProgram { program: display })
 }
 
 /// Finds the TLS library mapped by `pid`, or OpenSSL linked into its executable.
@@ -318,6 +454,39 @@ mod tests {
         assert!(matches!(err, DiscoverError::Unreadable { .. }), "{err}");
         let err = library_at(Path::new("/etc/hostname"), "x").unwrap_err();
         assert!(matches!(err, DiscoverError::NotElf { .. }), "{err}");
+    }
+
+    #[test]
+    fn programs_resolve_to_the_library_they_will_load() {
+        // openssl links libssl.so.3; python3 dlopens it later (the system one); a program
+        // without OpenSSL still gets the system libssl.
+        for prog in ["/usr/bin/openssl", "/usr/bin/python3", "/bin/true"] {
+            let lib = library_for_program(Path::new(prog)).unwrap();
+            assert!(lib.display_path.contains("libssl.so.3"), "{prog}: {lib:?}");
+            assert!(lib.crypto.is_some(), "{prog}: no libcrypto beside {lib:?}");
+        }
+    }
+
+    #[test]
+    fn processes_are_found_by_name() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = pids_by_comm("sleep");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(
+            !pids_by_comm("kthreadd").contains(&2),
+            "a kernel thread matched"
+        );
+        let err = pids_by_comms(&["no-such-program-x".to_owned()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no process named no-such-program-x"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -141,6 +141,13 @@ impl Probes {
             prog.attach("syscalls", name)
                 .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
         }
+        // Thread exit (tls-probe-ebpf/src/lifecycle.rs): clears per-thread state, reports
+        // the exit of a traced process at once.
+        let prog: &mut TracePoint = program(&mut ebpf, "sched_process_exit")?;
+        prog.load()
+            .context("loading eBPF program sched_process_exit")?;
+        prog.attach("sched", "sched_process_exit")
+            .context("attaching to tracepoint sched:sched_process_exit")?;
         Ok(Self {
             ebpf,
             targets: HashMap::new(),

@@ -59,9 +59,18 @@ impl Sink for HumanSink {
                 lost.new.ringbuf, lost.new.inflight, lost.new.decode
             ),
             Record::TargetAttach(a) => {
+                let why = match a.cause {
+                    super::record::AttachCause::Child => format!("child of {}", a.parent_pid),
+                    super::record::AttachCause::LibraryLoaded => {
+                        format!("it loaded {}", a.target.library_path)
+                    }
+                    super::record::AttachCause::Exec => {
+                        format!("it ran a new program using {}", a.target.library_path)
+                    }
+                };
                 eprintln!(
-                    "tls-probe: attached to pid {} ({}), child of {}",
-                    a.target.pid, a.target.comm, a.parent_pid
+                    "tls-probe: attached to pid {} ({}), {why}",
+                    a.target.pid, a.target.comm
                 );
             }
             Record::TargetExit(exit) => {
@@ -242,6 +251,12 @@ pub fn event_line(ev: &Event) -> String {
                 if h.psk { " psk" } else { "" },
                 if h.hello_retry { " hello-retry" } else { "" }
             );
+        }
+        EventKind::TaskExit {
+            cleared,
+            group_dead,
+        } => {
+            let _ = write!(s, "cleared={cleared} group_dead={group_dead}");
         }
     }
     s

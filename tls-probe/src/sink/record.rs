@@ -135,6 +135,22 @@ pub struct TargetAttach {
     pub parent_pid: u32,
     /// When tls-probe attached (it looks once a second).
     pub ts_ns: u64,
+    /// Why it was attached then.
+    #[serde(default)]
+    pub cause: AttachCause,
+}
+
+/// Why a target was attached after the start.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachCause {
+    /// A new descendant of a traced process.
+    #[default]
+    Child,
+    /// A watched process mapped a TLS library (dlopen) after tls-probe started.
+    LibraryLoaded,
+    /// A watched or traced process ran a new program (exec) with a TLS library.
+    Exec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,11 +219,12 @@ mod tests {
             },
             parent_pid: 7,
             ts_ns: 9,
+            cause: AttachCause::LibraryLoaded,
         };
         let line = serde_json::to_string(&Record::TargetAttach(&attach)).unwrap();
         assert_eq!(
             line,
-            r#"{"type":"target_attach","data":{"pid":8,"comm":"nginx","library_path":"/lib/libssl.so.3","library_version":"3","missing_symbols":[],"parent_pid":7,"ts_ns":9}}"#
+            r#"{"type":"target_attach","data":{"pid":8,"comm":"nginx","library_path":"/lib/libssl.so.3","library_version":"3","missing_symbols":[],"parent_pid":7,"ts_ns":9,"cause":"library_loaded"}}"#
         );
         let back: OwnedRecord = serde_json::from_str(&line).unwrap();
         assert!(matches!(back, OwnedRecord::TargetAttach(a) if a == attach));

@@ -115,6 +115,7 @@ pub enum Event {
     ThreadCpu(ThreadCpu),
     ListenOverflows(ListenOverflows),
     ServerHello(ServerHello),
+    TaskExit(TaskExit),
 }
 
 macro_rules! event {
@@ -194,6 +195,10 @@ event!(ServerHello {
     psk: bool,
     hello_retry: bool,
     sent: bool,
+});
+event!(TaskExit {
+    cleared: u32,
+    group_dead: bool,
 });
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -688,6 +693,15 @@ pub struct TargetAttach {
     pub missing_symbols: Vec<String>,
     pub parent_pid: u32,
     pub ts_ns: Ns,
+    pub cause: AttachCause,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachCause {
+    Child,
+    LibraryLoaded,
+    Exec,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

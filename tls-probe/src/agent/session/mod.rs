@@ -22,6 +22,7 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
+mod late;
 mod tick;
 mod tree;
 
@@ -54,6 +55,11 @@ pub struct AgentConfig {
     /// Also trace the descendants of each pid: those there at attach, and those forked
     /// later (found once a second).
     pub children: bool,
+    /// TLS libraries known for a pid before it maps them (`run`: the library the command
+    /// will load, attached before it runs).
+    pub libraries: BTreeMap<u32, TlsLibrary>,
+    /// A pid without a TLS library yet is watched until it loads one, instead of an error.
+    pub wait_for_library: bool,
 }
 
 pub struct Session {
@@ -82,6 +88,8 @@ pub struct Session {
     viewer: Option<Quit>,
     /// Descendants not traced (no TLS library, or the attach failed): not tried again.
     skipped: BTreeSet<u32>,
+    /// Processes watched for a TLS library loaded after attach, and for exec.
+    late: late::Watch,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -104,8 +112,13 @@ impl Session {
             bail!("no target: pass --pid PID");
         }
         let mut libs: Vec<(u32, TlsLibrary)> = Vec::new();
+        let mut waiting = Vec::new();
         for &pid in &cfg.pids {
-            libs.push((pid, tree::library(&cfg, pid)?));
+            match tree::library(&cfg, pid) {
+                Ok(lib) => libs.push((pid, lib)),
+                Err(e) if cfg.wait_for_library && e.is_not_found() => waiting.push(pid),
+                Err(e) => return Err(e.into()),
+            }
         }
         // Descendants there now: one without a TLS library is skipped with a notice.
         let mut skipped = BTreeSet::new();
@@ -179,6 +192,7 @@ impl Session {
             meter: Meter::default(),
             viewer: None,
             skipped,
+            late: late::Watch::new(waiting),
             cfg,
         };
         for t in &session.targets {
@@ -224,6 +238,12 @@ impl Session {
 
     /// One event through the pipeline: tracker, counts, sinks, engine.
     fn handle(&mut self, mut ev: Event) -> Result<()> {
+        if let crate::event::EventKind::TaskExit {
+            group_dead: true, ..
+        } = ev.kind
+        {
+            self.target_exited(ev.pid, ev.ts_ns)?;
+        }
         self.tracker.process(&mut ev);
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;

@@ -7,7 +7,7 @@ use super::Session;
 use crate::{
     agent::{proc, stats::Sample},
     event::{Event, EventKind},
-    sink::{Flush, LostRecord, Record, TargetExit},
+    sink::{Flush, LostRecord, Record},
 };
 
 impl Session {
@@ -37,20 +37,8 @@ impl Session {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
         for pid in self.probes.pids() {
-            if !proc::alive(pid) {
-                self.probes.detach(pid);
-                let comm = self
-                    .targets
-                    .iter()
-                    .find(|t| t.pid == pid)
-                    .map(|t| t.comm.clone())
-                    .unwrap_or_default();
-                let exit = TargetExit {
-                    pid,
-                    comm,
-                    ts_ns: now,
-                };
-                self.sinks.record(Record::TargetExit(&exit))?;
+            if self.has_exited(pid) || !proc::alive(pid) {
+                self.target_exited(pid, now)?;
                 continue;
             }
             for ev in proc::thread_cpu(pid, now) {
@@ -58,6 +46,7 @@ impl Session {
             }
         }
         self.adopt_children(now)?;
+        self.adopt_late(now)?;
         if let Some(&pid) = self.probes.pids().first()
             && let Some(total) = proc::listen_overflows(pid)
         {
@@ -78,7 +67,8 @@ impl Session {
             .record(Record::Snapshot(&self.engine.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
-        Ok(!self.probes.pids().is_empty())
+        self.detach_exited();
+        Ok(!self.probes.pids().is_empty() || self.late.waiting())
     }
 
     /// Rates since the last call, to the sinks that show them live. Call after

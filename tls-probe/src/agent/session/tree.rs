@@ -7,11 +7,14 @@ use super::{AgentConfig, Session};
 use crate::{
     agent::proc,
     probe::{Probes, TlsLibrary, discover},
-    sink::{Record, Target, TargetAttach},
+    sink::{Record, Target, TargetAttach, record::AttachCause},
 };
 
 /// The TLS library of `pid`: `--libssl` when given, else the one it maps.
 pub(super) fn library(cfg: &AgentConfig, pid: u32) -> Result<TlsLibrary, discover::DiscoverError> {
+    if let Some(lib) = cfg.libraries.get(&pid) {
+        return Ok(lib.clone());
+    }
     match &cfg.libssl {
         Some(path) => {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -77,25 +80,40 @@ impl Session {
                     continue;
                 }
             };
-            self.engine.set_comm(pid, &target.comm);
-            self.targets.retain(|t| t.pid != pid);
-            self.targets.push(target.clone());
-            let rec = TargetAttach {
-                target,
-                parent_pid: parent,
-                ts_ns: now,
-            };
-            self.sinks.record(Record::TargetAttach(&rec))?;
-            // As at attach: registrations made before, and a first CPU sample.
-            for epfd in proc::epoll_fds(pid) {
-                self.tracker.mark_seeded(pid, epfd);
-                for ev in proc::epoll_registrations(pid, epfd, now) {
-                    self.handle(ev)?;
-                }
-            }
-            for ev in proc::thread_cpu(pid, now) {
+            self.adopted(target, parent, AttachCause::Child, now)?;
+        }
+        Ok(())
+    }
+
+    /// Announces a target attached after the start with a `target_attach`, and reads what
+    /// /proc knows of it, as at attach: epoll registrations made before, and a first CPU
+    /// sample.
+    pub(super) fn adopted(
+        &mut self,
+        target: Target,
+        parent: u32,
+        cause: AttachCause,
+        now: u64,
+    ) -> Result<()> {
+        let pid = target.pid;
+        self.engine.set_comm(pid, &target.comm);
+        self.targets.retain(|t| t.pid != pid);
+        self.targets.push(target.clone());
+        let rec = TargetAttach {
+            target,
+            parent_pid: parent,
+            ts_ns: now,
+            cause,
+        };
+        self.sinks.record(Record::TargetAttach(&rec))?;
+        for epfd in proc::epoll_fds(pid) {
+            self.tracker.mark_seeded(pid, epfd);
+            for ev in proc::epoll_registrations(pid, epfd, now) {
                 self.handle(ev)?;
             }
+        }
+        for ev in proc::thread_cpu(pid, now) {
+            self.handle(ev)?;
         }
         Ok(())
     }
