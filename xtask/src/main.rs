@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod openssl11;
 mod setup;
 mod sh;
 mod test;

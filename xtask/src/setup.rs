@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "strace",
     "nginx-light",
     "wrk",
+    // xtask/src/openssl11.rs: fetching and building OpenSSL 1.1.1 for tests/openssl11.rs.
+    "curl",
+    "perl",
+    "make",
     // tests/discovery.rs: OpenSSL linked statically (node's, and a C client built with gcc
     // against libssl.a).
     "nodejs",
@@ -46,6 +50,7 @@ pub fn ensure() -> Result<()> {
     host_clippy()?;
     apt()?;
     bpf_linker()?;
+    crate::openssl11::ensure()?;
     eprintln!("setup: everything present ({})", sh::secs(start));
     Ok(())
 }
