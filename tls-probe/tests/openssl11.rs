@@ -22,6 +22,7 @@ use std::{
 use common::{
     Attached, Proc, TLS_PROBE, cert, events, free_port, read_ndjson, wait_for, wait_listening,
 };
+use object::{Object as _, ObjectSymbol as _};
 use serde_json::Value;
 use tls_probe::probe::{discover::KEY_OPS, find_tls_library};
 
@@ -333,6 +334,16 @@ fn check_discovery(pid: u32, ossl: &Path) {
         ossl.join("lib/libcrypto.so.1.1")
     );
     assert_eq!(crypto.symbols.len(), KEY_OPS.len(), "{crypto:?}");
+    // What an error probe has to know: 1.1 raises errors through ERR_put_error, and has
+    // none of OpenSSL 3's ERR_set_error / ERR_vset_error.
+    let data = std::fs::read(&crypto.path).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let defines = |name: &str| {
+        file.dynamic_symbols()
+            .any(|s| s.is_definition() && s.name().is_ok_and(|n| n.split('@').next() == Some(name)))
+    };
+    assert!(defines("ERR_put_error"));
+    assert!(!defines("ERR_set_error") && !defines("ERR_vset_error"));
 }
 
 /// `--mode full`: the handshake, and exactly the SSL_read(_ex), SSL_write(_ex) and
