@@ -9,6 +9,8 @@
 #[cfg(target_arch = "bpf")]
 mod epoll;
 #[cfg(target_arch = "bpf")]
+mod errors;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod peer;

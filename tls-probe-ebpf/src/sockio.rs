@@ -6,9 +6,60 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use tls_probe_common::sys;
+use tls_probe_common::{sys, target_flag};
 
-use crate::maps::INFLIGHT;
+use crate::{
+    maps::{FD_USE, INFLIGHT, SHARED_FD},
+    state::FdUse,
+    util::{now, target_flags},
+};
+
+/// Two threads entering I/O on one fd within this much of each other share it.
+const SHARED_FD_NS: u64 = 50_000_000;
+
+/// While a target's per-call uprobes are off: remembers which thread last did I/O on `fd`
+/// and counts I/O by another thread soon after (two threads on one socket: the cheap sign
+/// of concurrent SSL use). One LRU lookup and update per read/write of a target.
+#[inline(always)]
+fn note_fd_use(ctx: &TracePointContext) {
+    let Some((tgid, tid, flags)) = target_flags() else {
+        return;
+    };
+    if flags & target_flag::HOT != 0 {
+        return;
+    }
+    // SAFETY: reading the syscall's first argument from the tracepoint record.
+    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as u32;
+    let key = ((tgid as u64) << 32) | fd as u64;
+    let ts = now();
+    if let Some(u) = FD_USE.get_ptr_mut(&key) {
+        // SAFETY: a plain entry, updated in place.
+        let u = unsafe { &mut *u };
+        if u.tid != tid {
+            if ts - u.ts_ns < SHARED_FD_NS {
+                match SHARED_FD.get_ptr_mut(&tgid) {
+                    // SAFETY: a plain counter.
+                    Some(n) => unsafe { *n += 1 },
+                    None => {
+                        let _ = SHARED_FD.insert(&tgid, &1, 0);
+                    }
+                }
+            }
+            u.tid = tid;
+        }
+        u.ts_ns = ts;
+    } else {
+        let _ = FD_USE.insert(
+            &key,
+            &FdUse {
+                ts_ns: ts,
+                tid,
+                _pad: 0,
+            },
+            0,
+        );
+    }
+}
 
 /// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
 const ARG0: usize = 16;
@@ -17,6 +68,7 @@ const ARG0: usize = 16;
 fn on_enter(ctx: &TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+        note_fd_use(ctx);
         return 0;
     };
     // SAFETY: reading the syscall's first argument from the tracepoint record.

@@ -70,6 +70,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         print_events: o.events && o.output.is_none(),
         hot: o.mode == crate::cli::ProbeMode::Full,
         children: true,
+        auto: o.mode == crate::cli::ProbeMode::Auto,
     }
 }
 

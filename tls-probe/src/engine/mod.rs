@@ -45,8 +45,8 @@ pub use finding::{
 pub use handshake::{HandshakeSnapshot, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot};
 pub use rules::write_retry::PeerCount;
 pub use snapshot::{
-    ConnSnapshot, OpSnapshot, ProcessSnapshot, ReadySnapshot, Snapshot, ThreadSnapshot,
-    WaitSnapshot,
+    ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
+    ThreadSnapshot, WaitSnapshot,
 };
 
 use self::{
@@ -140,6 +140,10 @@ impl Engine {
             // entries.
             EventKind::EpollCtl(_) => {}
             EventKind::EpollIdle(w) => self.on_epoll_idle(pid, tid, ts, w, out),
+            EventKind::EpollBusy(w) => self.on_epoll_busy(pid, tid, ts, w, out),
+            // The agent's escalation controller reads these; the rules see what the
+            // per-call probes it turns on show.
+            EventKind::LibError { .. } => {}
             EventKind::Close { fd, ret } => {
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)
@@ -168,6 +172,22 @@ impl Engine {
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<FindingChange>) {
         self.tick_until(now_ns, out);
         self.now = self.now.max(now_ns);
+    }
+
+    /// True when a finding that only the per-call probes can show (spin_loop,
+    /// busy_epoll_loop, bad_write_retry, concurrent_ssl_use, want_async_stall) is open for
+    /// `pid`: what `--mode auto` takes as a confirmation.
+    pub fn has_open_call_finding(&self, pid: u32) -> bool {
+        use finding::FindingKind as K;
+        [
+            K::SpinLoop,
+            K::BusyEpollLoop,
+            K::BadWriteRetry,
+            K::ConcurrentSslUse,
+            K::WantAsyncStall,
+        ]
+        .into_iter()
+        .any(|k| self.store.any_open(k, |f| f.pid == pid))
     }
 
     /// All findings kept, open and closed, by id.

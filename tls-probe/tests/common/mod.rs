@@ -114,7 +114,7 @@ impl Attached {
     pub fn start(dir: &Path, pid: u32, extra: &[&str]) -> Self {
         let output = dir.join(format!("attach-{pid}.ndjson"));
         let mut cmd = Command::new(TLS_PROBE);
-        cmd.args(["attach", "--pid", &pid.to_string(), "--events", "-o"])
+        cmd.args(["attach", "--mode", "full", "--pid", &pid.to_string(), "--events", "-o"])
             .arg(&output)
             .args(extra)
             .stderr(Stdio::inherit());

@@ -22,6 +22,7 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
+mod auto;
 mod tick;
 mod tree;
 
@@ -32,8 +33,8 @@ use crate::{
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
     sink::{
-        ClockAnchor, Flush, Lost, Record, SCHEMA_VERSION, Sink, Sinks, Start, StopReason, Summary,
-        Target,
+        ClockAnchor, Flush, Lost, ProbeStats, Record, SCHEMA_VERSION, Sink, Sinks, Start,
+        StopReason, Summary, Target,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
     },
@@ -54,6 +55,9 @@ pub struct AgentConfig {
     /// Also trace the descendants of each pid: those there at attach, and those forked
     /// later (found once a second).
     pub children: bool,
+    /// `--mode auto`: the per-call uprobes go on only for suspicious processes, for a
+    /// while (`hot` is then false).
+    pub auto: bool,
 }
 
 pub struct Session {
@@ -82,6 +86,10 @@ pub struct Session {
     viewer: Option<Quit>,
     /// Descendants not traced (no TLS library, or the attach failed): not tried again.
     skipped: BTreeSet<u32>,
+    /// `--mode auto`'s controller; None in the other modes.
+    auto: Option<auto::Auto>,
+    /// The probes' rates at the last tick.
+    last_stats: ProbeStats,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -153,7 +161,15 @@ impl Session {
             schema_version: SCHEMA_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             targets: targets.clone(),
-            probe_mode: if cfg.hot { "full" } else { "light" }.to_owned(),
+            probe_mode: if cfg.auto {
+                "auto"
+            } else if cfg.hot {
+                "full"
+            } else {
+                "light"
+            }
+            .to_owned(),
+            probe_modes: auto::mode_descriptions(),
             events: cfg.events,
             clock: ClockAnchor {
                 monotonic_ns: now,
@@ -179,6 +195,8 @@ impl Session {
             meter: Meter::default(),
             viewer: None,
             skipped,
+            auto: cfg.auto.then(auto::Auto::new),
+            last_stats: ProbeStats::default(),
             cfg,
         };
         for t in &session.targets {
@@ -186,6 +204,9 @@ impl Session {
         }
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
+        for pid in session.probes.pids() {
+            session.auto_add(pid)?;
+        }
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {
             for epfd in proc::epoll_fds(pid) {
@@ -216,7 +237,7 @@ impl Session {
     ) -> Result<()> {
         self.sinks.quiet();
         sink.record(Record::Start(&self.start))?;
-        sink.record(Record::Snapshot(&self.engine.snapshot()))?;
+        sink.record(Record::Snapshot(&self.snapshot()))?;
         self.sinks.push(Box::new(sink));
         self.viewer = Some(Box::pin(quit));
         Ok(())
@@ -225,6 +246,9 @@ impl Session {
     /// One event through the pipeline: tracker, counts, sinks, engine.
     fn handle(&mut self, mut ev: Event) -> Result<()> {
         self.tracker.process(&mut ev);
+        if let Some(auto) = &mut self.auto {
+            auto.observe(&ev);
+        }
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;
         if self.sinks.wants_events() {
@@ -232,6 +256,13 @@ impl Session {
         }
         self.engine.ingest(&ev, &mut self.changes);
         self.emit_changes()
+    }
+
+    /// The engine's snapshot, with what the probes are doing.
+    fn snapshot(&self) -> crate::engine::Snapshot {
+        let mut snapshot = self.engine.snapshot();
+        snapshot.probes = Some(self.probe_status());
+        snapshot
     }
 
     /// Hands the finding changes the engine produced to the sinks.
@@ -292,6 +323,10 @@ impl Session {
             .unwrap_or_else(|| Box::pin(std::future::pending()));
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // `--mode auto` decides ten times a second, so that an escalation starts well
+        // within the time a pathology must be flagged in.
+        let mut escalation = tokio::time::interval(Duration::from_millis(100));
+        escalation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -327,6 +362,7 @@ impl Session {
                             return Ok(StopReason::TargetsExited);
                         }
                     }
+                    _ = escalation.tick(), if self.auto.is_some() => self.auto_step()?,
                     _ = &mut sleep => return Ok(StopReason::Duration),
                     // q or Ctrl-C in the dashboard: in raw mode Ctrl-C is a key, not SIGINT.
                     _ = &mut quit => return Ok(StopReason::Signal),
@@ -355,6 +391,7 @@ impl Session {
                 for pid in self.probes.pids() {
                     self.probes.detach(pid);
                 }
+                self.probes.wait_detached();
                 Err(e)
             }
         }
@@ -376,6 +413,8 @@ impl Session {
         for pid in self.probes.pids() {
             self.probes.detach(pid);
         }
+        // The links close in parallel, on background threads.
+        self.probes.wait_detached();
         summary
     }
 
@@ -406,6 +445,7 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
+            probes: Some(self.probe_status()),
             processes: snapshot.processes,
             findings: self.engine.findings(),
         };

@@ -39,6 +39,9 @@ impl Session {
         for pid in self.probes.pids() {
             if !proc::alive(pid) {
                 self.probes.detach(pid);
+                if let Some(auto) = &mut self.auto {
+                    auto.remove(pid);
+                }
                 let comm = self
                     .targets
                     .iter()
@@ -74,8 +77,7 @@ impl Session {
             self.engine.advance(now, &mut self.changes);
         }
         self.emit_changes()?;
-        self.sinks
-            .record(Record::Snapshot(&self.engine.snapshot()))?;
+        self.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
         Ok(!self.probes.pids().is_empty())
@@ -100,5 +102,6 @@ impl Session {
         };
         let stats = self.meter.next(sample);
         self.sinks.stats(&stats);
+        self.last_stats = stats;
     }
 }

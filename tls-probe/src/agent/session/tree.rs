@@ -78,6 +78,7 @@ impl Session {
                 }
             };
             self.engine.set_comm(pid, &target.comm);
+            self.auto_add(pid)?;
             self.targets.retain(|t| t.pid != pid);
             self.targets.push(target.clone());
             let rec = TargetAttach {
