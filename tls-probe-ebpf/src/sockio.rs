@@ -32,16 +32,16 @@ fn note_fd_use(ctx: &TracePointContext) {
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as u32;
     let key = ((tgid as u64) << 32) | fd as u64;
     let ts = now();
-    if let Some(u) = FD_USE.get_ptr_mut(&key) {
+    if let Some(u) = FD_USE.get_ptr_mut(key) {
         // SAFETY: a plain entry, updated in place.
         let u = unsafe { &mut *u };
         if u.tid != tid {
             if ts - u.ts_ns < SHARED_FD_NS {
-                match SHARED_FD.get_ptr_mut(&tgid) {
+                match SHARED_FD.get_ptr_mut(tgid) {
                     // SAFETY: a plain counter.
                     Some(n) => unsafe { *n += 1 },
                     None => {
-                        let _ = SHARED_FD.insert(&tgid, &1, 0);
+                        let _ = SHARED_FD.insert(tgid, 1, 0);
                     }
                 }
             }
@@ -50,8 +50,8 @@ fn note_fd_use(ctx: &TracePointContext) {
         u.ts_ns = ts;
     } else {
         let _ = FD_USE.insert(
-            &key,
-            &FdUse {
+            key,
+            FdUse {
                 ts_ns: ts,
                 tid,
                 _pad: 0,

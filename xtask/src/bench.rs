@@ -65,6 +65,8 @@ pub struct BenchArgs {
 pub enum Variant {
     /// Nothing attached.
     Baseline,
+    /// `tls-probe attach --mode auto` (the default).
+    Auto,
     /// `tls-probe attach --mode light`.
     Light,
     /// `tls-probe attach --mode full`.
@@ -74,11 +76,18 @@ pub enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [Self::Baseline, Self::Light, Self::Full, Self::Bpftrace];
+    const ALL: [Variant; 5] = [
+        Self::Baseline,
+        Self::Auto,
+        Self::Light,
+        Self::Full,
+        Self::Bpftrace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
+            Self::Auto => "auto",
             Self::Light => "light",
             Self::Full => "full",
             Self::Bpftrace => "bpftrace",
@@ -88,6 +97,7 @@ impl Variant {
     fn title(self) -> &'static str {
         match self {
             Self::Baseline => "baseline (no probe)",
+            Self::Auto => "tls-probe auto",
             Self::Light => "tls-probe light",
             Self::Full => "tls-probe full",
             Self::Bpftrace => "bpftrace (per-call uprobes)",
@@ -271,7 +281,7 @@ mod tests {
         );
         assert_eq!(
             variants(&[], false),
-            [Variant::Baseline, Variant::Light, Variant::Full]
+            [Variant::Baseline, Variant::Auto, Variant::Light, Variant::Full]
         );
         assert_eq!(variants(&[], true), Variant::ALL);
     }

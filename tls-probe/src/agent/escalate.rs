@@ -333,7 +333,7 @@ mod tests {
         // Confirmed by a finding, with the signal going on: on until the 30 s bound.
         let acts = run(&mut c, 3_100 * MS, 40 * SEC, spin(), true);
         assert_eq!(acts.len(), 2, "{acts:?}");
-        assert!(matches!(acts[0], (t, Action::Drop(PID)) if t >= 33 * SEC && t < 35 * SEC));
+        assert!(matches!(acts[0], (t, Action::Drop(PID)) if (33 * SEC..35 * SEC).contains(&t)));
         // Then, after the minimum hold-off, on again.
         assert!(matches!(
             acts[1],

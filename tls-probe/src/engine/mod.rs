@@ -125,8 +125,23 @@ impl Engine {
     /// since the last event are evaluated first, so the output does not depend on whether
     /// or how often `advance` was called in between.
     pub fn ingest(&mut self, ev: &Event, out: &mut Vec<FindingChange>) {
-        self.tick_until(ev.ts_ns, out);
-        self.now = self.now.max(ev.ts_ns);
+        // Samples the agent reads from /proc carry the agent's clock, which runs ahead of
+        // the probe records still unread in the ring buffer: they must not move event time,
+        // or the records that follow would all land in one window bucket (a spin seen for
+        // a 1.5 s escalation window would never look sustained). `advance` moves it.
+        let sample = matches!(
+            &ev.kind,
+            EventKind::ThreadCpu { .. }
+                | EventKind::ListenOverflows { .. }
+                | EventKind::EpollCtl(crate::event::EpollCtl {
+                    op: crate::event::CtlOp::Fdinfo,
+                    ..
+                })
+        );
+        if !sample {
+            self.tick_until(ev.ts_ns, out);
+            self.now = self.now.max(ev.ts_ns);
+        }
         let (pid, tid, ts) = (ev.pid, ev.tid, ev.ts_ns);
         match &ev.kind {
             EventKind::SslCall(c) => self.on_ssl_call(pid, tid, ts, c, out),

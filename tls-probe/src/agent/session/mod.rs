@@ -86,6 +86,10 @@ pub struct Session {
     viewer: Option<Quit>,
     /// Descendants not traced (no TLS library, or the attach failed): not tried again.
     skipped: BTreeSet<u32>,
+    /// The newest probe record read from the ring buffer (its ts), and when it was read
+    /// (CLOCK_MONOTONIC): while records keep coming, the engine's clock follows them rather
+    /// than the wall clock, which runs ahead of the records still unread.
+    last_ring: Option<(u64, u64)>,
     /// `--mode auto`'s controller; None in the other modes.
     auto: Option<auto::Auto>,
     /// The probes' rates at the last tick.
@@ -196,6 +200,7 @@ impl Session {
             viewer: None,
             skipped,
             auto: cfg.auto.then(auto::Auto::new),
+            last_ring: None,
             last_stats: ProbeStats::default(),
             cfg,
         };
@@ -295,6 +300,10 @@ impl Session {
                 full = true;
                 break;
             }
+        }
+        if let Some(newest) = batch.iter().map(|e| e.ts_ns).max() {
+            let seen = self.last_ring.map_or(0, |(ts, _)| ts);
+            self.last_ring = Some((newest.max(seen), proc::monotonic_ns()));
         }
         for ev in batch {
             self.handle(ev)?;
