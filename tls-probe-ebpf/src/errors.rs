@@ -1,4 +1,4 @@
-//! OpenSSL's error queue: a uprobe on libcrypto's `ERR_set_error` (OpenSSL 3) or
+//! OpenSSL's error queue: a uprobe on libcrypto's `ERR_vset_error` (OpenSSL 3) or
 //! `ERR_put_error` (1.1). It fires only when OpenSSL raises an error, which a healthy
 //! program does rarely, so it is always on: a bad write retry shows here at once, with its
 //! (lib, reason), and the agent turns on the per-call probes to see the rest.
@@ -30,7 +30,8 @@ fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
     0
 }
 
-/// `void ERR_set_error(int lib, int reason, const char *fmt, ...)`.
+/// `void ERR_vset_error(int lib, int reason, const char *fmt, va_list args)` (OpenSSL 3;
+/// `ERR_set_error` has the same first two arguments and calls it).
 #[uprobe]
 pub fn err_set_error(ctx: ProbeContext) -> u32 {
     raised(&ctx, 1)

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use tls_probe_common::{sys, target_flag};
+use tls_probe_common::{op, sys, target_flag};
 
 use crate::{
     maps::{FD_USE, INFLIGHT, SHARED_FD},
@@ -71,6 +71,18 @@ fn on_enter(ctx: &TracePointContext) -> u32 {
         note_fd_use(ctx);
         return 0;
     };
+    // SAFETY: this thread's own entry, read once.
+    let cur_op = unsafe { (*cur).op };
+    let io =
+        cur_op != op::SSL_DO_HANDSHAKE && cur_op != op::SSL_ACCEPT && cur_op != op::SSL_CONNECT;
+    if io && target_flags().is_some_and(|(_, _, flags)| flags & target_flag::HOT == 0) {
+        // An I/O call entered while the per-call probes were on, whose return probe went
+        // away before it returned (e.g. a blocking SSL_read across the end of an
+        // escalation window): stale. Drop it, or the thread would never be seen again.
+        let _ = INFLIGHT.remove(tid);
+        note_fd_use(ctx);
+        return 0;
+    }
     // SAFETY: reading the syscall's first argument from the tracepoint record.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as i64;
     // SAFETY: this thread's own entry.

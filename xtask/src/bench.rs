@@ -281,7 +281,12 @@ mod tests {
         );
         assert_eq!(
             variants(&[], false),
-            [Variant::Baseline, Variant::Auto, Variant::Light, Variant::Full]
+            [
+                Variant::Baseline,
+                Variant::Auto,
+                Variant::Light,
+                Variant::Full
+            ]
         );
         assert_eq!(variants(&[], true), Variant::ALL);
     }

@@ -152,8 +152,13 @@ impl Controller {
         out.push(Action::Escalate(pid, Reason::Attach));
     }
 
-    pub fn remove(&mut self, pid: u32) {
-        self.procs.remove(&pid);
+    /// `pid` is gone: its probes are off, its numbers stay for the summary.
+    pub fn end(&mut self, pid: u32, now: u64) {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && p.window.take().is_some()
+        {
+            p.escalated_ns += now.saturating_sub(p.last_step_ns);
+        }
     }
 
     pub fn is_escalated(&self, pid: u32) -> bool {

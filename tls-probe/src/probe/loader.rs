@@ -118,9 +118,11 @@ pub struct Probes {
 }
 
 /// libcrypto's error-raising functions: OpenSSL 3 first, then 1.1. One is attached,
-/// always on (it fires only when OpenSSL raises an error).
+/// always on (it fires only when OpenSSL raises an error). In OpenSSL 3 every error goes
+/// through `ERR_vset_error` (`ERR_raise` calls `ERR_set_error`, which calls it; libssl's
+/// `SSLfatal`, which raises SSL_R_BAD_WRITE_RETRY among others, calls it directly).
 pub const ERROR_UPROBES: &[(&str, &str)] = &[
-    ("err_set_error", "ERR_set_error"),
+    ("err_set_error", "ERR_vset_error"),
     ("err_put_error", "ERR_put_error"),
 ];
 

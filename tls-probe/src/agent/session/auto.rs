@@ -35,7 +35,7 @@ impl Auto {
     }
 
     pub fn remove(&mut self, pid: u32) {
-        self.controller.remove(pid);
+        self.controller.end(pid, proc::monotonic_ns());
         self.signals.remove(&pid);
         self.shared_prev.remove(&pid);
     }
@@ -115,8 +115,12 @@ impl Session {
                     .collect()
             })
             .unwrap_or_default();
+        // Those traced now, and in auto mode those that were (the summary comes after a
+        // last target exited).
         let mut pids = self.probes.pids();
+        pids.extend(escalation.keys().copied());
         pids.sort_unstable();
+        pids.dedup();
         ProbeStatus {
             mode: self.start.probe_mode.clone(),
             uprobe_hits_per_sec: s.uprobe_hits_per_sec,
