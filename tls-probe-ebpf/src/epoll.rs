@@ -8,7 +8,7 @@ use tls_probe_common::{
 };
 
 use crate::{
-    maps::{BUSY_WAITS, EVENTS, IDLE_WAITS, SYSCALL_ARGS},
+    maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, SYSCALL_ARGS},
     state::{BusyWaits, IdleWaits, SyscallArgs},
     util::{bump, header, lost, now, target, target_flags},
 };
@@ -403,6 +403,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: close(fd).
     let fd = unsafe { arg(&ctx, 0) } as u32 as i32;
+    // The fd number may go to another thread's new socket next: not a shared fd.
+    let _ = FD_USE.remove(((tgid as u64) << 32) | fd as u32 as u64);
     let ev = CloseEvent {
         hdr: header(kind::CLOSE, tgid, tid, now()),
         ret: 0,

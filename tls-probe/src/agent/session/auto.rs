@@ -62,7 +62,12 @@ impl Session {
         let Some(auto) = self.auto.as_mut() else {
             return Ok(());
         };
-        let now = proc::monotonic_ns();
+        // Event time, not the wall clock: a window must cover 1.5 s of what the probes
+        // saw, however far the reader is behind them. Before any, nothing to decide.
+        let now = self.engine.now_ns();
+        if now == 0 {
+            return Ok(());
+        }
         let mut actions = Vec::new();
         for pid in self.probes.pids() {
             let mut sig = auto.signals.remove(&pid).unwrap_or_default();
@@ -81,7 +86,11 @@ impl Session {
             return Ok(());
         };
         let mut actions = Vec::new();
-        auto.controller.add(pid, proc::monotonic_ns(), &mut actions);
+        let now = match self.engine.now_ns() {
+            0 => proc::monotonic_ns(),
+            t => t,
+        };
+        auto.controller.add(pid, now, &mut actions);
         self.apply(actions)
     }
 
