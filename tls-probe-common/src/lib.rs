@@ -320,7 +320,8 @@ const _: () = assert!(core::mem::size_of::<PeerEvent>() == 56);
 /// per-call uprobes are off: a run of waits that returned at once (timeout 0, or blocked
 /// under `BUSY_QUICK_NS`), ended by a wait that blocked longer (included), by
 /// `BUSY_FLUSH_COUNT` waits, or by `BUSY_FLUSH_NS` since the first. A spin loop's waits
-/// report the same fd ready again and again: `repeats` counts those.
+/// report the same fd ready again and again, thousands of times in a row: `repeats`
+/// counts the waits of such runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpollBusyEvent {
@@ -335,7 +336,8 @@ pub struct EpollBusyEvent {
     pub count: u32,
     /// Of them, waits that returned at once (zero timeout, or under `BUSY_QUICK_NS`).
     pub quick: u32,
-    /// Quick waits whose first ready entry (data and events) was the previous wait's.
+    /// Quick waits whose first ready entry (data and events) was the same as that of each of
+    /// the `BUSY_REPEAT_STREAK` quick waits before: a loop woken for one fd again and again.
     pub repeats: u32,
     /// Ready entries (the waits' returns), summed.
     pub ready: u32,
@@ -354,6 +356,9 @@ pub const BUSY_FLUSH_NS: u64 = 20_000_000;
 /// A wait that blocked less than this returned "at once" (as the engine's
 /// `busy_max_blocked_ns`).
 pub const BUSY_QUICK_NS: u64 = 50_000;
+/// How many quick waits in a row must have reported the same first ready entry before the
+/// next one counts as a repeat.
+pub const BUSY_REPEAT_STREAK: u32 = 8;
 
 /// OpenSSL raised an error (`ERR_set_error(lib, reason, ...)` in OpenSSL 3,
 /// `ERR_put_error(lib, func, reason, ...)` in 1.1): rare in a healthy program, and the
@@ -371,6 +376,8 @@ const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 32);
 pub mod ossl {
     pub const ERR_LIB_SSL: i32 = 20;
     pub const SSL_R_BAD_WRITE_RETRY: i32 = 127;
+    /// The peer closed the connection without a close_notify: every server sees it.
+    pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
 }
 
 #[cfg(feature = "user")]

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tls_probe_common::{
-    BUSY_FLUSH_COUNT, BUSY_FLUSH_NS, BUSY_QUICK_NS, CloseEvent, EPOLL_WAIT_SMALL_ENTRIES,
-    EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord, IDLE_FLUSH_COUNT,
-    IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind, target_flag,
+    BUSY_FLUSH_COUNT, BUSY_FLUSH_NS, BUSY_QUICK_NS, BUSY_REPEAT_STREAK, CloseEvent,
+    EPOLL_WAIT_SMALL_ENTRIES, EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord,
+    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind, target_flag,
 };
 
 use crate::{
@@ -207,6 +207,8 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
             ready: ret as u32,
             prev_events: events,
             zero_timeout: zero as u32,
+            streak: 0,
+            _pad: 0,
         };
         if BUSY_WAITS.insert(tid, b, 0).is_err() {
             bump(tls_probe_common::counter::LOST_INFLIGHT);
@@ -221,7 +223,14 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
     if b.count == 0 {
         b.first_ns = st.start_ns;
     }
-    let repeat = quick && b.prev_data == data && b.prev_events == events;
+    // A busy server is woken for the same connection twice in a row now and then; a loop
+    // that spins on one fd is woken for it thousands of times in a row.
+    b.streak = if quick && b.prev_data == data && b.prev_events == events {
+        b.streak + 1
+    } else {
+        0
+    };
+    let repeat = b.streak >= BUSY_REPEAT_STREAK;
     b.count += 1;
     b.quick += quick as u32;
     b.repeats += repeat as u32;

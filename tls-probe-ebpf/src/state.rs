@@ -58,6 +58,9 @@ pub struct BusyWaits {
     pub ready: u32,
     pub prev_events: u32,
     pub zero_timeout: u32,
+    /// Quick waits in a row with the same first ready entry, kept across flushes.
+    pub streak: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]

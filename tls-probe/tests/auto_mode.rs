@@ -53,6 +53,7 @@ fn attach_window_over(a: &Attached, pid: u32) {
 struct Run {
     sc: Scenario,
     start: u64,
+    done: Value,
     records: Vec<Value>,
 }
 
@@ -77,9 +78,14 @@ fn run(name: &str, duration: f64, expect: &str) -> Run {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    sc.done(EXIT);
+    let done = sc.done(EXIT);
     let records = probe.finish(EXIT);
-    Run { sc, start, records }
+    Run {
+        sc,
+        start,
+        done,
+        records,
+    }
 }
 
 /// The first `expect` finding, flagged within the bar; returns it. Prints the timing and
@@ -159,15 +165,30 @@ fn concurrent_ssl_use_is_flagged_through_the_shared_fd() {
 
 #[test]
 fn handshake_storm_is_flagged_without_per_call_probes() {
+    let r = run("handshake-storm", 8.0, "connection_churn");
+    flagged(&r, "connection_churn", BAR_NS);
+    assert!(
+        !opened(&r.records, "low_session_resumption").is_empty(),
+        "no low_session_resumption:\n{}",
+        describe(&r.records)
+    );
     // handshake_saturation needs 3 s of saturation by the engine's own rule
-    // (saturation_min_duration_ns), in every mode: its bar is that plus 2 s.
-    let r = run("handshake-storm", 8.0, "handshake_saturation");
-    flagged(&r, "handshake_saturation", 5 * 1_000_000_000);
-    for kind in ["connection_churn", "low_session_resumption"] {
-        assert!(
-            !opened(&r.records, kind).is_empty(),
-            "no {kind}:\n{}",
-            describe(&r.records)
+    // (saturation_min_duration_ns), in every mode, and a server with no idle time left:
+    // under the cheap probes the storm's server is faster than under the per-call ones,
+    // and on a quiet machine it keeps some idle time. Judged when it had none to speak of.
+    let done = r.done.clone();
+    let blocked_pct = done["counts"]["server_epoll_wait_us"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e4
+        / done["elapsed_ms"].as_f64().unwrap_or(1.0)
+        * 1e3;
+    if blocked_pct <= 10.0 {
+        flagged(&r, "handshake_saturation", 5 * 1_000_000_000);
+    } else {
+        eprintln!(
+            "handshake-storm: the server spent {blocked_pct:.0}% of its time blocked in epoll: \
+             not saturated, handshake_saturation not required"
         );
     }
 }
@@ -212,8 +233,8 @@ fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
     let on = p["escalated_ns_total"].as_u64().unwrap_or(0) as f64 / 1e9;
     eprintln!(
         "nginx keep-alive: no finding at {rate:.0} requests/s; per-call probes on {on:.1} s \
-         (1.5 s of it the attach window), escalations {}; events {}",
-        p["escalations_total"], s["events"]
+         (1.5 s of it the attach window), escalations {} (last reason {}); events {}",
+        p["escalations_total"], p["reason"], s["events"]
     );
     assert!(on <= 3.5, "nginx was escalated for {on:.1} s: {p}");
 }

@@ -135,7 +135,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let scratch = proc::TempDir::new(args.keep_temp)?;
     let ctx = Ctx {
-        tls_probe: sh::root().join("target/release/tls-probe"),
+        // Where cargo put it: CARGO_TARGET_DIR when set (relative to the workspace).
+        tls_probe: std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
+            .join("release/tls-probe"),
         bpftrace,
         dir: scratch.path().to_owned(),
         duration,

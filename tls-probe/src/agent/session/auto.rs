@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use tls_probe_common::ossl;
 
 use super::Session;
 use crate::{
@@ -48,7 +49,11 @@ impl Auto {
                 s.quick += u64::from(w.quick);
                 s.repeats += u64::from(w.repeats);
             }
-            EventKind::LibError { lib, .. } if *lib == tls_probe_common::ossl::ERR_LIB_SSL => {
+            // A peer that hangs up without a close_notify is everyday life, not a lead.
+            EventKind::LibError { lib, reason, .. }
+                if *lib == ossl::ERR_LIB_SSL
+                    && *reason != ossl::SSL_R_UNEXPECTED_EOF_WHILE_READING =>
+            {
                 self.signals.entry(ev.pid).or_default().ssl_errors += 1;
             }
             _ => {}
