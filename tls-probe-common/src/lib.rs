@@ -358,7 +358,7 @@ pub const BUSY_FLUSH_NS: u64 = 20_000_000;
 pub const BUSY_QUICK_NS: u64 = 50_000;
 /// How many quick waits in a row must have reported the same first ready entry before the
 /// next one counts as a repeat.
-pub const BUSY_REPEAT_STREAK: u32 = 8;
+pub const BUSY_REPEAT_STREAK: u32 = 64;
 
 /// OpenSSL raised an error (`ERR_set_error(lib, reason, ...)` in OpenSSL 3,
 /// `ERR_put_error(lib, func, reason, ...)` in 1.1): rare in a healthy program, and the

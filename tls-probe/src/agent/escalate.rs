@@ -6,7 +6,7 @@
 //! cheap signals show as suspicious, for a bounded window, and go off again after it:
 //!
 //! - **repeats**: non-empty epoll waits that returned at once with the same fd ready as the
-//!   8 waits before (aggregated in the kernel): the signature of a spin loop or of readiness
+//!   64 waits before (aggregated in the kernel): the signature of a spin loop or of readiness
 //!   never consumed (busy_epoll_loop). A busy healthy server wakes for different fds.
 //! - **SSL errors**: OpenSSL raised an error in libssl (`ERR_set_error`, a uprobe that
 //!   fires only on errors): a bad write retry, or any other failure to look at.
@@ -67,7 +67,7 @@ impl Default for Policy {
 pub struct Signals {
     /// Non-empty waits that returned at once.
     pub quick: u64,
-    /// Of them, with the same fd ready as the 8 waits before.
+    /// Of them, with the same fd ready as the 64 waits before.
     pub repeats: u64,
     /// Errors OpenSSL raised in libssl.
     pub ssl_errors: u64,
