@@ -216,7 +216,9 @@ fn pids_with_ssl_calls(records: &[Value]) -> BTreeSet<u32> {
 /// Sends SIGINT and returns every record, each checked against the schema.
 fn stop(mut probe: Proc, output: &Path) -> Vec<Value> {
     signal(probe.pid(), Signal::SIGINT);
-    let status = probe.wait_exit("tls-probe to finish", Duration::from_secs(15));
+    // The kernel removes uprobes one at a time (~110 ms each, 25 per process in full mode)
+    // and the old workers' are still being removed in the background right after a reload.
+    let status = probe.wait_exit("tls-probe to finish", Duration::from_secs(30));
     assert!(status.success(), "tls-probe failed: {status}");
     let text = fs::read_to_string(output).expect("reading the output");
     for (i, line) in text.lines().enumerate() {
