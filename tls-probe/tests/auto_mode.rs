@@ -236,5 +236,15 @@ fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
          (1.5 s of it the attach window), escalations {} (last reason {}); events {}",
         p["escalations_total"], p["reason"], s["events"]
     );
-    assert!(on <= 3.5, "nginx was escalated for {on:.1} s: {p}");
+    // The attach window, and at most one more that confirmed nothing and so doubled the
+    // hold-off (nginx under wrk now and then shows a long run of wake-ups for one fd): a
+    // longer run pays for fewer and fewer windows.
+    let n = p["escalations_total"].as_u64().unwrap_or(0);
+    assert!(n <= 2, "nginx was escalated {n} times: {p}");
+    assert_eq!(p["per_call"], false, "{p}");
+    assert_eq!(p["confirmed_total"], 0, "{p}");
+    if n == 2 {
+        assert!(p["holdoff_ns"].as_u64().unwrap_or(0) >= 2_000_000_000, "{p}");
+    }
+    assert!(on <= 4.0, "nginx was escalated for {on:.1} s: {p}");
 }
