@@ -244,7 +244,10 @@ fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
     assert_eq!(p["per_call"], false, "{p}");
     assert_eq!(p["confirmed_total"], 0, "{p}");
     if n == 2 {
-        assert!(p["holdoff_ns"].as_u64().unwrap_or(0) >= 2_000_000_000, "{p}");
+        assert!(
+            p["holdoff_ns"].as_u64().unwrap_or(0) >= 2_000_000_000,
+            "{p}"
+        );
     }
     assert!(on <= 4.0, "nginx was escalated for {on:.1} s: {p}");
 }
