@@ -336,8 +336,9 @@ pub struct EpollBusyEvent {
     pub count: u32,
     /// Of them, waits that returned at once (zero timeout, or under `BUSY_QUICK_NS`).
     pub quick: u32,
-    /// Quick waits whose first ready entry (data and events) was the same as that of each of
-    /// the `BUSY_REPEAT_STREAK` quick waits before: a loop woken for one fd again and again.
+    /// Quick waits with one or two ready entries whose first (data and events) was the same
+    /// as that of each of the `BUSY_REPEAT_STREAK` such waits before: a loop woken for one fd
+    /// again and again.
     pub repeats: u32,
     /// Ready entries (the waits' returns), summed.
     pub ready: u32,

@@ -224,8 +224,10 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
         b.first_ns = st.start_ns;
     }
     // A busy server is woken for the same connection twice in a row now and then; a loop
-    // that spins on one fd is woken for it thousands of times in a row.
-    b.streak = if quick && b.prev_data == data && b.prev_events == events {
+    // that spins on one fd is woken for it (alone, or next to one other) thousands of times
+    // in a row. A server with many ready fds gets them in a stable order, the same one
+    // first each time: only waits with one or two ready count.
+    b.streak = if quick && ret <= 2 && b.prev_data == data && b.prev_events == events {
         b.streak + 1
     } else {
         0

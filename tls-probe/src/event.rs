@@ -260,8 +260,8 @@ pub struct EpollBusy {
     pub count: u32,
     /// Of them, waits that returned at once (zero timeout, or blocked under 50 µs).
     pub quick: u32,
-    /// Quick waits whose first ready entry was the same (data and events) as that of the 64
-    /// quick waits before it: a loop woken again and again for the same fd.
+    /// Quick waits with one or two ready entries whose first was the same (data and events)
+    /// as that of the 64 such waits before it: a loop woken again and again for the same fd.
     pub repeats: u32,
     pub zero_timeout: u32,
     /// Ready entries (the waits' returns), summed.
