@@ -21,6 +21,8 @@ pub mod kind {
     pub const EPOLL_IDLE: u32 = 7;
     pub const PEER: u32 = 8;
     pub const SERVER_HELLO: u32 = 9;
+    pub const EPOLL_BUSY: u32 = 10;
+    pub const LIB_ERROR: u32 = 11;
 }
 
 /// Which syscall a [`PeerEvent`] came from: the side of the connection is in the name.
@@ -103,6 +105,11 @@ pub const MAX_READY: usize = 32;
 pub mod target_flag {
     /// The process is traced.
     pub const TRACED: u32 = 1;
+    /// The per-call uprobes are attached: every non-empty epoll wait is sent on its own
+    /// (the SSL calls after it need it). Without it, runs of them are aggregated
+    /// ([`EpollBusyEvent`](crate::EpollBusyEvent)) and socket fds shared between threads
+    /// are counted (`SHARED_FD`).
+    pub const HOT: u32 = 2;
 }
 
 #[repr(C)]
@@ -359,6 +366,70 @@ pub struct TaskExitEvent {
     pub group_dead: u32,
 }
 const _: () = assert!(core::mem::size_of::<TaskExitEvent>() == 32);
+/// Non-empty epoll waits of one thread, aggregated in the kernel while the process's
+/// per-call uprobes are off: a run of waits that returned at once (timeout 0, or blocked
+/// under `BUSY_QUICK_NS`), ended by a wait that blocked longer (included), by
+/// `BUSY_FLUSH_COUNT` waits, or by `BUSY_FLUSH_NS` since the first. A spin loop's waits
+/// report the same fd ready again and again, thousands of times in a row: `repeats`
+/// counts the waits of such runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollBusyEvent {
+    pub hdr: EventHeader,
+    /// Start of the first wait aggregated.
+    pub first_ns: u64,
+    /// Time spent inside the waits, summed.
+    pub blocked_ns: u64,
+    /// `epoll_event.data` of the last wait's first ready entry.
+    pub last_data: u64,
+    /// Waits aggregated.
+    pub count: u32,
+    /// Of them, waits that returned at once (zero timeout, or under `BUSY_QUICK_NS`).
+    pub quick: u32,
+    /// Quick waits with one or two ready entries whose first (data and events) was the same
+    /// as that of each of the `BUSY_REPEAT_STREAK` such waits before: a loop woken for one fd
+    /// again and again.
+    pub repeats: u32,
+    /// Ready entries (the waits' returns), summed.
+    pub ready: u32,
+    /// EPOLL* bits of the last wait's first ready entry.
+    pub last_events: u32,
+    pub epfd: i32,
+    /// One of the `epoll_sys` constants (of the last wait).
+    pub syscall: u32,
+    /// Waits made with a zero timeout.
+    pub zero_timeout: u32,
+}
+const _: () = assert!(core::mem::size_of::<EpollBusyEvent>() == 80);
+
+pub const BUSY_FLUSH_COUNT: u32 = 4096;
+pub const BUSY_FLUSH_NS: u64 = 20_000_000;
+/// A wait that blocked less than this returned "at once" (as the engine's
+/// `busy_max_blocked_ns`).
+pub const BUSY_QUICK_NS: u64 = 50_000;
+/// How many quick waits in a row must have reported the same first ready entry before the
+/// next one counts as a repeat.
+pub const BUSY_REPEAT_STREAK: u32 = 64;
+
+/// OpenSSL raised an error (`ERR_set_error(lib, reason, ...)` in OpenSSL 3,
+/// `ERR_put_error(lib, func, reason, ...)` in 1.1): rare in a healthy program, and the
+/// reason names what went wrong, e.g. `SSL_R_BAD_WRITE_RETRY` (127) in `ERR_LIB_SSL` (20).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LibErrorEvent {
+    pub hdr: EventHeader,
+    pub lib: i32,
+    pub reason: i32,
+}
+const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 32);
+
+/// OpenSSL's library and reason codes the agent names.
+pub mod ossl {
+    pub const ERR_LIB_SSL: i32 = 20;
+    pub const SSL_R_BAD_WRITE_RETRY: i32 = 127;
+    /// The peer closed the connection without a close_notify: every server sees it.
+    pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -2,14 +2,15 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tls_probe_common::{
-    CloseEvent, EPOLL_WAIT_SMALL_ENTRIES, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord,
-    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind,
+    BUSY_FLUSH_COUNT, BUSY_FLUSH_NS, BUSY_QUICK_NS, BUSY_REPEAT_STREAK, CloseEvent,
+    EPOLL_WAIT_SMALL_ENTRIES, EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord,
+    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind, target_flag,
 };
 
 use crate::{
-    maps::{EVENTS, IDLE_WAITS, SYSCALL_ARGS},
-    state::{IdleWaits, SyscallArgs},
-    util::{bump, header, lost, now, target},
+    maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, SYSCALL_ARGS},
+    state::{BusyWaits, IdleWaits, SyscallArgs},
+    util::{bump, header, lost, now, target, target_flags},
 };
 
 const ARG0: usize = 16;
@@ -172,9 +173,119 @@ fn emit_wait<const N: usize>(
     entry.submit(0);
 }
 
+/// Reads the first ready entry of the user's array: (data, events).
+#[inline(always)]
+fn first_entry(base: u64) -> (u64, u32) {
+    // SAFETY: 12 bytes of the user's packed epoll_event.
+    match unsafe { bpf_probe_read_user(base as *const [u8; 12]) } {
+        Ok(raw) => (
+            u64::from_le_bytes([
+                raw[4], raw[5], raw[6], raw[7], raw[8], raw[9], raw[10], raw[11],
+            ]),
+            u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Counts a non-empty wait into the thread's aggregate (per-call uprobes off); flushes it
+/// when the wait blocked (ending a run of quick ones), when full, or when old.
+#[inline(always)]
+fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, syscall: u32) {
+    let blocked = ts - st.start_ns;
+    let zero = st.args[3] == 0;
+    let quick = zero || blocked < BUSY_QUICK_NS;
+    let (data, events) = first_entry(st.args[1]);
+    let Some(b) = BUSY_WAITS.get_ptr_mut(tid) else {
+        let b = BusyWaits {
+            first_ns: st.start_ns,
+            blocked_ns: blocked,
+            prev_data: data,
+            count: 1,
+            quick: quick as u32,
+            repeats: 0,
+            ready: ret as u32,
+            prev_events: events,
+            zero_timeout: zero as u32,
+            streak: 0,
+            _pad: 0,
+        };
+        if BUSY_WAITS.insert(tid, b, 0).is_err() {
+            bump(tls_probe_common::counter::LOST_INFLIGHT);
+        }
+        if !quick {
+            flush_busy(tgid, tid, ts, st.args[0] as i32, syscall);
+        }
+        return;
+    };
+    // SAFETY: this thread's own entry.
+    let b = unsafe { &mut *b };
+    if b.count == 0 {
+        b.first_ns = st.start_ns;
+    }
+    // A busy server is woken for the same connection twice in a row now and then; a loop
+    // that spins on one fd is woken for it (alone, or next to one other) thousands of times
+    // in a row. A server with many ready fds gets them in a stable order, the same one
+    // first each time: only waits with one or two ready count.
+    b.streak = if quick && ret <= 2 && b.prev_data == data && b.prev_events == events {
+        b.streak + 1
+    } else {
+        0
+    };
+    let repeat = b.streak >= BUSY_REPEAT_STREAK;
+    b.count += 1;
+    b.quick += quick as u32;
+    b.repeats += repeat as u32;
+    b.ready += ret as u32;
+    b.blocked_ns += blocked;
+    b.zero_timeout += zero as u32;
+    b.prev_data = data;
+    b.prev_events = events;
+    if !quick || b.count >= BUSY_FLUSH_COUNT || ts - b.first_ns >= BUSY_FLUSH_NS {
+        flush_busy(tgid, tid, ts, st.args[0] as i32, syscall);
+    }
+}
+
+/// Emits the thread's aggregated non-empty waits, if any, and starts a new aggregate
+/// (keeping the previous wait's first entry).
+#[inline(always)]
+fn flush_busy(tgid: u32, tid: u32, ts: u64, epfd: i32, syscall: u32) {
+    let Some(b) = BUSY_WAITS.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: this thread's own entry.
+    let b = unsafe { &mut *b };
+    if b.count == 0 {
+        return;
+    }
+    let ev = EpollBusyEvent {
+        hdr: header(kind::EPOLL_BUSY, tgid, tid, ts),
+        first_ns: b.first_ns,
+        blocked_ns: b.blocked_ns,
+        last_data: b.prev_data,
+        count: b.count,
+        quick: b.quick,
+        repeats: b.repeats,
+        ready: b.ready,
+        last_events: b.prev_events,
+        epfd,
+        syscall,
+        zero_timeout: b.zero_timeout,
+    };
+    b.count = 0;
+    b.quick = 0;
+    b.repeats = 0;
+    b.ready = 0;
+    b.blocked_ns = 0;
+    b.zero_timeout = 0;
+    if EVENTS.output::<EpollBusyEvent>(&ev, 0).is_err() {
+        lost(kind::EPOLL_BUSY);
+    }
+}
+
 #[inline(always)]
 fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
-    let Some((tgid, tid)) = target() else {
+    let Some((tgid, tid, flags)) = target_flags() else {
         return 0;
     };
     bump(tls_probe_common::counter::TRACEPOINT_HITS);
@@ -191,7 +302,13 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
         aggregate_idle(tgid, tid, &st, ts, syscall);
         return 0;
     }
+    if ret > 0 && flags & target_flag::HOT == 0 {
+        // Per-call uprobes off: nothing needs each wait on its own. Aggregate.
+        aggregate_busy(tgid, tid, &st, ret, ts, syscall);
+        return 0;
+    }
     flush_idle(tgid, tid, ts);
+    flush_busy(tgid, tid, ts, st.args[0] as i32, syscall);
     if ret <= EPOLL_WAIT_SMALL_ENTRIES as i64 {
         emit_wait::<EPOLL_WAIT_SMALL_ENTRIES>(tgid, tid, &st, ret, ts, syscall);
     } else {
@@ -297,6 +414,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: close(fd).
     let fd = unsafe { arg(&ctx, 0) } as u32 as i32;
+    // The fd number may go to another thread's new socket next: not a shared fd.
+    let _ = FD_USE.remove(((tgid as u64) << 32) | fd as u32 as u64);
     let ev = CloseEvent {
         hdr: header(kind::CLOSE, tgid, tid, now()),
         ret: 0,

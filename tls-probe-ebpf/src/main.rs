@@ -8,6 +8,7 @@
 
 #[cfg(target_arch = "bpf")]
 mod epoll;
+mod errors;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]

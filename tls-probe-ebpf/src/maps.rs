@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tls_probe_common::counter;
 
-use crate::state::{GetErrorArgs, IdleWaits, Inflight, SyscallArgs};
+use crate::state::{BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SyscallArgs};
 
 /// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
 /// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
@@ -39,3 +39,19 @@ pub static GETERR_ARGS: HashMap<u32, GetErrorArgs> = HashMap::with_max_entries(1
 /// Counters that userspace sums over CPUs (see `tls_probe_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// tid -> the quick non-empty waits not yet flushed (see `EpollBusyEvent`), kept between
+/// flushes for the previous wait's first ready entry. LRU: threads that exited age out.
+#[map]
+pub static BUSY_WAITS: LruHashMap<u32, BusyWaits> = LruHashMap::with_max_entries(16384, 0);
+
+/// (tgid << 32 | fd) -> the thread that last entered a read/write syscall on it, while the
+/// process's per-call uprobes are off. LRU: one entry per fd in use, old fds age out.
+#[map]
+pub static FD_USE: LruHashMap<u64, FdUse> = LruHashMap::with_max_entries(65536, 0);
+
+/// tgid -> read/write syscalls that entered on an fd another thread of the process had
+/// entered one on within `SHARED_FD_NS`: the cheap trigger for concurrent SSL use.
+/// Userspace reads it; 4096 as `TARGETS`.
+#[map]
+pub static SHARED_FD: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);

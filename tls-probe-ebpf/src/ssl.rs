@@ -22,13 +22,17 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
     if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: the pointer is to this thread's own entry.
         let cur = unsafe { &mut *cur };
-        if cur.ssl == ssl {
-            // A call nested in the outer one (SSL_accept -> SSL_do_handshake): the outer
-            // call is the one the application made.
+        // A call nested in the outer one (SSL_accept -> SSL_do_handshake): the outer
+        // call is the one the application made. Only that nesting exists in libssl: any
+        // other entry is stale (its return was never seen, e.g. the return probe was
+        // attached or detached while the call ran) and must not swallow this call.
+        let nests =
+            op == op::SSL_DO_HANDSHAKE && (cur.op == op::SSL_ACCEPT || cur.op == op::SSL_CONNECT);
+        if cur.ssl == ssl && nests {
             cur.depth += 1;
             return 0;
         }
-        // Otherwise the entry is stale (its return was never seen): start afresh.
+        // Otherwise start afresh.
     }
     let is_io = op != op::SSL_DO_HANDSHAKE && op != op::SSL_ACCEPT && op != op::SSL_CONNECT;
     let is_ex = op == op::SSL_READ_EX || op == op::SSL_WRITE_EX || op == op::SSL_PEEK_EX;

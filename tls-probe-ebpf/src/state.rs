@@ -54,3 +54,29 @@ pub struct IdleWaits {
     pub syscall: u32,
     pub _pad: u32,
 }
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BusyWaits {
+    pub first_ns: u64,
+    pub blocked_ns: u64,
+    /// The previous wait's first ready entry, kept across flushes.
+    pub prev_data: u64,
+    pub count: u32,
+    pub quick: u32,
+    pub repeats: u32,
+    pub ready: u32,
+    pub prev_events: u32,
+    pub zero_timeout: u32,
+    /// Quick waits in a row with the same first ready entry, kept across flushes.
+    pub streak: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdUse {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}

@@ -45,3 +45,13 @@ pub fn bump(index: u32) {
 pub fn lost(kind: u32) {
     bump(counter::LOST_RINGBUF + kind);
 }
+
+/// The current (tgid, tid, target flags) if the process is a target.
+#[inline(always)]
+pub fn target_flags() -> Option<(u32, u32, u32)> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: the value is a plain u32 copied out immediately.
+    let flags = unsafe { TARGETS.get(tgid) }.copied()?;
+    Some((tgid, id as u32, flags))
+}

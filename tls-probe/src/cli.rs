@@ -45,10 +45,12 @@ pub struct OutputArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
-    /// What to probe: `full` traces every SSL_read/SSL_write/SSL_get_error call (a uprobe
-    /// trap each, expensive on busy servers); `light` keeps only syscall tracepoints and the
-    /// once-per-connection handshake probes.
-    #[arg(long, value_enum, default_value_t = ProbeMode::Full)]
+    /// What to probe: `auto` (the default) keeps the cheap probes on and turns on the
+    /// per-call probes of a process only while cheap signals show it suspicious; `full`
+    /// traces every SSL_read/SSL_write/SSL_get_error call (a uprobe trap each, expensive on
+    /// busy servers); `light` keeps only syscall tracepoints and the once-per-connection
+    /// handshake and error probes.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub mode: ProbeMode,
     /// Print findings as lines on stderr instead of opening the live dashboard. The
     /// dashboard opens only when stdout is a terminal not taken by `-o -` or `--events`.
@@ -69,10 +71,12 @@ impl OutputArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ProbeMode {
     /// Every SSL call (per-call uprobes on the hot path).
-    #[default]
     Full,
     /// Syscall tracepoints and handshake probes only.
     Light,
+    /// Light, plus the per-call probes for a suspicious process, for a while.
+    #[default]
+    Auto,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -11,14 +11,14 @@ use std::{
 
 use thiserror::Error;
 use tls_probe_common::{
-    CloseEvent, EPOLL_WAIT_HEAD, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent, EventHeader,
-    MAX_READY, PeerEvent, ReadyEntry, ServerHelloEvent, SslCallEvent, SslErrorEvent, SslFreeEvent,
-    epoll_sys, family, hello_flag, kind, peer_sys, sys,
+    CloseEvent, EPOLL_WAIT_HEAD, EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent,
+    EventHeader, LibErrorEvent, MAX_READY, PeerEvent, ReadyEntry, ServerHelloEvent, SslCallEvent,
+    SslErrorEvent, SslFreeEvent, epoll_sys, family, hello_flag, kind, peer_sys, sys,
 };
 
 use crate::event::{
-    CtlOp, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, PeerSide, ReadyFd,
-    SslCall, SslError, SslErrorCode, SslOp, SysKind,
+    CtlOp, EpollBusy, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, PeerSide,
+    ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -231,9 +231,46 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 group_dead: r.group_dead != 0,
             }
         }
+        kind::EPOLL_BUSY => {
+            let r: EpollBusyEvent = read(bytes, hdr.kind)?;
+            EventKind::EpollBusy(EpollBusy {
+                syscall: epoll_syscall(r.syscall)?,
+                epfd: r.epfd,
+                count: r.count,
+                quick: r.quick,
+                repeats: r.repeats,
+                zero_timeout: r.zero_timeout,
+                ready_total: r.ready,
+                first_ns: r.first_ns,
+                blocked_ns: r.blocked_ns,
+                last_ready: ReadyFd {
+                    events: r.last_events,
+                    data: r.last_data,
+                    fd: None,
+                    interest: None,
+                },
+            })
+        }
+        kind::LIB_ERROR => {
+            let r: LibErrorEvent = read(bytes, hdr.kind)?;
+            EventKind::LibError {
+                lib: r.lib,
+                reason: r.reason,
+                reason_name: lib_reason_name(r.lib, r.reason).map(str::to_owned),
+            }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
+}
+
+/// The OpenSSL error reasons tls-probe names.
+fn lib_reason_name(lib: i32, reason: i32) -> Option<&'static str> {
+    use tls_probe_common::ossl;
+    match (lib, reason) {
+        (ossl::ERR_LIB_SSL, ossl::SSL_R_BAD_WRITE_RETRY) => Some("bad_write_retry"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -248,6 +248,32 @@ pub struct EpollIdle {
     pub blocked_ns: u64,
 }
 
+/// Non-empty epoll waits of one thread aggregated in the kernel while the process's
+/// per-call probes are off (`--mode light`, or `auto` between escalations): a run of waits
+/// that returned at once, ended by one that blocked (included). Nothing says what the
+/// loop did after each, so they count as wake-ups whose progress is unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollBusy {
+    pub syscall: EpollSyscall,
+    pub epfd: i32,
+    /// Waits aggregated.
+    pub count: u32,
+    /// Of them, waits that returned at once (zero timeout, or blocked under 50 µs).
+    pub quick: u32,
+    /// Quick waits with one or two ready entries whose first was the same (data and events)
+    /// as that of the 64 such waits before it: a loop woken again and again for the same fd.
+    pub repeats: u32,
+    pub zero_timeout: u32,
+    /// Ready entries (the waits' returns), summed.
+    pub ready_total: u32,
+    /// Start of the first wait aggregated; the event's `ts_ns` is the last one's return.
+    pub first_ns: u64,
+    /// Time spent inside the waits, summed.
+    pub blocked_ns: u64,
+    /// The last wait's first ready entry.
+    pub last_ready: ReadyFd,
+}
+
 /// Where an epoll registration came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -343,6 +369,15 @@ pub enum EventKind {
         cleared: u32,
         group_dead: bool,
     },
+    EpollBusy(EpollBusy),
+    /// OpenSSL raised an error (`ERR_set_error`, or `ERR_put_error` in 1.1) on this
+    /// thread: `lib` and `reason` are OpenSSL's codes (lib 20 is libssl; reason 127 there is
+    /// SSL_R_BAD_WRITE_RETRY). `reason_name` names the reasons tls-probe knows.
+    LibError {
+        lib: i32,
+        reason: i32,
+        reason_name: Option<String>,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -385,6 +420,8 @@ impl Event {
                 }
             }
             EventKind::TaskExit { .. } => "sched_process_exit",
+            EventKind::EpollBusy(w) => w.syscall.name(),
+            EventKind::LibError { .. } => "ERR_set_error",
         }
     }
 

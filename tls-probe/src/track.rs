@@ -106,7 +106,18 @@ impl Tracker {
                     }
                 }
             }
+            EventKind::EpollBusy(busy) => {
+                if self.known_epfds.insert((pid, busy.epfd)) {
+                    self.pending_seed.push((pid, busy.epfd));
+                }
+                let ready = &mut busy.last_ready;
+                if let Some(reg) = self.by_data.get(&(pid, busy.epfd, ready.data)) {
+                    ready.fd = Some(reg.fd);
+                    ready.interest = Some(reg.interest);
+                }
+            }
             EventKind::SslError(_)
+            | EventKind::LibError { .. }
             | EventKind::EpollIdle(_)
             | EventKind::ThreadCpu { .. }
             | EventKind::ListenOverflows { .. }

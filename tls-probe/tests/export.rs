@@ -48,7 +48,7 @@ impl Probe {
     fn start(dir: &Path, pid: u32, args: &[&str], output: Option<&Path>) -> Self {
         let stderr = dir.join(format!("stderr-{pid}-{}", args.len()));
         let mut cmd = Command::new(TLS_PROBE);
-        cmd.args(["attach", "--pid", &pid.to_string()])
+        cmd.args(["attach", "--mode", "full", "--pid", &pid.to_string()])
             .args(args)
             .stderr(fs::File::create(&stderr).unwrap());
         if let Some(out) = output {

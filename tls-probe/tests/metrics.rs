@@ -71,7 +71,14 @@ fn metrics_endpoint_serves_the_engine_counters() {
     let port = free_port();
     let mut probe = Proc::spawn(
         Command::new(TLS_PROBE)
-            .args(["attach", "--pid", &pid.to_string(), "--metrics-addr"])
+            .args([
+                "attach",
+                "--mode",
+                "full",
+                "--pid",
+                &pid.to_string(),
+                "--metrics-addr",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .stderr(Stdio::inherit()),
     );

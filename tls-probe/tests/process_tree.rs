@@ -40,7 +40,7 @@ impl NginxTree {
 fn attach(dir: &Path, pid: u32, extra: &[&str]) -> (Proc, PathBuf) {
     let output = dir.join(format!("attach-{pid}.ndjson"));
     let mut cmd = Command::new(TLS_PROBE);
-    cmd.args(["attach", "--pid", &pid.to_string(), "-o"])
+    cmd.args(["attach", "--mode", "full", "--pid", &pid.to_string(), "-o"])
         .arg(&output)
         .args(extra)
         .stderr(Stdio::inherit());

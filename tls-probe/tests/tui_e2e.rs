@@ -161,7 +161,8 @@ fn demo_dashboard_shows_the_spin_loop_then_q_restores_the_terminal() {
         is_spin_finding(s) && s.contains("of target CPU")
     });
     assert_eq!(tmux.var("alternate_on"), "1", "{screen}");
-    assert!(screen.contains("mode full"), "{screen}");
+    // The default mode, with the spinning process escalated to the per-call probes.
+    assert!(screen.contains("mode auto (per-call on: 1/1)"), "{screen}");
     assert!(!screen.contains("events 0/s"), "{screen}");
 
     tmux.keys("?");

@@ -65,6 +65,8 @@ pub struct BenchArgs {
 pub enum Variant {
     /// Nothing attached.
     Baseline,
+    /// `tls-probe attach --mode auto` (the default).
+    Auto,
     /// `tls-probe attach --mode light`.
     Light,
     /// `tls-probe attach --mode full`.
@@ -74,11 +76,18 @@ pub enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [Self::Baseline, Self::Light, Self::Full, Self::Bpftrace];
+    const ALL: [Variant; 5] = [
+        Self::Baseline,
+        Self::Auto,
+        Self::Light,
+        Self::Full,
+        Self::Bpftrace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
+            Self::Auto => "auto",
             Self::Light => "light",
             Self::Full => "full",
             Self::Bpftrace => "bpftrace",
@@ -88,6 +97,7 @@ impl Variant {
     fn title(self) -> &'static str {
         match self {
             Self::Baseline => "baseline (no probe)",
+            Self::Auto => "tls-probe auto",
             Self::Light => "tls-probe light",
             Self::Full => "tls-probe full",
             Self::Bpftrace => "bpftrace (per-call uprobes)",
@@ -125,7 +135,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let scratch = proc::TempDir::new(args.keep_temp)?;
     let ctx = Ctx {
-        tls_probe: sh::root().join("target/release/tls-probe"),
+        // Where cargo put it: CARGO_TARGET_DIR when set (relative to the workspace).
+        tls_probe: std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
+            .join("release/tls-probe"),
         bpftrace,
         dir: scratch.path().to_owned(),
         duration,
@@ -271,7 +284,12 @@ mod tests {
         );
         assert_eq!(
             variants(&[], false),
-            [Variant::Baseline, Variant::Light, Variant::Full]
+            [
+                Variant::Baseline,
+                Variant::Auto,
+                Variant::Light,
+                Variant::Full
+            ]
         );
         assert_eq!(variants(&[], true), Variant::ALL);
     }

@@ -1,6 +1,7 @@
 //! The live agent: attach to targets, pump events from the ring buffer through the
 //! tracker and the engine, and hand every record to the sinks until told to stop.
 
+pub mod escalate;
 mod privileges;
 pub mod proc;
 mod session;

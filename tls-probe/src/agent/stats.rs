@@ -51,6 +51,10 @@ impl Meter {
         {
             let secs = (now.ts_ns - prev.ts_ns) as f64 / 1e9;
             stats.events_per_sec = now.events.saturating_sub(prev.events) as f64 / secs;
+            stats.uprobe_hits_per_sec =
+                now.uprobe_hits.saturating_sub(prev.uprobe_hits) as f64 / secs;
+            stats.tracepoint_hits_per_sec =
+                now.tracepoint_hits.saturating_sub(prev.tracepoint_hits) as f64 / secs;
             let probe_ns = now.uprobe_hits.saturating_sub(prev.uprobe_hits) as f64 * UPROBE_HIT_NS
                 + now.tracepoint_hits.saturating_sub(prev.tracepoint_hits) as f64
                     * TRACEPOINT_HIT_NS;

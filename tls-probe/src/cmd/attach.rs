@@ -72,6 +72,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         children: true,
         libraries: Default::default(),
         wait_for_library: false,
+        auto: o.mode == crate::cli::ProbeMode::Auto,
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
     rules::{CallDone, ConnEnd, ConnWakeup, LoopWakeup},
     state::ThreadKey,
 };
-use crate::event::{EpollIdle, EpollWait, SslCall, SslError, SslErrorCode};
+use crate::event::{EpollBusy, EpollIdle, EpollWait, SslCall, SslError, SslErrorCode};
 
 impl Engine {
     pub(super) fn on_ssl_call(
@@ -177,6 +177,7 @@ impl Engine {
                 spin_wasted: false,
                 ready_count: 0,
                 other_ready: false,
+                untraced: false,
                 idle_ready: None,
             };
             self.count_wakeups(&wakeups, out);
@@ -184,6 +185,51 @@ impl Engine {
         if let Some(t) = self.state.threads.get_mut(&key) {
             t.lp.epoll_mode = true;
             t.lp.iter.start_empty(ts, each_ns);
+        }
+    }
+
+    /// `count` non-empty waits aggregated in the kernel while the per-call probes were off:
+    /// what the loop did after each is not known, so none of them is idle (as a wait with
+    /// an untraced ready fd) nor wasted. All but the last count as such wake-ups; the last
+    /// starts an iteration marked untraced, for the calls that follow it.
+    pub(super) fn on_epoll_busy(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ts: u64,
+        w: &EpollBusy,
+        out: &mut Vec<FindingChange>,
+    ) {
+        let key = (pid, tid);
+        self.resolve_pending(key, out);
+        self.thread(key, out);
+        self.finish_iteration(key, out);
+        self.state.hs.blocked(key, self.now, w.blocked_ns);
+        if w.count == 0 {
+            return;
+        }
+        let each_ns = w.blocked_ns / u64::from(w.count);
+        let before = w.count - 1;
+        if before > 0 {
+            let wakeups = LoopWakeup {
+                pid,
+                tid,
+                count: before,
+                timeout_ns: None,
+                blocked_ns: w.blocked_ns - each_ns,
+                immediate: w.quick >= before,
+                progress: false,
+                spin_wasted: false,
+                ready_count: w.ready_total / w.count,
+                other_ready: true,
+                untraced: true,
+                idle_ready: None,
+            };
+            self.count_wakeups(&wakeups, out);
+        }
+        if let Some(t) = self.state.threads.get_mut(&key) {
+            t.lp.epoll_mode = true;
+            t.lp.iter.start_busy(ts, each_ns, w);
         }
     }
 
@@ -200,7 +246,9 @@ impl Engine {
         let mut it = std::mem::take(&mut t.lp.iter);
         let (pid, tid) = key;
         let mut spin_wasted = false;
-        for touched in &it.touched {
+        // Without the per-call probes the calls of the iteration are not all seen.
+        let touched: &[_] = if it.untraced { &[] } else { &it.touched };
+        for touched in touched {
             // Freed or closed during the iteration: the connection cannot spin any more, and
             // its rules' state is gone already.
             if self
@@ -241,7 +289,9 @@ impl Engine {
                 progress: it.progress,
                 spin_wasted,
                 ready_count: u32::try_from(it.ret.max(0)).unwrap_or(u32::MAX),
-                other_ready: it.ret > it.ready.len() as i64
+                untraced: it.untraced,
+                other_ready: it.untraced
+                    || it.ret > it.ready.len() as i64
                     || it.ready.iter().any(|r| {
                         // Hang-up and error readiness cannot be read away: reported again and
                         // again, it is a leaked registration whatever the fd.
@@ -267,7 +317,8 @@ impl Engine {
         self.dispatch(out, |r, cx| r.on_loop_wakeup(cx, w));
         let now = self.now;
         let n = w.count;
-        let no_progress = if w.progress { 0 } else { n };
+        // Untraced wake-ups may well have made progress: not counted either way.
+        let no_progress = if w.progress || w.untraced { 0 } else { n };
         if let Some(t) = self.state.threads.get_mut(&(w.pid, w.tid)) {
             t.wakeups_total += u64::from(n);
             t.no_progress_total += u64::from(no_progress);

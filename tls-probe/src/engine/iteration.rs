@@ -1,7 +1,7 @@
 //! One thread's event loop: the last epoll wait and the SSL calls made until the next one
 //! (an "iteration"), and the failing call still waiting for its SSL_get_error.
 
-use crate::event::{EpollWait, SslCall, SslErrorCode, SslOp, SysKind};
+use crate::event::{EpollBusy, EpollWait, SslCall, SslErrorCode, SslOp, SysKind};
 
 /// A failing SSL call whose SSL_get_error has not arrived yet.
 #[derive(Clone, Debug)]
@@ -66,6 +66,9 @@ pub(crate) struct Iteration {
     pub progress: bool,
     /// The last call failed (ret <= 0): in a pseudo-iteration, the next call starts a new one.
     pub last_failed: bool,
+    /// Started by a wait aggregated while the per-call probes were off: its calls are not
+    /// all seen, so neither its progress nor its readiness can be judged.
+    pub untraced: bool,
 }
 
 impl Iteration {
@@ -81,6 +84,7 @@ impl Iteration {
         self.calls = 0;
         self.progress = false;
         self.last_failed = false;
+        self.untraced = false;
     }
 
     pub fn start_wait(&mut self, ts: u64, w: &EpollWait) {
@@ -101,6 +105,21 @@ impl Iteration {
         self.reset(ts, true);
         self.timeout_ns = Some(0);
         self.blocked_ns = blocked_ns;
+    }
+
+    /// The last of a run of non-empty waits aggregated in the kernel while the per-call
+    /// probes were off, which blocked `blocked_ns`.
+    pub fn start_busy(&mut self, ts: u64, blocked_ns: u64, w: &EpollBusy) {
+        self.reset(ts, true);
+        self.untraced = true;
+        self.timeout_ns = (w.zero_timeout == w.count).then_some(0);
+        self.blocked_ns = blocked_ns;
+        self.ret = i64::from((w.ready_total / w.count.max(1)).max(1));
+        self.ready.push(ReadySlot {
+            fd: w.last_ready.fd,
+            events: w.last_ready.events,
+            interest: w.last_ready.interest,
+        });
     }
 
     pub fn start_pseudo(&mut self, ts: u64) {

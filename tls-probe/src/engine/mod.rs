@@ -48,8 +48,8 @@ pub use handshake::{
 };
 pub use rules::write_retry::PeerCount;
 pub use snapshot::{
-    ConnSnapshot, OpSnapshot, ProcessSnapshot, ReadySnapshot, Snapshot, ThreadSnapshot,
-    WaitSnapshot,
+    ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
+    ThreadSnapshot, WaitSnapshot,
 };
 
 use self::{
@@ -128,8 +128,23 @@ impl Engine {
     /// since the last event are evaluated first, so the output does not depend on whether
     /// or how often `advance` was called in between.
     pub fn ingest(&mut self, ev: &Event, out: &mut Vec<FindingChange>) {
-        self.tick_until(ev.ts_ns, out);
-        self.now = self.now.max(ev.ts_ns);
+        // Samples the agent reads from /proc carry the agent's clock, which runs ahead of
+        // the probe records still unread in the ring buffer: they must not move event time,
+        // or the records that follow would all land in one window bucket (a spin seen for
+        // a 1.5 s escalation window would never look sustained). `advance` moves it.
+        let sample = matches!(
+            &ev.kind,
+            EventKind::ThreadCpu { .. }
+                | EventKind::ListenOverflows { .. }
+                | EventKind::EpollCtl(crate::event::EpollCtl {
+                    op: crate::event::CtlOp::Fdinfo,
+                    ..
+                })
+        );
+        if !sample {
+            self.tick_until(ev.ts_ns, out);
+            self.now = self.now.max(ev.ts_ns);
+        }
         let (pid, tid, ts) = (ev.pid, ev.tid, ev.ts_ns);
         match &ev.kind {
             EventKind::SslCall(c) => self.on_ssl_call(pid, tid, ts, c, out),
@@ -143,6 +158,10 @@ impl Engine {
             // entries.
             EventKind::EpollCtl(_) => {}
             EventKind::EpollIdle(w) => self.on_epoll_idle(pid, tid, ts, w, out),
+            EventKind::EpollBusy(w) => self.on_epoll_busy(pid, tid, ts, w, out),
+            // The agent's escalation controller reads these; the rules see what the
+            // per-call probes it turns on show.
+            EventKind::LibError { .. } => {}
             EventKind::Close { fd, ret } => {
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)
@@ -174,6 +193,22 @@ impl Engine {
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<FindingChange>) {
         self.tick_until(now_ns, out);
         self.now = self.now.max(now_ns);
+    }
+
+    /// True when a finding that only the per-call probes can show (spin_loop,
+    /// busy_epoll_loop, bad_write_retry, concurrent_ssl_use, want_async_stall) is open for
+    /// `pid`: what `--mode auto` takes as a confirmation.
+    pub fn has_open_call_finding(&self, pid: u32) -> bool {
+        use finding::FindingKind as K;
+        [
+            K::SpinLoop,
+            K::BusyEpollLoop,
+            K::BadWriteRetry,
+            K::ConcurrentSslUse,
+            K::WantAsyncStall,
+        ]
+        .into_iter()
+        .any(|k| self.store.any_open(k, |f| f.pid == pid))
     }
 
     /// All findings kept, open and closed, by id.

@@ -23,6 +23,44 @@ pub struct Snapshot {
     /// The kernel's listen-queue overflows (TcpExtListenOverflows, host-wide) since the first
     /// sample after attach; None before any sample.
     pub listen_overflows_total: Option<u64>,
+    /// What is probed and what it costs, as the agent reports it (None in a replay).
+    #[serde(default)]
+    pub probes: Option<ProbeStatus>,
+}
+
+/// The probes' mode, per process whether the per-call probes are on, and an estimate of
+/// their cost. Filled in by the agent, not derived from events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// `auto`, `full` or `light`.
+    pub mode: String,
+    pub uprobe_hits_per_sec: f64,
+    pub tracepoint_hits_per_sec: f64,
+    /// The measured cost of one hit on this kind of machine.
+    pub uprobe_hit_cost_ns: f64,
+    pub tracepoint_hit_cost_ns: f64,
+    /// Hits per second times their cost: CPU time the probes take from the targets, per
+    /// second of wall time.
+    pub estimated_cost_ns_per_sec: f64,
+    /// The same as a share of the targets' CPU time (None before two samples).
+    pub estimated_cost_pct: Option<f64>,
+    pub processes: Vec<ProcessProbes>,
+}
+
+/// One process's per-call probes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessProbes {
+    pub pid: u32,
+    /// The per-call uprobes are attached now.
+    pub per_call: bool,
+    /// `auto` only: why they were last turned on (`attach`, `repeated_wakeups`,
+    /// `ssl_error`, `shared_fd`), how often, how often that confirmed a finding, for how
+    /// long in all, and the hold-off before the next window.
+    pub reason: Option<String>,
+    pub escalations_total: u64,
+    pub confirmed_total: u64,
+    pub escalated_ns_total: u64,
+    pub holdoff_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,6 +229,7 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
         evicted_threads_total: state.evicted_threads_total,
         unmatched_ssl_errors_total: state.unmatched_ssl_errors_total,
         listen_overflows_total: state.hs.overflows.map(|o| o.since_attach()),
+        probes: None,
     }
 }
 

@@ -7,7 +7,7 @@
 //! because an attached uprobe costs a trap on every call even when its program returns
 //! at once.
 
-use std::{collections::HashMap, num::NonZeroU32};
+use std::{collections::HashMap, num::NonZeroU32, thread::JoinHandle};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use tls_probe_common::{counter, target_flag};
@@ -113,7 +113,23 @@ struct Target {
 pub struct Probes {
     ebpf: Ebpf,
     targets: HashMap<u32, Target>,
+    /// Links being detached in the background (see [`Probes::release`]).
+    detaching: Vec<JoinHandle<()>>,
 }
+
+/// libcrypto's error-raising functions: OpenSSL 3 first, then 1.1. One is attached,
+/// always on (it fires only when OpenSSL raises an error). In OpenSSL 3 every error goes
+/// through `ERR_vset_error` (`ERR_raise` calls `ERR_set_error`, which calls it; libssl's
+/// `SSLfatal`, which raises SSL_R_BAD_WRITE_RETRY among others, calls it directly).
+pub const ERROR_UPROBES: &[(&str, &str)] = &[
+    ("err_set_error", "ERR_vset_error"),
+    ("err_put_error", "ERR_put_error"),
+];
+
+/// How many threads close one batch of links. Measured here: each uprobe link takes
+/// ~110 ms to close and the kernel serializes them (8 threads closed 25 links in 2.8 s, the
+/// same as one), so one thread is enough; what matters is that the caller does not wait.
+const DETACH_THREADS: usize = 1;
 
 impl Probes {
     /// Loads every program into the kernel and attaches the syscall tracepoints.
@@ -129,6 +145,7 @@ impl Probes {
             .chain(COLD_UPROBES)
             .map(|(name, _)| *name)
             .chain(["crypto_key_op"])
+            .chain(ERROR_UPROBES.iter().map(|(name, _)| *name))
         {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
@@ -151,6 +168,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             targets: HashMap::new(),
+            detaching: Vec::new(),
         })
     }
 
@@ -192,6 +210,10 @@ impl Probes {
         )?;
         if let Some(crypto) = &target.lib.crypto {
             links.extend(attach_key_ops(&mut self.ebpf, pid, crypto)?);
+            match attach_error_probe(&mut self.ebpf, pid, crypto) {
+                Some(link) => links.push(link),
+                None => target.missing.push("ERR_set_error"),
+            }
         } else {
             target.missing.push("libcrypto key operations");
         }
@@ -206,28 +228,102 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches or detaches the per-call uprobes of `pid`, without reloading anything.
+    /// Attaches or detaches the per-call uprobes of `pid`, without reloading anything, and
+    /// tells the kernel side (`target_flag::HOT`): while they are off, non-empty epoll
+    /// waits are aggregated. Detaching returns at once; the links are closed in the
+    /// background (see [`Probes::release`]).
     pub fn set_hot(&mut self, pid: u32, on: bool) -> Result<()> {
         let Some(target) = self.targets.get_mut(&pid) else {
             bail!("pid {pid} is not attached")
         };
         if on && target.hot.is_empty() {
             let mut missing = Vec::new();
-            target.hot =
-                attach_uprobes(&mut self.ebpf, pid, &target.lib, HOT_UPROBES, &mut missing)?;
+            // Returns first: a call entered while only its entry probe is attached would
+            // leave state behind that its return never clears.
+            let order: Vec<(&'static str, &'static str)> = HOT_UPROBES
+                .iter()
+                .filter(|(name, _)| name.ends_with("_exit"))
+                .chain(
+                    HOT_UPROBES
+                        .iter()
+                        .filter(|(name, _)| !name.ends_with("_exit")),
+                )
+                .copied()
+                .collect();
+            let started = std::time::Instant::now();
+            target.hot = attach_uprobes(&mut self.ebpf, pid, &target.lib, &order, &mut missing)?;
+            log::debug!(
+                "per-call uprobes of pid {pid} attached in {:?}",
+                started.elapsed()
+            );
             for m in missing {
                 if !target.missing.contains(&m) {
                     target.missing.push(m);
                 }
             }
+            self.set_flags(pid, target_flag::TRACED | target_flag::HOT);
         } else if !on {
-            for (name, link) in target.hot.drain(..) {
-                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-                prog.detach(link)
-                    .with_context(|| format!("detaching {name} from pid {pid}"))?;
-            }
+            // The kernel side first: from now on the waits are aggregated again.
+            self.set_flags(pid, target_flag::TRACED);
+            let links: Vec<_> = self
+                .targets
+                .get_mut(&pid)
+                .map(|t| t.hot.drain(..).collect())
+                .unwrap_or_default();
+            let links = take_links(&mut self.ebpf, links);
+            self.release(links);
         }
         Ok(())
+    }
+
+    /// Updates `pid`'s flags in the target map, if it is there.
+    fn set_flags(&mut self, pid: u32, flags: u32) {
+        if let Some(map) = self.ebpf.map_mut("TARGETS")
+            && let Ok(mut targets) = BpfHashMap::<_, u32, u32>::try_from(map)
+            && targets.get(&pid, 0).is_ok()
+        {
+            let _ = targets.insert(pid, flags, 0);
+        }
+    }
+
+    /// Closes `links` on a background thread: the kernel takes ~110 ms to remove each
+    /// uprobe, so closing 14 on the agent's loop would stall it for 1.5 s at the end of
+    /// every escalation window. [`Probes::wait_detached`] waits for them.
+    fn release(&mut self, links: Vec<UProbeLink>) {
+        self.detaching.retain(|h| !h.is_finished());
+        if links.is_empty() {
+            return;
+        }
+        let per = links.len().div_ceil(DETACH_THREADS);
+        let mut links = links;
+        while !links.is_empty() {
+            let batch: Vec<UProbeLink> = links.drain(..per.min(links.len())).collect();
+            match std::thread::Builder::new()
+                .name("tls-probe-detach".to_owned())
+                .spawn(move || drop(batch))
+            {
+                Ok(h) => self.detaching.push(h),
+                // No thread: the links were dropped (closed) here with the closure.
+                Err(e) => log::debug!("detaching on this thread: {e}"),
+            }
+        }
+    }
+
+    /// Waits until every link handed to the background has been closed.
+    pub fn wait_detached(&mut self) {
+        for h in self.detaching.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Read/write syscalls of `pid` that another of its threads had made on the same fd
+    /// just before, counted in the kernel while its per-call uprobes are off (0 if none).
+    pub fn shared_fd_uses(&self, pid: u32) -> u64 {
+        self.ebpf
+            .map("SHARED_FD")
+            .and_then(|m| BpfHashMap::<_, u32, u64>::try_from(m).ok())
+            .and_then(|m| m.get(&pid, 0).ok())
+            .unwrap_or(0)
     }
 
     /// True when the per-call uprobes of `pid` are attached.
@@ -246,11 +342,9 @@ impl Probes {
         let Some(mut target) = self.targets.remove(&pid) else {
             return;
         };
-        for (name, link) in target.hot.drain(..).chain(target.cold.drain(..)) {
-            if let Ok(prog) = program::<UProbe>(&mut self.ebpf, name) {
-                let _ = prog.detach(link);
-            }
-        }
+        let links = target.hot.drain(..).chain(target.cold.drain(..)).collect();
+        let links = take_links(&mut self.ebpf, links);
+        self.release(links);
     }
 
     /// Removes `pid` from the in-kernel target filter: every program stops writing records
@@ -329,6 +423,32 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
     Ok(prog.try_into()?)
+}
+
+/// Takes the owned links out of their programs, so that they can be closed elsewhere.
+fn take_links(ebpf: &mut Ebpf, ids: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
+    ids.into_iter()
+        .filter_map(|(name, id)| program::<UProbe>(ebpf, name).ok()?.take_link(id).ok())
+        .collect()
+}
+
+/// The first of [`ERROR_UPROBES`] that attaches to `crypto` (aya resolves the symbol).
+fn attach_error_probe(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    crypto: &super::CryptoLibrary,
+) -> Option<(&'static str, UProbeLinkId)> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid)?);
+    for &(name, symbol) in ERROR_UPROBES {
+        let Ok(prog) = program::<UProbe>(ebpf, name) else {
+            continue;
+        };
+        match prog.attach(symbol, &crypto.path, scope) {
+            Ok(link) => return Some((name, link)),
+            Err(e) => log::debug!("{symbol} in {}: {e}", crypto.display_path),
+        }
+    }
+    None
 }
 
 /// One program, attached to each libcrypto key operation the library has.

@@ -258,6 +258,33 @@ pub fn event_line(ev: &Event) -> String {
         } => {
             let _ = write!(s, "cleared={cleared} group_dead={group_dead}");
         }
+        EventKind::EpollBusy(w) => {
+            let _ = write!(
+                s,
+                "epfd={} {} ready waits ({} at once, {} same fd again) in {}us (aggregated) last fd{}:{}",
+                w.epfd,
+                w.count,
+                w.quick,
+                w.repeats,
+                ev.ts_ns.saturating_sub(w.first_ns) / 1000,
+                fd(w.last_ready.fd),
+                epoll_mask(w.last_ready.events)
+            );
+        }
+        EventKind::LibError {
+            lib,
+            reason,
+            reason_name,
+        } => {
+            let _ = write!(
+                s,
+                "lib={lib} reason={reason}{}",
+                reason_name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+        }
     }
     s
 }

@@ -38,6 +38,9 @@ pub struct ProbeStats {
     /// The probes' estimated share of the targets' CPU time over the last tick, in percent;
     /// None until two samples exist or when no target is left.
     pub overhead_pct: Option<f64>,
+    /// Probe hits per second over the last tick, counted in the kernel.
+    pub uprobe_hits_per_sec: f64,
+    pub tracepoint_hits_per_sec: f64,
 }
 
 /// A consumer of the session's records. `record` is called for every event with `--events`

@@ -66,8 +66,12 @@ pub struct Start {
     pub schema_version: u32,
     pub tool_version: String,
     pub targets: Vec<Target>,
-    /// "full": every SSL call probed from the start; "light": the per-call probes are off.
+    /// "full": every SSL call probed from the start; "light": the per-call probes are off;
+    /// "auto": they go on for a suspicious process, for a while.
     pub probe_mode: String,
+    /// What each mode traces, by mode name.
+    #[serde(default)]
+    pub probe_modes: BTreeMap<String, String>,
     /// Whether the export holds every decoded event (`--events`), so that it can be replayed.
     pub events: bool,
     pub clock: ClockAnchor,
@@ -181,6 +185,9 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    /// The probes' mode and cost at the end, and each process's escalations.
+    #[serde(default)]
+    pub probes: Option<crate::engine::ProbeStatus>,
     /// Per-process totals at the end.
     pub processes: Vec<ProcessSnapshot>,
     /// Every finding of the run, in its final state.

@@ -120,6 +120,7 @@ mod tests {
                 missing_symbols: vec!["SSL_read_ex".into()],
             }],
             probe_mode: "full".into(),
+            probe_modes: Default::default(),
             events: false,
             clock: ClockAnchor {
                 monotonic_ns: 7,
@@ -151,6 +152,7 @@ mod tests {
             events_per_sec: 1500.0,
             lost_total: 3,
             overhead_pct: Some(2.5),
+            ..ProbeStats::default()
         });
         let msgs = drain(&mut rx);
         let [Msg::Header(h)] = msgs.as_slice() else {

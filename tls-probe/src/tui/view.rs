@@ -158,10 +158,22 @@ fn header(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
             ));
         }
     }
+    first.extend([sep(), label("mode "), Span::raw(h.probe_mode.clone())]);
+    // In auto mode, which processes have their per-call probes on now.
+    if let Some(p) = m.snapshot.as_ref().and_then(|s| s.probes.as_ref())
+        && p.mode == "auto"
+    {
+        let on = p.processes.iter().filter(|p| p.per_call).count();
+        first.push(if on > 0 {
+            Span::styled(
+                format!(" (per-call on: {on}/{})", p.processes.len()),
+                t.warn(),
+            )
+        } else {
+            Span::styled(" (per-call off)", t.dim())
+        });
+    }
     first.extend([
-        sep(),
-        label("mode "),
-        Span::raw(h.probe_mode.clone()),
         sep(),
         label("up "),
         Span::raw(fmt::clock(m.now_ns.saturating_sub(h.attached_ns))),

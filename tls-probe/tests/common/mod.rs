@@ -114,10 +114,18 @@ impl Attached {
     pub fn start(dir: &Path, pid: u32, extra: &[&str]) -> Self {
         let output = dir.join(format!("attach-{pid}.ndjson"));
         let mut cmd = Command::new(TLS_PROBE);
-        cmd.args(["attach", "--pid", &pid.to_string(), "--events", "-o"])
-            .arg(&output)
-            .args(extra)
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "attach",
+            "--mode",
+            "full",
+            "--pid",
+            &pid.to_string(),
+            "--events",
+            "-o",
+        ])
+        .arg(&output)
+        .args(extra)
+        .stderr(Stdio::inherit());
         let proc = Proc::spawn(&mut cmd);
         let out = output.clone();
         let mut me = Self { proc, output };

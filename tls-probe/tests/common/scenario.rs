@@ -105,14 +105,19 @@ impl Scenario {
     }
 }
 
-/// `tls-probe attach --pid PID -o FILE` without `--events`: the agent keeps up with a
+/// `tls-probe attach --mode full --pid PID -o FILE` without `--events`: the agent keeps up with a
 /// target that makes a hundred thousand probe events a second only if it does not also
 /// write each one. Waits until the `start` record shows the probes are attached.
 pub fn attach(dir: &Path, pid: u32) -> Attached {
+    attach_mode(dir, pid, "full")
+}
+
+/// [`attach`] with `--mode MODE`.
+pub fn attach_mode(dir: &Path, pid: u32, mode: &str) -> Attached {
     let output = dir.join(format!("attach-{pid}.ndjson"));
     let proc = Proc::spawn(
         Command::new(TLS_PROBE)
-            .args(["attach", "--pid", &pid.to_string(), "-o"])
+            .args(["attach", "--mode", mode, "--pid", &pid.to_string(), "-o"])
             .arg(&output)
             .stderr(Stdio::inherit()),
     );

@@ -72,6 +72,7 @@ pub struct Start {
     pub tool_version: String,
     pub targets: Vec<Target>,
     pub probe_mode: ProbeMode,
+    pub probe_modes: BTreeMap<String, String>,
     pub events: bool,
     pub clock: Clock,
 }
@@ -81,6 +82,42 @@ pub struct Start {
 pub enum ProbeMode {
     Full,
     Light,
+    Auto,
+}
+
+/// What the probes do and cost (snapshot and summary).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeStatus {
+    pub mode: ProbeMode,
+    pub uprobe_hits_per_sec: f64,
+    pub tracepoint_hits_per_sec: f64,
+    pub uprobe_hit_cost_ns: f64,
+    pub tracepoint_hit_cost_ns: f64,
+    pub estimated_cost_ns_per_sec: f64,
+    pub estimated_cost_pct: Option<f64>,
+    pub processes: Vec<ProcessProbes>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessProbes {
+    pub pid: u32,
+    pub per_call: bool,
+    pub reason: Option<EscalationReason>,
+    pub escalations_total: u64,
+    pub confirmed_total: u64,
+    pub escalated_ns_total: Ns,
+    pub holdoff_ns: Ns,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationReason {
+    Attach,
+    RepeatedWakeups,
+    SslError,
+    SharedFd,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,6 +153,8 @@ pub enum Event {
     ListenOverflows(ListenOverflows),
     ServerHello(ServerHello),
     TaskExit(TaskExit),
+    EpollBusy(EpollBusy),
+    LibError(LibError),
 }
 
 macro_rules! event {
@@ -199,6 +238,23 @@ event!(ServerHello {
 event!(TaskExit {
     cleared: u32,
     group_dead: bool,
+});
+event!(EpollBusy {
+    syscall: EpollSyscall,
+    epfd: i32,
+    count: u32,
+    quick: u32,
+    repeats: u32,
+    zero_timeout: u32,
+    ready_total: u32,
+    first_ns: Ns,
+    blocked_ns: Ns,
+    last_ready: ReadyFd,
+});
+event!(LibError {
+    lib: i32,
+    reason: i32,
+    reason_name: Option<String>,
 });
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -488,6 +544,7 @@ pub struct Snapshot {
     pub evicted_threads_total: u64,
     pub unmatched_ssl_errors_total: u64,
     pub listen_overflows_total: Option<u64>,
+    pub probes: Option<ProbeStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -731,6 +788,7 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    pub probes: Option<ProbeStatus>,
     pub processes: Vec<ProcessSnapshot>,
     pub findings: Vec<Finding>,
 }

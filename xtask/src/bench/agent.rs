@@ -101,6 +101,28 @@ impl Agent {
             },
         )
         .with_context(|| agent.failure("tls-probe attach"))?;
+        if mode == "auto" {
+            // Auto turns the per-call probes on for a first window at attach: a one-off
+            // cost, not the steady state measured here. Start once a snapshot says they are
+            // off.
+            let guard = &mut agent.guard;
+            proc::wait_for(
+                "tls-probe auto's attach window to end (a snapshot with per_call false)",
+                ATTACH_TIMEOUT,
+                || Ok(guard.exited()?.is_none()),
+                || {
+                    let text = fs::read_to_string(&ndjson).ok()?;
+                    text.lines()
+                        .rev()
+                        .find(|l| l.contains(r#""type":"snapshot""#))
+                        .filter(|l| {
+                            l.contains(r#""per_call":false"#) && !l.contains(r#""per_call":true"#)
+                        })
+                        .map(|_| ())
+                },
+            )
+            .with_context(|| agent.failure("tls-probe attach --mode auto"))?;
+        }
         agent.start = agent.sample();
         Ok(agent)
     }

@@ -87,7 +87,7 @@ fn measure(
     };
     let agent = match variant {
         Variant::Baseline => None,
-        Variant::Light | Variant::Full => Some(Agent::tls_probe(
+        Variant::Auto | Variant::Light | Variant::Full => Some(Agent::tls_probe(
             &ctx.tls_probe,
             variant.name(),
             pid,

@@ -82,6 +82,9 @@ impl Session {
             return Ok(());
         }
         self.probes.silence(pid);
+        if let Some(auto) = &mut self.auto {
+            auto.remove(pid);
+        }
         self.late.forget(pid);
         self.late.exited.insert(pid);
         let comm = self

@@ -22,6 +22,7 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
+mod auto;
 mod late;
 mod tick;
 mod tree;
@@ -33,8 +34,8 @@ use crate::{
     event::Event,
     probe::{Counters, Probes, TlsLibrary, discover},
     sink::{
-        ClockAnchor, Flush, Lost, Record, SCHEMA_VERSION, Sink, Sinks, Start, StopReason, Summary,
-        Target,
+        ClockAnchor, Flush, Lost, ProbeStats, Record, SCHEMA_VERSION, Sink, Sinks, Start,
+        StopReason, Summary, Target,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
     },
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     pub libraries: BTreeMap<u32, TlsLibrary>,
     /// A pid without a TLS library yet is watched until it loads one, instead of an error.
     pub wait_for_library: bool,
+    /// `--mode auto`: the per-call uprobes go on only for suspicious processes, for a
+    /// while (`hot` is then false).
+    pub auto: bool,
 }
 
 pub struct Session {
@@ -90,6 +94,14 @@ pub struct Session {
     skipped: BTreeSet<u32>,
     /// Processes watched for a TLS library loaded after attach, and for exec.
     late: late::Watch,
+    /// The newest probe record read from the ring buffer (its ts), and when it was read
+    /// (CLOCK_MONOTONIC): while records keep coming, the engine's clock follows them rather
+    /// than the wall clock, which runs ahead of the records still unread.
+    last_ring: Option<(u64, u64)>,
+    /// `--mode auto`'s controller; None in the other modes.
+    auto: Option<auto::Auto>,
+    /// The probes' rates at the last tick.
+    last_stats: ProbeStats,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -166,7 +178,15 @@ impl Session {
             schema_version: SCHEMA_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             targets: targets.clone(),
-            probe_mode: if cfg.hot { "full" } else { "light" }.to_owned(),
+            probe_mode: if cfg.auto {
+                "auto"
+            } else if cfg.hot {
+                "full"
+            } else {
+                "light"
+            }
+            .to_owned(),
+            probe_modes: auto::mode_descriptions(),
             events: cfg.events,
             clock: ClockAnchor {
                 monotonic_ns: now,
@@ -193,6 +213,9 @@ impl Session {
             viewer: None,
             skipped,
             late: late::Watch::new(waiting),
+            auto: cfg.auto.then(auto::Auto::new),
+            last_ring: None,
+            last_stats: ProbeStats::default(),
             cfg,
         };
         for t in &session.targets {
@@ -200,6 +223,9 @@ impl Session {
         }
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
+        for pid in session.probes.pids() {
+            session.auto_add(pid)?;
+        }
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {
             for epfd in proc::epoll_fds(pid) {
@@ -230,7 +256,7 @@ impl Session {
     ) -> Result<()> {
         self.sinks.quiet();
         sink.record(Record::Start(&self.start))?;
-        sink.record(Record::Snapshot(&self.engine.snapshot()))?;
+        sink.record(Record::Snapshot(&self.snapshot()))?;
         self.sinks.push(Box::new(sink));
         self.viewer = Some(Box::pin(quit));
         Ok(())
@@ -245,6 +271,9 @@ impl Session {
             self.target_exited(ev.pid, ev.ts_ns)?;
         }
         self.tracker.process(&mut ev);
+        if let Some(auto) = &mut self.auto {
+            auto.observe(&ev);
+        }
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;
         if self.sinks.wants_events() {
@@ -252,6 +281,13 @@ impl Session {
         }
         self.engine.ingest(&ev, &mut self.changes);
         self.emit_changes()
+    }
+
+    /// The engine's snapshot, with what the probes are doing.
+    fn snapshot(&self) -> crate::engine::Snapshot {
+        let mut snapshot = self.engine.snapshot();
+        snapshot.probes = Some(self.probe_status());
+        snapshot
     }
 
     /// Hands the finding changes the engine produced to the sinks.
@@ -285,6 +321,10 @@ impl Session {
                 break;
             }
         }
+        if let Some(newest) = batch.iter().map(|e| e.ts_ns).max() {
+            let seen = self.last_ring.map_or(0, |(ts, _)| ts);
+            self.last_ring = Some((newest.max(seen), proc::monotonic_ns()));
+        }
         for ev in batch {
             self.handle(ev)?;
         }
@@ -312,6 +352,10 @@ impl Session {
             .unwrap_or_else(|| Box::pin(std::future::pending()));
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // `--mode auto` decides ten times a second, so that an escalation starts well
+        // within the time a pathology must be flagged in.
+        let mut escalation = tokio::time::interval(Duration::from_millis(100));
+        escalation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -347,6 +391,7 @@ impl Session {
                             return Ok(StopReason::TargetsExited);
                         }
                     }
+                    _ = escalation.tick(), if self.auto.is_some() => self.auto_step()?,
                     _ = &mut sleep => return Ok(StopReason::Duration),
                     // q or Ctrl-C in the dashboard: in raw mode Ctrl-C is a key, not SIGINT.
                     _ = &mut quit => return Ok(StopReason::Signal),
@@ -375,6 +420,7 @@ impl Session {
                 for pid in self.probes.pids() {
                     self.probes.detach(pid);
                 }
+                self.probes.wait_detached();
                 Err(e)
             }
         }
@@ -396,6 +442,8 @@ impl Session {
         for pid in self.probes.pids() {
             self.probes.detach(pid);
         }
+        // The links close on a background thread; the kernel takes ~110 ms for each.
+        self.probes.wait_detached();
         summary
     }
 
@@ -426,6 +474,7 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
+            probes: Some(self.probe_status()),
             processes: snapshot.processes,
             findings: self.engine.findings(),
         };

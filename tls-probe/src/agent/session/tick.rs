@@ -60,11 +60,16 @@ impl Session {
         // While unread records older than now wait in the ring buffer, event time is behind
         // the wall clock: advancing to now would close findings that are still going on.
         if !self.behind {
-            self.engine.advance(now, &mut self.changes);
+            // Records read in the last 100 ms: more are on their way, as old as those; the
+            // clock goes to the newest read. Otherwise the probes are quiet: to now.
+            let to = match self.last_ring {
+                Some((ts, at)) if now.saturating_sub(at) < 100_000_000 => ts,
+                _ => now,
+            };
+            self.engine.advance(to, &mut self.changes);
         }
         self.emit_changes()?;
-        self.sinks
-            .record(Record::Snapshot(&self.engine.snapshot()))?;
+        self.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
         self.detach_exited();
@@ -90,5 +95,6 @@ impl Session {
         };
         let stats = self.meter.next(sample);
         self.sinks.stats(&stats);
+        self.last_stats = stats;
     }
 }

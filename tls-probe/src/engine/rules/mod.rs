@@ -173,6 +173,8 @@ pub(crate) struct LoopWakeup {
     /// fd epoll data did not resolve): the loop may have served it with I/O that is not
     /// traced, so the wake-up cannot be called idle.
     pub other_ready: bool,
+    /// Aggregated while the per-call probes were off: what followed the waits is unknown.
+    pub untraced: bool,
     /// The first ready entry that no SSL call followed, if any.
     pub idle_ready: Option<ReadySlot>,
 }

@@ -236,3 +236,48 @@ fn keep_alive_load_is_quiet() {
     assert_eq!(p.connections_total, next_conn + 50);
     assert_eq!(snap.connections.len(), 50);
 }
+
+/// The same loop as [`ready_fd_never_consumed_is_flagged_with_its_fd`], seen while the
+/// per-call probes are off: the kernel aggregates the waits (`EpollBusy`) and nothing says
+/// whether an SSL call followed them, so the engine must not call them idle (the agent
+/// turns the per-call probes on to find out), yet it counts them as wake-ups.
+#[test]
+fn aggregated_waits_without_per_call_probes_are_counted_not_judged() {
+    use crate::event::{EpollBusy, EpollSyscall};
+    let mut sim = Sim::new();
+    let ssl = 0x55d0_0000_c000;
+    sim.drain_once(TID, ssl, 7, 100 * US);
+    // 5000 waits a second, all reporting fd 7 writable, sent as one record per 20 ms.
+    sim.every(20 * MS, 2 * SEC, |s| {
+        let first_ns = s.now;
+        s.now += 20 * MS;
+        let w = EpollBusy {
+            syscall: EpollSyscall::EpollWait,
+            epfd: 3,
+            count: 100,
+            quick: 100,
+            repeats: 100,
+            zero_timeout: 0,
+            ready_total: 100,
+            first_ns,
+            blocked_ns: 100 * 2 * US,
+            last_ready: ready(7, EPOLLOUT, EPOLLIN | EPOLLOUT),
+        };
+        s.feed(TID, EventKind::EpollBusy(w));
+    });
+    assert!(
+        sim.opened(FindingKind::BusyEpollLoop).is_empty(),
+        "{:?}",
+        sim.changes
+    );
+    assert!(sim.opened(FindingKind::SpinLoop).is_empty());
+    let snap = sim.engine.snapshot();
+    let t = snap
+        .threads
+        .iter()
+        .find(|t| t.tid == TID)
+        .expect("the thread");
+    assert!(t.wakeups_total >= 9_900, "{t:?}");
+    // Progress unknown: not counted as wake-ups without progress either.
+    assert!(t.wakeups_no_progress_total < 10, "{t:?}");
+}

@@ -1,0 +1,44 @@
+//! OpenSSL's error queue: a uprobe on libcrypto's `ERR_vset_error` (OpenSSL 3) or
+//! `ERR_put_error` (1.1). It fires only when OpenSSL raises an error, which a healthy
+//! program does rarely, so it is always on: a bad write retry shows here at once, with its
+//! (lib, reason), and the agent turns on the per-call probes to see the rest.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tls_probe_common::{LibErrorEvent, counter, kind};
+
+use crate::{
+    maps::EVENTS,
+    util::{bump, header, lost, now, target},
+};
+
+#[inline(always)]
+fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
+    bump(counter::UPROBE_HITS);
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
+    let lib = ctx.arg::<u64>(0).unwrap_or(0) as u32 as i32;
+    let reason = ctx.arg::<u64>(reason_arg).unwrap_or(0) as u32 as i32;
+    let ev = LibErrorEvent {
+        hdr: header(kind::LIB_ERROR, tgid, tid, now()),
+        lib,
+        reason,
+    };
+    if EVENTS.output::<LibErrorEvent>(&ev, 0).is_err() {
+        lost(kind::LIB_ERROR);
+    }
+    0
+}
+
+/// `void ERR_vset_error(int lib, int reason, const char *fmt, va_list args)` (OpenSSL 3;
+/// `ERR_set_error` has the same first two arguments and calls it).
+#[uprobe]
+pub fn err_set_error(ctx: ProbeContext) -> u32 {
+    raised(&ctx, 1)
+}
+
+/// `void ERR_put_error(int lib, int func, int reason, const char *file, int line)`.
+#[uprobe]
+pub fn err_put_error(ctx: ProbeContext) -> u32 {
+    raised(&ctx, 2)
+}

@@ -1,0 +1,415 @@
+//! `--mode auto`: when to turn on a process's per-call uprobes, and when to turn them off.
+//!
+//! A pure state machine, stepped by the session about ten times a second with what the
+//! cheap, always-on probes counted since the last step. Each uprobe trap costs a busy
+//! server microseconds per SSL call, so the per-call probes go on only for a process the
+//! cheap signals show as suspicious, for a bounded window, and go off again after it:
+//!
+//! - **repeats**: non-empty epoll waits that returned at once with the same fd ready as the
+//!   64 waits before (aggregated in the kernel): the signature of a spin loop or of readiness
+//!   never consumed (busy_epoll_loop). A busy healthy server wakes for different fds.
+//! - **SSL errors**: OpenSSL raised an error in libssl (`ERR_set_error`, a uprobe that
+//!   fires only on errors): a bad write retry, or any other failure to look at.
+//! - **shared fds**: two threads of the process doing I/O on one fd within 50 ms of each
+//!   other (counted in the kernel): the sign of one SSL* used by two threads.
+//! - **attach**: one window when tracing starts, to catch what is already going on.
+//!
+//! A window that confirms nothing (no per-call finding open for the process) doubles the
+//! hold-off before the next one, up to `max_holdoff_ns`: a healthy server whose signals
+//! fire anyway pays for one window per hold-off at most. A window that confirms a finding
+//! resets the hold-off, and is extended while the signal goes on, up to
+//! `max_escalated_ns` in a row.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a process's per-call probes were turned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Attach,
+    RepeatedWakeups,
+    SslError,
+    SharedFd,
+}
+
+/// Thresholds and durations, in ns and per second.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub window_ns: u64,
+    pub min_holdoff_ns: u64,
+    pub max_holdoff_ns: u64,
+    pub max_escalated_ns: u64,
+    pub min_repeats_per_sec: f64,
+    /// Share of the quick waits that must be repeats.
+    pub min_repeat_share: f64,
+    pub min_shared_fd_per_sec: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        const SEC: u64 = 1_000_000_000;
+        Self {
+            window_ns: 1_500_000_000,
+            min_holdoff_ns: SEC,
+            max_holdoff_ns: 120 * SEC,
+            max_escalated_ns: 30 * SEC,
+            min_repeats_per_sec: 200.0,
+            min_repeat_share: 0.5,
+            min_shared_fd_per_sec: 20.0,
+        }
+    }
+}
+
+/// What the cheap probes counted for one process since the last step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Non-empty waits that returned at once.
+    pub quick: u64,
+    /// Of them, with the same fd ready as the 64 waits before.
+    pub repeats: u64,
+    /// Errors OpenSSL raised in libssl.
+    pub ssl_errors: u64,
+    /// I/O on an fd another thread had just used.
+    pub shared_fd: u64,
+}
+
+/// A process's escalation state, as shown in the snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEscalation {
+    pub pid: u32,
+    /// The per-call probes are on now.
+    pub escalated: bool,
+    /// Why they are (or were last) on.
+    pub reason: Option<Reason>,
+    pub escalations_total: u64,
+    /// Windows that confirmed a finding.
+    pub confirmed_total: u64,
+    /// Time with the per-call probes on, since attach.
+    pub escalated_ns_total: u64,
+    /// The wait imposed before the next window (doubles after one that confirms nothing).
+    pub holdoff_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Turn the per-call probes of `pid` on.
+    Escalate(u32, Reason),
+    /// Turn them off.
+    Drop(u32),
+}
+
+#[derive(Clone, Debug)]
+struct Proc {
+    /// Some(since, until) while escalated.
+    window: Option<(u64, u64)>,
+    confirmed: bool,
+    /// No signal-driven window before this.
+    quiet_until: u64,
+    holdoff_ns: u64,
+    reason: Option<Reason>,
+    escalations: u64,
+    confirmations: u64,
+    escalated_ns: u64,
+    last_step_ns: u64,
+}
+
+/// The controller for every traced process.
+#[derive(Debug, Default)]
+pub struct Controller {
+    policy: Policy,
+    procs: BTreeMap<u32, Proc>,
+}
+
+impl Controller {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            procs: BTreeMap::new(),
+        }
+    }
+
+    /// Starts following `pid`: it gets one window at once (`Reason::Attach`).
+    pub fn add(&mut self, pid: u32, now: u64, out: &mut Vec<Action>) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        self.procs.insert(
+            pid,
+            Proc {
+                window: Some((now, now + self.policy.window_ns)),
+                confirmed: false,
+                quiet_until: now,
+                holdoff_ns: self.policy.min_holdoff_ns,
+                reason: Some(Reason::Attach),
+                escalations: 1,
+                confirmations: 0,
+                escalated_ns: 0,
+                last_step_ns: now,
+            },
+        );
+        out.push(Action::Escalate(pid, Reason::Attach));
+    }
+
+    /// `pid` is gone: its probes are off, its numbers stay for the summary.
+    pub fn end(&mut self, pid: u32, now: u64) {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && p.window.take().is_some()
+        {
+            p.escalated_ns += now.saturating_sub(p.last_step_ns);
+        }
+    }
+
+    pub fn is_escalated(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.window.is_some())
+    }
+
+    /// One step for `pid`: `signals` counted since the last step, and whether a finding
+    /// that needs the per-call probes is open for it now.
+    pub fn step(
+        &mut self,
+        pid: u32,
+        now: u64,
+        signals: Signals,
+        finding_open: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let policy = &self.policy;
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let dt = now.saturating_sub(p.last_step_ns);
+        p.last_step_ns = now;
+        let reason = suspicious(policy, signals, dt);
+        match p.window {
+            Some((since, until)) => {
+                p.escalated_ns += dt;
+                p.confirmed |= finding_open;
+                if now < until {
+                    return;
+                }
+                // A confirmed pathology that goes on keeps the probes on, within a bound.
+                if p.confirmed
+                    && (reason.is_some() || finding_open)
+                    && now.saturating_sub(since) < policy.max_escalated_ns
+                {
+                    p.window = Some((since, now + policy.window_ns));
+                    return;
+                }
+                p.window = None;
+                if p.confirmed {
+                    p.confirmations += 1;
+                    p.holdoff_ns = policy.min_holdoff_ns;
+                } else if p.reason != Some(Reason::Attach) {
+                    p.holdoff_ns = (p.holdoff_ns * 2).min(policy.max_holdoff_ns);
+                }
+                // The attach window is a sample, not an answer to a signal: no hold-off.
+                p.quiet_until = if p.reason == Some(Reason::Attach) && !p.confirmed {
+                    now
+                } else {
+                    now + p.holdoff_ns
+                };
+                out.push(Action::Drop(pid));
+            }
+            None => {
+                if now < p.quiet_until {
+                    return;
+                }
+                if let Some(reason) = reason {
+                    p.window = Some((now, now + policy.window_ns));
+                    p.confirmed = false;
+                    p.reason = Some(reason);
+                    p.escalations += 1;
+                    out.push(Action::Escalate(pid, reason));
+                }
+            }
+        }
+    }
+
+    /// Every process's state, for the snapshot.
+    pub fn status(&self) -> Vec<ProcessEscalation> {
+        self.procs
+            .iter()
+            .map(|(&pid, p)| ProcessEscalation {
+                pid,
+                escalated: p.window.is_some(),
+                reason: p.reason,
+                escalations_total: p.escalations,
+                confirmed_total: p.confirmations,
+                escalated_ns_total: p.escalated_ns,
+                holdoff_ns: p.holdoff_ns,
+            })
+            .collect()
+    }
+}
+
+/// The strongest reason in `s` to look closer, if any.
+fn suspicious(policy: &Policy, s: Signals, dt_ns: u64) -> Option<Reason> {
+    if s.ssl_errors > 0 {
+        return Some(Reason::SslError);
+    }
+    let secs = (dt_ns.max(1) as f64) / 1e9;
+    if s.repeats as f64 / secs >= policy.min_repeats_per_sec
+        && s.repeats as f64 >= policy.min_repeat_share * s.quick as f64
+    {
+        return Some(Reason::RepeatedWakeups);
+    }
+    if s.shared_fd as f64 / secs >= policy.min_shared_fd_per_sec {
+        return Some(Reason::SharedFd);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000_000_000;
+    const PID: u32 = 42;
+
+    fn spin() -> Signals {
+        // 100 ms of a spin loop: 50k quick waits, all for the same fd.
+        Signals {
+            quick: 50_000,
+            repeats: 49_990,
+            ..Signals::default()
+        }
+    }
+
+    fn healthy() -> Signals {
+        // 100 ms of a busy server: many quick waits, a few for the same fd in a row.
+        Signals {
+            quick: 3_000,
+            repeats: 200,
+            ..Signals::default()
+        }
+    }
+
+    /// Steps every 100 ms from `from` to `to`, with `sig` and `finding`; returns actions.
+    fn run(
+        c: &mut Controller,
+        from: u64,
+        to: u64,
+        sig: Signals,
+        finding: bool,
+    ) -> Vec<(u64, Action)> {
+        let mut all = Vec::new();
+        let mut t = from;
+        while t < to {
+            t += 100 * MS;
+            let mut out = Vec::new();
+            c.step(PID, t, sig, finding, &mut out);
+            all.extend(out.into_iter().map(|a| (t, a)));
+        }
+        all
+    }
+
+    fn started() -> Controller {
+        let mut c = Controller::new(Policy::default());
+        let mut out = Vec::new();
+        c.add(PID, 0, &mut out);
+        assert_eq!(out, vec![Action::Escalate(PID, Reason::Attach)]);
+        c
+    }
+
+    #[test]
+    fn the_attach_window_ends_and_a_healthy_process_stays_off() {
+        let mut c = started();
+        let acts = run(&mut c, 0, 60 * SEC, healthy(), false);
+        assert_eq!(acts, vec![(1_500 * MS, Action::Drop(PID))]);
+        assert!(!c.is_escalated(PID));
+        let s = &c.status()[0];
+        assert_eq!(s.escalations_total, 1);
+        assert_eq!(s.escalated_ns_total, 1_500 * MS);
+    }
+
+    #[test]
+    fn a_spin_escalates_and_stays_on_while_confirmed_up_to_the_bound() {
+        let mut c = started();
+        run(&mut c, 0, 3 * SEC, Signals::default(), false);
+        // The spin starts at 3 s: escalated on the next step.
+        let acts = run(&mut c, 3 * SEC, 3_100 * MS, spin(), false);
+        assert_eq!(
+            acts,
+            vec![(3_100 * MS, Action::Escalate(PID, Reason::RepeatedWakeups))]
+        );
+        // Confirmed by a finding, with the signal going on: on until the 30 s bound.
+        let acts = run(&mut c, 3_100 * MS, 40 * SEC, spin(), true);
+        assert_eq!(acts.len(), 2, "{acts:?}");
+        assert!(matches!(acts[0], (t, Action::Drop(PID)) if (33 * SEC..35 * SEC).contains(&t)));
+        // Then, after the minimum hold-off, on again.
+        assert!(matches!(
+            acts[1],
+            (_, Action::Escalate(PID, Reason::RepeatedWakeups))
+        ));
+    }
+
+    #[test]
+    fn windows_that_confirm_nothing_back_off_doubling() {
+        let mut c = started();
+        // Suspicious-looking but never confirmed, for 100 s.
+        let acts = run(&mut c, 0, 100 * SEC, spin(), false);
+        let starts: Vec<u64> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Escalate(..)))
+            .map(|(t, _)| *t)
+            .collect();
+        // Hold-offs of 1, 2, 4, 8, 16, 32 s after windows of 1.5 s.
+        assert_eq!(starts.len(), 6, "{acts:?}");
+        let gaps: Vec<u64> = starts
+            .windows(2)
+            .map(|w| (w[1] - w[0]) / (100 * MS))
+            .collect();
+        assert_eq!(gaps, vec![35, 55, 95, 175, 335]);
+        let s = &c.status()[0];
+        assert!(s.escalated_ns_total < 12 * SEC, "{s:?}");
+    }
+
+    #[test]
+    fn an_ssl_error_escalates_at_once_and_a_confirmation_resets_the_holdoff() {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let err = Signals {
+            ssl_errors: 1,
+            ..Signals::default()
+        };
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, err, false);
+        assert_eq!(
+            acts,
+            vec![(2_100 * MS, Action::Escalate(PID, Reason::SslError))]
+        );
+        // Confirmed, then the error stops: off after the window, hold-off at the minimum.
+        run(&mut c, 2_100 * MS, 2_500 * MS, Signals::default(), true);
+        let acts = run(&mut c, 2_500 * MS, 5 * SEC, Signals::default(), false);
+        assert_eq!(acts, vec![(3_600 * MS, Action::Drop(PID))]);
+        assert_eq!(c.status()[0].holdoff_ns, SEC);
+        assert_eq!(c.status()[0].confirmed_total, 1);
+    }
+
+    #[test]
+    fn threads_sharing_an_fd_escalate() {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let shared = Signals {
+            shared_fd: 20,
+            ..Signals::default()
+        };
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, shared, false);
+        assert_eq!(
+            acts,
+            vec![(2_100 * MS, Action::Escalate(PID, Reason::SharedFd))]
+        );
+    }
+
+    #[test]
+    fn repeats_that_are_a_small_share_of_quick_waits_are_healthy() {
+        let p = Policy::default();
+        assert_eq!(suspicious(&p, healthy(), 100 * MS), None);
+        assert_eq!(
+            suspicious(&p, spin(), 100 * MS),
+            Some(Reason::RepeatedWakeups)
+        );
+    }
+}
