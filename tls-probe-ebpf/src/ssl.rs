@@ -5,19 +5,27 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tls_probe_common::{SslCallEvent, SslErrorEvent, SslFreeEvent, counter, kind, op};
+use tls_probe_common::{SslCallEvent, SslErrorEvent, SslFreeEvent, counter, kind, op, target_flag};
 
 use crate::{
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
-    util::{bump, header, lost, now, target},
+    util::{bump, header, lost, now, target, target_flags},
 };
 
 /// Entry of any SSL I/O or handshake call: remember the arguments for the return probe.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, op: u32) -> u32 {
     bump(counter::UPROBE_HITS);
-    let Some((_, tid)) = target() else { return 0 };
+    let Some((_, tid, flags)) = target_flags() else {
+        return 0;
+    };
+    let is_io = op != op::SSL_DO_HANDSHAKE && op != op::SSL_ACCEPT && op != op::SSL_CONNECT;
+    // The per-call probes are switched off in the kernel first (`HOT` cleared) and their
+    // links closed in the background, which takes ~100 ms each: until then they still trap.
+    if is_io && flags & target_flag::HOT == 0 {
+        return 0;
+    }
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: the pointer is to this thread's own entry.
@@ -34,7 +42,6 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         }
         // Otherwise start afresh.
     }
-    let is_io = op != op::SSL_DO_HANDSHAKE && op != op::SSL_ACCEPT && op != op::SSL_CONNECT;
     let is_ex = op == op::SSL_READ_EX || op == op::SSL_WRITE_EX || op == op::SSL_PEEK_EX;
     let state = Inflight {
         ssl,
@@ -163,7 +170,12 @@ pub fn crypto_key_op(_ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
     bump(counter::UPROBE_HITS);
-    let Some((_, tid)) = target() else { return 0 };
+    let Some((_, tid, flags)) = target_flags() else {
+        return 0;
+    };
+    if flags & target_flag::HOT == 0 {
+        return 0;
+    }
     let args = GetErrorArgs {
         ssl: ctx.arg(0).unwrap_or(0),
         ret: ctx.arg::<u64>(1).unwrap_or(0) as u32 as i32 as i64,
