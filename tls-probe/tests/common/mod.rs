@@ -110,22 +110,19 @@ pub struct Attached {
 
 impl Attached {
     /// Starts `tls-probe attach --pid PID --events -o FILE EXTRA...` and waits until the
-    /// `start` record shows the probes are attached.
+    /// `start` record shows the probes are attached. In `--mode full` unless `extra` names
+    /// a mode: these tests count every call.
     pub fn start(dir: &Path, pid: u32, extra: &[&str]) -> Self {
         let output = dir.join(format!("attach-{pid}.ndjson"));
         let mut cmd = Command::new(TLS_PROBE);
-        cmd.args([
-            "attach",
-            "--mode",
-            "full",
-            "--pid",
-            &pid.to_string(),
-            "--events",
-            "-o",
-        ])
-        .arg(&output)
-        .args(extra)
-        .stderr(Stdio::inherit());
+        cmd.arg("attach");
+        if !extra.contains(&"--mode") {
+            cmd.args(["--mode", "full"]);
+        }
+        cmd.args(["--pid", &pid.to_string(), "--events", "-o"])
+            .arg(&output)
+            .args(extra)
+            .stderr(Stdio::inherit());
         let proc = Proc::spawn(&mut cmd);
         let out = output.clone();
         let mut me = Self { proc, output };
