@@ -11,26 +11,10 @@ use std::{
 };
 
 use common::{
-    Attached, Proc, TLS_PROBE, cert, events, free_port, read_ndjson, wait_for, wait_listening,
+    Attached, Proc, TLS_PROBE, cert, events, free_port, read_ndjson, s_server_rev, wait_for,
+    wait_listening,
 };
 use serde_json::Value;
-
-/// `openssl s_server -rev` on a free port: sends each line back reversed.
-fn s_server(dir: &Path) -> (Proc, u16) {
-    let (key, crt) = cert(dir);
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("openssl")
-            .args(["s_server", "-rev", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&crt),
-    );
-    wait_listening(port);
-    (server, port)
-}
 
 /// Runs tls-probe with `args`, stdin closed, and returns what it did.
 fn tls_probe(args: &[&str]) -> Output {
@@ -68,7 +52,7 @@ fn ssl_calls(records: &[Value], pid: u32) -> Vec<&Value> {
 #[test]
 fn run_sees_the_first_handshake_and_passes_the_exit_status_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let out = dir.path().join("run.ndjson");
     // s_client sends one line and closes at the end of its stdin (no -quiet: that would
     // ignore the end).
@@ -269,7 +253,7 @@ fn nonsensical_flags_are_refused() {
 #[test]
 fn two_instances_on_one_process_see_the_same_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let mut client = Proc::spawn(
         Command::new("openssl")
             .args(["s_client", "-quiet", "-connect"])
@@ -397,7 +381,7 @@ fn read_ndjson_prefix(path: &Path) -> Value {
 #[test]
 fn static_openssl_c_client_under_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let exe = dir.path().join("static_client");
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/static_client.c");
     let status = Command::new("gcc")

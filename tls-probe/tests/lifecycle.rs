@@ -6,24 +6,8 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{Attached, Proc, cert, free_port, wait_for, wait_listening};
+use common::{Attached, Proc, cert, free_port, s_server_rev, wait_for, wait_listening};
 use serde_json::Value;
-
-fn s_server(dir: &Path) -> (Proc, u16) {
-    let (key, crt) = cert(dir);
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("openssl")
-            .args(["s_server", "-rev", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&crt),
-    );
-    wait_listening(port);
-    (server, port)
-}
 
 /// Waits until the output being written holds a line satisfying `f`; returns it parsed.
 fn wait_line(path: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -52,7 +36,7 @@ fn ssl_write(v: &Value, pid: u32, bytes: u64) -> bool {
 #[test]
 fn python_that_imports_ssl_later_is_attached_when_libssl_is_mapped() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let script = format!(
         r#"
 import sys, socket
@@ -110,7 +94,7 @@ sys.stdin.readline()
 #[test]
 fn a_shell_that_execs_a_tls_client_is_attached_on_exec() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let mut sh = Proc::spawn(Command::new("sh").args([
         "-c",
         &format!("echo READY; read x; exec openssl s_client -quiet -connect 127.0.0.1:{port}"),

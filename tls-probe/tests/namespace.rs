@@ -6,24 +6,13 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{Attached, Proc, cert, free_port, wait_for, wait_listening};
+use common::{Attached, Proc, s_server_rev, wait_for};
 use serde_json::Value;
 
 #[test]
 fn libssl_seen_only_inside_a_mount_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, crt) = cert(dir.path());
-    let port = free_port();
-    let _server = Proc::spawn(
-        Command::new("openssl")
-            .args(["s_server", "-rev", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&crt),
-    );
-    wait_listening(port);
+    let (_server, port) = s_server_rev(dir.path());
 
     // Empty on the host; inside the client's namespace a tmpfs holding copies of the
     // system libssl and libcrypto (other inodes than the host's) is mounted over it.

@@ -19,9 +19,7 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    Attached, Proc, TLS_PROBE, cert, events, free_port, read_ndjson, wait_for, wait_listening,
-};
+use common::{Attached, Proc, TLS_PROBE, events, read_ndjson, s_server_rev, wait_for};
 use object::{Object as _, ObjectSymbol as _};
 use serde_json::Value;
 use tls_probe::probe::{discover::KEY_OPS, find_tls_library};
@@ -88,25 +86,6 @@ fn build_client(ossl: &Path, dir: &Path) -> PathBuf {
     exe
 }
 
-/// `openssl s_server -rev` (the system's OpenSSL 3) on a free port: each line back reversed.
-fn s_server(dir: &Path) -> (Proc, u16) {
-    let (key, crt) = cert(dir);
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("openssl")
-            .args(["s_server", "-rev", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&crt)
-            // Its per-connection report (cipher lists...) would fill the test log.
-            .stderr(Stdio::null()),
-    );
-    wait_listening(port);
-    (server, port)
-}
-
 /// `tls-probe attach --pid PID --events -o FILE --no-tui [--mode MODE]` (no `--mode`: the
 /// default), once the `start` record shows the probes are attached.
 fn attach(dir: &Path, pid: u32, mode: Option<&str>) -> Attached {
@@ -156,7 +135,7 @@ fn start_attached(mode: Option<&str>) -> Attachment {
     let ossl = openssl11();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_client(&ossl, dir.path());
-    let (server, port) = s_server(dir.path());
+    let (server, port) = s_server_rev(dir.path());
     let mut client = Proc::spawn(Command::new(&exe).arg(port.to_string()));
     let version = client.read_until("the client to start", |l| {
         l.strip_prefix("READY ").map(str::to_owned)
@@ -418,7 +397,7 @@ fn run_finds_libssl_1_1_through_the_rpath() {
     let ossl = openssl11();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_client(&ossl, dir.path());
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let out = dir.path().join("run.ndjson");
     let mut probe = Proc::spawn(
         Command::new(TLS_PROBE)

@@ -4,33 +4,15 @@
 
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use common::{Attached, Proc, cert, events, free_port, summary, wait_listening};
+use common::{Attached, Proc, events, s_server_rev, summary};
 use serde_json::Value;
-
-/// `openssl s_server -rev`: sends each line back reversed. Its stdin stays open (an EOF
-/// there would make it close the connection).
-fn s_server(dir: &Path) -> (Proc, u16) {
-    let (key, crt) = cert(dir);
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("openssl")
-            .args(["s_server", "-rev", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&crt),
-    );
-    wait_listening(port);
-    (server, port)
-}
 
 #[test]
 fn python_client_want_reads_fd_and_epoll_wakeups() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nb_client.py");
     let mut client = Proc::spawn(Command::new("python3").arg(script).args([
         "--port",
@@ -119,7 +101,7 @@ fn python_client_want_reads_fd_and_epoll_wakeups() {
 #[test]
 fn s_client_nbio_plain_ssl_read_want_read_and_fd() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s_server(dir.path());
+    let (_server, port) = s_server_rev(dir.path());
     // The shell waits for "go", then execs s_client: tls-probe attaches to the pid first,
     // with --libssl naming the library s_client will map, so the handshake is seen too.
     let libssl = "/usr/lib/x86_64-linux-gnu/libssl.so.3";

@@ -232,6 +232,26 @@ pub fn cert_bits(dir: &Path, bits: u32) -> (PathBuf, PathBuf) {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// `openssl s_server -rev` (the system's OpenSSL 3) on a free port of 127.0.0.1: sends each
+/// line back reversed. Its stdin stays open (an EOF there would make it close the
+/// connection); its per-connection report (cipher lists...) is dropped.
+pub fn s_server_rev(dir: &Path) -> (Proc, u16) {
+    let (key, crt) = cert(dir);
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new("openssl")
+            .args(["s_server", "-rev", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-key")
+            .arg(&key)
+            .arg("-cert")
+            .arg(&crt)
+            .stderr(Stdio::null()),
+    );
+    wait_listening(port);
+    (server, port)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
