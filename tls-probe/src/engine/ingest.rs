@@ -5,7 +5,7 @@
 use super::{
     Engine, FindingChange,
     epoll_bits::{EPOLLERR, EPOLLHUP},
-    iteration::{Pending, Readiness},
+    iteration::{Iteration, Pending, Readiness},
     rules::{CallDone, ConnEnd, ConnWakeup, LoopWakeup},
     state::ThreadKey,
 };
@@ -141,9 +141,9 @@ impl Engine {
     }
 
     /// `count` immediate empty waits (timeout 0, nothing ready) aggregated in the kernel:
-    /// the thread's iteration so far ends, all waits but the last count as wake-ups with no
-    /// ready fd and no progress, and the last one starts an iteration, so that any SSL calls
-    /// made after it are counted in it, as after any wait.
+    /// all waits but the last count as wake-ups with no ready fd and no progress, and the
+    /// last one starts an iteration, so that any SSL calls made after it are counted in it,
+    /// as after any wait.
     ///
     /// Calls made between the aggregated waits arrived before this event and were counted
     /// in the iteration then current: the kernel does not say which wait each followed.
@@ -155,37 +155,23 @@ impl Engine {
         w: &EpollIdle,
         out: &mut Vec<FindingChange>,
     ) {
-        let key = (pid, tid);
-        self.resolve_pending(key, out);
-        self.thread(key, out);
-        self.finish_iteration(key, out);
-        self.state.hs.blocked(key, self.now, w.blocked_ns);
-        if w.count == 0 {
-            return;
-        }
-        let each_ns = w.blocked_ns / u64::from(w.count);
-        let before = w.count - 1;
-        if before > 0 {
-            let wakeups = LoopWakeup {
-                pid,
-                tid,
-                count: before,
-                timeout_ns: Some(0),
-                blocked_ns: w.blocked_ns - each_ns,
-                immediate: true,
-                progress: false,
-                spin_wasted: false,
-                ready_count: 0,
-                other_ready: false,
-                untraced: false,
-                idle_ready: None,
-            };
-            self.count_wakeups(&wakeups, out);
-        }
-        if let Some(t) = self.state.threads.get_mut(&key) {
-            t.lp.epoll_mode = true;
-            t.lp.iter.start_empty(ts, each_ns);
-        }
+        let wakeups = LoopWakeup {
+            pid,
+            tid,
+            count: 0,
+            timeout_ns: Some(0),
+            blocked_ns: 0,
+            immediate: true,
+            progress: false,
+            spin_wasted: false,
+            ready_count: 0,
+            other_ready: false,
+            untraced: false,
+            idle_ready: None,
+        };
+        self.on_aggregated_waits(w.count, w.blocked_ns, wakeups, out, |it, each_ns| {
+            it.start_empty(ts, each_ns);
+        });
     }
 
     /// `count` non-empty waits aggregated in the kernel while the per-call probes were off:
@@ -200,36 +186,54 @@ impl Engine {
         w: &EpollBusy,
         out: &mut Vec<FindingChange>,
     ) {
-        let key = (pid, tid);
+        let wakeups = LoopWakeup {
+            pid,
+            tid,
+            count: 0,
+            timeout_ns: None,
+            blocked_ns: 0,
+            immediate: w.quick >= w.count.saturating_sub(1),
+            progress: false,
+            spin_wasted: false,
+            ready_count: w.ready_total / w.count.max(1),
+            other_ready: true,
+            untraced: true,
+            idle_ready: None,
+        };
+        self.on_aggregated_waits(w.count, w.blocked_ns, wakeups, out, |it, each_ns| {
+            it.start_busy(ts, each_ns, w);
+        });
+    }
+
+    /// What kernel-aggregated waits have in common: the thread's iteration so far ends,
+    /// all but the last of the `count` waits count as `wakeups` (whose count and blocked
+    /// time are filled in here), and `start` begins the last one's iteration with its even
+    /// share of `blocked_ns`.
+    fn on_aggregated_waits(
+        &mut self,
+        count: u32,
+        blocked_ns: u64,
+        mut wakeups: LoopWakeup,
+        out: &mut Vec<FindingChange>,
+        start: impl FnOnce(&mut Iteration, u64),
+    ) {
+        let key = (wakeups.pid, wakeups.tid);
         self.resolve_pending(key, out);
         self.thread(key, out);
         self.finish_iteration(key, out);
-        self.state.hs.blocked(key, self.now, w.blocked_ns);
-        if w.count == 0 {
+        self.state.hs.blocked(key, self.now, blocked_ns);
+        if count == 0 {
             return;
         }
-        let each_ns = w.blocked_ns / u64::from(w.count);
-        let before = w.count - 1;
-        if before > 0 {
-            let wakeups = LoopWakeup {
-                pid,
-                tid,
-                count: before,
-                timeout_ns: None,
-                blocked_ns: w.blocked_ns - each_ns,
-                immediate: w.quick >= before,
-                progress: false,
-                spin_wasted: false,
-                ready_count: w.ready_total / w.count,
-                other_ready: true,
-                untraced: true,
-                idle_ready: None,
-            };
+        let each_ns = blocked_ns / u64::from(count);
+        if count > 1 {
+            wakeups.count = count - 1;
+            wakeups.blocked_ns = blocked_ns - each_ns;
             self.count_wakeups(&wakeups, out);
         }
         if let Some(t) = self.state.threads.get_mut(&key) {
             t.lp.epoll_mode = true;
-            t.lp.iter.start_busy(ts, each_ns, w);
+            start(&mut t.lp.iter, each_ns);
         }
     }
 
