@@ -79,6 +79,11 @@ impl Rule for ResumptionRule {
                     / p.long.covered_secs(now, p.side.since_ns),
                 full_cpu_mean_ns: (w.full > 0).then(|| w.full_cpu_ns / u64::from(w.full)),
             };
+            // The evidence covers the window, or what of it came after the first handshake
+            // seen: never before tls-probe was there to see it.
+            let since = now
+                .saturating_sub(cfg.resumption_window_ns)
+                .max(p.side.since_ns);
             let opens = rated >= cfg.resumption_min_handshakes
                 && ev.resumption_pct < cfg.resumption_min_pct
                 && w.peer_known > 0
@@ -94,7 +99,7 @@ impl Rule for ResumptionRule {
                     let expl = explanation(&ev);
                     let f = cx.finding(
                         subject,
-                        now.saturating_sub(cfg.resumption_window_ns),
+                        since,
                         Severity::Warning,
                         Evidence::LowSessionResumption(ev),
                         expl,

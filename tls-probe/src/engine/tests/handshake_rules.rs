@@ -192,6 +192,12 @@ fn returning_clients_without_resumption_are_flagged() {
     };
     assert_eq!(e.resumption_pct, 0.0);
     assert!(e.handshakes >= 100 && e.returning_pct > 95.0, "{e:?}");
+    // Three seconds of evidence, not the whole window before them.
+    assert!(
+        f[0].first_seen_ns >= T0,
+        "first seen {}",
+        f[0].first_seen_ns
+    );
     assert!(
         f[0].explanation
             .contains("clients that had connected before")
