@@ -93,8 +93,10 @@ fn metrics_endpoint_serves_the_engine_counters() {
     );
     target.send_line("go");
 
+    // The spin is flagged within a second of "go"; the per-thread CPU share needs two
+    // /proc samples, a tick apart: wait for both.
     let (head, body) = wait_for(
-        "an opened spin_loop finding in the metrics",
+        "an opened spin_loop finding and thread CPU shares in the metrics",
         Duration::from_secs(30),
         || {
             if let Some(status) = probe.child.try_wait().unwrap() {
@@ -107,7 +109,10 @@ fn metrics_endpoint_serves_the_engine_counters() {
                 "tls_probe_findings_opened_total",
                 &[("pid", &pid_s), ("kind", "spin_loop")],
             );
-            (opened >= 1.0).then_some((head, body))
+            let cpu = s.samples.iter().any(|x| {
+                x.metric == "tls_probe_thread_cpu_ratio" && x.labels.get("pid") == Some(&pid_s)
+            });
+            (opened >= 1.0 && cpu).then_some((head, body))
         },
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
