@@ -136,8 +136,9 @@ fn is_spin_finding(s: &str) -> bool {
 
 /// After `q`: the exit code, the normal screen, cooked mode, the cursor shown.
 fn assert_restored(tmux: &Tmux) -> String {
+    // The shell prints the exit code, then the terminal mode: wait for both lines.
     let screen = tmux.wait("tls-probe to exit after q", EXIT, |s| {
-        s.contains("SHELL-EXIT")
+        s.contains("SHELL-EXIT") && s.contains("TTY ")
     });
     assert!(screen.contains("SHELL-EXIT 0"), "{screen}");
     assert!(screen.contains("TTY COOKED"), "raw mode left on:\n{screen}");
