@@ -82,7 +82,9 @@ impl Session {
             let open = self.engine.has_open_call_finding(pid);
             auto.controller.step(pid, now, sig, open, &mut actions);
         }
-        self.apply(actions)
+        self.apply(actions)?;
+        // An escalation needs the fds of the SSL calls at once.
+        self.sockio_step(proc::monotonic_ns())
     }
 
     /// Starts following `pid` in auto mode: its first window begins now.

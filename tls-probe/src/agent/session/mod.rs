@@ -24,6 +24,7 @@ use tokio::{
 
 mod auto;
 mod late;
+mod sockio;
 mod tick;
 mod tree;
 
@@ -100,6 +101,8 @@ pub struct Session {
     last_ring: Option<(u64, u64)>,
     /// `--mode auto`'s controller; None in the other modes.
     auto: Option<auto::Auto>,
+    /// Outside full mode: when the socket I/O tracepoints are on.
+    gate: Option<sockio::Gate>,
     /// The probes' rates at the last tick.
     last_stats: ProbeStats,
 }
@@ -214,6 +217,7 @@ impl Session {
             skipped,
             late: late::Watch::new(waiting),
             auto: cfg.auto.then(auto::Auto::new),
+            gate: (!cfg.hot).then(sockio::Gate::default),
             last_ring: None,
             last_stats: ProbeStats::default(),
             cfg,
@@ -273,6 +277,9 @@ impl Session {
         self.tracker.process(&mut ev);
         if let Some(auto) = &mut self.auto {
             auto.observe(&ev);
+        }
+        if let Some(gate) = &mut self.gate {
+            gate.observe(&ev);
         }
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;

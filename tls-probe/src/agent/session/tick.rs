@@ -41,7 +41,11 @@ impl Session {
                 self.target_exited(pid, now)?;
                 continue;
             }
-            for ev in proc::thread_cpu(pid, now) {
+            let threads = proc::thread_cpu(pid, now);
+            if let Some(gate) = &mut self.gate {
+                gate.threads(pid, threads.len());
+            }
+            for ev in threads {
                 self.handle(ev)?;
             }
         }
@@ -72,6 +76,7 @@ impl Session {
         self.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
+        self.sockio_step(now)?;
         self.detach_exited();
         Ok(!self.probes.pids().is_empty() || self.late.waiting())
     }
