@@ -90,6 +90,9 @@ pub mod counter {
     pub const UPROBE_HITS: u32 = 1;
     /// Tracepoint hits that passed the target filter.
     pub const TRACEPOINT_HITS: u32 = 2;
+    /// Reads and writes of a target seen by the socket I/O tracepoints (each one an enter
+    /// and an exit hit, both also in `TRACEPOINT_HITS`): what the sockio gate weighs.
+    pub const SOCKIO_CALLS: u32 = 3;
     /// `LOST_RINGBUF + kind`: a ring-buffer reserve failed for a record of that `kind`,
     /// so the event was lost in the kernel.
     pub const LOST_RINGBUF: u32 = 8;

@@ -10,7 +10,7 @@ use tls_probe_common::{
 use crate::{
     maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, SYSCALL_ARGS},
     state::{BusyWaits, IdleWaits, SyscallArgs},
-    util::{bump, header, lost, now, target, target_flags},
+    util::{bump, header, lost, now, target, target_flags, wakeup_flags},
 };
 
 const ARG0: usize = 16;
@@ -83,7 +83,10 @@ fn flush_idle(tgid: u32, tid: u32, ts: u64) {
         syscall: idle.syscall,
         _pad: 0,
     };
-    if EVENTS.output::<EpollIdleEvent>(&ev, 0).is_err() {
+    if EVENTS
+        .output::<EpollIdleEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
         lost(kind::EPOLL_IDLE);
     }
 }
@@ -170,7 +173,7 @@ fn emit_wait<const N: usize>(
         }
         (*p).n_entries = filled;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 /// Reads the first ready entry of the user's array: (data, events).
@@ -278,7 +281,10 @@ fn flush_busy(tgid: u32, tid: u32, ts: u64, epfd: i32, syscall: u32) {
     b.ready = 0;
     b.blocked_ns = 0;
     b.zero_timeout = 0;
-    if EVENTS.output::<EpollBusyEvent>(&ev, 0).is_err() {
+    if EVENTS
+        .output::<EpollBusyEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
         lost(kind::EPOLL_BUSY);
     }
 }
@@ -401,7 +407,7 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
         fd: st.args[1] as u32 as i32,
         events: st.args[2] as u32,
     };
-    if EVENTS.output::<EpollCtlEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<EpollCtlEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::EPOLL_CTL);
     }
     0
@@ -422,7 +428,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         fd,
         _pad: 0,
     };
-    if EVENTS.output::<CloseEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::CLOSE);
     }
     0

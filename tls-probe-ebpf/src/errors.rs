@@ -8,7 +8,7 @@ use tls_probe_common::{LibErrorEvent, counter, kind};
 
 use crate::{
     maps::EVENTS,
-    util::{bump, header, lost, now, target},
+    util::{bump, header, lost, now, target, wakeup_flags},
 };
 
 #[inline(always)]
@@ -24,7 +24,7 @@ fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
         lib,
         reason,
     };
-    if EVENTS.output::<LibErrorEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<LibErrorEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::LIB_ERROR);
     }
     0

@@ -13,7 +13,7 @@ use tls_probe_common::{KIND_TASK_EXIT, TaskExitEvent};
 
 use crate::{
     maps::{EVENTS, GETERR_ARGS, IDLE_WAITS, INFLIGHT, SYSCALL_ARGS, TARGETS},
-    util::{header, lost, now},
+    util::{header, lost, now, wakeup_flags},
 };
 
 /// Offset of `bool group_dead` in the tracepoint's record
@@ -40,7 +40,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         cleared,
         group_dead: u32::from(group_dead != 0),
     };
-    if EVENTS.output::<TaskExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<TaskExitEvent>(&ev, wakeup_flags()).is_err() {
         lost(KIND_TASK_EXIT);
     }
     0

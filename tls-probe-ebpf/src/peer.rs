@@ -11,7 +11,7 @@ use tls_probe_common::{EventHeader, PeerEvent, counter, family, kind, peer_sys};
 use crate::{
     maps::{EVENTS, SYSCALL_ARGS},
     state::SyscallArgs,
-    util::{bump, header, lost, now, target},
+    util::{bump, header, lost, now, target, wakeup_flags},
 };
 
 /// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
@@ -86,7 +86,7 @@ fn emit(hdr: EventHeader, fd: i32, sys: u32, (fam, port, addr): (u16, u16, [u8; 
         _pad: 0,
         addr,
     };
-    if EVENTS.output::<PeerEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<PeerEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::PEER);
     }
 }

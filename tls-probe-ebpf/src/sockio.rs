@@ -15,7 +15,7 @@ use tls_probe_common::{ServerHelloEvent, hello_flag, kind, op, sys, target_flag}
 use crate::{
     maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD},
     state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight},
-    util::{header, lost, now, target_flags},
+    util::{count_sockio, header, lost, now, target_flags, wakeup_flags},
 };
 
 /// Two threads entering I/O on one fd within this much of each other share it.
@@ -29,6 +29,7 @@ fn note_fd_use(ctx: &TracePointContext) {
     let Some((tgid, tid, flags)) = target_flags() else {
         return;
     };
+    count_sockio();
     if flags & target_flag::HOT != 0 {
         return;
     }
@@ -203,7 +204,10 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
         flags,
         _pad: 0,
     };
-    if EVENTS.output::<ServerHelloEvent>(&ev, 0).is_err() {
+    if EVENTS
+        .output::<ServerHelloEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
         lost(kind::SERVER_HELLO);
     }
 }
@@ -227,6 +231,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
         note_fd_use(ctx);
         return 0;
     }
+    count_sockio();
     // SAFETY: reading the syscall's first argument from the tracepoint record.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as i64;
     // SAFETY: this thread's own entry.

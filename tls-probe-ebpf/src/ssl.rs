@@ -10,7 +10,7 @@ use tls_probe_common::{SslCallEvent, SslErrorEvent, SslFreeEvent, counter, kind,
 use crate::{
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
-    util::{bump, header, lost, now, target, target_flags},
+    util::{bump, header, lost, now, target, target_flags, wakeup_flags},
 };
 
 /// Entry of any SSL I/O or handshake call: remember the arguments for the return probe.
@@ -122,7 +122,7 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         key_ops: st.key_ops,
         _pad: 0,
     };
-    if EVENTS.output::<SslCallEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<SslCallEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::SSL_CALL);
     }
     0
@@ -205,7 +205,7 @@ pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
         code: code as u32 as i32,
         _pad: 0,
     };
-    if EVENTS.output::<SslErrorEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<SslErrorEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::SSL_ERROR);
     }
     0
@@ -221,7 +221,7 @@ pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
         hdr: header(kind::SSL_FREE, tgid, tid, now()),
         ssl: ctx.arg(0).unwrap_or(0),
     };
-    if EVENTS.output::<SslFreeEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<SslFreeEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::SSL_FREE);
     }
     0

@@ -34,10 +34,23 @@ pub fn header(kind: u32, tgid: u32, tid: u32, ts_ns: u64) -> EventHeader {
 
 #[inline(always)]
 pub fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+#[inline(always)]
+pub fn bump_by(index: u32, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; programs do not preempt each other on one CPU.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
+}
+
+/// Counts a read or write of a target seen by the socket I/O tracepoints: its enter and
+/// exit hits.
+#[inline(always)]
+pub fn count_sockio() {
+    bump_by(counter::TRACEPOINT_HITS, 2);
+    bump(counter::SOCKIO_CALLS);
 }
 
 /// Counts a record of `kind` that did not fit in the ring buffer.
@@ -54,4 +67,22 @@ pub fn target_flags() -> Option<(u32, u32, u32)> {
     // SAFETY: the value is a plain u32 copied out immediately.
     let flags = unsafe { TARGETS.get(tgid) }.copied()?;
     Some((tgid, id as u32, flags))
+}
+
+/// Unread bytes in the ring buffer above which a record wakes the agent up.
+const WAKEUP_BYTES: u64 = 1024 * 1024;
+
+/// The flags to submit a record with. A wakeup is an irq_work self-interrupt on the
+/// target's CPU, which costs a virtual machine an exit: at tens of thousands of records a
+/// second that is most of what the records cost the target. So records are submitted
+/// without one while the buffer has room, and the agent reads it on a short timer; only a
+/// buffer filling up (a burst the timer would not drain in time) wakes it early.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if crate::maps::EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }

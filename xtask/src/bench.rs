@@ -100,7 +100,7 @@ impl Variant {
             Self::Auto => "tls-probe auto",
             Self::Light => "tls-probe light",
             Self::Full => "tls-probe full",
-            Self::Bpftrace => "bpftrace (per-call uprobes)",
+            Self::Bpftrace => "bpftrace (full mode's probes)",
         }
     }
 }

@@ -49,7 +49,7 @@ pub use handshake::{
 pub use rules::write_retry::PeerCount;
 pub use snapshot::{
     ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
-    ThreadSnapshot, WaitSnapshot,
+    SocketIoStatus, ThreadSnapshot, WaitSnapshot,
 };
 
 use self::{

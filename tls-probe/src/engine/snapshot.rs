@@ -45,6 +45,27 @@ pub struct ProbeStatus {
     /// The same as a share of the targets' CPU time (None before two samples).
     pub estimated_cost_pct: Option<f64>,
     pub processes: Vec<ProcessProbes>,
+    /// The socket I/O tracepoints (read/write/send/recv and their vector forms), which
+    /// outside full mode are attached only while they can tell something.
+    #[serde(default)]
+    pub socket_io: Option<SocketIoStatus>,
+    /// Probes switched off are still being detached in the background (the kernel takes
+    /// ~0.1 s per uprobe and tracepoint): until then they trap and cost a hit each.
+    #[serde(default)]
+    pub closing_links: bool,
+}
+
+/// Whether the socket I/O tracepoints are attached, why, and at what rate they fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketIoStatus {
+    pub attached: bool,
+    /// Why they are wanted: `full_mode`, `per_call` (a process is escalated), `threads`
+    /// (a target has several threads), `handshakes` (handshakes in the last 2 s).
+    pub why: Vec<String>,
+    /// Over their budget (1% of a core) they are attached 1 s in every 10.
+    pub sampled: bool,
+    /// The targets' reads and writes a second, measured the last time they were attached.
+    pub calls_per_sec: Option<f64>,
 }
 
 /// One process's per-call probes.

@@ -15,6 +15,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
+        trace_point::{TracePointLink, TracePointLinkId},
         uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
@@ -65,6 +66,20 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_epoll_ctl",
     "sys_exit_epoll_ctl",
     "sys_enter_close",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_connect",
+    "sys_exit_connect",
+];
+
+/// Socket I/O tracepoints (tls-probe-ebpf/src/sockio.rs): the fd of an SSL call, the
+/// ServerHello inside a handshake call, and two threads on one fd. They fire on every
+/// read and write of every process, the most frequent syscalls of a busy server, so outside
+/// full mode they are attached only while they can tell something (see
+/// [`Probes::set_sockio`]).
+pub const SOCKIO_TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
     "sys_enter_write",
@@ -81,12 +96,6 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_readv",
     "sys_enter_writev",
     "sys_exit_writev",
-    "sys_enter_accept4",
-    "sys_exit_accept4",
-    "sys_enter_accept",
-    "sys_exit_accept",
-    "sys_enter_connect",
-    "sys_exit_connect",
 ];
 
 /// Kernel-side counters, summed over CPUs.
@@ -99,6 +108,8 @@ pub struct Counters {
     pub lost_inflight: u64,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    /// Reads and writes of the targets the socket I/O tracepoints saw.
+    pub sockio_calls: u64,
 }
 
 /// One attached target process.
@@ -115,6 +126,10 @@ pub struct Probes {
     targets: HashMap<u32, Target>,
     /// Links being detached in the background (see [`Probes::release`]).
     detaching: Vec<JoinHandle<()>>,
+    /// The socket I/O tracepoints while attached.
+    sockio: Vec<(&'static str, TracePointLinkId)>,
+    /// Their links being closed in the background, after they were switched off.
+    sockio_detaching: Option<JoinHandle<()>>,
 }
 
 /// libcrypto's error-raising functions: OpenSSL 3 first, then 1.1. One is attached,
@@ -158,6 +173,11 @@ impl Probes {
             prog.attach("syscalls", name)
                 .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
         }
+        for name in SOCKIO_TRACEPOINTS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("loading eBPF program {name}"))?;
+        }
         // Thread exit (tls-probe-ebpf/src/lifecycle.rs): clears per-thread state, reports
         // the exit of a traced process at once.
         let prog: &mut TracePoint = program(&mut ebpf, "sched_process_exit")?;
@@ -165,11 +185,54 @@ impl Probes {
             .context("loading eBPF program sched_process_exit")?;
         prog.attach("sched", "sched_process_exit")
             .context("attaching to tracepoint sched:sched_process_exit")?;
-        Ok(Self {
+        let mut probes = Self {
             ebpf,
             targets: HashMap::new(),
             detaching: Vec::new(),
-        })
+            sockio: Vec::new(),
+            sockio_detaching: None,
+        };
+        probes.set_sockio(true)?;
+        Ok(probes)
+    }
+
+    /// Attaches or detaches the socket I/O tracepoints ([`SOCKIO_TRACEPOINTS`]). Detaching
+    /// happens in the background; until it is done they keep firing, harmlessly.
+    pub fn set_sockio(&mut self, on: bool) -> Result<()> {
+        if on && self.sockio.is_empty() {
+            // The kernel refuses a program twice on one tracepoint (EEXIST): let the old
+            // links go first (~70 ms each).
+            if let Some(h) = self.sockio_detaching.take() {
+                let _ = h.join();
+            }
+            for name in SOCKIO_TRACEPOINTS {
+                let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+                let id = prog
+                    .attach("syscalls", name)
+                    .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
+                self.sockio.push((name, id));
+            }
+        } else if !on && !self.sockio.is_empty() {
+            let links: Vec<TracePointLink> = std::mem::take(&mut self.sockio)
+                .into_iter()
+                .filter_map(|(name, id)| {
+                    program::<TracePoint>(&mut self.ebpf, name)
+                        .ok()?
+                        .take_link(id)
+                        .ok()
+                })
+                .collect();
+            self.sockio_detaching = std::thread::Builder::new()
+                .name("tls-probe-detach".to_owned())
+                .spawn(move || drop(links))
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// Whether the socket I/O tracepoints are attached.
+    pub fn sockio_on(&self) -> bool {
+        !self.sockio.is_empty()
     }
 
     /// Takes the ring buffer the programs write events to. Call once.
@@ -289,7 +352,7 @@ impl Probes {
     /// Closes `links` on a background thread: the kernel takes ~110 ms to remove each
     /// uprobe, so closing 14 on the agent's loop would stall it for 1.5 s at the end of
     /// every escalation window. [`Probes::wait_detached`] waits for them.
-    fn release(&mut self, links: Vec<UProbeLink>) {
+    fn release<L: Send + 'static>(&mut self, links: Vec<L>) {
         self.detaching.retain(|h| !h.is_finished());
         if links.is_empty() {
             return;
@@ -297,7 +360,7 @@ impl Probes {
         let per = links.len().div_ceil(DETACH_THREADS);
         let mut links = links;
         while !links.is_empty() {
-            let batch: Vec<UProbeLink> = links.drain(..per.min(links.len())).collect();
+            let batch: Vec<L> = links.drain(..per.min(links.len())).collect();
             match std::thread::Builder::new()
                 .name("tls-probe-detach".to_owned())
                 .spawn(move || drop(batch))
@@ -309,8 +372,21 @@ impl Probes {
         }
     }
 
+    /// Whether links handed to the background are still being closed (their probes still
+    /// trap, at the cost of a hit each, until they are).
+    pub fn closing_links(&self) -> bool {
+        self.detaching.iter().any(|h| !h.is_finished())
+            || self
+                .sockio_detaching
+                .as_ref()
+                .is_some_and(|h| !h.is_finished())
+    }
+
     /// Waits until every link handed to the background has been closed.
     pub fn wait_detached(&mut self) {
+        if let Some(h) = self.sockio_detaching.take() {
+            let _ = h.join();
+        }
         for h in self.detaching.drain(..) {
             let _ = h.join();
         }
@@ -382,6 +458,7 @@ impl Probes {
             lost_inflight: sum(counter::LOST_INFLIGHT)?,
             uprobe_hits: sum(counter::UPROBE_HITS)?,
             tracepoint_hits: sum(counter::TRACEPOINT_HITS)?,
+            sockio_calls: sum(counter::SOCKIO_CALLS)?,
         })
     }
 }

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Stdio,
@@ -101,40 +100,48 @@ impl Agent {
             },
         )
         .with_context(|| agent.failure("tls-probe attach"))?;
-        if mode == "auto" {
-            // Auto turns the per-call probes on for a first window at attach: a one-off
-            // cost, not the steady state measured here. Start once a snapshot says they are
-            // off.
-            let guard = &mut agent.guard;
-            proc::wait_for(
-                "tls-probe auto's attach window to end (a snapshot with per_call false)",
-                ATTACH_TIMEOUT,
-                || Ok(guard.exited()?.is_none()),
-                || {
-                    let text = fs::read_to_string(&ndjson).ok()?;
-                    text.lines()
-                        .rev()
-                        .find(|l| l.contains(r#""type":"snapshot""#))
-                        .filter(|l| {
-                            l.contains(r#""per_call":false"#) && !l.contains(r#""per_call":true"#)
-                        })
-                        .map(|_| ())
-                },
-            )
-            .with_context(|| agent.failure("tls-probe attach --mode auto"))?;
-        }
+        // The steady state is measured, not attach's transients: auto turns the per-call
+        // probes on for a first window at attach, and every mode starts with the socket
+        // I/O tracepoints on until the first decisions (light and auto switch them off on
+        // a single-threaded keep-alive server). Start from the third snapshot (2 s in) that
+        // shows the per-call probes off and no link still being closed in the background
+        // (until then they still trap).
+        let guard = &mut agent.guard;
+        proc::wait_for(
+            "tls-probe's attach transients to end (a third snapshot with per_call and \
+             closing_links false)",
+            ATTACH_TIMEOUT,
+            || Ok(guard.exited()?.is_none()),
+            || {
+                let text = fs::read_to_string(&ndjson).ok()?;
+                let snapshots: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(r#""type":"snapshot""#))
+                    .collect();
+                let last = snapshots.last()?;
+                (snapshots.len() >= 3
+                    && (mode != "auto"
+                        || (last.contains(r#""per_call":false"#)
+                            && !last.contains(r#""per_call":true"#)))
+                    && last.contains(r#""closing_links":false"#))
+                .then_some(())
+            },
+        )
+        .with_context(|| agent.failure(&format!("tls-probe attach --mode {mode}")))?;
         agent.start = agent.sample();
         Ok(agent)
     }
 
-    /// bpftrace with uprobes and uretprobes on SSL_read, SSL_write and SSL_get_error in the
-    /// target's libssl and the epoll_wait tracepoints, counting into a map. Ready after its
+    /// bpftrace with the probes of tls-probe's full mode (uprobes and uretprobes on the
+    /// target's libssl calls, uprobes on libcrypto's key operations and errors, the
+    /// syscall tracepoints), counting into a map. Ready after its
     /// "Attaching N probes..." line and, where bpftrace supports it, its notice that every
     /// probe is attached.
     pub fn bpftrace(binary: &Path, pid: u32, dir: &Path, tag: &str) -> Result<Self> {
-        let libssl = libssl_of(pid)?;
+        let libssl = library_of(pid, "libssl.so")?;
+        let libcrypto = library_of(pid, "libcrypto.so")?;
         let script = dir.join(format!("{tag}.bt"));
-        fs::write(&script, bpftrace_script(&libssl, pid))?;
+        fs::write(&script, bpftrace_script(&libssl, &libcrypto, pid))?;
         let mut command = cmd(binary);
         command
             .env("__BPFTRACE_NOTIFY_PROBES_ATTACHED", "1")
@@ -253,8 +260,9 @@ fn contains(path: &Path, needle: &str) -> bool {
     fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
 }
 
-/// The TLS library the process maps, as its path in /proc/PID/maps.
-fn libssl_of(pid: u32) -> Result<PathBuf> {
+/// The library the process maps whose file name starts with `prefix` (`libssl.so`,
+/// `libcrypto.so`), as its path in /proc/PID/maps.
+fn library_of(pid: u32, prefix: &str) -> Result<PathBuf> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;
     maps.lines()
@@ -262,33 +270,83 @@ fn libssl_of(pid: u32) -> Result<PathBuf> {
         .find(|path| {
             Path::new(path)
                 .file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("libssl.so"))
+                .is_some_and(|name| name.to_string_lossy().starts_with(prefix))
         })
         .map(PathBuf::from)
-        .with_context(|| format!("pid {pid} maps no libssl.so*: bpftrace has nothing to probe"))
+        .with_context(|| format!("pid {pid} maps no {prefix}*: bpftrace has nothing to probe"))
 }
 
-/// The script: `-p` does not confine library uprobes in bpftrace before 0.20, so every
-/// probe also filters on the pid (the load generator's own SSL calls still trap there).
-fn bpftrace_script(libssl: &Path, pid: u32) -> String {
-    let lib = libssl.display();
-    let mut uprobes = Vec::new();
-    for function in ["SSL_read", "SSL_write", "SSL_get_error"] {
-        uprobes.push(format!("uprobe:{lib}:{function}"));
-        uprobes.push(format!("uretprobe:{lib}:{function}"));
+/// The probes of `tls-probe attach --mode full` (tls-probe/src/probe/loader.rs), so that the
+/// bench compares the same probes: libssl functions with an entry and a return probe...
+const BPFTRACE_SSL_CALLS: &[&str] = &[
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_peek",
+    "SSL_peek_ex",
+    "SSL_get_error",
+    "SSL_do_handshake",
+    "SSL_accept",
+    "SSL_connect",
+];
+/// ...libssl functions with an entry probe...
+const BPFTRACE_SSL_ENTRIES: &[&str] = &["SSL_free"];
+/// ...libcrypto functions with an entry probe (key operations, errors)...
+const BPFTRACE_CRYPTO_ENTRIES: &[&str] = &[
+    "EVP_DigestSign",
+    "EVP_DigestVerify",
+    "EVP_PKEY_decrypt",
+    "ERR_vset_error",
+];
+/// ...syscalls with an enter and an exit tracepoint...
+const BPFTRACE_SYSCALLS: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_ctl",
+    "read",
+    "write",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "readv",
+    "writev",
+    "accept4",
+    "accept",
+    "connect",
+];
+/// ...and syscalls with an enter tracepoint.
+const BPFTRACE_SYSCALL_ENTRIES: &[&str] = &["close"];
+
+/// The script: full mode's probes, each counting into a map. `-p` does not confine library
+/// uprobes in bpftrace before 0.20, so every probe also filters on the pid (the load
+/// generator's own SSL calls still trap there).
+fn bpftrace_script(libssl: &Path, libcrypto: &Path, pid: u32) -> String {
+    let (ssl, crypto) = (libssl.display(), libcrypto.display());
+    let mut probes = Vec::new();
+    for function in BPFTRACE_SSL_CALLS {
+        probes.push(format!("uprobe:{ssl}:{function}"));
+        probes.push(format!("uretprobe:{ssl}:{function}"));
     }
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "{} /pid == {pid}/ {{ @calls[probe] = count(); }}",
-        uprobes.join(",\n")
-    );
-    let _ = writeln!(
-        text,
-        "tracepoint:syscalls:sys_enter_epoll_wait,\ntracepoint:syscalls:sys_exit_epoll_wait \
-         /pid == {pid}/ {{ @calls[probe] = count(); }}"
-    );
-    text
+    for function in BPFTRACE_SSL_ENTRIES {
+        probes.push(format!("uprobe:{ssl}:{function}"));
+    }
+    for function in BPFTRACE_CRYPTO_ENTRIES {
+        probes.push(format!("uprobe:{crypto}:{function}"));
+    }
+    for syscall in BPFTRACE_SYSCALLS {
+        probes.push(format!("tracepoint:syscalls:sys_enter_{syscall}"));
+        probes.push(format!("tracepoint:syscalls:sys_exit_{syscall}"));
+    }
+    for syscall in BPFTRACE_SYSCALL_ENTRIES {
+        probes.push(format!("tracepoint:syscalls:sys_enter_{syscall}"));
+    }
+    format!(
+        "{} /pid == {pid}/ {{ @calls[probe] = count(); }}\n",
+        probes.join(",\n")
+    )
 }
 
 /// The counters bpftrace prints when it exits: `@calls[PROBE]: N`.
@@ -359,9 +417,21 @@ mod tests {
 
     #[test]
     fn script_filters_every_probe_on_the_pid() {
-        let script = bpftrace_script(Path::new("/usr/lib/libssl.so.3"), 42);
-        assert_eq!(script.matches("/pid == 42/").count(), 2);
-        assert!(script.contains("uretprobe:/usr/lib/libssl.so.3:SSL_get_error"));
-        assert!(script.contains("tracepoint:syscalls:sys_enter_epoll_wait"));
+        let script = bpftrace_script(
+            Path::new("/usr/lib/libssl.so.3"),
+            Path::new("/usr/lib/libcrypto.so.3"),
+            42,
+        );
+        assert_eq!(script.matches("/pid == 42/").count(), 1);
+        assert!(
+            script
+                .trim_end()
+                .ends_with("/pid == 42/ { @calls[probe] = count(); }")
+        );
+        assert!(script.contains("uretprobe:/usr/lib/libssl.so.3:SSL_get_error,"));
+        assert!(script.contains("uprobe:/usr/lib/libcrypto.so.3:EVP_DigestSign,"));
+        assert!(script.contains("tracepoint:syscalls:sys_exit_read,"));
+        // 10 calls x 2 + SSL_free + 4 libcrypto + 15 syscalls x 2 + close.
+        assert_eq!(script.matches(':').count() / 2, 56);
     }
 }

@@ -321,9 +321,11 @@ fn notes(results: &Results, md: &mut String) {
     if settings.variants.contains(&Variant::Bpftrace) {
         let _ = writeln!(
             md,
-            "- bpftrace ({}): uprobes and uretprobes on SSL_read, SSL_write and SSL_get_error \
-             plus the epoll_wait enter/exit tracepoints, each counting into a map, with `-p \
-             PID` and a pid filter. Before 0.20, bpftrace ignores `-p` for uprobes in shared \
+            "- bpftrace ({}): the probes of tls-probe's full mode (uprobes and uretprobes on \
+             SSL_read, SSL_write, SSL_peek, their _ex forms, SSL_get_error, SSL_do_handshake, \
+             SSL_accept and SSL_connect; uprobes on SSL_free and libcrypto's key operations \
+             and ERR_vset_error; the epoll, socket I/O, accept, connect and close syscall \
+             tracepoints), each counting into a map, with `-p PID` and a pid filter. Before 0.20, bpftrace ignores `-p` for uprobes in shared \
              libraries, so its probes also trap in wrk's own SSL calls: its throughput ratio \
              includes a slowed load generator, its CPU per operation does not.",
             results.software.bpftrace.as_deref().unwrap_or("?"),

@@ -14,7 +14,7 @@ use crate::{
         proc,
         stats::{TRACEPOINT_HIT_NS, UPROBE_HIT_NS},
     },
-    engine::{ProbeStatus, ProcessProbes},
+    engine::{ProbeStatus, ProcessProbes, SocketIoStatus},
     event::{Event, EventKind},
 };
 
@@ -82,7 +82,9 @@ impl Session {
             let open = self.engine.has_open_call_finding(pid);
             auto.controller.step(pid, now, sig, open, &mut actions);
         }
-        self.apply(actions)
+        self.apply(actions)?;
+        // An escalation needs the fds of the SSL calls at once.
+        self.sockio_step(proc::monotonic_ns())
     }
 
     /// Starts following `pid` in auto mode: its first window begins now.
@@ -159,6 +161,16 @@ impl Session {
                     }
                 })
                 .collect(),
+            socket_io: Some(self.gate.as_ref().map_or_else(
+                || SocketIoStatus {
+                    attached: true,
+                    why: vec!["full_mode".to_owned()],
+                    sampled: false,
+                    calls_per_sec: None,
+                },
+                |g| g.status(),
+            )),
+            closing_links: self.probes.closing_links(),
         }
     }
 }

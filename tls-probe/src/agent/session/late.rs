@@ -85,6 +85,9 @@ impl Session {
         if let Some(auto) = &mut self.auto {
             auto.remove(pid);
         }
+        if let Some(gate) = &mut self.gate {
+            gate.remove(pid);
+        }
         self.late.forget(pid);
         self.late.exited.insert(pid);
         let comm = self

@@ -22,8 +22,12 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
+/// How often the ring buffer is read when no record woke the reader.
+const RING_POLL: Duration = Duration::from_millis(20);
+
 mod auto;
 mod late;
+mod sockio;
 mod tick;
 mod tree;
 
@@ -100,6 +104,8 @@ pub struct Session {
     last_ring: Option<(u64, u64)>,
     /// `--mode auto`'s controller; None in the other modes.
     auto: Option<auto::Auto>,
+    /// Outside full mode: when the socket I/O tracepoints are on.
+    gate: Option<sockio::Gate>,
     /// The probes' rates at the last tick.
     last_stats: ProbeStats,
 }
@@ -214,6 +220,7 @@ impl Session {
             skipped,
             late: late::Watch::new(waiting),
             auto: cfg.auto.then(auto::Auto::new),
+            gate: (!cfg.hot).then(sockio::Gate::default),
             last_ring: None,
             last_stats: ProbeStats::default(),
             cfg,
@@ -273,6 +280,9 @@ impl Session {
         self.tracker.process(&mut ev);
         if let Some(auto) = &mut self.auto {
             auto.observe(&ev);
+        }
+        if let Some(gate) = &mut self.gate {
+            gate.observe(&ev);
         }
         *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
         self.total += 1;
@@ -356,6 +366,11 @@ impl Session {
         // within the time a pathology must be flagged in.
         let mut escalation = tokio::time::interval(Duration::from_millis(100));
         escalation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The probes submit records without waking the reader (a wakeup costs the target
+        // an interrupt per record; see tls-probe-ebpf's util::wakeup_flags) unless the
+        // buffer fills up: read it on a short timer.
+        let mut poll = tokio::time::interval(RING_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -384,6 +399,12 @@ impl Session {
                             // outruns the reader). Yield so the timer and signals get polled.
                             drop(guard);
                             tokio::task::yield_now().await;
+                        }
+                    }
+                    _ = poll.tick() => {
+                        self.behind = self.drain(events.get_mut())?;
+                        if self.behind {
+                            poll.reset_immediately();
                         }
                     }
                     _ = ticker.tick() => {

@@ -36,12 +36,19 @@ impl Session {
     pub(super) fn tick(&mut self) -> Result<bool> {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
+        if let Some(gate) = &mut self.gate {
+            gate.measure(now, self.last_counters.sockio_calls);
+        }
         for pid in self.probes.pids() {
             if self.has_exited(pid) || !proc::alive(pid) {
                 self.target_exited(pid, now)?;
                 continue;
             }
-            for ev in proc::thread_cpu(pid, now) {
+            let threads = proc::thread_cpu(pid, now);
+            if let Some(gate) = &mut self.gate {
+                gate.threads(pid, threads.len());
+            }
+            for ev in threads {
                 self.handle(ev)?;
             }
         }
@@ -72,6 +79,7 @@ impl Session {
         self.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;
+        self.sockio_step(now)?;
         self.detach_exited();
         Ok(!self.probes.pids().is_empty() || self.late.waiting())
     }

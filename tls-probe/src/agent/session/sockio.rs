@@ -1,0 +1,290 @@
+//! When the socket I/O tracepoints are worth their cost outside full mode.
+//!
+//! They fire on every read and write of every process: on a keep-alive server, two to four
+//! hits of ~0.2 µs per request, about 10% of what nginx spends on a request, for nothing
+//! unless one of these holds:
+//!
+//! - a process has its per-call uprobes on (an escalation window): they map each SSL call
+//!   to its fd;
+//! - handshakes happened in the last [`HANDSHAKE_HOLD_NS`]: inside a handshake call they
+//!   read the cleartext ServerHello (version, cipher, TLS 1.3 psk);
+//! - a process has more than one thread: two threads doing I/O on one fd is the cheap sign
+//!   of one SSL object used concurrently.
+//!
+//! Escalations always get them. For the other two reasons they stay on only while what
+//! they cost fits [`BUDGET_NS_PER_SEC`]: the agent counts the targets' reads and writes
+//! while they are on, and a server that does more than the budget allows gets them in
+//! samples, [`SAMPLE_ON_NS`] every [`SAMPLE_PERIOD_NS`], each sample measuring the rate
+//! again. A handshake flood (a few reads and writes per millisecond-long handshake) keeps
+//! them; a keep-alive server doing tens of thousands of requests a second samples.
+//!
+//! At attach they are on (the attach window escalates every target); the first decision
+//! comes with the first controller step.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+
+use super::Session;
+use crate::{
+    agent::stats::TRACEPOINT_HIT_NS,
+    engine::SocketIoStatus,
+    event::{Event, EventKind},
+};
+
+/// How long after the last handshake call the tracepoints stay wanted.
+pub const HANDSHAKE_HOLD_NS: u64 = 2_000_000_000;
+/// Probe time the socket I/O tracepoints may take from the targets outside escalations: 1%
+/// of a core (25,000 reads and writes a second at two hits of 0.2 µs each).
+pub const BUDGET_NS_PER_SEC: f64 = 10_000_000.0;
+/// Over budget: on for this long...
+pub const SAMPLE_ON_NS: u64 = 1_000_000_000;
+/// ...at the start of every period this long.
+pub const SAMPLE_PERIOD_NS: u64 = 10_000_000_000;
+
+/// Why the tracepoints are wanted now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reasons {
+    pub per_call: bool,
+    pub threads: bool,
+    pub handshakes: bool,
+}
+
+impl Reasons {
+    fn any(self) -> bool {
+        self.per_call || self.threads || self.handshakes
+    }
+
+    fn names(self) -> Vec<String> {
+        [
+            (self.per_call, "per_call"),
+            (self.threads, "threads"),
+            (self.handshakes, "handshakes"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n.to_owned())
+        .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Gate {
+    /// Processes with more than one thread, at the last tick.
+    multi_threaded: BTreeSet<u32>,
+    /// Event time of the newest handshake call.
+    last_handshake_ns: Option<u64>,
+    /// Since when (wall clock) they are on, or off.
+    on_since: Option<u64>,
+    off_since: Option<u64>,
+    /// The reads and writes counted so far, and when, while on.
+    last_count: Option<(u64, u64)>,
+    /// Reads and writes a second, measured the last time they were on for a whole tick.
+    calls_per_sec: Option<f64>,
+    reasons: Reasons,
+}
+
+/// The decision itself: whether the tracepoints should be on at `now`, given why they are
+/// wanted, whether they are on, since when, and the rate last measured while on.
+pub fn wanted(
+    reasons: Reasons,
+    on_since: Option<u64>,
+    off_since: Option<u64>,
+    calls_per_sec: Option<f64>,
+    now: u64,
+) -> bool {
+    if reasons.per_call {
+        return true;
+    }
+    if !reasons.any() {
+        return false;
+    }
+    let over = calls_per_sec.is_some_and(|r| r * 2.0 * TRACEPOINT_HIT_NS > BUDGET_NS_PER_SEC);
+    if !over {
+        return true;
+    }
+    match (on_since, off_since) {
+        // A sample: as long as it lasts.
+        (Some(on), _) => now.saturating_sub(on) < SAMPLE_ON_NS,
+        // Between samples: the next starts a period after the last one started.
+        (None, Some(off)) => now.saturating_sub(off) >= SAMPLE_PERIOD_NS - SAMPLE_ON_NS,
+        (None, None) => true,
+    }
+}
+
+impl Gate {
+    pub fn observe(&mut self, ev: &Event) {
+        if let EventKind::SslCall(c) = &ev.kind
+            && c.op.is_handshake()
+        {
+            self.last_handshake_ns = Some(self.last_handshake_ns.unwrap_or(0).max(ev.ts_ns));
+        }
+    }
+
+    /// `threads` of `pid` at this tick.
+    pub fn threads(&mut self, pid: u32, threads: usize) {
+        if threads > 1 {
+            self.multi_threaded.insert(pid);
+        } else {
+            self.multi_threaded.remove(&pid);
+        }
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        self.multi_threaded.remove(&pid);
+    }
+
+    /// Once a tick: the kernel's count of the targets' reads and writes.
+    pub fn measure(&mut self, now: u64, calls: u64) {
+        if self.on_since.is_none() {
+            self.last_count = None;
+            return;
+        }
+        if let Some((t, n)) = self.last_count
+            && now > t
+        {
+            self.calls_per_sec = Some(calls.saturating_sub(n) as f64 * 1e9 / (now - t) as f64);
+        }
+        self.last_count = Some((now, calls));
+    }
+
+    pub fn status(&self) -> SocketIoStatus {
+        let over = self
+            .calls_per_sec
+            .is_some_and(|r| r * 2.0 * TRACEPOINT_HIT_NS > BUDGET_NS_PER_SEC);
+        SocketIoStatus {
+            attached: self.on_since.is_some(),
+            why: self.reasons.names(),
+            sampled: over && !self.reasons.per_call && self.reasons.any(),
+            calls_per_sec: self.calls_per_sec,
+        }
+    }
+}
+
+impl Session {
+    /// Attaches or detaches the socket I/O tracepoints as [`wanted`] says (not in full
+    /// mode, where they stay on).
+    pub(super) fn sockio_step(&mut self, now: u64) -> Result<()> {
+        let pids = self.probes.pids();
+        let on = self.probes.sockio_on();
+        let engine_now = self.engine.now_ns();
+        let calls = self.probes.counters().map_or(0, |c| c.sockio_calls);
+        let Some(gate) = &mut self.gate else {
+            return Ok(());
+        };
+        gate.reasons = Reasons {
+            per_call: pids.iter().any(|&p| self.probes.is_hot(p)),
+            threads: gate.multi_threaded.iter().any(|p| pids.contains(p)),
+            handshakes: gate
+                .last_handshake_ns
+                .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
+        };
+        let want = wanted(
+            gate.reasons,
+            gate.on_since,
+            gate.off_since,
+            gate.calls_per_sec,
+            now,
+        );
+        if want != on {
+            log::debug!(
+                "socket I/O tracepoints {} ({:?}, {:?} reads and writes/s)",
+                if want { "on" } else { "off" },
+                gate.reasons,
+                gate.calls_per_sec
+            );
+            self.probes.set_sockio(want)?;
+        }
+        if want && gate.on_since.is_none() {
+            gate.on_since = Some(now);
+            gate.off_since = None;
+            // The rate of this stretch is measured from here.
+            gate.last_count = Some((now, calls));
+        } else if !want && gate.off_since.is_none() {
+            gate.off_since = Some(now);
+            gate.on_since = None;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NONE: Reasons = Reasons {
+        per_call: false,
+        threads: false,
+        handshakes: false,
+    };
+    const HANDSHAKES: Reasons = Reasons {
+        handshakes: true,
+        ..NONE
+    };
+
+    #[test]
+    fn on_only_while_they_can_tell_something() {
+        // A single-threaded keep-alive server, no handshakes for a while: off.
+        assert!(!wanted(NONE, Some(0), None, Some(10.0), 20 * S));
+        // Each reason alone turns them on while the rate fits the budget (or is unknown).
+        for r in [
+            Reasons {
+                per_call: true,
+                ..NONE
+            },
+            Reasons {
+                threads: true,
+                ..NONE
+            },
+            HANDSHAKES,
+        ] {
+            assert!(wanted(r, None, Some(19 * S), None, 20 * S));
+            assert!(wanted(r, None, Some(19 * S), Some(20_000.0), 20 * S));
+        }
+    }
+
+    #[test]
+    fn over_budget_they_are_sampled_except_for_escalations() {
+        // 240,000 reads and writes a second (nginx keep-alive at 80k requests/s): 96 ms of
+        // probe time a second, far over 10 ms.
+        let rate = Some(240_000.0);
+        // A sample lasts SAMPLE_ON_NS...
+        assert!(wanted(HANDSHAKES, Some(20 * S), None, rate, 20 * S + S / 2));
+        assert!(!wanted(HANDSHAKES, Some(20 * S), None, rate, 21 * S));
+        // ...and the next comes a period after the last one started.
+        assert!(!wanted(HANDSHAKES, None, Some(21 * S), rate, 29 * S));
+        assert!(wanted(HANDSHAKES, None, Some(21 * S), rate, 30 * S));
+        // An escalation needs the fds of its SSL calls, whatever they cost.
+        let per_call = Reasons {
+            per_call: true,
+            ..HANDSHAKES
+        };
+        assert!(wanted(per_call, Some(20 * S), None, rate, 25 * S));
+        // Just under the budget: on all the time.
+        assert!(wanted(
+            HANDSHAKES,
+            Some(20 * S),
+            None,
+            Some(24_000.0),
+            40 * S
+        ));
+    }
+
+    #[test]
+    fn the_rate_is_measured_only_while_on() {
+        let mut g = Gate {
+            on_since: Some(0),
+            ..Gate::default()
+        };
+        g.measure(S, 1_000);
+        assert_eq!(g.calls_per_sec, None);
+        g.measure(3 * S, 61_000);
+        assert_eq!(g.calls_per_sec, Some(30_000.0));
+        // Off: the count moves no more (the tracepoints are detached), the rate stays.
+        g.on_since = None;
+        g.measure(4 * S, 61_000);
+        assert_eq!(g.calls_per_sec, Some(30_000.0));
+        assert!(g.last_count.is_none());
+    }
+}
