@@ -172,7 +172,7 @@ fn handshake_storm_is_flagged_without_per_call_probes() {
         "no low_session_resumption:\n{}",
         describe(&r.records)
     );
-    // handshake_saturation needs 3 s of saturation by the engine's own rule
+    // handshake_saturation needs 1 s of saturation by the engine's own rule
     // (saturation_min_duration_ns), in every mode, and a server with no idle time left:
     // under the cheap probes the storm's server is faster than under the per-call ones,
     // and on a quiet machine it keeps some idle time. Judged when it had none to speak of.

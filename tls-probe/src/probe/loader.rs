@@ -198,13 +198,24 @@ impl Probes {
 
     /// Attaches or detaches the socket I/O tracepoints ([`SOCKIO_TRACEPOINTS`]). Detaching
     /// happens in the background; until it is done they keep firing, harmlessly.
-    pub fn set_sockio(&mut self, on: bool) -> Result<()> {
+    /// Returns whether they are as asked now: switching them on waits (returns false) while
+    /// their previous links are still being closed.
+    pub fn set_sockio(&mut self, on: bool) -> Result<bool> {
         if on && self.sockio.is_empty() {
-            // The kernel refuses a program twice on one tracepoint (EEXIST): let the old
-            // links go first (~70 ms each).
+            // The kernel refuses a program twice on one tracepoint (EEXIST): the old links
+            // must be gone first (~70 ms each). Not blocking the agent's loop for that: the
+            // caller asks again at its next step.
+            if self
+                .sockio_detaching
+                .as_ref()
+                .is_some_and(|h| !h.is_finished())
+            {
+                return Ok(false);
+            }
             if let Some(h) = self.sockio_detaching.take() {
                 let _ = h.join();
             }
+            let started = std::time::Instant::now();
             for name in SOCKIO_TRACEPOINTS {
                 let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
                 let id = prog
@@ -212,6 +223,7 @@ impl Probes {
                     .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
                 self.sockio.push((name, id));
             }
+            log::debug!("socket I/O tracepoints attached in {:?}", started.elapsed());
         } else if !on && !self.sockio.is_empty() {
             let links: Vec<TracePointLink> = std::mem::take(&mut self.sockio)
                 .into_iter()
@@ -227,7 +239,7 @@ impl Probes {
                 .spawn(move || drop(links))
                 .ok();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the socket I/O tracepoints are attached.

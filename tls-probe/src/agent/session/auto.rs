@@ -63,9 +63,10 @@ impl Auto {
 
 impl Session {
     /// One controller step for every traced process; applies what it decides.
+    /// In light mode: only the socket I/O tracepoints' gate.
     pub(super) fn auto_step(&mut self) -> Result<()> {
         let Some(auto) = self.auto.as_mut() else {
-            return Ok(());
+            return self.sockio_step(proc::monotonic_ns());
         };
         // Event time, not the wall clock: a window must cover 1.5 s of what the probes
         // saw, however far the reader is behind them. Before any, nothing to decide.

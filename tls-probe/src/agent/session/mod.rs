@@ -412,7 +412,9 @@ impl Session {
                             return Ok(StopReason::TargetsExited);
                         }
                     }
-                    _ = escalation.tick(), if self.auto.is_some() => self.auto_step()?,
+                    _ = escalation.tick(), if self.auto.is_some() || self.gate.is_some() => {
+                        self.auto_step()?;
+                    }
                     _ = &mut sleep => return Ok(StopReason::Duration),
                     // q or Ctrl-C in the dashboard: in raw mode Ctrl-C is a key, not SIGINT.
                     _ = &mut quit => return Ok(StopReason::Signal),

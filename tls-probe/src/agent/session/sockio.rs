@@ -41,6 +41,10 @@ pub const BUDGET_NS_PER_SEC: f64 = 10_000_000.0;
 pub const SAMPLE_ON_NS: u64 = 1_000_000_000;
 /// ...at the start of every period this long.
 pub const SAMPLE_PERIOD_NS: u64 = 10_000_000_000;
+/// They stay on this long after attach whatever the reasons: until the targets' threads
+/// were counted and their first handshakes seen. Switching them off and on again costs
+/// the agent's loop the ~1 s the kernel takes to detach them.
+pub const ATTACH_GRACE_NS: u64 = 3_000_000_000;
 
 /// Why the tracepoints are wanted now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,8 @@ pub(super) struct Gate {
     /// Reads and writes a second, measured the last time they were on for a whole tick.
     calls_per_sec: Option<f64>,
     reasons: Reasons,
+    /// Wall time of the first decision.
+    first_step: Option<u64>,
 }
 
 /// The decision itself: whether the tracepoints should be on at `now`, given why they are
@@ -179,13 +185,15 @@ impl Session {
                 .last_handshake_ns
                 .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
         };
-        let want = wanted(
-            gate.reasons,
-            gate.on_since,
-            gate.off_since,
-            gate.calls_per_sec,
-            now,
-        );
+        let first = *gate.first_step.get_or_insert(now);
+        let want = now.saturating_sub(first) < ATTACH_GRACE_NS
+            || wanted(
+                gate.reasons,
+                gate.on_since,
+                gate.off_since,
+                gate.calls_per_sec,
+                now,
+            );
         if want != on {
             log::debug!(
                 "socket I/O tracepoints {} ({:?}, {:?} reads and writes/s)",
@@ -193,7 +201,10 @@ impl Session {
                 gate.reasons,
                 gate.calls_per_sec
             );
-            self.probes.set_sockio(want)?;
+            if !self.probes.set_sockio(want)? {
+                // Their last links are still being closed: the next step tries again.
+                return Ok(());
+            }
         }
         if want && gate.on_since.is_none() {
             gate.on_since = Some(now);
