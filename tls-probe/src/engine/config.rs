@@ -127,7 +127,7 @@ impl Default for Config {
             saturation_min_handshake_pct: 50.0,
             saturation_max_blocked_pct: 20.0,
             saturation_min_handshakes_per_sec: 20.0,
-            saturation_min_duration_ns: SEC,
+            saturation_min_duration_ns: SEC / 2,
             saturation_min_cpu_pct: 25.0,
             saturation_min_full_time_pct: 25.0,
             saturation_critical_handshake_pct: 80.0,
