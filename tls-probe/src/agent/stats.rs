@@ -21,6 +21,9 @@ use crate::sink::ProbeStats;
 pub const UPROBE_HIT_NS: f64 = 4_000.0;
 pub const TRACEPOINT_HIT_NS: f64 = 200.0;
 
+/// Less target CPU time than this (two clock ticks) is too little to compare with.
+const MIN_CPU_NS: f64 = 20_000_000.0;
+
 /// What the session counted at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
@@ -64,8 +67,11 @@ impl Meter {
                 .iter()
                 .filter_map(|(pid, cpu)| Some(cpu.saturating_sub(*prev.cpu_ns.get(pid)?)))
                 .collect();
-            if !both.is_empty() {
-                stats.overhead_pct = Some(share_pct(probe_ns, both.iter().sum::<u64>() as f64));
+            let cpu_ns = both.iter().sum::<u64>() as f64;
+            // /proc counts CPU time in 10 ms clock ticks: below two of them on both sides
+            // (an idle target), the share says nothing.
+            if !both.is_empty() && (cpu_ns >= MIN_CPU_NS || probe_ns >= MIN_CPU_NS) {
+                stats.overhead_pct = Some(share_pct(probe_ns, cpu_ns));
             }
         }
         self.prev = Some(now);
@@ -117,8 +123,12 @@ mod tests {
         // 0.4 s of estimated probe time against 10 ms measured.
         let s = m.next(sample(2, 0, 100_000, 0, &[(1, 10_000_000)]));
         assert_eq!(s.overhead_pct, Some(100.0));
-        let s = m.next(sample(3, 0, 100_000, 0, &[(1, 10_000_000)]));
+        let s = m.next(sample(3, 0, 100_000, 0, &[(1, 30_000_000)]));
         assert_eq!(s.overhead_pct, Some(0.0));
+        // An idle target: 1,000 tracepoint hits (0.2 ms) against no CPU tick: unknown,
+        // not 100%.
+        let s = m.next(sample(4, 0, 100_000, 1_000, &[(1, 30_000_000)]));
+        assert_eq!(s.overhead_pct, None);
     }
 
     #[test]
