@@ -165,6 +165,9 @@ fn demo_dashboard_shows_the_spin_loop_then_q_restores_the_terminal() {
     // The default mode, with the spinning process escalated to the per-call probes.
     assert!(screen.contains("mode auto (per-call on: 1/1)"), "{screen}");
     assert!(!screen.contains("events 0/s"), "{screen}");
+    // An escalated process needs the fds of its SSL calls: the socket I/O tracepoints are
+    // on.
+    assert!(screen.contains("socket I/O on"), "{screen}");
 
     tmux.keys("?");
     tmux.wait("the help", EXIT, |s| {

@@ -200,6 +200,22 @@ fn header(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
     if cx.wide && h.overhead_pct.is_some() {
         second.push(label(" of target CPU"));
     }
+    // Outside full mode the socket I/O tracepoints come and go with what they can tell.
+    if cx.wide
+        && let Some(io) = m
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.probes.as_ref())
+            .and_then(|p| p.socket_io.as_ref())
+    {
+        let state = match (io.attached, io.sampled) {
+            (true, true) => "sampled (on)",
+            (false, true) => "sampled (off)",
+            (true, false) => "on",
+            (false, false) => "off",
+        };
+        second.extend([sep(), label("socket I/O "), Span::raw(state)]);
+    }
     second.extend([
         sep(),
         label("findings "),
