@@ -97,6 +97,27 @@ pub struct ProbeStatus {
     pub estimated_cost_ns_per_sec: f64,
     pub estimated_cost_pct: Option<f64>,
     pub processes: Vec<ProcessProbes>,
+    pub socket_io: Option<SocketIo>,
+    pub closing_links: bool,
+}
+
+/// The socket I/O tracepoints' state.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIo {
+    pub attached: bool,
+    pub why: Vec<SocketIoReason>,
+    pub sampled: bool,
+    pub calls_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketIoReason {
+    FullMode,
+    PerCall,
+    Threads,
+    Handshakes,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
