@@ -167,6 +167,28 @@ fn concurrent_ssl_use_is_flagged_through_the_shared_fd() {
 fn handshake_storm_is_flagged_without_per_call_probes() {
     let r = run("handshake-storm", 8.0, "connection_churn");
     flagged(&r, "connection_churn", BAR_NS);
+    // The handshakes keep the socket I/O tracepoints on (a few reads and writes per
+    // millisecond-long handshake fit their budget): the ServerHello of nearly every one.
+    let io = &summary(&r.records)["probes"]["socket_io"];
+    let h = &r
+        .records
+        .iter()
+        .rev()
+        .find(|x| x["type"] == "snapshot")
+        .expect("a snapshot")["data"]["processes"][0]["handshakes"];
+    let n = |k: &str| h[k].as_u64().unwrap_or_else(|| panic!("{k} in {h}"));
+    eprintln!(
+        "handshake-storm: socket I/O {io}; {} ServerHellos for {} handshakes",
+        n("server_hello_total"),
+        n("completed_total")
+    );
+    assert!(io["why"].to_string().contains("handshakes"), "{io}");
+    if io["sampled"] == false {
+        assert!(
+            n("server_hello_total") * 100 >= n("completed_total") * 90,
+            "{h}"
+        );
+    }
     assert!(
         !opened(&r.records, "low_session_resumption").is_empty(),
         "no low_session_resumption:\n{}",
@@ -250,4 +272,12 @@ fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
         );
     }
     assert!(on <= 4.0, "nginx was escalated for {on:.1} s: {p}");
+    // A single-threaded worker serving keep-alive requests without new handshakes: the
+    // socket I/O tracepoints (two to four hits per request) are detached once the attach
+    // transients are over, with their rate measured while they were attached.
+    let io = &s["probes"]["socket_io"];
+    eprintln!("nginx keep-alive: socket I/O tracepoints at the end: {io}");
+    assert_eq!(io["attached"], false, "{io}");
+    assert_eq!(io["why"], serde_json::json!([]), "{io}");
+    assert!(io["calls_per_sec"].is_f64(), "{io}");
 }
