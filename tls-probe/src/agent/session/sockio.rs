@@ -4,8 +4,8 @@
 //! hits of ~0.2 µs per request, about 10% of what nginx spends on a request, for nothing
 //! unless one of these holds:
 //!
-//! - a process has its per-call uprobes on (an escalation window): they map each SSL call
-//!   to its fd;
+//! - a process has its per-call uprobes on (an escalation window, and [`PER_CALL_HOLD_NS`]
+//!   after it): they map each SSL call to its fd;
 //! - handshakes happened in the last [`HANDSHAKE_HOLD_NS`]: inside a handshake call they
 //!   read the cleartext ServerHello (version, cipher, TLS 1.3 psk);
 //! - a process has more than one thread: two threads doing I/O on one fd is the cheap sign
@@ -34,6 +34,10 @@ use crate::{
 
 /// How long after the last handshake call the tracepoints stay wanted.
 pub const HANDSHAKE_HOLD_NS: u64 = 2_000_000_000;
+/// How long after an escalation window they stay on: the next window often follows within
+/// its hold-off (1 s, then 2 s), and re-attaching must wait ~1 s for the kernel to finish
+/// detaching them, which would leave the start of that window without fds.
+pub const PER_CALL_HOLD_NS: u64 = 2_000_000_000;
 /// Probe time the socket I/O tracepoints may take from the targets outside escalations: 1%
 /// of a core (25,000 reads and writes a second at two hits of 0.2 µs each).
 pub const BUDGET_NS_PER_SEC: f64 = 10_000_000.0;
@@ -88,6 +92,8 @@ pub(super) struct Gate {
     reasons: Reasons,
     /// Wall time of the first decision.
     first_step: Option<u64>,
+    /// Wall time at which a process last had its per-call probes on.
+    last_hot: Option<u64>,
 }
 
 /// The decision itself: whether the tracepoints should be on at `now`, given why they are
@@ -178,8 +184,13 @@ impl Session {
         let Some(gate) = &mut self.gate else {
             return Ok(());
         };
+        if pids.iter().any(|&p| self.probes.is_hot(p)) {
+            gate.last_hot = Some(now);
+        }
         gate.reasons = Reasons {
-            per_call: pids.iter().any(|&p| self.probes.is_hot(p)),
+            per_call: gate
+                .last_hot
+                .is_some_and(|t| now.saturating_sub(t) < PER_CALL_HOLD_NS),
             threads: gate.multi_threaded.iter().any(|p| pids.contains(p)),
             handshakes: gate
                 .last_handshake_ns
