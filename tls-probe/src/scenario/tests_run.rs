@@ -135,3 +135,35 @@ fn mixed_runs_every_part_under_its_own_roles() {
         ]
     );
 }
+
+#[test]
+fn async_stall_answers_want_async_on_every_retry_then_completes() {
+    let done = run(ScenarioName::AsyncStall, 1000);
+    let c = &done.counts;
+    // ~70% of the run at one retry per 10 ms: dozens of WANT_ASYNC, each a real pause.
+    assert!(c.get("server_want_async") >= 20, "{c:?}");
+    assert_eq!(
+        c.get("server_want_async"),
+        c.get("server_async_pauses"),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.get("server_max_want_async_streak"),
+        c.get("server_want_async"),
+        "{c:?}"
+    );
+    assert_eq!(c.get("server_handshakes"), 1, "{c:?}");
+    assert!(c.get("server_stall_ms") >= 500, "{c:?}");
+    assert!(c.get("client_round_trips") >= 1, "{c:?}");
+}
+
+#[test]
+fn async_quick_pauses_twice_per_handshake() {
+    let done = run(ScenarioName::AsyncQuick, 600);
+    let c = &done.counts;
+    let hs = c.get("server_handshakes");
+    assert!(hs >= 3, "{c:?}");
+    assert_eq!(c.get("server_want_async"), 2 * hs, "{c:?}");
+    assert_eq!(c.get("server_max_want_async_streak"), 2, "{c:?}");
+    assert_eq!(c.get("client_round_trips"), hs, "{c:?}");
+}

@@ -1,0 +1,480 @@
+//! `async-stall` and `async-quick`: a server in OpenSSL's async mode (`SSL_MODE_ASYNC`)
+//! whose "crypto engine" answers late, or at once.
+//!
+//! With `SSL_MODE_ASYNC` set, libssl runs each handshake (and each read and write) inside
+//! an ASYNC job, and code running inside the job can call libcrypto's `ASYNC_pause_job()`:
+//! the SSL call then returns -1 and `SSL_get_error` says SSL_ERROR_WANT_ASYNC. That is what
+//! an offloading engine (QAT) does while the device works. No engine is needed here: the
+//! server's certificate callback (`SSL_CTX_set_cert_cb`), which runs inside the handshake's
+//! job, plays the engine. On its first pause it registers an eventfd as the job's wait fd
+//! (`ASYNC_WAIT_CTX_set_wait_fd`); the server's epoll loop finds it with
+//! `SSL_get_all_async_fds` and retries the handshake when it is readable or after
+//! `RETRY`, as an async server does.
+//!
+//! - `async-stall`: the engine is stuck. The callback pauses again on every retry, without
+//!   signalling the fd, until 70% of the run has passed: one connection's
+//!   `SSL_do_handshake` answers WANT_ASYNC about every `RETRY` for seconds. Then it
+//!   completes and the connection echoes small messages to the end.
+//! - `async-quick`: a healthy engine. Each handshake pauses `QUICK_PAUSES` times, each time
+//!   signalling the fd at once, so the server retries at once and the handshake completes
+//!   within microseconds; clients open short connections back to back.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use openssl::ssl::SslContext;
+use openssl_sys as ffi;
+
+use super::{
+    report::Counts,
+    runner::{Runner, Window},
+    sys::{self, Epoll},
+    tls::{Identity, Io, Side, Tls},
+};
+
+/// How long the server waits on its fds before retrying a paused handshake.
+const RETRY: Duration = Duration::from_millis(10);
+/// Pauses per handshake in `async-quick` ("once or twice per operation").
+const QUICK_PAUSES: u64 = 2;
+/// The share of the run the stalled handshake lasts in `async-stall`.
+const STALL_SHARE: f64 = 0.7;
+const MESSAGE: &[u8] = b"ping over an async-mode TLS connection";
+/// `SSL_ERROR_WANT_ASYNC` and `SSL_ERROR_WANT_ASYNC_JOB`.
+const WANT_ASYNC: i32 = 9;
+const WANT_ASYNC_JOB: i32 = 10;
+const SSL_MODE_ASYNC: libc::c_long = 0x100;
+
+type AsyncJob = libc::c_void;
+type WaitCtx = libc::c_void;
+type Cleanup = unsafe extern "C" fn(*mut WaitCtx, *const libc::c_void, RawFd, *mut libc::c_void);
+
+// libssl and libcrypto export these; openssl-sys does not declare them.
+unsafe extern "C" {
+    fn SSL_CTX_set_cert_cb(
+        ctx: *mut ffi::SSL_CTX,
+        cb: Option<unsafe extern "C" fn(*mut ffi::SSL, *mut libc::c_void) -> libc::c_int>,
+        arg: *mut libc::c_void,
+    );
+    fn SSL_get_all_async_fds(
+        ssl: *mut ffi::SSL,
+        fds: *mut RawFd,
+        numfds: *mut usize,
+    ) -> libc::c_int;
+    fn ASYNC_get_current_job() -> *mut AsyncJob;
+    fn ASYNC_get_wait_ctx(job: *mut AsyncJob) -> *mut WaitCtx;
+    fn ASYNC_pause_job() -> libc::c_int;
+    fn ASYNC_WAIT_CTX_set_wait_fd(
+        ctx: *mut WaitCtx,
+        key: *const libc::c_void,
+        fd: RawFd,
+        custom: *mut libc::c_void,
+        cleanup: Option<Cleanup>,
+    ) -> libc::c_int;
+    fn ASYNC_WAIT_CTX_get_fd(
+        ctx: *mut WaitCtx,
+        key: *const libc::c_void,
+        fd: *mut RawFd,
+        custom: *mut *mut libc::c_void,
+    ) -> libc::c_int;
+    fn ASYNC_WAIT_CTX_clear_fd(ctx: *mut WaitCtx, key: *const libc::c_void) -> libc::c_int;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The engine is stuck for most of the run.
+    Stall,
+    /// The engine answers at once.
+    Quick,
+}
+
+/// What the fake engine does, shared by the callback and the server thread.
+struct Engine {
+    flavor: Flavor,
+    /// `async-stall`: the instant the engine comes back (set when the load starts).
+    until: OnceLock<Instant>,
+    /// Calls to `ASYNC_pause_job` made, for DONE.
+    pauses: AtomicU64,
+}
+
+/// One job's offload in progress, kept as the wait fd's custom data.
+struct Offload {
+    fd: RawFd,
+    pauses: u64,
+}
+
+/// The wait-fd key: any address unique to this module.
+static KEY: u8 = 0;
+
+fn key() -> *const libc::c_void {
+    (&KEY as *const u8).cast()
+}
+
+/// The wait ctx's cleanup, for a ctx freed with an offload still registered.
+unsafe extern "C" fn cleanup(
+    _ctx: *mut WaitCtx,
+    _key: *const libc::c_void,
+    fd: RawFd,
+    custom: *mut libc::c_void,
+) {
+    // SAFETY: custom came from Box::into_raw in `offload`, and fd is the eventfd it owns;
+    // OpenSSL calls this once, for an entry not cleared before.
+    unsafe {
+        drop(Box::from_raw(custom.cast::<Offload>()));
+        libc::close(fd);
+    }
+}
+
+/// The job's offload, registered on first use.
+///
+/// # Safety
+/// `wctx` must be the current job's live wait ctx.
+unsafe fn offload(wctx: *mut WaitCtx) -> Option<*mut Offload> {
+    let (mut fd, mut custom) = (-1, std::ptr::null_mut());
+    // SAFETY: wctx is live (caller); fd and custom are writable.
+    if unsafe { ASYNC_WAIT_CTX_get_fd(wctx, key(), &mut fd, &mut custom) } == 1 {
+        return Some(custom.cast());
+    }
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let custom = Box::into_raw(Box::new(Offload { fd, pauses: 0 }));
+    // SAFETY: wctx is live; custom and fd are handed over to it with their cleanup.
+    if unsafe { ASYNC_WAIT_CTX_set_wait_fd(wctx, key(), fd, custom.cast(), Some(cleanup)) } != 1 {
+        // SAFETY: not registered: still ours.
+        unsafe { cleanup(wctx, key(), fd, custom.cast()) };
+        return None;
+    }
+    Some(custom)
+}
+
+/// The certificate callback, run inside the handshake's async job: the "engine".
+unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: arg is the Engine the server thread keeps alive as long as its context.
+    let engine = unsafe { &*arg.cast::<Engine>() };
+    // SAFETY: no preconditions; null outside a job (async mode off).
+    let job = unsafe { ASYNC_get_current_job() };
+    if job.is_null() {
+        return 1;
+    }
+    // SAFETY: job is the current, live job.
+    let wctx = unsafe { ASYNC_get_wait_ctx(job) };
+    // SAFETY: wctx is the current job's.
+    let Some(off) = (unsafe { offload(wctx) }) else {
+        return 1;
+    };
+    loop {
+        let done = match engine.flavor {
+            Flavor::Stall => engine.until.get().is_none_or(|t| Instant::now() >= *t),
+            // SAFETY: off is live until cleared below.
+            Flavor::Quick => (unsafe { (*off).pauses }) >= QUICK_PAUSES,
+        };
+        if done {
+            break;
+        }
+        // SAFETY: off is live; the fd is its eventfd.
+        unsafe {
+            (*off).pauses += 1;
+            if engine.flavor == Flavor::Quick {
+                // The device answers at once: the fd is readable before the pause returns.
+                let one: u64 = 1;
+                libc::write((*off).fd, (&one as *const u64).cast(), 8);
+            }
+        }
+        engine.pauses.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: inside a job (checked above); returns when the server resumes it.
+        unsafe { ASYNC_pause_job() };
+        let mut buf = 0u64;
+        // SAFETY: drains the eventfd (non-blocking) into buf.
+        unsafe { libc::read((*off).fd, (&mut buf as *mut u64).cast(), 8) };
+    }
+    // The offload is over: unregister the fd (closing it takes it out of the epoll set).
+    // SAFETY: clearing a freshly added fd frees its entry without the cleanup, so the
+    // cleanup is run here, once.
+    unsafe {
+        let fd = (*off).fd;
+        ASYNC_WAIT_CTX_clear_fd(wctx, key());
+        cleanup(wctx, key(), fd, off.cast());
+    }
+    1
+}
+
+pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
+    let id = Identity::generate()?;
+    let mut server = id.server_builder()?;
+    // SAFETY: SSL_CTX_ctrl(MODE) only sets the live context's mode bits.
+    unsafe { ffi::SSL_CTX_set_mode(server.as_ptr(), SSL_MODE_ASYNC) };
+    let engine = Arc::new(Engine {
+        flavor,
+        until: OnceLock::new(),
+        pauses: AtomicU64::new(0),
+    });
+    // SAFETY: the context outlives no Engine: the server thread owns both, and drops the
+    // context (its only user) first.
+    unsafe {
+        SSL_CTX_set_cert_cb(
+            server.as_ptr(),
+            Some(cert_cb),
+            Arc::as_ptr(&engine).cast_mut().cast(),
+        );
+    }
+    let server_ctx = server.build();
+    let client_ctx = id.client_builder()?.build();
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
+
+    match flavor {
+        Flavor::Stall => {
+            runner.spawn("server", move |ctl| {
+                let mut srv = Server::new(server_ctx, engine)?;
+                let sock = accept(&listener)?;
+                let mut tls = Tls::new(&srv.ctx, sock, Side::Server)?;
+                let window = ctl.ready(vec![tls.fd()], vec![tls.ptr() as u64]);
+                let _ = srv.engine.until.set(window.at(STALL_SHARE));
+                let stall = Instant::now();
+                if srv.handshake(&mut tls, window)? {
+                    srv.counts
+                        .set("stall_ms", stall.elapsed().as_millis() as u64);
+                    srv.echo(&mut tls, window)?;
+                }
+                Ok(srv.finish(tls))
+            })?;
+            runner.spawn("client", move |ctl| {
+                let sock = TcpStream::connect(addr)
+                    .with_context(|| format!("connecting to {addr} failed"))?;
+                let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
+                let window = ctl.ready(vec![tls.fd()], vec![tls.ptr() as u64]);
+                let mut counts = Counts::default();
+                client_session(&mut tls, window, &mut counts, true)?;
+                Ok(counts)
+            })
+        }
+        Flavor::Quick => {
+            listener
+                .set_nonblocking(false)
+                .context("making the listener blocking failed")?;
+            runner.spawn("server", move |ctl| {
+                let mut srv = Server::new(server_ctx, engine)?;
+                let window = ctl.ready(vec![listener.as_raw_fd()], Vec::new());
+                while !window.done() {
+                    if !sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(100))? {
+                        continue;
+                    }
+                    let sock = accept(&listener)?;
+                    let mut tls = Tls::new(&srv.ctx, sock, Side::Server)?;
+                    if srv.handshake(&mut tls, window)? {
+                        srv.echo(&mut tls, window)?;
+                    }
+                }
+                Ok(srv.finish_all())
+            })?;
+            runner.spawn("client", move |ctl| {
+                let window = ctl.ready(Vec::new(), Vec::new());
+                let mut counts = Counts::default();
+                while !window.done() {
+                    let sock = TcpStream::connect(addr)
+                        .with_context(|| format!("connecting to {addr} failed"))?;
+                    let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
+                    client_session(&mut tls, window, &mut counts, false)?;
+                    counts.inc("connections");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(counts)
+            })
+        }
+    }
+}
+
+fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
+    let (sock, _) = listener
+        .accept()
+        .context("accepting the client's connection failed")?;
+    sock.set_nonblocking(true)
+        .context("making the server socket non-blocking failed")?;
+    Ok(sock)
+}
+
+/// The client: a blocking handshake (it waits for the server as long as the stall lasts),
+/// then one message and its echo, again and again (`repeat`) or once.
+fn client_session(
+    tls: &mut Tls,
+    window: Window,
+    counts: &mut Counts,
+    repeat: bool,
+) -> anyhow::Result<()> {
+    tls.sock()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .context("setting a read timeout failed")?;
+    let started = Instant::now();
+    loop {
+        match tls.connect() {
+            Io::Done(_) => break,
+            Io::WantRead | Io::WantWrite if !window.done() => {}
+            Io::WantRead | Io::WantWrite => return Ok(()),
+            Io::Closed => return Ok(()),
+            Io::Failed(f) => anyhow::bail!("client handshake failed: {f}"),
+        }
+    }
+    counts.inc("handshakes");
+    counts.add("handshake_wait_ms", started.elapsed().as_millis() as u64);
+    let mut buf = [0u8; 256];
+    loop {
+        if window.done() {
+            return Ok(());
+        }
+        match tls.write(MESSAGE) {
+            Io::Done(_) => {}
+            Io::Closed => return Ok(()),
+            other => anyhow::bail!("client write: {other:?}"),
+        }
+        let mut got = 0;
+        while got < MESSAGE.len() {
+            match tls.read(&mut buf) {
+                Io::Done(n) => got += n,
+                Io::WantRead | Io::WantWrite if !window.done() => {}
+                Io::WantRead | Io::WantWrite | Io::Closed => return Ok(()),
+                Io::Failed(f) if window.done() => {
+                    log::debug!("client read at the deadline: {f}");
+                    return Ok(());
+                }
+                Io::Failed(f) => anyhow::bail!("client read failed: {f}"),
+            }
+        }
+        counts.inc("round_trips");
+        if !repeat {
+            tls.shutdown();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The async-mode server: one connection at a time, driven by its own epoll loop.
+struct Server {
+    ctx: SslContext,
+    engine: Arc<Engine>,
+    ep: Epoll,
+    events: Vec<libc::epoll_event>,
+    counts: Counts,
+}
+
+const SOCKET: u64 = 1;
+const ASYNC_FD: u64 = 2;
+
+impl Server {
+    fn new(ctx: SslContext, engine: Arc<Engine>) -> anyhow::Result<Self> {
+        Ok(Self {
+            ctx,
+            engine,
+            ep: Epoll::new()?,
+            events: sys::event_buf(8),
+            counts: Counts::default(),
+        })
+    }
+
+    /// Drives `SSL_do_handshake` to the end, retrying after WANT_ASYNC when the job's wait
+    /// fd is readable or after `RETRY`. False when the deadline or the peer ended it.
+    fn handshake(&mut self, tls: &mut Tls, window: Window) -> anyhow::Result<bool> {
+        self.ep.add(tls.fd(), sys::IN, SOCKET)?;
+        let mut async_fd: Option<RawFd> = None;
+        let mut streak = 0u64;
+        loop {
+            let io = tls.handshake();
+            if !matches!(&io, Io::Failed(f) if f.code == WANT_ASYNC || f.code == WANT_ASYNC_JOB) {
+                let max = self.counts.get("max_want_async_streak").max(streak);
+                self.counts.set("max_want_async_streak", max);
+                streak = 0;
+            }
+            match io {
+                Io::Done(_) => {
+                    self.counts.inc("handshakes");
+                    return Ok(true);
+                }
+                Io::WantRead | Io::WantWrite => {}
+                Io::Failed(f) if f.code == WANT_ASYNC || f.code == WANT_ASYNC_JOB => {
+                    streak += 1;
+                    self.counts.inc(if f.code == WANT_ASYNC {
+                        "want_async"
+                    } else {
+                        "want_async_job"
+                    });
+                    // The job's wait fd: new at its first pause.
+                    let mut fds = [-1; 4];
+                    let mut n = fds.len();
+                    // SAFETY: the SSL is live; fds has room for n entries.
+                    unsafe { SSL_get_all_async_fds(tls.ptr(), fds.as_mut_ptr(), &mut n) };
+                    if let Some(&fd) = fds[..n.min(fds.len())].first()
+                        && async_fd != Some(fd)
+                    {
+                        self.ep.add(fd, sys::IN, ASYNC_FD)?;
+                        async_fd = Some(fd);
+                    }
+                }
+                Io::Closed => return Ok(false),
+                Io::Failed(f) => {
+                    log::debug!("server handshake failed: {f}");
+                    self.counts.inc("handshake_failures");
+                    return Ok(false);
+                }
+            }
+            if window.done() && self.engine.until.get().is_none_or(|t| Instant::now() >= *t) {
+                return Ok(false);
+            }
+            self.ep
+                .wait(&mut self.events, sys::timeout_ms(window.deadline, RETRY))?;
+            self.counts.inc("wakeups");
+        }
+    }
+
+    /// Echoes what the client sends until it closes or the deadline.
+    fn echo(&mut self, tls: &mut Tls, window: Window) -> anyhow::Result<()> {
+        let mut buf = [0u8; 256];
+        while !window.done() {
+            match tls.read(&mut buf) {
+                Io::Done(n) => {
+                    self.counts.inc("echoes");
+                    if !matches!(tls.write(&buf[..n]), Io::Done(_)) {
+                        self.counts.inc("write_failures");
+                        return Ok(());
+                    }
+                }
+                Io::WantRead | Io::WantWrite => {
+                    self.ep.wait(
+                        &mut self.events,
+                        sys::timeout_ms(window.deadline, Duration::from_millis(100)),
+                    )?;
+                }
+                Io::Failed(f) if f.code == WANT_ASYNC => self.counts.inc("want_async_io"),
+                Io::Closed | Io::Failed(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, tls: Tls) -> Counts {
+        drop(tls);
+        self.finish_all_mut();
+        self.counts
+    }
+
+    fn finish_all(mut self) -> Counts {
+        self.finish_all_mut();
+        self.counts
+    }
+
+    fn finish_all_mut(&mut self) {
+        self.counts
+            .set("async_pauses", self.engine.pauses.load(Ordering::Relaxed));
+    }
+}
