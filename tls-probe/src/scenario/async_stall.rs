@@ -6,18 +6,18 @@
 //! the SSL call then returns -1 and `SSL_get_error` says SSL_ERROR_WANT_ASYNC. That is what
 //! an offloading engine (QAT) does while the device works. No engine is needed here: the
 //! server's certificate callback (`SSL_CTX_set_cert_cb`), which runs inside the handshake's
-//! job, plays the engine. On its first pause it registers an eventfd as the job's wait fd
-//! (`ASYNC_WAIT_CTX_set_wait_fd`); the server's epoll loop finds it with
-//! `SSL_get_all_async_fds` and retries the handshake when it is readable or after
-//! `RETRY`, as an async server does.
+//! job, plays the engine. The server's epoll loop retries a paused handshake when the
+//! job's wait fd (found with `SSL_get_all_async_fds`) is readable or after `RETRY`, at
+//! once when the job has none, as an async server does.
 //!
-//! - `async-stall`: the engine is stuck. The callback pauses again on every retry, without
-//!   signalling the fd, until 70% of the run has passed: one connection's
+//! - `async-stall`: the engine is stuck. The callback registers an eventfd as the job's
+//!   wait fd (`ASYNC_WAIT_CTX_set_wait_fd`), never signals it, and pauses again on every
+//!   retry until 70% of the run has passed: one connection's
 //!   `SSL_do_handshake` answers WANT_ASYNC about every `RETRY` for seconds. Then it
 //!   completes and the connection echoes small messages to the end.
-//! - `async-quick`: a healthy engine. Each handshake pauses `QUICK_PAUSES` times, each time
-//!   signalling the fd at once, so the server retries at once and the handshake completes
-//!   within microseconds; clients open short connections back to back.
+//! - `async-quick`: a healthy engine. Each handshake pauses `QUICK_PAUSES` times with no
+//!   wait fd (the engine answered synchronously), so the server retries at once and the
+//!   handshake completes within microseconds; clients open short connections back to back.
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -78,12 +78,6 @@ unsafe extern "C" {
         custom: *mut libc::c_void,
         cleanup: Option<Cleanup>,
     ) -> libc::c_int;
-    fn ASYNC_WAIT_CTX_get_fd(
-        ctx: *mut WaitCtx,
-        key: *const libc::c_void,
-        fd: *mut RawFd,
-        custom: *mut *mut libc::c_void,
-    ) -> libc::c_int;
     fn ASYNC_WAIT_CTX_clear_fd(ctx: *mut WaitCtx, key: *const libc::c_void) -> libc::c_int;
 }
 
@@ -104,12 +98,6 @@ struct Engine {
     pauses: AtomicU64,
 }
 
-/// One job's offload in progress, kept as the wait fd's custom data.
-struct Offload {
-    fd: RawFd,
-    pauses: u64,
-}
-
 /// The wait-fd key: any address unique to this module.
 static KEY: u8 = 0;
 
@@ -117,47 +105,44 @@ fn key() -> *const libc::c_void {
     (&KEY as *const u8).cast()
 }
 
-/// The wait ctx's cleanup, for a ctx freed with an offload still registered.
+/// The wait ctx's cleanup, for a ctx freed with the fd still registered.
 unsafe extern "C" fn cleanup(
     _ctx: *mut WaitCtx,
     _key: *const libc::c_void,
     fd: RawFd,
-    custom: *mut libc::c_void,
+    _custom: *mut libc::c_void,
 ) {
-    // SAFETY: custom came from Box::into_raw in `offload`, and fd is the eventfd it owns;
-    // OpenSSL calls this once, for an entry not cleared before.
-    unsafe {
-        drop(Box::from_raw(custom.cast::<Offload>()));
-        libc::close(fd);
-    }
+    // SAFETY: fd is the eventfd registered in `register_wait_fd`, closed once.
+    unsafe { libc::close(fd) };
 }
 
-/// The job's offload, registered on first use.
+/// Registers a new eventfd as the job's wait fd, the one a device would signal on
+/// completion. Returns it.
 ///
 /// # Safety
 /// `wctx` must be the current job's live wait ctx.
-unsafe fn offload(wctx: *mut WaitCtx) -> Option<*mut Offload> {
-    let (mut fd, mut custom) = (-1, std::ptr::null_mut());
-    // SAFETY: wctx is live (caller); fd and custom are writable.
-    if unsafe { ASYNC_WAIT_CTX_get_fd(wctx, key(), &mut fd, &mut custom) } == 1 {
-        return Some(custom.cast());
-    }
+unsafe fn register_wait_fd(wctx: *mut WaitCtx) -> Option<RawFd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
         return None;
     }
-    let custom = Box::into_raw(Box::new(Offload { fd, pauses: 0 }));
-    // SAFETY: wctx is live; custom and fd are handed over to it with their cleanup.
-    if unsafe { ASYNC_WAIT_CTX_set_wait_fd(wctx, key(), fd, custom.cast(), Some(cleanup)) } != 1 {
+    // SAFETY: wctx is live; fd is handed over with its cleanup.
+    if unsafe { ASYNC_WAIT_CTX_set_wait_fd(wctx, key(), fd, std::ptr::null_mut(), Some(cleanup)) }
+        != 1
+    {
         // SAFETY: not registered: still ours.
-        unsafe { cleanup(wctx, key(), fd, custom.cast()) };
+        unsafe { libc::close(fd) };
         return None;
     }
-    Some(custom)
+    Some(fd)
 }
 
 /// The certificate callback, run inside the handshake's async job: the "engine".
+///
+/// It makes no read or write inside the job: the profiler takes the fd of the last I/O
+/// syscall inside an SSL call for the connection's socket. A stuck device never signals
+/// its fd, so there is nothing to read; the quick one answers synchronously, with no fd.
 unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: arg is the Engine the server thread keeps alive as long as its context.
     let engine = unsafe { &*arg.cast::<Engine>() };
@@ -168,49 +153,40 @@ unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> lib
     }
     // SAFETY: job is the current, live job.
     let wctx = unsafe { ASYNC_get_wait_ctx(job) };
-    // SAFETY: wctx is the current job's.
-    let Some(off) = (unsafe { offload(wctx) }) else {
-        return 1;
+    let wait_fd = match engine.flavor {
+        // SAFETY: wctx is the current job's.
+        Flavor::Stall => unsafe { register_wait_fd(wctx) },
+        Flavor::Quick => None,
     };
+    let mut pauses = 0u64;
     loop {
         let done = match engine.flavor {
             Flavor::Stall => engine.until.get().is_none_or(|t| Instant::now() >= *t),
-            // SAFETY: off is live until cleared below.
-            Flavor::Quick => (unsafe { (*off).pauses }) >= QUICK_PAUSES,
+            Flavor::Quick => pauses >= QUICK_PAUSES,
         };
         if done {
             break;
         }
-        // SAFETY: off is live; the fd is its eventfd.
-        unsafe {
-            (*off).pauses += 1;
-            if engine.flavor == Flavor::Quick {
-                // The device answers at once: the fd is readable before the pause returns.
-                let one: u64 = 1;
-                libc::write((*off).fd, (&one as *const u64).cast(), 8);
-            }
-        }
+        pauses += 1;
         engine.pauses.fetch_add(1, Ordering::Relaxed);
         // SAFETY: inside a job (checked above); returns when the server resumes it.
         unsafe { ASYNC_pause_job() };
-        let mut buf = 0u64;
-        // SAFETY: drains the eventfd (non-blocking) into buf.
-        unsafe { libc::read((*off).fd, (&mut buf as *mut u64).cast(), 8) };
     }
     // The offload is over: unregister the fd (closing it takes it out of the epoll set).
-    // SAFETY: clearing a freshly added fd frees its entry without the cleanup, so the
-    // cleanup is run here, once.
-    unsafe {
-        let fd = (*off).fd;
-        ASYNC_WAIT_CTX_clear_fd(wctx, key());
-        cleanup(wctx, key(), fd, off.cast());
+    if let Some(fd) = wait_fd {
+        // SAFETY: clearing a freshly added fd frees its entry without the cleanup, so the
+        // fd is closed here, once.
+        unsafe {
+            ASYNC_WAIT_CTX_clear_fd(wctx, key());
+            libc::close(fd);
+        }
     }
     1
 }
 
 pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let id = Identity::generate()?;
-    let mut server = id.server_builder()?;
+    let server = id.server_builder()?;
     // SAFETY: SSL_CTX_ctrl(MODE) only sets the live context's mode bits.
     unsafe { ffi::SSL_CTX_set_mode(server.as_ptr(), SSL_MODE_ASYNC) };
     let engine = Arc::new(Engine {
@@ -430,6 +406,10 @@ impl Server {
             }
             if window.done() && self.engine.until.get().is_none_or(|t| Instant::now() >= *t) {
                 return Ok(false);
+            }
+            // A paused job with no wait fd: its engine has answered already, retry at once.
+            if streak > 0 && async_fd.is_none() {
+                continue;
             }
             self.ep
                 .wait(&mut self.events, sys::timeout_ms(window.deadline, RETRY))?;
