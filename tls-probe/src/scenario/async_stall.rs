@@ -22,10 +22,7 @@
 use std::{
     net::{TcpListener, TcpStream},
     os::fd::{AsRawFd, RawFd},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -46,6 +43,12 @@ const RETRY: Duration = Duration::from_millis(10);
 const QUICK_PAUSES: u64 = 2;
 /// The share of the run the stalled handshake lasts in `async-stall`.
 const STALL_SHARE: f64 = 0.7;
+/// `async-quick`: concurrent connections, each a client and a server thread...
+const QUICK_CONNS: usize = 3;
+/// ...each connection living this long (well over the second under which short-lived
+/// connections are churn), echoing every `ECHO_EVERY`, then replaced by a new one.
+const QUICK_LIFETIME: Duration = Duration::from_millis(1200);
+const ECHO_EVERY: Duration = Duration::from_millis(50);
 const MESSAGE: &[u8] = b"ping over an async-mode TLS connection";
 /// `SSL_ERROR_WANT_ASYNC` and `SSL_ERROR_WANT_ASYNC_JOB`.
 const WANT_ASYNC: i32 = 9;
@@ -94,8 +97,12 @@ struct Engine {
     flavor: Flavor,
     /// `async-stall`: the instant the engine comes back (set when the load starts).
     until: OnceLock<Instant>,
-    /// Calls to `ASYNC_pause_job` made, for DONE.
-    pauses: AtomicU64,
+}
+
+thread_local! {
+    /// Calls to `ASYNC_pause_job` made on this thread (a job runs on the thread that
+    /// started it), for DONE.
+    static PAUSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The wait-fd key: any address unique to this module.
@@ -168,7 +175,7 @@ unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> lib
             break;
         }
         pauses += 1;
-        engine.pauses.fetch_add(1, Ordering::Relaxed);
+        PAUSES.with(|p| p.set(p.get() + 1));
         // SAFETY: inside a job (checked above); returns when the server resumes it.
         unsafe { ASYNC_pause_job() };
     }
@@ -192,7 +199,6 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let engine = Arc::new(Engine {
         flavor,
         until: OnceLock::new(),
-        pauses: AtomicU64::new(0),
     });
     // SAFETY: the context outlives no Engine: the server thread owns both, and drops the
     // context (its only user) first.
@@ -232,42 +238,55 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
                 let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
                 let window = ctl.ready(vec![tls.fd()], vec![tls.ptr() as u64]);
                 let mut counts = Counts::default();
-                client_session(&mut tls, window, &mut counts, true)?;
+                client_session(&mut tls, window, &mut counts, None)?;
                 Ok(counts)
             })
         }
         Flavor::Quick => {
             listener
-                .set_nonblocking(false)
-                .context("making the listener blocking failed")?;
-            runner.spawn("server", move |ctl| {
-                let mut srv = Server::new(server_ctx, engine)?;
-                let window = ctl.ready(vec![listener.as_raw_fd()], Vec::new());
-                while !window.done() {
-                    if !sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(100))? {
-                        continue;
+                .set_nonblocking(true)
+                .context("making the listener non-blocking failed")?;
+            let listener = Arc::new(listener);
+            for _ in 0..QUICK_CONNS {
+                let (listener, ctx, engine) = (
+                    Arc::clone(&listener),
+                    server_ctx.clone(),
+                    Arc::clone(&engine),
+                );
+                runner.spawn("server", move |ctl| {
+                    let mut srv = Server::new(ctx, engine)?;
+                    let window = ctl.ready(vec![listener.as_raw_fd()], Vec::new());
+                    while !window.done() {
+                        if !sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(100))? {
+                            continue;
+                        }
+                        // Another server thread may have taken it.
+                        let Ok(sock) = accept(&listener) else {
+                            continue;
+                        };
+                        let mut tls = Tls::new(&srv.ctx, sock, Side::Server)?;
+                        if srv.handshake(&mut tls, window)? {
+                            srv.echo(&mut tls, window)?;
+                        }
                     }
-                    let sock = accept(&listener)?;
-                    let mut tls = Tls::new(&srv.ctx, sock, Side::Server)?;
-                    if srv.handshake(&mut tls, window)? {
-                        srv.echo(&mut tls, window)?;
+                    Ok(srv.finish_all())
+                })?;
+                let client_ctx = client_ctx.clone();
+                runner.spawn("client", move |ctl| {
+                    let window = ctl.ready(Vec::new(), Vec::new());
+                    let mut counts = Counts::default();
+                    while !window.done() {
+                        let sock = TcpStream::connect(addr)
+                            .with_context(|| format!("connecting to {addr} failed"))?;
+                        let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
+                        let until = Instant::now() + QUICK_LIFETIME;
+                        client_session(&mut tls, window, &mut counts, Some(until))?;
+                        counts.inc("connections");
                     }
-                }
-                Ok(srv.finish_all())
-            })?;
-            runner.spawn("client", move |ctl| {
-                let window = ctl.ready(Vec::new(), Vec::new());
-                let mut counts = Counts::default();
-                while !window.done() {
-                    let sock = TcpStream::connect(addr)
-                        .with_context(|| format!("connecting to {addr} failed"))?;
-                    let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
-                    client_session(&mut tls, window, &mut counts, false)?;
-                    counts.inc("connections");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(counts)
-            })
+                    Ok(counts)
+                })?;
+            }
+            Ok(())
         }
     }
 }
@@ -282,12 +301,12 @@ fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
 }
 
 /// The client: a blocking handshake (it waits for the server as long as the stall lasts),
-/// then one message and its echo, again and again (`repeat`) or once.
+/// then one message and its echo every `ECHO_EVERY`, to the end or until `until`.
 fn client_session(
     tls: &mut Tls,
     window: Window,
     counts: &mut Counts,
-    repeat: bool,
+    until: Option<Instant>,
 ) -> anyhow::Result<()> {
     tls.sock()
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -328,11 +347,11 @@ fn client_session(
             }
         }
         counts.inc("round_trips");
-        if !repeat {
+        if until.is_some_and(|t| Instant::now() >= t) {
             tls.shutdown();
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(ECHO_EVERY);
     }
 }
 
@@ -455,6 +474,6 @@ impl Server {
 
     fn finish_all_mut(&mut self) {
         self.counts
-            .set("async_pauses", self.engine.pauses.load(Ordering::Relaxed));
+            .set("async_pauses", PAUSES.with(std::cell::Cell::get));
     }
 }

@@ -159,11 +159,15 @@ fn async_stall_answers_want_async_on_every_retry_then_completes() {
 
 #[test]
 fn async_quick_pauses_twice_per_handshake() {
-    let done = run(ScenarioName::AsyncQuick, 600);
+    let done = run(ScenarioName::AsyncQuick, 1500);
     let c = &done.counts;
     let hs = c.get("server_handshakes");
     assert!(hs >= 3, "{c:?}");
     assert_eq!(c.get("server_want_async"), 2 * hs, "{c:?}");
-    assert_eq!(c.get("server_max_want_async_streak"), 2, "{c:?}");
-    assert_eq!(c.get("client_round_trips"), hs, "{c:?}");
+    assert_eq!(c.get("server_async_pauses"), 2 * hs, "{c:?}");
+    for t in done.threads.iter().filter(|t| t.role == "server") {
+        let longest = t.counts.get("max_want_async_streak");
+        assert!(longest == 2 || t.counts.get("handshakes") == 0, "{t:?}");
+    }
+    assert!(c.get("client_round_trips") >= hs, "{c:?}");
 }
