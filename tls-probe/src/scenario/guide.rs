@@ -214,7 +214,6 @@ pub fn guide(name: ScenarioName) -> Guide {
                 &[
                     ("handshakes", "handshakes"),
                     ("want_async", "WANT_ASYNC answers"),
-                    ("max_want_async_streak", "longest WANT_ASYNC streak"),
                 ],
             )],
         },

@@ -60,9 +60,8 @@ impl Auto {
                 self.signals.entry(ev.pid).or_default().ssl_errors += 1;
             }
             EventKind::AsyncPause { ssl: Some(ssl) } => {
-                if self.async_streaks.pause(ev.pid, *ssl, ev.ts_ns) {
-                    self.signals.entry(ev.pid).or_default().async_stuck += 1;
-                }
+                let stuck = self.async_streaks.pause(ev.pid, *ssl, ev.ts_ns);
+                self.signals.entry(ev.pid).or_default().async_stuck += u64::from(stuck);
             }
             EventKind::AsyncPause { ssl: None } => {
                 self.signals.entry(ev.pid).or_default().async_unattributed += 1;
