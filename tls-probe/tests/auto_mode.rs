@@ -303,3 +303,36 @@ fn brief_async_pauses_are_clean_and_unescalated() {
     );
     assert_eq!(p["escalations_total"], 1, "{p}");
 }
+
+/// The stuck job's pauses escalate the process; the connection that finds no job is then
+/// seen answering WANT_ASYNC_JOB (it never pauses: it has no job to pause).
+#[test]
+fn an_exhausted_async_job_pool_is_flagged_after_the_async_pause_escalation() {
+    let r = run("async-no-jobs", 5.0, "want_async_stall");
+    let server = r.sc.thread("server");
+    let found = opened(&r.records, "want_async_stall");
+    let no_job = found
+        .iter()
+        .find(|f| f["ssl"] == server["ssl"][1])
+        .unwrap_or_else(|| {
+            panic!(
+                "nothing on the second connection:\n{}",
+                describe(&r.records)
+            )
+        });
+    assert_eq!(
+        no_job["evidence"]["want_async_stall"]["ssl_error"], "want_async_job",
+        "{no_job}"
+    );
+    let took = no_job["last_seen_ns"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(r.start);
+    eprintln!(
+        "async-no-jobs: want_async_job stall flagged {:.2} s after the start in auto mode",
+        took as f64 / 1e9
+    );
+    assert!(took <= BAR_NS, "{no_job}");
+    let p = &summary(&r.records)["probes"]["processes"][0];
+    assert_eq!(p["reason"], "async_pause", "{p}");
+}

@@ -457,3 +457,48 @@ fn brief_async_pauses_have_no_finding() {
         "{c}"
     );
 }
+
+/// The only async job of the server thread is held paused by the first connection's
+/// handshake: the second connection's calls answer WANT_ASYNC_JOB. One want_async_stall
+/// each, on the server thread, with its own SSL* and code.
+#[test]
+fn an_exhausted_async_job_pool_is_flagged_on_the_connection_that_finds_no_job() {
+    let r = run("async-no-jobs", 4.0, Some("want_async_stall"));
+    let found = opened(&r.records, "want_async_stall");
+    let all = describe(&r.records);
+    assert_eq!(found.len(), 2, "{all}");
+    let server = r.sc.thread("server");
+    let counts = &r.done["counts"];
+    for (i, code, count) in [
+        (0, "want_async", "server_want_async"),
+        (1, "want_async_job", "server_want_async_job"),
+    ] {
+        let ssl = &server["ssl"][i];
+        let f = found
+            .iter()
+            .find(|f| &f["ssl"] == ssl)
+            .unwrap_or_else(|| panic!("no want_async_stall on SSL* {ssl}: {all}"));
+        assert_eq!(f["tid"], server["tid"], "{f}");
+        assert_eq!(evidence(f, "want_async_stall")["ssl_error"], code, "{f}");
+        let took = f["last_seen_ns"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(r.start);
+        assert!(
+            took <= BAR_NS,
+            "flagged {:.2}s after the start: {f}",
+            secs(took)
+        );
+        let last = last_change(&r.records, &f["id"]);
+        let e = evidence(last, "want_async_stall");
+        assert_eq!(e["waits"], counts[count], "{counts}: {last}");
+        assert_eq!(e["resolved"], true, "{last}");
+        eprintln!(
+            "async-no-jobs: {code} stall flagged {:.2}s after the start; {} answers counted, \
+             the server made {}",
+            secs(took),
+            e["waits"],
+            counts[count]
+        );
+    }
+}

@@ -15,6 +15,10 @@
 //!   retry until 70% of the run has passed: one connection's
 //!   `SSL_do_handshake` answers WANT_ASYNC about every `RETRY` for seconds. Then it
 //!   completes and the connection echoes small messages to the end.
+//! - `async-no-jobs`: the stuck engine on a server thread whose async job pool holds one
+//!   job (`ASYNC_init_thread(1, 0)`), with two connections: the first one's handshake holds
+//!   the job, paused, and the second one's `SSL_do_handshake` finds no job and answers
+//!   SSL_ERROR_WANT_ASYNC_JOB on every retry, until the first completes.
 //! - `async-quick`: a healthy engine. Each handshake pauses `QUICK_PAUSES` times with no
 //!   wait fd (the engine answered synchronously), so the server retries at once and the
 //!   handshake completes within microseconds; clients open short connections back to back.
@@ -72,6 +76,7 @@ unsafe extern "C" {
         numfds: *mut usize,
     ) -> libc::c_int;
     fn ASYNC_get_current_job() -> *mut AsyncJob;
+    fn ASYNC_init_thread(max_size: usize, init_size: usize) -> libc::c_int;
     fn ASYNC_get_wait_ctx(job: *mut AsyncJob) -> *mut WaitCtx;
     fn ASYNC_pause_job() -> libc::c_int;
     fn ASYNC_WAIT_CTX_set_wait_fd(
@@ -90,6 +95,9 @@ pub enum Flavor {
     Stall,
     /// The engine answers at once.
     Quick,
+    /// The engine is stuck, and the thread has one async job: a second connection finds
+    /// none (WANT_ASYNC_JOB).
+    NoJobs,
 }
 
 /// What the fake engine does, shared by the callback and the server thread.
@@ -162,13 +170,15 @@ unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> lib
     let wctx = unsafe { ASYNC_get_wait_ctx(job) };
     let wait_fd = match engine.flavor {
         // SAFETY: wctx is the current job's.
-        Flavor::Stall => unsafe { register_wait_fd(wctx) },
+        Flavor::Stall | Flavor::NoJobs => unsafe { register_wait_fd(wctx) },
         Flavor::Quick => None,
     };
     let mut pauses = 0u64;
     loop {
         let done = match engine.flavor {
-            Flavor::Stall => engine.until.get().is_none_or(|t| Instant::now() >= *t),
+            Flavor::Stall | Flavor::NoJobs => {
+                engine.until.get().is_none_or(|t| Instant::now() >= *t)
+            }
             Flavor::Quick => pauses >= QUICK_PAUSES,
         };
         if done {
@@ -241,6 +251,42 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
                 client_session(&mut tls, window, &mut counts, None)?;
                 Ok(counts)
             })
+        }
+        Flavor::NoJobs => {
+            runner.spawn("server", move |ctl| {
+                // SAFETY: sets this thread's job pool size before any job exists in it.
+                if unsafe { ASYNC_init_thread(1, 0) } != 1 {
+                    anyhow::bail!("ASYNC_init_thread(1, 0) failed");
+                }
+                let mut srv = Server::new(server_ctx, engine)?;
+                let mut conns = Vec::new();
+                for _ in 0..2 {
+                    conns.push(Tls::new(&srv.ctx, accept(&listener)?, Side::Server)?);
+                }
+                let window = ctl.ready(
+                    conns.iter().map(Tls::fd).collect(),
+                    conns.iter().map(|c| c.ptr() as u64).collect(),
+                );
+                let _ = srv.engine.until.set(window.at(STALL_SHARE));
+                srv.handshake_all(&mut conns, window)?;
+                srv.echo_all(&mut conns, window)?;
+                drop(conns);
+                Ok(srv.finish_all())
+            })?;
+            for _ in 0..2 {
+                let client_ctx = client_ctx.clone();
+                // Connected in turn, so that the server accepts them in this order.
+                let sock = TcpStream::connect(addr)
+                    .with_context(|| format!("connecting to {addr} failed"))?;
+                runner.spawn("client", move |ctl| {
+                    let mut tls = Tls::new(&client_ctx, sock, Side::Client)?;
+                    let window = ctl.ready(vec![tls.fd()], vec![tls.ptr() as u64]);
+                    let mut counts = Counts::default();
+                    client_session(&mut tls, window, &mut counts, None)?;
+                    Ok(counts)
+                })?;
+            }
+            Ok(())
         }
         Flavor::Quick => {
             listener
@@ -434,6 +480,74 @@ impl Server {
                 .wait(&mut self.events, sys::timeout_ms(window.deadline, RETRY))?;
             self.counts.inc("wakeups");
         }
+    }
+
+    /// Drives the handshakes of `conns` side by side, one call each per round, retrying
+    /// every `RETRY`: the first takes the thread's only async job, which its engine holds
+    /// paused; the others find none. The sockets are not waited on: a connection that
+    /// finds no job leaves its ClientHello unread, and a level-triggered wait for it would
+    /// return at once, again and again.
+    fn handshake_all(&mut self, conns: &mut [Tls], window: Window) -> anyhow::Result<()> {
+        let mut done = vec![false; conns.len()];
+        while !done.iter().all(|d| *d) {
+            if window.done() && self.engine.until.get().is_none_or(|t| Instant::now() >= *t) {
+                return Ok(());
+            }
+            for (c, done) in conns.iter_mut().zip(&mut done) {
+                if *done {
+                    continue;
+                }
+                match c.handshake() {
+                    Io::Done(_) => {
+                        self.counts.inc("handshakes");
+                        *done = true;
+                    }
+                    Io::WantRead | Io::WantWrite => {}
+                    Io::Failed(f) if f.code == WANT_ASYNC => self.counts.inc("want_async"),
+                    Io::Failed(f) if f.code == WANT_ASYNC_JOB => {
+                        self.counts.inc("want_async_job");
+                    }
+                    Io::Closed | Io::Failed(_) => {
+                        self.counts.inc("handshake_failures");
+                        *done = true;
+                    }
+                }
+            }
+            self.ep
+                .wait(&mut self.events, sys::timeout_ms(window.deadline, RETRY))?;
+            self.counts.inc("wakeups");
+        }
+        Ok(())
+    }
+
+    /// Echoes on every connection of `conns` until the deadline.
+    fn echo_all(&mut self, conns: &mut [Tls], window: Window) -> anyhow::Result<()> {
+        for (i, c) in conns.iter().enumerate() {
+            self.ep.add(c.fd(), sys::IN, SOCKET + i as u64)?;
+        }
+        let mut buf = [0u8; 256];
+        let mut open = vec![true; conns.len()];
+        while !window.done() && open.iter().any(|o| *o) {
+            for (c, open) in conns.iter_mut().zip(&mut open) {
+                if !*open {
+                    continue;
+                }
+                match c.read(&mut buf) {
+                    Io::Done(n) => {
+                        self.counts.inc("echoes");
+                        *open = matches!(c.write(&buf[..n]), Io::Done(_));
+                    }
+                    Io::WantRead | Io::WantWrite => {}
+                    Io::Failed(f) if f.code == WANT_ASYNC => self.counts.inc("want_async_io"),
+                    Io::Closed | Io::Failed(_) => *open = false,
+                }
+            }
+            self.ep.wait(
+                &mut self.events,
+                sys::timeout_ms(window.deadline, Duration::from_millis(100)),
+            )?;
+        }
+        Ok(())
     }
 
     /// Echoes what the client sends until it closes or the deadline.

@@ -201,6 +201,24 @@ pub fn guide(name: ScenarioName) -> Guide {
                 ],
             )],
         },
+        ScenarioName::AsyncNoJobs => Guide {
+            runs: "the stuck async engine on a server thread with a single async job: the \
+                   first connection's handshake holds it, paused, for 70% of the run, and the \
+                   second connection's SSL_do_handshake finds no job (WANT_ASYNC_JOB) on every \
+                   retry",
+            expect: "two want_async_stall findings on the server thread: WANT_ASYNC on the \
+                     first connection, WANT_ASYNC_JOB (the job pool is exhausted) on the second",
+            findings: &[("want_async_stall", &["server"])],
+            no_finding: None,
+            counts: &[(
+                "server",
+                &[
+                    ("want_async", "WANT_ASYNC answers"),
+                    ("want_async_job", "WANT_ASYNC_JOB answers"),
+                    ("handshakes", "handshakes"),
+                ],
+            )],
+        },
         ScenarioName::AsyncQuick => Guide {
             runs: "the same async-mode server with an engine that answers at once: every \
                    handshake pauses twice for microseconds; clients connect back to back",

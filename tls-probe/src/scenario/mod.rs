@@ -62,10 +62,12 @@ pub enum ScenarioName {
     AsyncStall,
     /// An async-mode server whose engine answers at once: brief WANT_ASYNC pauses.
     AsyncQuick,
+    /// async-stall with a one-job pool: a second connection answers WANT_ASYNC_JOB.
+    AsyncNoJobs,
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 10] = [
+    pub const ALL: [ScenarioName; 11] = [
         Self::Healthy,
         Self::SpinLoop,
         Self::BusyPoll,
@@ -76,6 +78,7 @@ impl ScenarioName {
         Self::Mixed,
         Self::AsyncStall,
         Self::AsyncQuick,
+        Self::AsyncNoJobs,
     ];
 
     /// The command-line name, e.g. "spin-loop".
@@ -91,6 +94,7 @@ impl ScenarioName {
             Self::Mixed => "mixed",
             Self::AsyncStall => "async-stall",
             Self::AsyncQuick => "async-quick",
+            Self::AsyncNoJobs => "async-no-jobs",
         }
     }
 }
@@ -182,6 +186,7 @@ fn setup(name: ScenarioName, runner: &mut Runner) -> anyhow::Result<()> {
         ScenarioName::Mixed => mixed::run(runner),
         ScenarioName::AsyncStall => async_stall::run(runner, async_stall::Flavor::Stall),
         ScenarioName::AsyncQuick => async_stall::run(runner, async_stall::Flavor::Quick),
+        ScenarioName::AsyncNoJobs => async_stall::run(runner, async_stall::Flavor::NoJobs),
     }
 }
 

@@ -171,3 +171,18 @@ fn async_quick_pauses_twice_per_handshake() {
     }
     assert!(c.get("client_round_trips") >= hs, "{c:?}");
 }
+
+#[test]
+fn async_no_jobs_answers_want_async_job_while_the_only_job_is_paused() {
+    let done = run(ScenarioName::AsyncNoJobs, 1000);
+    let c = &done.counts;
+    assert!(c.get("server_want_async_job") >= 20, "{c:?}");
+    // One round retries both: one WANT_ASYNC for the job holder, one WANT_ASYNC_JOB.
+    assert_eq!(
+        c.get("server_want_async"),
+        c.get("server_want_async_job"),
+        "{c:?}"
+    );
+    assert_eq!(c.get("server_handshakes"), 2, "{c:?}");
+    assert_eq!(c.get("client_handshakes"), 2, "{c:?}");
+}
