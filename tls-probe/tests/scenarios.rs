@@ -6,6 +6,7 @@
 //! and SSL*s), attaches, releases it, waits for DONE and reads the NDJSON.
 
 mod common;
+mod schema;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -429,4 +430,8 @@ fn async_stall_pauses_the_handshake_job_and_answers_want_async() {
     );
     assert!(answered >= 20, "{:?}", run.done.counts);
     assert_eq!(triples, answered);
+    // The new event kind, and the finding it leads to, as the schema documents them.
+    for (i, r) in run.records.iter().enumerate() {
+        schema::check_line(i + 1, &r.to_string());
+    }
 }
