@@ -175,6 +175,19 @@ impl Controller {
         }
     }
 
+    /// The per-call probes of `pid` are attached as of `at` (the clock of event times).
+    /// Attaching them can take seconds (the kernel serializes it behind the detach of the
+    /// last window's probes): the window lasts `window_ns` from then, not from the
+    /// decision, or it could end before the probes saw anything.
+    pub fn attached(&mut self, pid: u32, at: u64) {
+        let window_ns = self.policy.window_ns;
+        if let Some(p) = self.procs.get_mut(&pid)
+            && let Some((_, until)) = p.window.as_mut()
+        {
+            *until = (*until).max(at.saturating_add(window_ns));
+        }
+    }
+
     pub fn is_escalated(&self, pid: u32) -> bool {
         self.procs.get(&pid).is_some_and(|p| p.window.is_some())
     }
@@ -585,5 +598,30 @@ mod tests {
         assert_eq!(a.len(), 1);
         a.prune(Some(PID + 1), 11 * SEC);
         assert!(a.is_empty());
+    }
+
+    /// The probes went on 1.9 s after the decision (the last window's were still being
+    /// detached): the window still gives them 1.5 s, however far event time had moved.
+    #[test]
+    fn a_window_counts_from_when_its_probes_are_attached() {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let stuck = Signals {
+            async_stuck: 1,
+            ..Signals::default()
+        };
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, stuck, false);
+        assert_eq!(
+            acts,
+            vec![(2_100 * MS, Action::Escalate(PID, Reason::AsyncPause))]
+        );
+        c.attached(PID, 4 * SEC);
+        let acts = run(&mut c, 2_100 * MS, 6 * SEC, Signals::default(), false);
+        assert_eq!(acts, vec![(5_500 * MS, Action::Drop(PID))]);
+        // A quick attach moves the end by as much.
+        let mut c = started();
+        c.attached(PID, 100 * MS);
+        let acts = run(&mut c, 0, 3 * SEC, Signals::default(), false);
+        assert_eq!(acts, vec![(1_600 * MS, Action::Drop(PID))]);
     }
 }

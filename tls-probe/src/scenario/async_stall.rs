@@ -6,7 +6,7 @@
 //! the SSL call then returns -1 and `SSL_get_error` says SSL_ERROR_WANT_ASYNC. That is what
 //! an offloading engine (QAT) does while the device works. No engine is needed here: the
 //! server's certificate callback (`SSL_CTX_set_cert_cb`), which runs inside the handshake's
-//! job, plays the engine. The server's epoll loop retries a paused handshake when the
+//! job, plays the engine (`async_engine.rs`). The server's epoll loop retries a paused handshake when the
 //! job's wait fd (found with `SSL_get_all_async_fds`) is readable or after `RETRY`, at
 //! once when the job has none, as an async server does.
 //!
@@ -26,15 +26,18 @@
 use std::{
     net::{TcpListener, TcpStream},
     os::fd::{AsRawFd, RawFd},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use openssl::ssl::SslContext;
-use openssl_sys as ffi;
 
+pub use super::async_engine::Flavor;
 use super::{
+    async_engine::{
+        Engine, WANT_ASYNC, WANT_ASYNC_JOB, async_fd, limit_thread_jobs, thread_pauses,
+    },
     report::Counts,
     runner::{Runner, Window},
     sys::{self, Epoll},
@@ -43,8 +46,6 @@ use super::{
 
 /// How long the server waits on its fds before retrying a paused handshake.
 const RETRY: Duration = Duration::from_millis(10);
-/// Pauses per handshake in `async-quick` ("once or twice per operation").
-const QUICK_PAUSES: u64 = 2;
 /// The share of the run the stalled handshake lasts in `async-stall`.
 const STALL_SHARE: f64 = 0.7;
 /// `async-quick`: concurrent connections, each a client and a server thread...
@@ -54,171 +55,11 @@ const QUICK_CONNS: usize = 3;
 const QUICK_LIFETIME: Duration = Duration::from_millis(1200);
 const ECHO_EVERY: Duration = Duration::from_millis(50);
 const MESSAGE: &[u8] = b"ping over an async-mode TLS connection";
-/// `SSL_ERROR_WANT_ASYNC` and `SSL_ERROR_WANT_ASYNC_JOB`.
-const WANT_ASYNC: i32 = 9;
-const WANT_ASYNC_JOB: i32 = 10;
-const SSL_MODE_ASYNC: libc::c_long = 0x100;
-
-type AsyncJob = libc::c_void;
-type WaitCtx = libc::c_void;
-type Cleanup = unsafe extern "C" fn(*mut WaitCtx, *const libc::c_void, RawFd, *mut libc::c_void);
-
-// libssl and libcrypto export these; openssl-sys does not declare them.
-unsafe extern "C" {
-    fn SSL_CTX_set_cert_cb(
-        ctx: *mut ffi::SSL_CTX,
-        cb: Option<unsafe extern "C" fn(*mut ffi::SSL, *mut libc::c_void) -> libc::c_int>,
-        arg: *mut libc::c_void,
-    );
-    fn SSL_get_all_async_fds(
-        ssl: *mut ffi::SSL,
-        fds: *mut RawFd,
-        numfds: *mut usize,
-    ) -> libc::c_int;
-    fn ASYNC_get_current_job() -> *mut AsyncJob;
-    fn ASYNC_init_thread(max_size: usize, init_size: usize) -> libc::c_int;
-    fn ASYNC_get_wait_ctx(job: *mut AsyncJob) -> *mut WaitCtx;
-    fn ASYNC_pause_job() -> libc::c_int;
-    fn ASYNC_WAIT_CTX_set_wait_fd(
-        ctx: *mut WaitCtx,
-        key: *const libc::c_void,
-        fd: RawFd,
-        custom: *mut libc::c_void,
-        cleanup: Option<Cleanup>,
-    ) -> libc::c_int;
-    fn ASYNC_WAIT_CTX_clear_fd(ctx: *mut WaitCtx, key: *const libc::c_void) -> libc::c_int;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    /// The engine is stuck for most of the run.
-    Stall,
-    /// The engine answers at once.
-    Quick,
-    /// The engine is stuck, and the thread has one async job: a second connection finds
-    /// none (WANT_ASYNC_JOB).
-    NoJobs,
-}
-
-/// What the fake engine does, shared by the callback and the server thread.
-struct Engine {
-    flavor: Flavor,
-    /// `async-stall`: the instant the engine comes back (set when the load starts).
-    until: OnceLock<Instant>,
-}
-
-thread_local! {
-    /// Calls to `ASYNC_pause_job` made on this thread (a job runs on the thread that
-    /// started it), for DONE.
-    static PAUSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// The wait-fd key: any address unique to this module.
-static KEY: u8 = 0;
-
-fn key() -> *const libc::c_void {
-    (&KEY as *const u8).cast()
-}
-
-/// The wait ctx's cleanup, for a ctx freed with the fd still registered.
-unsafe extern "C" fn cleanup(
-    _ctx: *mut WaitCtx,
-    _key: *const libc::c_void,
-    fd: RawFd,
-    _custom: *mut libc::c_void,
-) {
-    // SAFETY: fd is the eventfd registered in `register_wait_fd`, closed once.
-    unsafe { libc::close(fd) };
-}
-
-/// Registers a new eventfd as the job's wait fd, the one a device would signal on
-/// completion. Returns it.
-///
-/// # Safety
-/// `wctx` must be the current job's live wait ctx.
-unsafe fn register_wait_fd(wctx: *mut WaitCtx) -> Option<RawFd> {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: wctx is live; fd is handed over with its cleanup.
-    if unsafe { ASYNC_WAIT_CTX_set_wait_fd(wctx, key(), fd, std::ptr::null_mut(), Some(cleanup)) }
-        != 1
-    {
-        // SAFETY: not registered: still ours.
-        unsafe { libc::close(fd) };
-        return None;
-    }
-    Some(fd)
-}
-
-/// The certificate callback, run inside the handshake's async job: the "engine".
-///
-/// It makes no read or write inside the job: the profiler takes the fd of the last I/O
-/// syscall inside an SSL call for the connection's socket. A stuck device never signals
-/// its fd, so there is nothing to read; the quick one answers synchronously, with no fd.
-unsafe extern "C" fn cert_cb(_ssl: *mut ffi::SSL, arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: arg is the Engine the server thread keeps alive as long as its context.
-    let engine = unsafe { &*arg.cast::<Engine>() };
-    // SAFETY: no preconditions; null outside a job (async mode off).
-    let job = unsafe { ASYNC_get_current_job() };
-    if job.is_null() {
-        return 1;
-    }
-    // SAFETY: job is the current, live job.
-    let wctx = unsafe { ASYNC_get_wait_ctx(job) };
-    let wait_fd = match engine.flavor {
-        // SAFETY: wctx is the current job's.
-        Flavor::Stall | Flavor::NoJobs => unsafe { register_wait_fd(wctx) },
-        Flavor::Quick => None,
-    };
-    let mut pauses = 0u64;
-    loop {
-        let done = match engine.flavor {
-            Flavor::Stall | Flavor::NoJobs => {
-                engine.until.get().is_none_or(|t| Instant::now() >= *t)
-            }
-            Flavor::Quick => pauses >= QUICK_PAUSES,
-        };
-        if done {
-            break;
-        }
-        pauses += 1;
-        PAUSES.with(|p| p.set(p.get() + 1));
-        // SAFETY: inside a job (checked above); returns when the server resumes it.
-        unsafe { ASYNC_pause_job() };
-    }
-    // The offload is over: unregister the fd (closing it takes it out of the epoll set).
-    if let Some(fd) = wait_fd {
-        // SAFETY: clearing a freshly added fd frees its entry without the cleanup, so the
-        // fd is closed here, once.
-        unsafe {
-            ASYNC_WAIT_CTX_clear_fd(wctx, key());
-            libc::close(fd);
-        }
-    }
-    1
-}
-
 pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let id = Identity::generate()?;
     let server = id.server_builder()?;
-    // SAFETY: SSL_CTX_ctrl(MODE) only sets the live context's mode bits.
-    unsafe { ffi::SSL_CTX_set_mode(server.as_ptr(), SSL_MODE_ASYNC) };
-    let engine = Arc::new(Engine {
-        flavor,
-        until: OnceLock::new(),
-    });
-    // SAFETY: the context outlives no Engine: the server thread owns both, and drops the
-    // context (its only user) first.
-    unsafe {
-        SSL_CTX_set_cert_cb(
-            server.as_ptr(),
-            Some(cert_cb),
-            Arc::as_ptr(&engine).cast_mut().cast(),
-        );
-    }
+    // Each server thread keeps the engine next to its context, which it drops first.
+    let engine = Engine::install(&server, flavor);
     let server_ctx = server.build();
     let client_ctx = id.client_builder()?.build();
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
@@ -254,10 +95,7 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
         }
         Flavor::NoJobs => {
             runner.spawn("server", move |ctl| {
-                // SAFETY: sets this thread's job pool size before any job exists in it.
-                if unsafe { ASYNC_init_thread(1, 0) } != 1 {
-                    anyhow::bail!("ASYNC_init_thread(1, 0) failed");
-                }
+                limit_thread_jobs(1)?;
                 let mut srv = Server::new(server_ctx, engine)?;
                 let mut conns = Vec::new();
                 for _ in 0..2 {
@@ -428,7 +266,7 @@ impl Server {
     /// fd is readable or after `RETRY`. False when the deadline or the peer ended it.
     fn handshake(&mut self, tls: &mut Tls, window: Window) -> anyhow::Result<bool> {
         self.ep.add(tls.fd(), sys::IN, SOCKET)?;
-        let mut async_fd: Option<RawFd> = None;
+        let mut wait_fd: Option<RawFd> = None;
         let mut streak = 0u64;
         loop {
             let io = tls.handshake();
@@ -451,15 +289,12 @@ impl Server {
                         "want_async_job"
                     });
                     // The job's wait fd: new at its first pause.
-                    let mut fds = [-1; 4];
-                    let mut n = fds.len();
-                    // SAFETY: the SSL is live; fds has room for n entries.
-                    unsafe { SSL_get_all_async_fds(tls.ptr(), fds.as_mut_ptr(), &mut n) };
-                    if let Some(&fd) = fds[..n.min(fds.len())].first()
-                        && async_fd != Some(fd)
+                    // SAFETY: tls owns the live SSL.
+                    if let Some(fd) = unsafe { async_fd(tls.ptr()) }
+                        && wait_fd != Some(fd)
                     {
                         self.ep.add(fd, sys::IN, ASYNC_FD)?;
-                        async_fd = Some(fd);
+                        wait_fd = Some(fd);
                     }
                 }
                 Io::Closed => return Ok(false),
@@ -469,11 +304,11 @@ impl Server {
                     return Ok(false);
                 }
             }
-            if window.done() && self.engine.until.get().is_none_or(|t| Instant::now() >= *t) {
+            if window.done() && !self.engine.stalled() {
                 return Ok(false);
             }
             // A paused job with no wait fd: its engine has answered already, retry at once.
-            if streak > 0 && async_fd.is_none() {
+            if streak > 0 && wait_fd.is_none() {
                 continue;
             }
             self.ep
@@ -490,7 +325,7 @@ impl Server {
     fn handshake_all(&mut self, conns: &mut [Tls], window: Window) -> anyhow::Result<()> {
         let mut done = vec![false; conns.len()];
         while !done.iter().all(|d| *d) {
-            if window.done() && self.engine.until.get().is_none_or(|t| Instant::now() >= *t) {
+            if window.done() && !self.engine.stalled() {
                 return Ok(());
             }
             for (c, done) in conns.iter_mut().zip(&mut done) {
@@ -587,7 +422,6 @@ impl Server {
     }
 
     fn finish_all_mut(&mut self) {
-        self.counts
-            .set("async_pauses", PAUSES.with(std::cell::Cell::get));
+        self.counts.set("async_pauses", thread_pauses());
     }
 }

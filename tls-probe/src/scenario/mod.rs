@@ -14,6 +14,7 @@
 //! is for and what a profiler should find; `process` runs one as a child held at READY,
 //! the way `tls-probe demo` does.
 
+mod async_engine;
 mod async_stall;
 mod concurrent;
 mod conn;

@@ -123,6 +123,9 @@ impl Session {
                 log::info!("per-call probes of pid {pid} to {on}: {e:#}");
                 continue;
             }
+            if on && let Some(auto) = self.auto.as_mut() {
+                auto.controller.attached(pid, proc::monotonic_ns());
+            }
             log::debug!("pid {pid}: per-call probes {on} ({why:?})");
         }
         Ok(())
