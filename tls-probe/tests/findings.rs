@@ -458,28 +458,38 @@ fn brief_async_pauses_have_no_finding() {
     );
 }
 
-/// The only async job of the server thread is held paused by the first connection's
-/// handshake: the second connection's calls answer WANT_ASYNC_JOB. One want_async_stall
-/// each, on the server thread, with its own SSL* and code.
+/// The only async job of the server thread is held paused by one connection's handshake
+/// (whichever ClientHello came first): the other connection's calls answer
+/// WANT_ASYNC_JOB. One want_async_stall each, on the server thread, with its own SSL* and
+/// code.
 #[test]
 fn an_exhausted_async_job_pool_is_flagged_on_the_connection_that_finds_no_job() {
     let r = run("async-no-jobs", 4.0, Some("want_async_stall"));
     let found = opened(&r.records, "want_async_stall");
     let all = describe(&r.records);
     assert_eq!(found.len(), 2, "{all}");
+    assert_eq!(
+        changes(&r.records).len(),
+        changes(&r.records)
+            .iter()
+            .filter(|c| c["finding"]["kind"] == "want_async_stall")
+            .count(),
+        "{all}"
+    );
     let server = r.sc.thread("server");
+    let ssls = server["ssl"].as_array().expect("the server's SSL*s");
+    assert_ne!(found[0]["ssl"], found[1]["ssl"], "{all}");
     let counts = &r.done["counts"];
-    for (i, code, count) in [
-        (0, "want_async", "server_want_async"),
-        (1, "want_async_job", "server_want_async_job"),
+    for (code, count) in [
+        ("want_async", "server_want_async"),
+        ("want_async_job", "server_want_async_job"),
     ] {
-        let ssl = &server["ssl"][i];
         let f = found
             .iter()
-            .find(|f| &f["ssl"] == ssl)
-            .unwrap_or_else(|| panic!("no want_async_stall on SSL* {ssl}: {all}"));
+            .find(|f| evidence(f, "want_async_stall")["ssl_error"] == code)
+            .unwrap_or_else(|| panic!("no {code} stall: {all}"));
+        assert!(ssls.contains(&f["ssl"]), "{f}");
         assert_eq!(f["tid"], server["tid"], "{f}");
-        assert_eq!(evidence(f, "want_async_stall")["ssl_error"], code, "{f}");
         let took = f["last_seen_ns"]
             .as_u64()
             .unwrap_or(0)

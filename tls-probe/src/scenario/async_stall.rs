@@ -16,9 +16,10 @@
 //!   `SSL_do_handshake` answers WANT_ASYNC about every `RETRY` for seconds. Then it
 //!   completes and the connection echoes small messages to the end.
 //! - `async-no-jobs`: the stuck engine on a server thread whose async job pool holds one
-//!   job (`ASYNC_init_thread(1, 0)`), with two connections: the first one's handshake holds
-//!   the job, paused, and the second one's `SSL_do_handshake` finds no job and answers
-//!   SSL_ERROR_WANT_ASYNC_JOB on every retry, until the first completes.
+//!   job (`ASYNC_init_thread(1, 0)`), with two connections: the handshake of the one whose
+//!   ClientHello arrives first holds the job, paused, and the other's `SSL_do_handshake`
+//!   finds no job and answers SSL_ERROR_WANT_ASYNC_JOB on every retry, until the first
+//!   completes.
 //! - `async-quick`: a healthy engine. Each handshake pauses `QUICK_PAUSES` times with no
 //!   wait fd (the engine answered synchronously), so the server retries at once and the
 //!   handshake completes within microseconds; clients open short connections back to back.
@@ -318,8 +319,8 @@ impl Server {
     }
 
     /// Drives the handshakes of `conns` side by side, one call each per round, retrying
-    /// every `RETRY`: the first takes the thread's only async job, which its engine holds
-    /// paused; the others find none. The sockets are not waited on: a connection that
+    /// every `RETRY`: the first whose ClientHello is in takes the thread's only async job,
+    /// which its engine holds paused; the others find none. The sockets are not waited on: a connection that
     /// finds no job leaves its ClientHello unread, and a level-triggered wait for it would
     /// return at once, again and again.
     fn handshake_all(&mut self, conns: &mut [Tls], window: Window) -> anyhow::Result<()> {

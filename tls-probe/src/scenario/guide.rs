@@ -202,12 +202,12 @@ pub fn guide(name: ScenarioName) -> Guide {
             )],
         },
         ScenarioName::AsyncNoJobs => Guide {
-            runs: "the stuck async engine on a server thread with a single async job: the \
-                   first connection's handshake holds it, paused, for 70% of the run, and the \
-                   second connection's SSL_do_handshake finds no job (WANT_ASYNC_JOB) on every \
-                   retry",
+            runs: "the stuck async engine on a server thread with a single async job: one \
+                   connection's handshake holds it, paused, for 70% of the run, and the other \
+                   connection's SSL_do_handshake finds no job (WANT_ASYNC_JOB) on every retry",
             expect: "two want_async_stall findings on the server thread: WANT_ASYNC on the \
-                     first connection, WANT_ASYNC_JOB (the job pool is exhausted) on the second",
+                     connection holding the job, WANT_ASYNC_JOB (the pool is exhausted) on the \
+                     other",
             findings: &[("want_async_stall", &["server"])],
             no_finding: None,
             counts: &[(
