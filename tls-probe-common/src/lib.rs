@@ -426,6 +426,22 @@ pub struct LibErrorEvent {
 }
 const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 32);
 
+/// `kind` of an [`AsyncPauseEvent`] (pre-assigned: 15).
+pub const KIND_ASYNC_PAUSE: u32 = 15;
+
+/// An OpenSSL async job paused (`ASYNC_pause_job`, libcrypto): in async mode
+/// (`SSL_MODE_ASYNC`) the SSL call running the job returns -1 and `SSL_get_error` answers
+/// SSL_ERROR_WANT_ASYNC. Fires once per such answer, and never in a program that does not
+/// use async mode. `ssl` is the SSL* of the probed SSL call the thread is inside (the
+/// handshake calls always are; the I/O calls only while the per-call probes are on), or 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AsyncPauseEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+}
+const _: () = assert!(core::mem::size_of::<AsyncPauseEvent>() == 32);
+
 /// OpenSSL's library and reason codes the agent names.
 pub mod ossl {
     pub const ERR_LIB_SSL: i32 = 20;

@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod asyncjob;
+#[cfg(target_arch = "bpf")]
 mod epoll;
 mod errors;
 #[cfg(target_arch = "bpf")]

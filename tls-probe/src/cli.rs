@@ -134,8 +134,8 @@ fn positive_secs(s: &str) -> Result<f64, String> {
 pub struct DemoArgs {
     /// The scenario to run: healthy, spin-loop, busy-poll, bad-write-retry,
     /// handshake-storm, resumed-handshakes, concurrent-ssl or mixed (the default: a spin
-    /// loop, a handshake storm and healthy connections in one process). --duration
-    /// defaults to 20 s.
+    /// loop, a handshake storm and healthy connections in one process), async-stall,
+    /// async-quick, async-no-jobs. --duration defaults to 20 s.
     pub scenario: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -259,6 +259,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 reason_name: lib_reason_name(r.lib, r.reason).map(str::to_owned),
             }
         }
+        tls_probe_common::KIND_ASYNC_PAUSE => {
+            let r: tls_probe_common::AsyncPauseEvent = read(bytes, hdr.kind)?;
+            EventKind::AsyncPause {
+                ssl: (r.ssl != 0).then_some(r.ssl),
+            }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
@@ -348,6 +354,24 @@ mod tests {
         assert!(matches!(
             decode(short),
             Err(DecodeError::Short { kind: 14, .. })
+        ));
+    }
+
+    #[test]
+    fn async_pause_decodes_with_or_without_its_ssl_and_a_short_one_is_an_error() {
+        let mut rec = tls_probe_common::AsyncPauseEvent {
+            hdr: hdr(tls_probe_common::KIND_ASYNC_PAUSE),
+            ssl: 0x55aa,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "ASYNC_pause_job");
+        assert_eq!(ev.kind, EventKind::AsyncPause { ssl: Some(0x55aa) });
+        rec.ssl = 0;
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.kind, EventKind::AsyncPause { ssl: None });
+        assert!(matches!(
+            decode(&bytes_of(&rec)[..31]),
+            Err(DecodeError::Short { kind: 15, .. })
         ));
     }
 

@@ -378,6 +378,12 @@ pub enum EventKind {
         reason: i32,
         reason_name: Option<String>,
     },
+    /// An OpenSSL async job paused on this thread (`ASYNC_pause_job`): the SSL call running
+    /// it answers SSL_ERROR_WANT_ASYNC. `ssl` is the SSL* of the probed call the thread is
+    /// inside (a handshake call, or an I/O call while the per-call probes are on).
+    AsyncPause {
+        ssl: Option<u64>,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -422,6 +428,7 @@ impl Event {
             EventKind::TaskExit { .. } => "sched_process_exit",
             EventKind::EpollBusy(w) => w.syscall.name(),
             EventKind::LibError { .. } => "ERR_set_error",
+            EventKind::AsyncPause { .. } => "ASYNC_pause_job",
         }
     }
 

@@ -123,7 +123,8 @@ impl Tracker {
             | EventKind::ListenOverflows { .. }
             | EventKind::Peer { .. }
             | EventKind::ServerHello(_)
-            | EventKind::TaskExit { .. } => {}
+            | EventKind::TaskExit { .. }
+            | EventKind::AsyncPause { .. } => {}
         }
     }
 

@@ -281,3 +281,83 @@ fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
     assert_eq!(io["why"], serde_json::json!([]), "{io}");
     assert!(io["calls_per_sec"].is_f64(), "{io}");
 }
+
+/// A stuck async engine: the always-on ASYNC_pause_job probe names the stuck handshake's
+/// SSL*, the per-call probes go on, and the rule sees the WANT_ASYNC answers.
+#[test]
+fn async_stall_is_flagged_through_the_async_pause_probe() {
+    let r = run("async-stall", 5.0, "want_async_stall");
+    let f = flagged(&r, "want_async_stall", BAR_NS);
+    assert_eq!(f["tid"], r.sc.tid("server"), "{f}");
+    assert_eq!(f["ssl"], r.sc.ssl("server"), "{f}");
+    assert_eq!(f["fd"], r.sc.fd("server"), "{f}");
+    let p = &summary(&r.records)["probes"]["processes"][0];
+    assert_eq!(p["reason"], "async_pause", "{p}");
+    let s = summary(&r.records);
+    let pauses = s["events_by_probe"]["ASYNC_pause_job"]
+        .as_u64()
+        .unwrap_or(0);
+    let made = r.done["counts"]["server_async_pauses"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("async-stall: {pauses} ASYNC_pause_job events of the {made} pauses made");
+    assert_eq!(pauses, made, "every pause is seen: the probe is always on");
+}
+
+/// A healthy async engine pauses twice per handshake: no finding, and no escalation past
+/// the attach window (a pause or two per connection is not a lead).
+#[test]
+fn brief_async_pauses_are_clean_and_unescalated() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut sc = Scenario::start("async-quick", 5.0);
+    let probe = attach_mode(dir.path(), sc.pid(), "auto");
+    attach_window_over(&probe, sc.pid());
+    sc.go();
+    let done = sc.done(EXIT);
+    let records = probe.finish(EXIT);
+    assert!(changes(&records).is_empty(), "{}", describe(&records));
+    let s = summary(&records);
+    let p = &s["probes"]["processes"][0];
+    eprintln!(
+        "async-quick: no finding; {} handshakes, {} WANT_ASYNC, {} ASYNC_pause_job events; \
+         escalations {}",
+        done["counts"]["server_handshakes"],
+        done["counts"]["server_want_async"],
+        s["events_by_probe"]["ASYNC_pause_job"],
+        p["escalations_total"]
+    );
+    assert!(
+        s["events_by_probe"]["ASYNC_pause_job"].as_u64() >= Some(10),
+        "the pauses were seen: {}",
+        s["events_by_probe"]
+    );
+    assert_eq!(p["escalations_total"], 1, "{p}");
+}
+
+/// The stuck job's pauses escalate the process; the connection that finds no job is then
+/// seen answering WANT_ASYNC_JOB (it never pauses: it has no job to pause). Which of the
+/// two connections takes the job depends on whose ClientHello comes first.
+#[test]
+fn an_exhausted_async_job_pool_is_flagged_after_the_async_pause_escalation() {
+    let r = run("async-no-jobs", 5.0, "want_async_stall");
+    let server = r.sc.thread("server");
+    let found = opened(&r.records, "want_async_stall");
+    let no_job = found
+        .iter()
+        .find(|f| f["evidence"]["want_async_stall"]["ssl_error"] == "want_async_job")
+        .unwrap_or_else(|| panic!("no WANT_ASYNC_JOB stall:\n{}", describe(&r.records)));
+    let ssls = server["ssl"].as_array().expect("the server's SSL*s");
+    assert!(ssls.contains(&no_job["ssl"]), "{no_job}");
+    assert_eq!(no_job["tid"], server["tid"], "{no_job}");
+    let took = no_job["last_seen_ns"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(r.start);
+    eprintln!(
+        "async-no-jobs: want_async_job stall flagged {:.2} s after the start in auto mode",
+        took as f64 / 1e9
+    );
+    assert!(took <= BAR_NS, "{no_job}");
+    let p = &summary(&r.records)["probes"]["processes"][0];
+    assert_eq!(p["reason"], "async_pause", "{p}");
+}

@@ -387,3 +387,128 @@ fn nginx_quiet_under(test: &str, load: impl FnOnce(&Nginx) -> Load) {
         s["events"], s["events_by_probe"]["SSL_read"], s["lost"]
     );
 }
+
+/// The last state of finding `id` in the run (its closing change when it closed).
+fn last_change<'a>(records: &'a [Value], id: &Value) -> &'a Value {
+    changes(records)
+        .into_iter()
+        .rev()
+        .map(|c| &c["finding"])
+        .find(|f| &f["id"] == id)
+        .expect("the finding's changes")
+}
+
+/// One connection's handshake answers WANT_ASYNC on every retry for 70% of the run: one
+/// want_async_stall on the server's thread, SSL* and socket, whose final count of answers
+/// is the one the server made, and which closes, resolved, when the handshake completes.
+#[test]
+fn async_stall_is_flagged_on_the_server_connection_with_every_answer_counted() {
+    let r = run("async-stall", 4.0, Some("want_async_stall"));
+    let (f, took) = the_finding(&r, "want_async_stall");
+    let sc = &r.sc;
+    assert_eq!(f["pid"], sc.pid());
+    assert_eq!(f["tid"], sc.tid("server"), "{f}");
+    assert_eq!(f["ssl"], sc.ssl("server"), "{f}");
+    assert_eq!(f["fd"], sc.fd("server"), "{f}");
+    let e = evidence(f, "want_async_stall");
+    assert_eq!(e["ssl_error"], "want_async", "{f}");
+    assert_eq!(e["op"], "SSL_do_handshake", "{f}");
+    let last = last_change(&r.records, &f["id"]);
+    let e = evidence(last, "want_async_stall");
+    let counts = &r.done["counts"];
+    let answered = counts["server_want_async"]
+        .as_u64()
+        .expect("server_want_async");
+    assert_eq!(last["state"], "closed", "{last}");
+    assert_eq!(e["resolved"], true, "{last}");
+    assert_eq!(
+        e["waits"], answered,
+        "the server counted {answered}: {last}"
+    );
+    assert_eq!(last["severity"], "critical", "{last}");
+    let pauses = summary(&r.records)["events_by_probe"]["ASYNC_pause_job"].clone();
+    assert_eq!(pauses, counts["server_async_pauses"], "{counts}");
+    eprintln!(
+        "async-stall: want_async_stall {}; {} WANT_ASYNC answers over {:.2} s counted, the \
+         server made {answered} (stalled {} ms)",
+        timing(&r, took),
+        e["waits"],
+        secs(e["stalled_ns"].as_u64().unwrap_or(0)),
+        counts["server_stall_ms"]
+    );
+}
+
+/// A healthy async engine: each handshake pauses twice and resumes at once.
+#[test]
+fn brief_async_pauses_have_no_finding() {
+    let r = run("async-quick", 3.0, None);
+    let all = describe(&r.records);
+    assert!(changes(&r.records).is_empty(), "{all}");
+    let c = &r.done["counts"];
+    let s = summary(&r.records);
+    eprintln!(
+        "async-quick: no finding over {} handshakes with {} WANT_ASYNC answers; {} \
+         ASYNC_pause_job events",
+        c["server_handshakes"], c["server_want_async"], s["events_by_probe"]["ASYNC_pause_job"]
+    );
+    assert!(c["server_want_async"].as_u64() >= Some(10), "{c}");
+    assert_eq!(
+        s["events_by_probe"]["ASYNC_pause_job"], c["server_async_pauses"],
+        "{c}"
+    );
+}
+
+/// The only async job of the server thread is held paused by one connection's handshake
+/// (whichever ClientHello came first): the other connection's calls answer
+/// WANT_ASYNC_JOB. One want_async_stall each, on the server thread, with its own SSL* and
+/// code.
+#[test]
+fn an_exhausted_async_job_pool_is_flagged_on_the_connection_that_finds_no_job() {
+    let r = run("async-no-jobs", 4.0, Some("want_async_stall"));
+    let found = opened(&r.records, "want_async_stall");
+    let all = describe(&r.records);
+    assert_eq!(found.len(), 2, "{all}");
+    assert_eq!(
+        changes(&r.records).len(),
+        changes(&r.records)
+            .iter()
+            .filter(|c| c["finding"]["kind"] == "want_async_stall")
+            .count(),
+        "{all}"
+    );
+    let server = r.sc.thread("server");
+    let ssls = server["ssl"].as_array().expect("the server's SSL*s");
+    assert_ne!(found[0]["ssl"], found[1]["ssl"], "{all}");
+    let counts = &r.done["counts"];
+    for (code, count) in [
+        ("want_async", "server_want_async"),
+        ("want_async_job", "server_want_async_job"),
+    ] {
+        let f = found
+            .iter()
+            .find(|f| evidence(f, "want_async_stall")["ssl_error"] == code)
+            .unwrap_or_else(|| panic!("no {code} stall: {all}"));
+        assert!(ssls.contains(&f["ssl"]), "{f}");
+        assert_eq!(f["tid"], server["tid"], "{f}");
+        let took = f["last_seen_ns"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(r.start);
+        assert!(
+            took <= BAR_NS,
+            "flagged {:.2}s after the start: {f}",
+            secs(took)
+        );
+        let last = last_change(&r.records, &f["id"]);
+        let e = evidence(last, "want_async_stall");
+        assert_eq!(e["waits"], counts[count], "{counts}: {last}");
+        assert_eq!(e["resolved"], true, "{last}");
+        eprintln!(
+            "async-no-jobs: {code} stall flagged {:.2}s after the start; {} answers counted, \
+             the server made {}",
+            secs(took),
+            e["waits"],
+            counts[count]
+        );
+    }
+}

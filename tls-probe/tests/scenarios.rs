@@ -6,6 +6,7 @@
 //! and SSL*s), attaches, releases it, waits for DONE and reads the NDJSON.
 
 mod common;
+mod schema;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -400,4 +401,37 @@ fn demo_says_what_to_expect_then_what_it_found() {
     let records = common::read_ndjson(&output);
     assert!(records.iter().any(|r| r["type"] == "finding"));
     assert_eq!(summary(&records)["stop_reason"], "targets_exited");
+}
+
+/// async-stall: the server's handshake calls each pause the async job (ASYNC_pause_job,
+/// on the SSL* of the call) and answer WANT_ASYNC, as many times as the server counted.
+#[test]
+fn async_stall_pauses_the_handshake_job_and_answers_want_async() {
+    let run = run("async-stall", 2);
+    let server = run.thread("server");
+    let ssl = server.ssl[0];
+    let evs = run.events_of(server.tid);
+    let triples = evs
+        .windows(3)
+        .filter(|w| {
+            w[0]["probe"] == "ASYNC_pause_job"
+                && w[0]["ssl"] == ssl
+                && is_call(w[1], "SSL_do_handshake", Some(ssl))
+                && w[1]["ret"] == -1
+                && w[2]["ssl"] == ssl
+                && is_error(w[2], "want_async")
+        })
+        .count() as u64;
+    let answered = run.done.counts.get("server_want_async");
+    eprintln!(
+        "async-stall: {triples} pause/SSL_do_handshake/WANT_ASYNC triples; the server counted \
+         {answered} WANT_ASYNC and {} pauses",
+        run.done.counts.get("server_async_pauses")
+    );
+    assert!(answered >= 20, "{:?}", run.done.counts);
+    assert_eq!(triples, answered);
+    // The new event kind, and the finding it leads to, as the schema documents them.
+    for (i, r) in run.records.iter().enumerate() {
+        schema::check_line(i + 1, &r.to_string());
+    }
 }

@@ -12,6 +12,11 @@
 //!   fires only on errors): a bad write retry, or any other failure to look at.
 //! - **shared fds**: two threads of the process doing I/O on one fd within 50 ms of each
 //!   other (counted in the kernel): the sign of one SSL* used by two threads.
+//! - **async pauses**: an OpenSSL async job paused (`ASYNC_pause_job`, a uprobe that fires
+//!   only in async mode, once per SSL_ERROR_WANT_ASYNC answer) in `ASYNC_STUCK_CALLS` calls
+//!   in a row on one connection spanning `ASYNC_STUCK_NS`, or at `min_async_pauses_per_sec`
+//!   in calls whose SSL* is unknown: an offload engine that does not answer
+//!   (want_async_stall). Async mode pauses once or twice per operation for microseconds.
 //! - **attach**: one window when tracing starts, to catch what is already going on.
 //!
 //! A window that confirms nothing (no per-call finding open for the process) doubles the
@@ -20,7 +25,7 @@
 //! resets the hold-off, and is extended while the signal goes on, up to
 //! `max_escalated_ns` in a row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +37,7 @@ pub enum Reason {
     RepeatedWakeups,
     SslError,
     SharedFd,
+    AsyncPause,
 }
 
 /// Thresholds and durations, in ns and per second.
@@ -45,6 +51,9 @@ pub struct Policy {
     /// Share of the quick waits that must be repeats.
     pub min_repeat_share: f64,
     pub min_shared_fd_per_sec: f64,
+    /// Async-job pauses in calls whose SSL* is unknown (I/O calls while the per-call
+    /// probes are off).
+    pub min_async_pauses_per_sec: f64,
 }
 
 impl Default for Policy {
@@ -58,6 +67,7 @@ impl Default for Policy {
             min_repeats_per_sec: 200.0,
             min_repeat_share: 0.5,
             min_shared_fd_per_sec: 20.0,
+            min_async_pauses_per_sec: 20.0,
         }
     }
 }
@@ -73,6 +83,10 @@ pub struct Signals {
     pub ssl_errors: u64,
     /// I/O on an fd another thread had just used.
     pub shared_fd: u64,
+    /// Async-job pauses that made a connection look stuck ([`AsyncStreaks::pause`]).
+    pub async_stuck: u64,
+    /// Async-job pauses in a call whose SSL* is unknown.
+    pub async_unattributed: u64,
 }
 
 /// A process's escalation state, as shown in the snapshot.
@@ -158,6 +172,19 @@ impl Controller {
             && p.window.take().is_some()
         {
             p.escalated_ns += now.saturating_sub(p.last_step_ns);
+        }
+    }
+
+    /// The per-call probes of `pid` are attached as of `at` (the clock of event times).
+    /// Attaching them can take seconds (the kernel serializes it behind the detach of the
+    /// last window's probes): the window lasts `window_ns` from then, not from the
+    /// decision, or it could end before the probes saw anything.
+    pub fn attached(&mut self, pid: u32, at: u64) {
+        let window_ns = self.policy.window_ns;
+        if let Some(p) = self.procs.get_mut(&pid)
+            && let Some((_, until)) = p.window.as_mut()
+        {
+            *until = (*until).max(at.saturating_add(window_ns));
         }
     }
 
@@ -250,6 +277,9 @@ fn suspicious(policy: &Policy, s: Signals, dt_ns: u64) -> Option<Reason> {
         return Some(Reason::SslError);
     }
     let secs = (dt_ns.max(1) as f64) / 1e9;
+    if s.async_stuck > 0 || s.async_unattributed as f64 / secs >= policy.min_async_pauses_per_sec {
+        return Some(Reason::AsyncPause);
+    }
     if s.repeats as f64 / secs >= policy.min_repeats_per_sec
         && s.repeats as f64 >= policy.min_repeat_share * s.quick as f64
     {
@@ -259,6 +289,81 @@ fn suspicious(policy: &Policy, s: Signals, dt_ns: u64) -> Option<Reason> {
         return Some(Reason::SharedFd);
     }
     None
+}
+
+/// Calls in a row on one connection whose async job paused, before it looks stuck.
+pub const ASYNC_STUCK_CALLS: u32 = 3;
+/// ... spanning at least this long. A healthy offload answers in micro- to milliseconds;
+/// half the engine's `async_min_stall_ns`, so the probes are on before the rule decides.
+pub const ASYNC_STUCK_NS: u64 = 50_000_000;
+/// A streak with no pause for this long is forgotten (its calls' returns were missed).
+const ASYNC_FORGET_NS: u64 = 10_000_000_000;
+
+/// Async-job pauses per connection, from the always-on probes: the pause (which names
+/// the SSL* of the handshake call it happened in) and the handshake calls' returns. A
+/// streak is the calls in a row on one SSL* that each paused; a call that returns without
+/// having paused, or the SSL*'s free, ends it.
+#[derive(Debug, Default)]
+pub struct AsyncStreaks {
+    by_conn: HashMap<(u32, u64), AsyncStreak>,
+}
+
+#[derive(Debug)]
+struct AsyncStreak {
+    first_ns: u64,
+    last_ns: u64,
+    /// Calls that returned after a pause.
+    calls: u32,
+    /// A pause since the last return.
+    paused: bool,
+}
+
+impl AsyncStreaks {
+    /// A job paused on `ssl` at `ts`. True when the connection now looks stuck: its
+    /// streak holds `ASYNC_STUCK_CALLS` calls (this one included) over `ASYNC_STUCK_NS`.
+    pub fn pause(&mut self, pid: u32, ssl: u64, ts: u64) -> bool {
+        let s = self.by_conn.entry((pid, ssl)).or_insert(AsyncStreak {
+            first_ns: ts,
+            last_ns: ts,
+            calls: 0,
+            paused: false,
+        });
+        s.paused = true;
+        s.last_ns = s.last_ns.max(ts);
+        s.calls + 1 >= ASYNC_STUCK_CALLS && s.last_ns.saturating_sub(s.first_ns) >= ASYNC_STUCK_NS
+    }
+
+    /// A call on `ssl` returned: it continues the streak if it paused, else ends it.
+    pub fn returned(&mut self, pid: u32, ssl: u64) {
+        if let Some(s) = self.by_conn.get_mut(&(pid, ssl)) {
+            if s.paused {
+                s.paused = false;
+                s.calls += 1;
+            } else {
+                self.by_conn.remove(&(pid, ssl));
+            }
+        }
+    }
+
+    /// The connection is gone.
+    pub fn end(&mut self, pid: u32, ssl: u64) {
+        self.by_conn.remove(&(pid, ssl));
+    }
+
+    /// Forgets `pid`'s streaks, and any with no pause for ten seconds before `now`.
+    pub fn prune(&mut self, gone: Option<u32>, now: u64) {
+        self.by_conn.retain(|&(pid, _), s| {
+            Some(pid) != gone && now.saturating_sub(s.last_ns) < ASYNC_FORGET_NS
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_conn.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -411,5 +516,112 @@ mod tests {
             suspicious(&p, spin(), 100 * MS),
             Some(Reason::RepeatedWakeups)
         );
+    }
+
+    #[test]
+    fn async_pauses_escalate_at_once_and_unattributed_ones_by_rate() {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let stuck = Signals {
+            async_stuck: 1,
+            ..Signals::default()
+        };
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, stuck, false);
+        assert_eq!(
+            acts,
+            vec![(2_100 * MS, Action::Escalate(PID, Reason::AsyncPause))]
+        );
+        let p = Policy::default();
+        let few = Signals {
+            async_unattributed: 1,
+            ..Signals::default()
+        };
+        assert_eq!(suspicious(&p, few, 100 * MS), None);
+        let many = Signals {
+            async_unattributed: 2,
+            ..Signals::default()
+        };
+        assert_eq!(suspicious(&p, many, 100 * MS), Some(Reason::AsyncPause));
+        // An SSL error is the stronger lead.
+        let both = Signals {
+            ssl_errors: 1,
+            ..stuck
+        };
+        assert_eq!(suspicious(&p, both, 100 * MS), Some(Reason::SslError));
+    }
+
+    /// A stuck engine: every retry (each 10 ms) pauses again.
+    #[test]
+    fn a_connection_whose_job_pauses_call_after_call_looks_stuck_after_50_ms() {
+        let mut a = AsyncStreaks::default();
+        let mut stuck_at = None;
+        for i in 0..20u64 {
+            let ts = i * 10 * MS;
+            if a.pause(PID, 0xa, ts) && stuck_at.is_none() {
+                stuck_at = Some(ts);
+            }
+            a.returned(PID, 0xa);
+        }
+        assert_eq!(stuck_at, Some(50 * MS));
+        a.end(PID, 0xa);
+        assert!(a.is_empty());
+    }
+
+    /// A healthy engine: a pause or two per handshake, answered at once, then a call that
+    /// completes without pausing; connections back to back, the SSL* reused.
+    #[test]
+    fn brief_pauses_that_resolve_never_look_stuck() {
+        let mut a = AsyncStreaks::default();
+        for conn in 0..1000u64 {
+            let t = conn * 20 * MS;
+            assert!(!a.pause(PID, 0xa, t));
+            a.returned(PID, 0xa);
+            assert!(!a.pause(PID, 0xa, t + 100_000));
+            a.returned(PID, 0xa);
+            // The call that completes the handshake did not pause: the streak ends.
+            a.returned(PID, 0xa);
+        }
+        assert!(a.is_empty());
+        // Even a slow one (30 ms) with three paused calls is under the span.
+        for ts in [0, 15 * MS, 30 * MS] {
+            assert!(!a.pause(PID, 0xb, ts));
+            a.returned(PID, 0xb);
+        }
+    }
+
+    #[test]
+    fn streaks_are_forgotten_with_their_process_or_after_ten_quiet_seconds() {
+        let mut a = AsyncStreaks::default();
+        a.pause(PID, 0xa, 0);
+        a.pause(PID + 1, 0xb, 5 * SEC);
+        a.prune(None, 11 * SEC);
+        assert_eq!(a.len(), 1);
+        a.prune(Some(PID + 1), 11 * SEC);
+        assert!(a.is_empty());
+    }
+
+    /// The probes went on 1.9 s after the decision (the last window's were still being
+    /// detached): the window still gives them 1.5 s, however far event time had moved.
+    #[test]
+    fn a_window_counts_from_when_its_probes_are_attached() {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let stuck = Signals {
+            async_stuck: 1,
+            ..Signals::default()
+        };
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, stuck, false);
+        assert_eq!(
+            acts,
+            vec![(2_100 * MS, Action::Escalate(PID, Reason::AsyncPause))]
+        );
+        c.attached(PID, 4 * SEC);
+        let acts = run(&mut c, 2_100 * MS, 6 * SEC, Signals::default(), false);
+        assert_eq!(acts, vec![(5_500 * MS, Action::Drop(PID))]);
+        // A quick attach moves the end by as much.
+        let mut c = started();
+        c.attached(PID, 100 * MS);
+        let acts = run(&mut c, 0, 3 * SEC, Signals::default(), false);
+        assert_eq!(acts, vec![(1_600 * MS, Action::Drop(PID))]);
     }
 }

@@ -162,6 +162,8 @@ impl Engine {
             // The agent's escalation controller reads these; the rules see what the
             // per-call probes it turns on show.
             EventKind::LibError { .. } => {}
+            // The same: the rule sees the WANT_ASYNC answers from SSL_get_error.
+            EventKind::AsyncPause { .. } => {}
             EventKind::Close { fd, ret } => {
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)

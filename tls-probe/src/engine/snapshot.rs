@@ -75,7 +75,7 @@ pub struct ProcessProbes {
     /// The per-call uprobes are attached now.
     pub per_call: bool,
     /// `auto` only: why they were last turned on (`attach`, `repeated_wakeups`,
-    /// `ssl_error`, `shared_fd`), how often, how often that confirmed a finding, for how
+    /// `ssl_error`, `shared_fd`, `async_pause`), how often, how often that confirmed a finding, for how
     /// long in all, and the hold-off before the next window.
     pub reason: Option<String>,
     pub escalations_total: u64,

@@ -161,6 +161,7 @@ impl Probes {
             .map(|(name, _)| *name)
             .chain(["crypto_key_op"])
             .chain(ERROR_UPROBES.iter().map(|(name, _)| *name))
+            .chain([ASYNC_PAUSE_UPROBE.0])
         {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
@@ -288,6 +289,10 @@ impl Probes {
             match attach_error_probe(&mut self.ebpf, pid, crypto) {
                 Some(link) => links.push(link),
                 None => target.missing.push("ERR_set_error"),
+            }
+            match attach_async_pause_probe(&mut self.ebpf, pid, crypto) {
+                Some(link) => links.push(link),
+                None => target.missing.push(ASYNC_PAUSE_UPROBE.1),
             }
         } else {
             target.missing.push("libcrypto key operations");
@@ -538,6 +543,29 @@ fn attach_error_probe(
         }
     }
     None
+}
+
+/// libcrypto's `ASYNC_pause_job` (OpenSSL 1.1 and 3 alike): always on, like
+/// [`ERROR_UPROBES`], because it fires only when an async job pauses (once per
+/// SSL_ERROR_WANT_ASYNC answer), never in a program that does not use async mode.
+pub const ASYNC_PAUSE_UPROBE: (&str, &str) = ("async_pause_job", "ASYNC_pause_job");
+
+/// [`ASYNC_PAUSE_UPROBE`] on `crypto` (aya resolves the symbol), if it has it.
+fn attach_async_pause_probe(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    crypto: &super::CryptoLibrary,
+) -> Option<(&'static str, UProbeLinkId)> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid)?);
+    let (name, symbol) = ASYNC_PAUSE_UPROBE;
+    let prog = program::<UProbe>(ebpf, name).ok()?;
+    match prog.attach(symbol, &crypto.path, scope) {
+        Ok(link) => Some((name, link)),
+        Err(e) => {
+            log::debug!("{symbol} in {}: {e}", crypto.display_path);
+            None
+        }
+    }
 }
 
 /// One program, attached to each libcrypto key operation the library has.

@@ -183,6 +183,58 @@ pub fn guide(name: ScenarioName) -> Guide {
                 ("writer", &[("ssl_write_calls", "SSL_write calls")]),
             ],
         },
+        ScenarioName::AsyncStall => Guide {
+            runs: "a server in OpenSSL's async mode (SSL_MODE_ASYNC) whose offload engine is \
+                   stuck: one connection's SSL_do_handshake answers WANT_ASYNC on every retry \
+                   (every 10 ms) for 70% of the run, then completes and echoes",
+            expect: "a want_async_stall finding on the server thread within a second or two, \
+                     critical after a second of stall, closed when the handshake completes",
+            findings: &[("want_async_stall", &["server"])],
+            no_finding: None,
+            counts: &[(
+                "server",
+                &[
+                    ("want_async", "WANT_ASYNC answers"),
+                    ("async_pauses", "ASYNC_pause_job calls"),
+                    ("stall_ms", "stalled (ms)"),
+                    ("echoes", "echoes after it"),
+                ],
+            )],
+        },
+        ScenarioName::AsyncNoJobs => Guide {
+            runs: "the stuck async engine on a server thread with a single async job: one \
+                   connection's handshake holds it, paused, for 70% of the run, and the other \
+                   connection's SSL_do_handshake finds no job (WANT_ASYNC_JOB) on every retry",
+            expect: "two want_async_stall findings on the server thread: WANT_ASYNC on the \
+                     connection holding the job, WANT_ASYNC_JOB (the pool is exhausted) on the \
+                     other",
+            findings: &[("want_async_stall", &["server"])],
+            no_finding: None,
+            counts: &[(
+                "server",
+                &[
+                    ("want_async", "WANT_ASYNC answers"),
+                    ("want_async_job", "WANT_ASYNC_JOB answers"),
+                    ("handshakes", "handshakes"),
+                ],
+            )],
+        },
+        ScenarioName::AsyncQuick => Guide {
+            runs: "the same async-mode server with an engine that answers at once: every \
+                   handshake pauses twice for microseconds; clients connect back to back",
+            expect: "no finding: a WANT_ASYNC or two per handshake is how async mode works",
+            findings: &[],
+            no_finding: Some(NoFinding::Correct(
+                "brief async pauses that resolve at once are not a stall",
+            )),
+            counts: &[(
+                "server",
+                &[
+                    ("handshakes", "handshakes"),
+                    ("want_async", "WANT_ASYNC answers"),
+                ],
+            )],
+        },
         ScenarioName::Mixed => Guide {
             runs: "a TLS service with a spin loop, a handshake storm and healthy connections \
                    side by side in one process",

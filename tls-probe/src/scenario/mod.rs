@@ -14,6 +14,8 @@
 //! is for and what a profiler should find; `process` runs one as a child held at READY,
 //! the way `tls-probe demo` does.
 
+mod async_engine;
+mod async_stall;
 mod concurrent;
 mod conn;
 mod echo;
@@ -56,10 +58,17 @@ pub enum ScenarioName {
     ConcurrentSsl,
     /// spin-loop, handshake-storm and healthy side by side in one process.
     Mixed,
+    /// An async-mode server whose offload engine is stuck: SSL_do_handshake answers
+    /// WANT_ASYNC for seconds.
+    AsyncStall,
+    /// An async-mode server whose engine answers at once: brief WANT_ASYNC pauses.
+    AsyncQuick,
+    /// async-stall with a one-job pool: a second connection answers WANT_ASYNC_JOB.
+    AsyncNoJobs,
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 8] = [
+    pub const ALL: [ScenarioName; 11] = [
         Self::Healthy,
         Self::SpinLoop,
         Self::BusyPoll,
@@ -68,6 +77,9 @@ impl ScenarioName {
         Self::ResumedHandshakes,
         Self::ConcurrentSsl,
         Self::Mixed,
+        Self::AsyncStall,
+        Self::AsyncQuick,
+        Self::AsyncNoJobs,
     ];
 
     /// The command-line name, e.g. "spin-loop".
@@ -81,6 +93,9 @@ impl ScenarioName {
             Self::ResumedHandshakes => "resumed-handshakes",
             Self::ConcurrentSsl => "concurrent-ssl",
             Self::Mixed => "mixed",
+            Self::AsyncStall => "async-stall",
+            Self::AsyncQuick => "async-quick",
+            Self::AsyncNoJobs => "async-no-jobs",
         }
     }
 }
@@ -170,6 +185,9 @@ fn setup(name: ScenarioName, runner: &mut Runner) -> anyhow::Result<()> {
         ScenarioName::ResumedHandshakes => storm::run(runner, storm::Resumption::Reuse),
         ScenarioName::ConcurrentSsl => concurrent::run(runner),
         ScenarioName::Mixed => mixed::run(runner),
+        ScenarioName::AsyncStall => async_stall::run(runner, async_stall::Flavor::Stall),
+        ScenarioName::AsyncQuick => async_stall::run(runner, async_stall::Flavor::Quick),
+        ScenarioName::AsyncNoJobs => async_stall::run(runner, async_stall::Flavor::NoJobs),
     }
 }
 

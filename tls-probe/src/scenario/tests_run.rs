@@ -135,3 +135,54 @@ fn mixed_runs_every_part_under_its_own_roles() {
         ]
     );
 }
+
+#[test]
+fn async_stall_answers_want_async_on_every_retry_then_completes() {
+    let done = run(ScenarioName::AsyncStall, 1000);
+    let c = &done.counts;
+    // ~70% of the run at one retry per 10 ms: dozens of WANT_ASYNC, each a real pause.
+    assert!(c.get("server_want_async") >= 20, "{c:?}");
+    assert_eq!(
+        c.get("server_want_async"),
+        c.get("server_async_pauses"),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.get("server_max_want_async_streak"),
+        c.get("server_want_async"),
+        "{c:?}"
+    );
+    assert_eq!(c.get("server_handshakes"), 1, "{c:?}");
+    assert!(c.get("server_stall_ms") >= 500, "{c:?}");
+    assert!(c.get("client_round_trips") >= 1, "{c:?}");
+}
+
+#[test]
+fn async_quick_pauses_twice_per_handshake() {
+    let done = run(ScenarioName::AsyncQuick, 1500);
+    let c = &done.counts;
+    let hs = c.get("server_handshakes");
+    assert!(hs >= 3, "{c:?}");
+    assert_eq!(c.get("server_want_async"), 2 * hs, "{c:?}");
+    assert_eq!(c.get("server_async_pauses"), 2 * hs, "{c:?}");
+    for t in done.threads.iter().filter(|t| t.role == "server") {
+        let longest = t.counts.get("max_want_async_streak");
+        assert!(longest == 2 || t.counts.get("handshakes") == 0, "{t:?}");
+    }
+    assert!(c.get("client_round_trips") >= hs, "{c:?}");
+}
+
+#[test]
+fn async_no_jobs_answers_want_async_job_while_the_only_job_is_paused() {
+    let done = run(ScenarioName::AsyncNoJobs, 1000);
+    let c = &done.counts;
+    assert!(c.get("server_want_async_job") >= 20, "{c:?}");
+    // One round retries both: one WANT_ASYNC for the job holder, one WANT_ASYNC_JOB.
+    assert_eq!(
+        c.get("server_want_async"),
+        c.get("server_want_async_job"),
+        "{c:?}"
+    );
+    assert_eq!(c.get("server_handshakes"), 2, "{c:?}");
+    assert_eq!(c.get("client_handshakes"), 2, "{c:?}");
+}

@@ -285,6 +285,12 @@ pub fn event_line(ev: &Event) -> String {
                     .unwrap_or_default()
             );
         }
+        EventKind::AsyncPause { ssl } => match ssl {
+            Some(ssl) => {
+                let _ = write!(s, "ssl={ssl:#x} async job paused (WANT_ASYNC)");
+            }
+            None => s.push_str("async job paused (WANT_ASYNC)"),
+        },
     }
     s
 }

@@ -139,6 +139,7 @@ pub enum EscalationReason {
     RepeatedWakeups,
     SslError,
     SharedFd,
+    AsyncPause,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,6 +177,7 @@ pub enum Event {
     TaskExit(TaskExit),
     EpollBusy(EpollBusy),
     LibError(LibError),
+    AsyncPause(AsyncPause),
 }
 
 macro_rules! event {
@@ -277,6 +279,7 @@ event!(LibError {
     reason: i32,
     reason_name: Option<String>,
 });
+event!(AsyncPause { ssl: Option<u64> });
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

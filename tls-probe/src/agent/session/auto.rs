@@ -10,7 +10,7 @@ use tls_probe_common::ossl;
 use super::Session;
 use crate::{
     agent::{
-        escalate::{Action, Controller, Policy, Reason, Signals},
+        escalate::{Action, AsyncStreaks, Controller, Policy, Reason, Signals},
         proc,
         stats::{TRACEPOINT_HIT_NS, UPROBE_HIT_NS},
     },
@@ -25,6 +25,8 @@ pub(super) struct Auto {
     signals: BTreeMap<u32, Signals>,
     /// The kernel's shared-fd counter per pid at the last step.
     shared_prev: BTreeMap<u32, u64>,
+    /// Async-job pauses per connection.
+    async_streaks: AsyncStreaks,
 }
 
 impl Auto {
@@ -39,6 +41,7 @@ impl Auto {
         self.controller.end(pid, proc::monotonic_ns());
         self.signals.remove(&pid);
         self.shared_prev.remove(&pid);
+        self.async_streaks.prune(Some(pid), 0);
     }
 
     /// Counts what an event says towards its process's signals.
@@ -56,6 +59,15 @@ impl Auto {
             {
                 self.signals.entry(ev.pid).or_default().ssl_errors += 1;
             }
+            EventKind::AsyncPause { ssl: Some(ssl) } => {
+                let stuck = self.async_streaks.pause(ev.pid, *ssl, ev.ts_ns);
+                self.signals.entry(ev.pid).or_default().async_stuck += u64::from(stuck);
+            }
+            EventKind::AsyncPause { ssl: None } => {
+                self.signals.entry(ev.pid).or_default().async_unattributed += 1;
+            }
+            EventKind::SslCall(c) => self.async_streaks.returned(ev.pid, c.ssl),
+            EventKind::SslFree { ssl } => self.async_streaks.end(ev.pid, *ssl),
             _ => {}
         }
     }
@@ -74,6 +86,7 @@ impl Session {
         if now == 0 {
             return Ok(());
         }
+        auto.async_streaks.prune(None, now);
         let mut actions = Vec::new();
         for pid in self.probes.pids() {
             let mut sig = auto.signals.remove(&pid).unwrap_or_default();
@@ -112,6 +125,9 @@ impl Session {
                 // An exited process: the tick notices and detaches it.
                 log::info!("per-call probes of pid {pid} to {on}: {e:#}");
                 continue;
+            }
+            if on && let Some(auto) = self.auto.as_mut() {
+                auto.controller.attached(pid, proc::monotonic_ns());
             }
             log::debug!("pid {pid}: per-call probes {on} ({why:?})");
         }
@@ -182,6 +198,7 @@ fn reason_name(r: Reason) -> String {
         Reason::RepeatedWakeups => "repeated_wakeups",
         Reason::SslError => "ssl_error",
         Reason::SharedFd => "shared_fd",
+        Reason::AsyncPause => "async_pause",
     }
     .to_owned()
 }
@@ -193,14 +210,14 @@ pub(super) fn mode_descriptions() -> BTreeMap<String, String> {
             "light",
             "syscall tracepoints (epoll waits aggregated in the kernel, epoll_ctl, close, \
              accept/connect, socket I/O), uprobes on the handshake calls, SSL_free, libcrypto \
-             key operations and ERR_set_error: no per-call uprobe",
+             key operations, ERR_set_error and ASYNC_pause_job: no per-call uprobe",
         ),
         (
             "auto",
             "light, plus the per-call uprobes (SSL_read/SSL_write/SSL_peek and their _ex, \
              SSL_get_error) on a process for 1.5 s windows when the cheap signals look \
              suspicious (repeated wake-ups for one fd, an OpenSSL error in libssl, two \
-             threads on one fd) and once at attach, backing off after windows that confirm \
+             threads on one fd, an async job pausing again and again) and once at attach, backing off after windows that confirm \
              nothing",
         ),
         (
