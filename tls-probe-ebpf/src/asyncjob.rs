@@ -9,7 +9,7 @@ use tls_probe_common::{AsyncPauseEvent, KIND_ASYNC_PAUSE, counter};
 
 use crate::{
     maps::{EVENTS, INFLIGHT},
-    util::{bump, header, lost, now, target},
+    util::{bump, header, lost, now, target, wakeup_flags},
 };
 
 /// `int ASYNC_pause_job(void)`: runs on the job's own stack, on the thread that started
@@ -26,7 +26,10 @@ pub fn async_pause_job(_ctx: ProbeContext) -> u32 {
         hdr: header(KIND_ASYNC_PAUSE, tgid, tid, now()),
         ssl,
     };
-    if EVENTS.output::<AsyncPauseEvent>(&ev, 0).is_err() {
+    if EVENTS
+        .output::<AsyncPauseEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
         lost(KIND_ASYNC_PAUSE);
     }
     0
