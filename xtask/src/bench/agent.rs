@@ -36,6 +36,8 @@ enum Kind {
     /// Writes NDJSON to this file.
     TlsProbe {
         ndjson: PathBuf,
+        /// Snapshot lines written before the measurement started.
+        snapshots_before: usize,
     },
     Bpftrace,
 }
@@ -52,6 +54,10 @@ pub struct Counted {
     /// tls-probe: `uprobe_hits` and `tracepoint_hits`; bpftrace: per probe.
     pub hits: BTreeMap<String, u64>,
     pub stop_reason: Option<String>,
+    /// tls-probe: the median over the measurement of its own estimate of the probes' cost
+    /// (`probes.estimated_cost_pct` in each snapshot: hits counted in the kernel times the
+    /// cost of a hit, as a share of the target's CPU time). Free of the machine's noise.
+    pub estimated_cost_pct: Option<f64>,
 }
 
 /// The agent's own cost over the measured load.
@@ -84,6 +90,7 @@ impl Agent {
             command,
             Kind::TlsProbe {
                 ndjson: ndjson.clone(),
+                snapshots_before: 0,
             },
             dir,
             tag,
@@ -128,6 +135,13 @@ impl Agent {
             },
         )
         .with_context(|| agent.failure(&format!("tls-probe attach --mode {mode}")))?;
+        let written = snapshot_lines(&ndjson).len();
+        if let Kind::TlsProbe {
+            snapshots_before, ..
+        } = &mut agent.kind
+        {
+            *snapshots_before = written;
+        }
         agent.start = agent.sample();
         Ok(agent)
     }
@@ -250,10 +264,46 @@ impl Agent {
             bail!("the agent exited with {status}; {failure}");
         }
         match &self.kind {
-            Kind::TlsProbe { ndjson } => tls_probe_summary(ndjson),
+            Kind::TlsProbe {
+                ndjson,
+                snapshots_before,
+            } => {
+                let mut counted = tls_probe_summary(ndjson)?;
+                counted.estimated_cost_pct = estimated_cost(ndjson, *snapshots_before);
+                Ok(counted)
+            }
             Kind::Bpftrace => Ok(bpftrace_counts(&fs::read_to_string(&self.stdout)?)),
         }
     }
+}
+
+/// The snapshot lines tls-probe has written so far.
+fn snapshot_lines(ndjson: &Path) -> Vec<String> {
+    fs::read_to_string(ndjson)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""type":"snapshot""#))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The median of `probes.estimated_cost_pct` over the snapshots written after the first
+/// `before` ones (the measurement; the last one, written on the way out, is left out).
+fn estimated_cost(ndjson: &Path, before: usize) -> Option<f64> {
+    let lines = snapshot_lines(ndjson);
+    let measured = lines.get(before..lines.len().saturating_sub(1))?;
+    let mut pcts: Vec<f64> = measured
+        .iter()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["data"]["probes"]["estimated_cost_pct"].as_f64()
+        })
+        .collect();
+    if pcts.is_empty() {
+        return None;
+    }
+    pcts.sort_by(f64::total_cmp);
+    Some(pcts[pcts.len() / 2])
 }
 
 fn contains(path: &Path, needle: &str) -> bool {
@@ -399,6 +449,7 @@ fn tls_probe_summary(ndjson: &Path) -> Result<Counted> {
         lost_total,
         hits,
         stop_reason: data["stop_reason"].as_str().map(str::to_owned),
+        estimated_cost_pct: None,
     })
 }
 
@@ -413,6 +464,32 @@ mod tests {
         let counted = bpftrace_counts(out);
         assert_eq!(counted.events, 127);
         assert_eq!(counted.hits["uprobe:/lib/libssl.so.3:SSL_read"], 120);
+    }
+
+    #[test]
+    fn the_estimate_is_the_median_of_the_measured_snapshots() {
+        let dir = crate::bench::proc::TempDir::new(false).unwrap();
+        let path = dir.path().join("out.ndjson");
+        let snap = |pct: &str| {
+            format!(
+                "{{\"type\":\"snapshot\",\"data\":{{\"probes\":{{\"estimated_cost_pct\":{pct}}}}}}}\n"
+            )
+        };
+        // Two before the measurement, four during it (one unknown), one on the way out.
+        let text = [
+            "{\"type\":\"start\"}\n".to_owned(),
+            snap("50.0"),
+            snap("40.0"),
+            snap("1.0"),
+            snap("null"),
+            snap("3.0"),
+            snap("2.0"),
+            snap("90.0"),
+        ]
+        .concat();
+        fs::write(&path, text).unwrap();
+        assert_eq!(estimated_cost(&path, 2), Some(2.0));
+        assert_eq!(estimated_cost(&path, 7), None);
     }
 
     #[test]
