@@ -10,18 +10,11 @@ use tls_probe_common::{
 use crate::{
     maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, SYSCALL_ARGS},
     state::{BusyWaits, IdleWaits, SyscallArgs},
-    util::{bump, header, lost, now, target, target_flags, wakeup_flags},
+    util::{bump, header, lost, now, sys_arg, sys_ret, target, target_flags, wakeup_flags},
 };
 
-const ARG0: usize = 16;
 /// `struct epoll_event` is packed on x86_64: u32 events, then u64 data.
 const EPOLL_EVENT_SIZE: u64 = 12;
-
-#[inline(always)]
-unsafe fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the caller names an argument slot of this syscall's record.
-    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
-}
 
 /// Stash the first four arguments (or a derived value) until the syscall returns.
 #[inline(always)]
@@ -39,9 +32,13 @@ fn stash(tid: u32, args: [u64; 4]) {
 fn wait_enter(ctx: &TracePointContext, pwait2: bool) -> u32 {
     let Some((_, tid)) = target() else { return 0 };
     bump(tls_probe_common::counter::TRACEPOINT_HITS);
-    // SAFETY: epoll_wait/epoll_pwait/epoll_pwait2 all take (epfd, events, maxevents, timeout).
-    let (epfd, events, maxevents, timeout) =
-        unsafe { (arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)) };
+    // epoll_wait/epoll_pwait/epoll_pwait2 all take (epfd, events, maxevents, timeout).
+    let (epfd, events, maxevents, timeout) = (
+        sys_arg(ctx, 0, 0),
+        sys_arg(ctx, 1, 0),
+        sys_arg(ctx, 2, 0),
+        sys_arg(ctx, 3, 0),
+    );
     let timeout_ns: i64 = if pwait2 {
         // A `struct __kernel_timespec *`; NULL blocks forever.
         if timeout == 0 {
@@ -300,8 +297,7 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
         return 0;
     };
     let _ = SYSCALL_ARGS.remove(tid);
-    // SAFETY: the exit record's `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
+    let ret = sys_ret(ctx, 0);
     let ts = now();
     if ret == 0 && st.args[3] == 0 {
         // Timeout 0, nothing ready: a busy poll. Count it, don't stream it.
@@ -357,8 +353,13 @@ pub fn sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = target() else { return 0 };
     bump(tls_probe_common::counter::TRACEPOINT_HITS);
-    // SAFETY: epoll_ctl(epfd, op, fd, struct epoll_event *event).
-    let (epfd, op, fd, evp) = unsafe { (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), arg(&ctx, 3)) };
+    // epoll_ctl(epfd, op, fd, struct epoll_event *event).
+    let (epfd, op, fd, evp) = (
+        sys_arg(&ctx, 0, 0),
+        sys_arg(&ctx, 1, 0),
+        sys_arg(&ctx, 2, 0),
+        sys_arg(&ctx, 3, 0),
+    );
     let (events, data) = if evp == 0 {
         (0u64, 0u64)
     } else {
@@ -396,8 +397,7 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SYSCALL_ARGS.remove(tid);
-    // SAFETY: the exit record's `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
+    let ret = sys_ret(&ctx, 0);
     let ev = EpollCtlEvent {
         hdr: header(kind::EPOLL_CTL, tgid, tid, now()),
         data: st.args[3],
@@ -418,8 +418,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
-    // SAFETY: close(fd).
-    let fd = unsafe { arg(&ctx, 0) } as u32 as i32;
+    // close(fd).
+    let fd = sys_arg(&ctx, 0, 0) as u32 as i32;
     // The fd number may go to another thread's new socket next: not a shared fd.
     let _ = FD_USE.remove(((tgid as u64) << 32) | fd as u32 as u64);
     let ev = CloseEvent {

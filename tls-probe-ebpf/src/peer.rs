@@ -11,23 +11,15 @@ use tls_probe_common::{EventHeader, PeerEvent, counter, family, kind, peer_sys};
 use crate::{
     maps::{EVENTS, SYSCALL_ARGS},
     state::SyscallArgs,
-    util::{bump, header, lost, now, target, wakeup_flags},
+    util::{bump, header, lost, now, sys_arg, sys_ret, target, wakeup_flags},
 };
 
-/// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
-const ARG0: usize = 16;
 /// Marks a `SYSCALL_ARGS` entry as made by these programs; the low bits are the `peer_sys`.
 const TAG: u64 = 0x7065_6572 << 32;
 const EINPROGRESS: i64 = 115;
 /// Bytes of a sockaddr up to the end of the address: sockaddr_in, sockaddr_in6.
 const IN_LEN: u64 = 8;
 const IN6_LEN: u64 = 24;
-
-#[inline(always)]
-unsafe fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the caller names an argument slot of this syscall's record.
-    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
-}
 
 /// A user sockaddr of `len` usable bytes: (family, port in host order, address bytes),
 /// for AF_INET and AF_INET6 only.
@@ -97,8 +89,8 @@ fn emit(hdr: EventHeader, fd: i32, sys: u32, (fam, port, addr): (u16, u16, [u8; 
 fn accept_enter(ctx: &TracePointContext, sys: u32) -> u32 {
     let Some((_, tid)) = target() else { return 0 };
     bump(counter::TRACEPOINT_HITS);
-    // SAFETY: accept and accept4 both take (fd, upeer_sockaddr, upeer_addrlen).
-    let (sa, lenp) = unsafe { (arg(ctx, 1), arg(ctx, 2)) };
+    // accept and accept4 both take (fd, upeer_sockaddr, upeer_addrlen).
+    let (sa, lenp) = (sys_arg(ctx, 1, 0), sys_arg(ctx, 2, 0));
     if sa == 0 || lenp == 0 {
         // No address asked for: nothing to learn (see `PeerEvent`).
         return 0;
@@ -119,8 +111,8 @@ fn accept_exit(ctx: &TracePointContext, sys: u32) -> u32 {
     };
     bump(counter::TRACEPOINT_HITS);
     let Some(st) = take(tid, sys) else { return 0 };
-    // SAFETY: the exit record's `ret`: the new fd, or -errno.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(-1);
+    // The new fd, or -errno.
+    let ret = sys_ret(ctx, -1);
     if ret < 0 {
         return 0;
     }
@@ -165,8 +157,12 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = target() else { return 0 };
     bump(counter::TRACEPOINT_HITS);
-    // SAFETY: connect(fd, uservaddr, addrlen).
-    let (fd, sa, len) = unsafe { (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)) };
+    // connect(fd, uservaddr, addrlen).
+    let (fd, sa, len) = (
+        sys_arg(&ctx, 0, 0),
+        sys_arg(&ctx, 1, 0),
+        sys_arg(&ctx, 2, 0),
+    );
     let Some((fam, port, addr)) = read_sockaddr(sa, len & 0xffff_ffff) else {
         return 0;
     };
@@ -195,8 +191,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(st) = take(tid, peer_sys::CONNECT) else {
         return 0;
     };
-    // SAFETY: the exit record's `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(-1);
+    let ret = sys_ret(&ctx, -1);
     // Connected, or (non-blocking) under way: the connection exists either way.
     if ret != 0 && ret != -EINPROGRESS {
         return 0;

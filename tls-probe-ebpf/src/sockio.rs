@@ -15,7 +15,7 @@ use tls_probe_common::{ServerHelloEvent, hello_flag, kind, op, sys, target_flag}
 use crate::{
     maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD},
     state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight},
-    util::{count_sockio, header, lost, now, target_flags, wakeup_flags},
+    util::{count_sockio, header, lost, now, sys_arg, sys_ret, target_flags, wakeup_flags},
 };
 
 /// Two threads entering I/O on one fd within this much of each other share it.
@@ -33,8 +33,7 @@ fn note_fd_use(ctx: &TracePointContext) {
     if flags & target_flag::HOT != 0 {
         return;
     }
-    // SAFETY: reading the syscall's first argument from the tracepoint record.
-    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as u32;
+    let fd = sys_arg(ctx, 0, u64::MAX) as u32;
     let key = ((tgid as u64) << 32) | fd as u64;
     let ts = now();
     if let Some(u) = FD_USE.get_ptr_mut(key) {
@@ -65,12 +64,6 @@ fn note_fd_use(ctx: &TracePointContext) {
         );
     }
 }
-
-/// Offset of the first syscall argument (and of `ret` on exit) in the tracepoint record.
-const ARG0: usize = 16;
-/// The second and third arguments: the buffer and its length for read/write/recvfrom/sendto.
-const ARG1: usize = 24;
-const ARG2: usize = 32;
 
 /// TLS record header: type (0x16 handshake), version (0x03 0x0x), length.
 const RECORD_HEADER: u64 = 5;
@@ -232,18 +225,16 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
         return 0;
     }
     count_sockio();
-    // SAFETY: reading the syscall's first argument from the tracepoint record.
-    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as i64;
+    let fd = sys_arg(ctx, 0, u64::MAX) as i64;
     // SAFETY: this thread's own entry.
     let cur = unsafe { &mut *cur };
     cur.fd = fd as i32;
     cur.sys_calls += 1;
     if plain_buf && cur.hello != HELLO_DONE && is_handshake_op(cur.op) {
-        // SAFETY: reading the buffer and length arguments from the tracepoint record.
-        let buf = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
+        // The buffer and its length.
+        let buf = sys_arg(ctx, 1, 0);
         if kind == sys::WRITE {
-            // SAFETY: as above, the third argument.
-            let len = unsafe { ctx.read_at::<u64>(ARG2) }.unwrap_or(0);
+            let len = sys_arg(ctx, 2, 0);
             if buf != 0 {
                 server_hello(cur, buf, len, true);
             }
@@ -260,8 +251,7 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
         return 0;
     };
-    // SAFETY: reading `ret` from the tracepoint record.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(0);
+    let ret = sys_ret(ctx, 0);
     // SAFETY: this thread's own entry.
     let cur = unsafe { &mut *cur };
     cur.sys_last_ret = ret;

@@ -1,6 +1,9 @@
 //! Small helpers every program uses.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
 use tls_probe_common::{EventHeader, counter};
 
 use crate::maps::{COUNTERS, TARGETS};
@@ -85,4 +88,22 @@ pub fn wakeup_flags() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Offset of the first syscall argument (and of `ret` at exit) in a syscall tracepoint's
+/// record: after the common header and the syscall number.
+const SYS_ARG0: usize = 16;
+
+/// Argument `n` of the syscall at its enter tracepoint, or `default` if it cannot be read.
+#[inline(always)]
+pub fn sys_arg(ctx: &TracePointContext, n: usize, default: u64) -> u64 {
+    // SAFETY: every syscall enter record has six u64 argument slots from SYS_ARG0 on.
+    unsafe { ctx.read_at::<u64>(SYS_ARG0 + 8 * n) }.unwrap_or(default)
+}
+
+/// The syscall's return value at its exit tracepoint, or `default` if it cannot be read.
+#[inline(always)]
+pub fn sys_ret(ctx: &TracePointContext, default: i64) -> i64 {
+    // SAFETY: every syscall exit record has `ret` at SYS_ARG0.
+    unsafe { ctx.read_at::<i64>(SYS_ARG0) }.unwrap_or(default)
 }
