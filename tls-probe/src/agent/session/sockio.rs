@@ -180,7 +180,6 @@ impl Session {
         let pids = self.probes.pids();
         let on = self.probes.sockio_on();
         let engine_now = self.engine.now_ns();
-        let calls = self.probes.counters().map_or(0, |c| c.sockio_calls);
         let Some(gate) = &mut self.gate else {
             return Ok(());
         };
@@ -221,6 +220,7 @@ impl Session {
             gate.on_since = Some(now);
             gate.off_since = None;
             // The rate of this stretch is measured from here.
+            let calls = self.probes.counters().map_or(0, |c| c.sockio_calls);
             gate.last_count = Some((now, calls));
         } else if !want && gate.off_since.is_none() {
             gate.off_since = Some(now);
