@@ -18,8 +18,8 @@
 //! again. A handshake flood (a few reads and writes per millisecond-long handshake) keeps
 //! them; a keep-alive server doing tens of thousands of requests a second samples.
 //!
-//! At attach they are on (the attach window escalates every target); the first decision
-//! comes with the first controller step.
+//! At attach they are on, and stay on for [`ATTACH_GRACE_NS`] whatever the reasons; the
+//! controller decides every 100 ms after that (in light mode too).
 
 use std::collections::BTreeSet;
 
