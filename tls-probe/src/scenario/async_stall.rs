@@ -63,10 +63,7 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let engine = Engine::install(&server, flavor);
     let server_ctx = server.build();
     let client_ctx = id.client_builder()?.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
 
     match flavor {
         Flavor::Stall => {

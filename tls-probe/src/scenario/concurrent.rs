@@ -12,7 +12,7 @@
 //! which at worst mislabels a WANT_* code. This is the bug on display, not a pattern.
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,6 +23,7 @@ use super::{
     echo::EchoServer,
     report::Counts,
     runner::Runner,
+    sys,
     tls::{self, Identity, Io, Side, Tls},
 };
 
@@ -50,10 +51,7 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
         .context("turning session tickets off failed")?;
     let server_ctx = server.build();
     let client_ctx = id.client_builder()?.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
 
     runner.spawn("server", move |ctl| {
         let mut srv = EchoServer::new(listener, server_ctx)?;

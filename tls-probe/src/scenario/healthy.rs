@@ -9,7 +9,7 @@
 //! sends no session tickets, so no read after READY is for anything but echo data.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -40,10 +40,7 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
         .context("turning session tickets off failed")?;
     let server_ctx = server.build();
     let client_ctx = id.client_builder()?.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
 
     runner.spawn("server", move |ctl| {
         let mut srv = EchoServer::new(listener, server_ctx)?.with_sndbuf(SERVER_SNDBUF);

@@ -36,10 +36,7 @@ pub fn run(runner: &mut Runner, flavor: Flavor) -> anyhow::Result<()> {
     let id = Identity::generate()?;
     let server_ctx = id.server_builder()?.build();
     let client_ctx = id.client_builder()?.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
     let request_bytes = if flavor == Flavor::SpinLoop {
         REQUEST.len()
     } else {

@@ -11,7 +11,7 @@
 //!   last session it was given and offers it (`SSL_set_session`): nearly all resume.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,6 +23,7 @@ use super::{
     echo::EchoServer,
     report::Counts,
     runner::{Runner, Window},
+    sys,
     tls::{Identity, Io, Side, Tls},
 };
 
@@ -54,10 +55,7 @@ pub fn run(runner: &mut Runner, resumption: Resumption) -> anyhow::Result<()> {
         }
     }
     let server_ctx = server.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
 
     runner.spawn("server", move |ctl| {
         let mut srv = EchoServer::new(listener, server_ctx)?;

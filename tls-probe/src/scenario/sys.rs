@@ -73,6 +73,16 @@ impl Epoll {
     }
 }
 
+/// A listener on a free port of 127.0.0.1, and its address: every scenario's peer.
+pub fn listen_loopback() -> anyhow::Result<(std::net::TcpListener, std::net::SocketAddr)> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address failed")?;
+    Ok((listener, addr))
+}
+
 /// A zeroed event buffer for [`Epoll::wait`].
 pub fn event_buf(len: usize) -> Vec<libc::epoll_event> {
     vec![libc::epoll_event { events: 0, u64: 0 }; len]

@@ -44,12 +44,9 @@ pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
     let id = Identity::generate()?;
     let server_ctx = id.server_builder()?.build();
     let client_ctx = id.client_builder()?.build();
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 failed")?;
+    let (listener, addr) = sys::listen_loopback()?;
     // Accepted sockets inherit the listener's receive buffer.
     sys::set_rcvbuf(listener.as_raw_fd(), SERVER_RCVBUF)?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address failed")?;
 
     runner.spawn("server", move |ctl| {
         let mut counts = Counts::default();
