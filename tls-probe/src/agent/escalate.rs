@@ -411,6 +411,15 @@ mod tests {
         all
     }
 
+    /// A quiet 2 s, then one step with `sig`: the probes go on at once, for `why`.
+    fn escalates_at_once(sig: Signals, why: Reason) -> Controller {
+        let mut c = started();
+        run(&mut c, 0, 2 * SEC, Signals::default(), false);
+        let acts = run(&mut c, 2 * SEC, 2_100 * MS, sig, false);
+        assert_eq!(acts, vec![(2_100 * MS, Action::Escalate(PID, why))]);
+        c
+    }
+
     fn started() -> Controller {
         let mut c = Controller::new(Policy::default());
         let mut out = Vec::new();
@@ -474,17 +483,11 @@ mod tests {
 
     #[test]
     fn an_ssl_error_escalates_at_once_and_a_confirmation_resets_the_holdoff() {
-        let mut c = started();
-        run(&mut c, 0, 2 * SEC, Signals::default(), false);
         let err = Signals {
             ssl_errors: 1,
             ..Signals::default()
         };
-        let acts = run(&mut c, 2 * SEC, 2_100 * MS, err, false);
-        assert_eq!(
-            acts,
-            vec![(2_100 * MS, Action::Escalate(PID, Reason::SslError))]
-        );
+        let mut c = escalates_at_once(err, Reason::SslError);
         // Confirmed, then the error stops: off after the window, hold-off at the minimum.
         run(&mut c, 2_100 * MS, 2_500 * MS, Signals::default(), true);
         let acts = run(&mut c, 2_500 * MS, 5 * SEC, Signals::default(), false);
@@ -495,17 +498,11 @@ mod tests {
 
     #[test]
     fn threads_sharing_an_fd_escalate() {
-        let mut c = started();
-        run(&mut c, 0, 2 * SEC, Signals::default(), false);
         let shared = Signals {
             shared_fd: 20,
             ..Signals::default()
         };
-        let acts = run(&mut c, 2 * SEC, 2_100 * MS, shared, false);
-        assert_eq!(
-            acts,
-            vec![(2_100 * MS, Action::Escalate(PID, Reason::SharedFd))]
-        );
+        escalates_at_once(shared, Reason::SharedFd);
     }
 
     #[test]
@@ -520,17 +517,11 @@ mod tests {
 
     #[test]
     fn async_pauses_escalate_at_once_and_unattributed_ones_by_rate() {
-        let mut c = started();
-        run(&mut c, 0, 2 * SEC, Signals::default(), false);
         let stuck = Signals {
             async_stuck: 1,
             ..Signals::default()
         };
-        let acts = run(&mut c, 2 * SEC, 2_100 * MS, stuck, false);
-        assert_eq!(
-            acts,
-            vec![(2_100 * MS, Action::Escalate(PID, Reason::AsyncPause))]
-        );
+        escalates_at_once(stuck, Reason::AsyncPause);
         let p = Policy::default();
         let few = Signals {
             async_unattributed: 1,
@@ -604,17 +595,11 @@ mod tests {
     /// detached): the window still gives them 1.5 s, however far event time had moved.
     #[test]
     fn a_window_counts_from_when_its_probes_are_attached() {
-        let mut c = started();
-        run(&mut c, 0, 2 * SEC, Signals::default(), false);
         let stuck = Signals {
             async_stuck: 1,
             ..Signals::default()
         };
-        let acts = run(&mut c, 2 * SEC, 2_100 * MS, stuck, false);
-        assert_eq!(
-            acts,
-            vec![(2_100 * MS, Action::Escalate(PID, Reason::AsyncPause))]
-        );
+        let mut c = escalates_at_once(stuck, Reason::AsyncPause);
         c.attached(PID, 4 * SEC);
         let acts = run(&mut c, 2_100 * MS, 6 * SEC, Signals::default(), false);
         assert_eq!(acts, vec![(5_500 * MS, Action::Drop(PID))]);
