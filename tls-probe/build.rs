@@ -1,7 +1,10 @@
 //! Builds the eBPF programs (tls-probe-ebpf) with nightly for bpfel-unknown-none and leaves
 //! the object in OUT_DIR, where src/probe/loader.rs embeds it. `AYA_BUILD_SKIP=1` skips
-//! this for a quick `cargo check`; the embedded object is then empty.
+//! this for a quick `cargo check`; the embedded object is then empty. The nightly used is
+//! the one named in tls-probe-ebpf/rust-toolchain.toml.
 use std::{env, fs, path::PathBuf};
+
+use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../tls-probe-ebpf");
@@ -16,12 +19,26 @@ fn main() -> anyhow::Result<()> {
             fs::write(out, [])?;
         }
     }
+    let toolchain_file = PathBuf::from(root).join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", toolchain_file.display());
+    let toolchain = fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("reading {}", toolchain_file.display()))?;
+    let channel = channel(&toolchain)
+        .with_context(|| format!("no `channel = \"...\"` line in {}", toolchain_file.display()))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tls-probe-ebpf",
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(channel),
     )
+}
+
+/// The value of the `channel = "..."` line of a rust-toolchain.toml.
+fn channel(toml: &str) -> Option<&str> {
+    toml.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+        value.trim().strip_prefix('"')?.strip_suffix('"')
+    })
 }

@@ -68,6 +68,55 @@ pub const SSL_OPS: [&str; op::COUNT as usize] = [
     "SSL_peek_ex",
 ];
 
+/// Attach cookies (`bpf_get_attach_cookie`): which function a uprobe hit is in. Each uprobe
+/// program is attached to several functions of one library, in one `uprobe_multi` link
+/// (see [`program`]), and dispatches on the cookie. For libssl's I/O and handshake calls the
+/// cookie is the [`op`] constant; the others are below.
+pub mod cookie {
+    /// `SSL_get_error`, in [`program::SSL_HOT_ENTER`]/[`program::SSL_HOT_EXIT`].
+    pub const SSL_GET_ERROR: u64 = 0x100;
+    /// `SSL_free`, in [`program::SSL_COLD_ENTER`].
+    pub const SSL_FREE: u64 = 0x101;
+    /// A libcrypto private-key or signature operation, in [`program::CRYPTO_ENTER`].
+    pub const KEY_OP: u64 = 0x200;
+    /// `ERR_vset_error(lib, reason, ...)` (OpenSSL 3): the reason is argument 1.
+    pub const ERR_VSET_ERROR: u64 = 0x201;
+    /// `ERR_put_error(lib, func, reason, ...)` (OpenSSL 1.1): the reason is argument 2.
+    pub const ERR_PUT_ERROR: u64 = 0x202;
+    /// `ASYNC_pause_job()`.
+    pub const ASYNC_PAUSE_JOB: u64 = 0x203;
+}
+
+/// The uprobe programs, by name: the eBPF crate defines them, the agent attaches them.
+/// Each exists twice in the object: under this name in a `uprobe.multi` section (one link
+/// per library for all its functions, unregistered in one batch), and under the name with
+/// [`program::SINGLE_SUFFIX`] in a plain `uprobe` section, for kernels without
+/// uprobe_multi (before 6.6), attached one perf-event link per function.
+pub mod program {
+    /// Entry of the per-call libssl functions (SSL_read, SSL_write, their `_ex` and peek
+    /// forms, SSL_get_error): attached only while a process is escalated.
+    pub const SSL_HOT_ENTER: &str = "ssl_hot_enter";
+    /// Their returns.
+    pub const SSL_HOT_EXIT: &str = "ssl_hot_exit";
+    /// Entry of the once-per-connection libssl functions (the handshake calls, SSL_free):
+    /// always on.
+    pub const SSL_COLD_ENTER: &str = "ssl_cold_enter";
+    /// Returns of the handshake calls.
+    pub const SSL_COLD_EXIT: &str = "ssl_cold_exit";
+    /// libcrypto: key operations, the error-raising function, ASYNC_pause_job: always on.
+    pub const CRYPTO_ENTER: &str = "crypto_enter";
+    /// The per-function fallback twin of each program above has this suffix.
+    pub const SINGLE_SUFFIX: &str = "_single";
+    /// Every uprobe program name above.
+    pub const ALL: [&str; 5] = [
+        SSL_HOT_ENTER,
+        SSL_HOT_EXIT,
+        SSL_COLD_ENTER,
+        SSL_COLD_EXIT,
+        CRYPTO_ENTER,
+    ];
+}
+
 /// Which epoll syscall an [`EpollWaitEvent`] came from.
 pub mod epoll_sys {
     pub const EPOLL_WAIT: u32 = 0;

@@ -4,24 +4,22 @@
 //! that keeps pausing (a stuck offload engine) shows here at once, with the SSL* of the
 //! handshake call it runs in, and the agent turns on the per-call probes to see the rest.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tls_probe_common::{AsyncPauseEvent, KIND_ASYNC_PAUSE, counter};
+use tls_probe_common::{AsyncPauseEvent, KIND_ASYNC_PAUSE};
 
 use crate::{
     maps::{EVENTS, INFLIGHT},
-    util::{bump, header, lost, now, target, wakeup_flags},
+    util::{header, lost, now, target, wakeup_flags},
 };
 
 /// `int ASYNC_pause_job(void)`: runs on the job's own stack, on the thread that started
 /// it, so the thread's in-flight SSL call is the one that will answer WANT_ASYNC.
-#[uprobe]
-pub fn async_pause_job(_ctx: ProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
+#[inline(always)]
+pub fn paused() -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
     // SAFETY: the pointer is to this thread's own entry, read at once.
-    let ssl = INFLIGHT.get_ptr(tid).map_or(0, |c| unsafe { (*c).ssl });
+    let ssl = INFLIGHT.get_ptr(&tid).map_or(0, |c| unsafe { (*c).ssl });
     let ev = AsyncPauseEvent {
         hdr: header(KIND_ASYNC_PAUSE, tgid, tid, now()),
         ssl,

@@ -23,7 +23,7 @@ fn stash(tid: u32, args: [u64; 4]) {
         start_ns: now(),
         args,
     };
-    if SYSCALL_ARGS.insert(tid, st, 0).is_err() {
+    if SYSCALL_ARGS.insert(&tid, &st, 0).is_err() {
         bump(tls_probe_common::counter::LOST_INFLIGHT);
     }
 }
@@ -67,10 +67,10 @@ fn wait_enter(ctx: &TracePointContext, pwait2: bool) -> u32 {
 #[inline(always)]
 fn flush_idle(tgid: u32, tid: u32, ts: u64) {
     // SAFETY: copied out at once.
-    let Some(idle) = (unsafe { IDLE_WAITS.get(tid) }).copied() else {
+    let Some(idle) = (unsafe { IDLE_WAITS.get(&tid) }).copied() else {
         return;
     };
-    let _ = IDLE_WAITS.remove(tid);
+    let _ = IDLE_WAITS.remove(&tid);
     let ev = EpollIdleEvent {
         hdr: header(kind::EPOLL_IDLE, tgid, tid, ts),
         first_ns: idle.first_ns,
@@ -92,7 +92,7 @@ fn flush_idle(tgid: u32, tid: u32, ts: u64) {
 #[inline(always)]
 fn aggregate_idle(tgid: u32, tid: u32, st: &SyscallArgs, ts: u64, syscall: u32) {
     let blocked = ts - st.start_ns;
-    let flush = if let Some(idle) = IDLE_WAITS.get_ptr_mut(tid) {
+    let flush = if let Some(idle) = IDLE_WAITS.get_ptr_mut(&tid) {
         // SAFETY: this thread's own entry.
         let idle = unsafe { &mut *idle };
         idle.count += 1;
@@ -108,7 +108,7 @@ fn aggregate_idle(tgid: u32, tid: u32, st: &SyscallArgs, ts: u64, syscall: u32) 
             syscall,
             _pad: 0,
         };
-        if IDLE_WAITS.insert(tid, idle, 0).is_err() {
+        if IDLE_WAITS.insert(&tid, &idle, 0).is_err() {
             bump(tls_probe_common::counter::LOST_INFLIGHT);
         }
         false
@@ -196,7 +196,7 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
     let zero = st.args[3] == 0;
     let quick = zero || blocked < BUSY_QUICK_NS;
     let (data, events) = first_entry(st.args[1]);
-    let Some(b) = BUSY_WAITS.get_ptr_mut(tid) else {
+    let Some(b) = BUSY_WAITS.get_ptr_mut(&tid) else {
         let b = BusyWaits {
             first_ns: st.start_ns,
             blocked_ns: blocked,
@@ -210,7 +210,7 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
             streak: 0,
             _pad: 0,
         };
-        if BUSY_WAITS.insert(tid, b, 0).is_err() {
+        if BUSY_WAITS.insert(&tid, &b, 0).is_err() {
             bump(tls_probe_common::counter::LOST_INFLIGHT);
         }
         if !quick {
@@ -250,7 +250,7 @@ fn aggregate_busy(tgid: u32, tid: u32, st: &SyscallArgs, ret: i64, ts: u64, sysc
 /// (keeping the previous wait's first entry).
 #[inline(always)]
 fn flush_busy(tgid: u32, tid: u32, ts: u64, epfd: i32, syscall: u32) {
-    let Some(b) = BUSY_WAITS.get_ptr_mut(tid) else {
+    let Some(b) = BUSY_WAITS.get_ptr_mut(&tid) else {
         return;
     };
     // SAFETY: this thread's own entry.
@@ -293,10 +293,10 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
     };
     bump(tls_probe_common::counter::TRACEPOINT_HITS);
     // SAFETY: copied out at once.
-    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
+    let Some(st) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return 0;
     };
-    let _ = SYSCALL_ARGS.remove(tid);
+    let _ = SYSCALL_ARGS.remove(&tid);
     let ret = sys_ret(ctx, 0);
     let ts = now();
     if ret == 0 && st.args[3] == 0 {
@@ -393,10 +393,10 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: copied out at once.
-    let Some(st) = (unsafe { SYSCALL_ARGS.get(tid) }).copied() else {
+    let Some(st) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return 0;
     };
-    let _ = SYSCALL_ARGS.remove(tid);
+    let _ = SYSCALL_ARGS.remove(&tid);
     let ret = sys_ret(&ctx, 0);
     let ev = EpollCtlEvent {
         hdr: header(kind::EPOLL_CTL, tgid, tid, now()),
@@ -421,7 +421,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     // close(fd).
     let fd = sys_arg(&ctx, 0, 0) as u32 as i32;
     // The fd number may go to another thread's new socket next: not a shared fd.
-    let _ = FD_USE.remove(((tgid as u64) << 32) | fd as u32 as u64);
+    let _ = FD_USE.remove(&(((tgid as u64) << 32) | fd as u32 as u64));
     let ev = CloseEvent {
         hdr: header(kind::CLOSE, tgid, tid, now()),
         ret: 0,

@@ -3,17 +3,20 @@
 //! program does rarely, so it is always on: a bad write retry shows here at once, with its
 //! (lib, reason), and the agent turns on the per-call probes to see the rest.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tls_probe_common::{LibErrorEvent, counter, kind};
+use aya_ebpf::programs::ProbeContext;
+use tls_probe_common::{LibErrorEvent, kind};
 
 use crate::{
     maps::EVENTS,
-    util::{bump, header, lost, now, target, wakeup_flags},
+    util::{header, lost, now, target, wakeup_flags},
 };
 
+/// `void ERR_vset_error(int lib, int reason, const char *fmt, va_list args)` (OpenSSL 3;
+/// `ERR_set_error` has the same first two arguments and calls it), reason at argument 1;
+/// `void ERR_put_error(int lib, int func, int reason, const char *file, int line)` (1.1),
+/// reason at argument 2.
 #[inline(always)]
-fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
-    bump(counter::UPROBE_HITS);
+pub fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
@@ -28,17 +31,4 @@ fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
         lost(kind::LIB_ERROR);
     }
     0
-}
-
-/// `void ERR_vset_error(int lib, int reason, const char *fmt, va_list args)` (OpenSSL 3;
-/// `ERR_set_error` has the same first two arguments and calls it).
-#[uprobe]
-pub fn err_set_error(ctx: ProbeContext) -> u32 {
-    raised(&ctx, 1)
-}
-
-/// `void ERR_put_error(int lib, int func, int reason, const char *file, int line)`.
-#[uprobe]
-pub fn err_put_error(ctx: ProbeContext) -> u32 {
-    raised(&ctx, 2)
 }

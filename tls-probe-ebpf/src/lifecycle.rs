@@ -25,12 +25,12 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let mut cleared = 0;
-    cleared += u32::from(INFLIGHT.remove(tid).is_ok());
-    cleared += u32::from(SYSCALL_ARGS.remove(tid).is_ok());
-    cleared += u32::from(IDLE_WAITS.remove(tid).is_ok());
-    cleared += u32::from(GETERR_ARGS.remove(tid).is_ok());
+    cleared += u32::from(INFLIGHT.remove(&tid).is_ok());
+    cleared += u32::from(SYSCALL_ARGS.remove(&tid).is_ok());
+    cleared += u32::from(IDLE_WAITS.remove(&tid).is_ok());
+    cleared += u32::from(GETERR_ARGS.remove(&tid).is_ok());
     // SAFETY: the value is a plain u32, not kept.
-    if unsafe { TARGETS.get(tgid) }.is_none() {
+    if unsafe { TARGETS.get(&tgid) }.is_none() {
         return 0;
     }
     // SAFETY: reads one byte of the tracepoint record, inside its fixed fields.

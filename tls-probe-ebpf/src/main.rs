@@ -9,7 +9,10 @@
 #[cfg(target_arch = "bpf")]
 mod asyncjob;
 #[cfg(target_arch = "bpf")]
+mod crypto;
+#[cfg(target_arch = "bpf")]
 mod epoll;
+#[cfg(target_arch = "bpf")]
 mod errors;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
@@ -23,6 +26,8 @@ mod sockio;
 mod ssl;
 #[cfg(target_arch = "bpf")]
 mod state;
+#[cfg(target_arch = "bpf")]
+mod twin;
 #[cfg(target_arch = "bpf")]
 mod util;
 

@@ -50,7 +50,7 @@ fn stash(tid: u32, args: [u64; 4]) {
         start_ns: now(),
         args,
     };
-    if SYSCALL_ARGS.insert(tid, st, 0).is_err() {
+    if SYSCALL_ARGS.insert(&tid, &st, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
 }
@@ -59,11 +59,11 @@ fn stash(tid: u32, args: [u64; 4]) {
 #[inline(always)]
 fn take(tid: u32, sys: u32) -> Option<SyscallArgs> {
     // SAFETY: copied out at once.
-    let st = (unsafe { SYSCALL_ARGS.get(tid) }).copied()?;
+    let st = (unsafe { SYSCALL_ARGS.get(&tid) }).copied()?;
     if st.args[3] != TAG | u64::from(sys) {
         return None;
     }
-    let _ = SYSCALL_ARGS.remove(tid);
+    let _ = SYSCALL_ARGS.remove(&tid);
     Some(st)
 }
 

@@ -36,16 +36,16 @@ fn note_fd_use(ctx: &TracePointContext) {
     let fd = sys_arg(ctx, 0, u64::MAX) as u32;
     let key = ((tgid as u64) << 32) | fd as u64;
     let ts = now();
-    if let Some(u) = FD_USE.get_ptr_mut(key) {
+    if let Some(u) = FD_USE.get_ptr_mut(&key) {
         // SAFETY: a plain entry, updated in place.
         let u = unsafe { &mut *u };
         if u.tid != tid {
             if ts - u.ts_ns < SHARED_FD_NS {
-                match SHARED_FD.get_ptr_mut(tgid) {
+                match SHARED_FD.get_ptr_mut(&tgid) {
                     // SAFETY: a plain counter.
                     Some(n) => unsafe { *n += 1 },
                     None => {
-                        let _ = SHARED_FD.insert(tgid, 1, 0);
+                        let _ = SHARED_FD.insert(&tgid, &1, 0);
                     }
                 }
             }
@@ -54,8 +54,8 @@ fn note_fd_use(ctx: &TracePointContext) {
         u.ts_ns = ts;
     } else {
         let _ = FD_USE.insert(
-            key,
-            FdUse {
+            &key,
+            &FdUse {
                 ts_ns: ts,
                 tid,
                 _pad: 0,
@@ -208,7 +208,7 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
         note_fd_use(ctx);
         return 0;
     };
@@ -220,7 +220,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
         // An I/O call entered while the per-call probes were on, whose return probe went
         // away before it returned (e.g. a blocking SSL_read across the end of an
         // escalation window): stale. Drop it, or the thread would never be seen again.
-        let _ = INFLIGHT.remove(tid);
+        let _ = INFLIGHT.remove(&tid);
         note_fd_use(ctx);
         return 0;
     }
@@ -248,7 +248,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
         return 0;
     };
     let ret = sys_ret(ctx, 0);

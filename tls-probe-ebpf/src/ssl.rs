@@ -1,22 +1,61 @@
 //! Uprobes on libssl: the I/O and handshake calls, SSL_get_error and SSL_free.
+//!
+//! Four programs, each attached to several functions in one `uprobe_multi` link and told
+//! which by its attach cookie (`tls_probe_common::cookie`): the per-call set (switched on
+//! and off with escalation, so it must detach in one batch) and the once-per-connection
+//! set, each an entry and a return program. Each also exists as a plain-`uprobe` twin for
+//! kernels without uprobe_multi (see `crate::twin`).
 
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
-    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tls_probe_common::{SslCallEvent, SslErrorEvent, SslFreeEvent, counter, kind, op, target_flag};
+use tls_probe_common::{
+    SslCallEvent, SslErrorEvent, SslFreeEvent, cookie, counter, kind, op, target_flag,
+};
 
 use crate::{
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
+    twin::{attach_cookie, twin_uprobe, twin_uretprobe},
     util::{bump, header, lost, now, target, target_flags, wakeup_flags},
 };
+
+twin_uprobe!(ssl_hot_enter, ssl_hot_enter_single => hot_enter);
+twin_uretprobe!(ssl_hot_exit, ssl_hot_exit_single => hot_exit);
+twin_uprobe!(ssl_cold_enter, ssl_cold_enter_single => cold_enter);
+twin_uretprobe!(ssl_cold_exit, ssl_cold_exit_single => exit);
+
+/// SSL_read/SSL_write/SSL_peek (and `_ex`), SSL_get_error: entry.
+#[inline(always)]
+fn hot_enter(ctx: &ProbeContext) -> u32 {
+    match attach_cookie(ctx) {
+        cookie::SSL_GET_ERROR => get_error_enter(ctx),
+        op => enter(ctx, op as u32),
+    }
+}
+
+/// Their returns.
+#[inline(always)]
+fn hot_exit(ctx: &RetProbeContext) -> u32 {
+    match attach_cookie(ctx) {
+        cookie::SSL_GET_ERROR => get_error_exit(ctx),
+        _ => exit(ctx),
+    }
+}
+
+/// SSL_do_handshake/SSL_accept/SSL_connect, SSL_free: entry.
+#[inline(always)]
+fn cold_enter(ctx: &ProbeContext) -> u32 {
+    match attach_cookie(ctx) {
+        cookie::SSL_FREE => free(ctx),
+        op => enter(ctx, op as u32),
+    }
+}
 
 /// Entry of any SSL I/O or handshake call: remember the arguments for the return probe.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, op: u32) -> u32 {
-    bump(counter::UPROBE_HITS);
     let Some((_, tid, flags)) = target_flags() else {
         return 0;
     };
@@ -27,7 +66,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         return 0;
     }
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
-    if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(cur) = INFLIGHT.get_ptr_mut(&tid) {
         // SAFETY: the pointer is to this thread's own entry.
         let cur = unsafe { &mut *cur };
         // A call nested in the outer one (SSL_accept -> SSL_do_handshake): the outer
@@ -60,7 +99,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         hello: 0,
         hello_len: 0,
     };
-    if INFLIGHT.insert(tid, state, 0).is_err() {
+    if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
     0
@@ -69,11 +108,10 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
 /// Return of any SSL I/O or handshake call: emit one record.
 #[inline(always)]
 fn exit(ctx: &RetProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
     let Some((tgid, tid)) = target() else {
         return 0;
     };
-    let Some(cur) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
         return 0;
     };
     // SAFETY: the pointer is to this thread's own entry.
@@ -83,7 +121,7 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         return 0;
     }
     let st = *cur;
-    let _ = INFLIGHT.remove(tid);
+    let _ = INFLIGHT.remove(&tid);
 
     let ts = now();
     // The return is `int` in every probed function: sign-extend the low 32 bits.
@@ -128,48 +166,20 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     0
 }
 
-macro_rules! ssl_call_probes {
-    ($($enter:ident, $exit:ident => $op:expr;)*) => {$(
-        #[uprobe]
-        pub fn $enter(ctx: ProbeContext) -> u32 {
-            enter(&ctx, $op)
-        }
-
-        #[uretprobe]
-        pub fn $exit(ctx: RetProbeContext) -> u32 {
-            exit(&ctx)
-        }
-    )*};
-}
-
-ssl_call_probes! {
-    ssl_read_enter, ssl_read_exit => op::SSL_READ;
-    ssl_read_ex_enter, ssl_read_ex_exit => op::SSL_READ_EX;
-    ssl_write_enter, ssl_write_exit => op::SSL_WRITE;
-    ssl_write_ex_enter, ssl_write_ex_exit => op::SSL_WRITE_EX;
-    ssl_do_handshake_enter, ssl_do_handshake_exit => op::SSL_DO_HANDSHAKE;
-    ssl_accept_enter, ssl_accept_exit => op::SSL_ACCEPT;
-    ssl_connect_enter, ssl_connect_exit => op::SSL_CONNECT;
-    ssl_peek_enter, ssl_peek_exit => op::SSL_PEEK;
-    ssl_peek_ex_enter, ssl_peek_ex_exit => op::SSL_PEEK_EX;
-}
-
 /// A private-key or signature operation in libcrypto. Inside an SSL call it marks a full
 /// handshake (a resumed one signs and verifies nothing); elsewhere it is ignored.
-#[uprobe]
-pub fn crypto_key_op(_ctx: ProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
+#[inline(always)]
+pub fn key_op() -> u32 {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    if let Some(cur) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(cur) = INFLIGHT.get_ptr_mut(&tid) {
         // SAFETY: this thread's own entry.
         unsafe { (*cur).key_ops += 1 };
     }
     0
 }
 
-#[uprobe]
-pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
+#[inline(always)]
+fn get_error_enter(ctx: &ProbeContext) -> u32 {
     let Some((_, tid, flags)) = target_flags() else {
         return 0;
     };
@@ -180,23 +190,22 @@ pub fn ssl_get_error_enter(ctx: ProbeContext) -> u32 {
         ssl: ctx.arg(0).unwrap_or(0),
         ret: ctx.arg::<u64>(1).unwrap_or(0) as u32 as i32 as i64,
     };
-    if GETERR_ARGS.insert(tid, args, 0).is_err() {
+    if GETERR_ARGS.insert(&tid, &args, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
     0
 }
 
-#[uretprobe]
-pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
+#[inline(always)]
+fn get_error_exit(ctx: &RetProbeContext) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
     // SAFETY: copied out at once.
-    let Some(args) = (unsafe { GETERR_ARGS.get(tid) }).copied() else {
+    let Some(args) = (unsafe { GETERR_ARGS.get(&tid) }).copied() else {
         return 0;
     };
-    let _ = GETERR_ARGS.remove(tid);
+    let _ = GETERR_ARGS.remove(&tid);
     let code: u64 = ctx.ret();
     let ev = SslErrorEvent {
         hdr: header(kind::SSL_ERROR, tgid, tid, now()),
@@ -211,9 +220,8 @@ pub fn ssl_get_error_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
-    bump(counter::UPROBE_HITS);
+#[inline(always)]
+fn free(ctx: &ProbeContext) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };

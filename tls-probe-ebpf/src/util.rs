@@ -14,7 +14,7 @@ pub fn target() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is a plain u32 copied out immediately.
-    unsafe { TARGETS.get(tgid) }?;
+    unsafe { TARGETS.get(&tgid) }?;
     Some((tgid, id as u32))
 }
 
@@ -68,7 +68,7 @@ pub fn target_flags() -> Option<(u32, u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is a plain u32 copied out immediately.
-    let flags = unsafe { TARGETS.get(tgid) }.copied()?;
+    let flags = unsafe { TARGETS.get(&tgid) }.copied()?;
     Some((tgid, id as u32, flags))
 }
 

@@ -10,6 +10,7 @@ mod openssl11;
 mod setup;
 mod sh;
 mod test;
+mod toolchain;
 
 #[derive(Parser, Debug)]
 #[command(

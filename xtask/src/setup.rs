@@ -6,7 +6,10 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::sh::{self, cmd, run};
+use crate::{
+    sh::{self, cmd, run},
+    toolchain::LLVM_MAJOR,
+};
 
 /// Debian packages: LLVM 22 to build bpf-linker (it must match nightly's LLVM 22), OpenSSL
 /// headers for the `openssl` crate, the tools the integration tests drive, and the server
@@ -36,18 +39,12 @@ const APT_PACKAGES: &[&str] = &[
 /// Installed on a best-effort basis for `cargo xtask bench` only, which skips what is missing.
 const BENCH_OPTIONAL_PACKAGES: &[&str] = &["bpftrace"];
 
-/// Nightly components: rust-src for `-Z build-std=core`, rustfmt for the nightly-only options
-/// in rustfmt.toml, clippy for the eBPF crate.
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
-
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_MAJOR: &str = "22";
 
 /// Runs every check in order; `test`, `demo` and `bench` call this first.
 pub fn ensure() -> Result<()> {
     let start = Instant::now();
-    nightly()?;
-    host_clippy()?;
+    crate::toolchain::ensure()?;
     apt()?;
     bpf_linker()?;
     crate::openssl11::ensure()?;
@@ -89,95 +86,6 @@ pub fn ensure_bench_extras() {
             missing.join(", ")
         );
     }
-}
-
-fn rustup_missing() -> anyhow::Error {
-    anyhow::anyhow!(
-        "rustup is not on PATH; install Rust with rustup (https://rustup.rs), then rerun `cargo xtask setup`"
-    )
-}
-
-fn nightly() -> Result<()> {
-    let toolchains =
-        sh::query(cmd("rustup").args(["toolchain", "list"])).ok_or_else(rustup_missing)?;
-    // `nightly-x86_64-unknown-linux-gnu (default)`, but not a dated `nightly-2026-05-19-...`.
-    let has_nightly = toolchains.lines().any(|line| {
-        line.split_whitespace()
-            .next()
-            .and_then(|name| name.strip_prefix("nightly-"))
-            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
-    });
-    if has_nightly {
-        eprintln!("ok: nightly toolchain");
-    } else {
-        eprintln!("installing: nightly toolchain (minimal profile)");
-        run(cmd("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("installing the nightly toolchain failed; check network access to the Rust dist server")?;
-    }
-
-    let installed = sh::query(cmd("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("`rustup component list --toolchain nightly --installed` failed")?;
-    let missing = missing_components(&installed, NIGHTLY_COMPONENTS);
-    if missing.is_empty() {
-        eprintln!("ok: nightly components {}", NIGHTLY_COMPONENTS.join(", "));
-    } else {
-        eprintln!("installing: nightly components {}", missing.join(", "));
-        run(cmd("rustup").args(["component", "add", "--toolchain", "nightly"]).args(&missing))
-            .context("adding nightly components failed; a nightly without them may be too new or too old: try `rustup toolchain install nightly --profile minimal --force`")?;
-    }
-
-    // bpf-linker reads the bitcode nightly writes, so their LLVM majors must agree.
-    let version =
-        sh::query(cmd("rustc").args(["+nightly", "-vV"])).context("`rustc +nightly -vV` failed")?;
-    let llvm = version
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version: "))
-        .unwrap_or("unknown");
-    if llvm.split('.').next() != Some(LLVM_MAJOR) {
-        eprintln!(
-            "warning: nightly uses LLVM {llvm}, but bpf-linker is built against LLVM {LLVM_MAJOR}; \
-             if linking the eBPF crate fails, install a nightly with LLVM {LLVM_MAJOR} \
-             (see shared/docs/toolchain.md)"
-        );
-    }
-    Ok(())
-}
-
-/// Host clippy for the userspace crates, on the toolchain cargo runs xtask with.
-fn host_clippy() -> Result<()> {
-    let installed = sh::query(cmd("rustup").args(["component", "list", "--installed"]))
-        .ok_or_else(rustup_missing)?;
-    if missing_components(&installed, &["clippy"]).is_empty() {
-        eprintln!("ok: clippy (host toolchain)");
-        return Ok(());
-    }
-    eprintln!("installing: clippy (host toolchain)");
-    run(cmd("rustup").args(["component", "add", "clippy"]))
-        .context("adding clippy to the host toolchain failed")
-}
-
-/// The subset of `wanted` not in `rustup component list --installed` output, where a
-/// component appears bare (`rust-src`) or with its target (`clippy-x86_64-unknown-linux-gnu`).
-fn missing_components<'a>(installed: &str, wanted: &[&'a str]) -> Vec<&'a str> {
-    wanted
-        .iter()
-        .copied()
-        .filter(|want| {
-            !installed.lines().any(|line| {
-                let line = line.trim();
-                line == *want
-                    || line
-                        .strip_prefix(want)
-                        .is_some_and(|rest| rest.starts_with('-'))
-            })
-        })
-        .collect()
 }
 
 fn apt() -> Result<()> {
@@ -305,20 +213,6 @@ fn llvm_link_problem(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn components_match_bare_and_target_suffixed_names() {
-        let installed = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n\
-                         rustfmt-x86_64-unknown-linux-gnu\n";
-        assert_eq!(
-            missing_components(installed, NIGHTLY_COMPONENTS),
-            ["clippy"]
-        );
-        assert_eq!(
-            missing_components("rust-std-x86_64-unknown-linux-gnu\n", &["rust-src"]),
-            ["rust-src"]
-        );
-    }
 
     #[test]
     fn packages_must_be_fully_installed() {

@@ -58,9 +58,15 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// A command that runs in the workspace root with [`child_path`] as its PATH.
+/// `cargo` and `rustc` run on the pinned host toolchain unless their first argument names
+/// another (`+nightly-...`), which rustup lets win over `RUSTUP_TOOLCHAIN`.
 pub fn cmd(program: impl AsRef<OsStr>) -> Command {
+    let program = program.as_ref();
     let mut command = Command::new(program);
     command.current_dir(root()).env("PATH", child_path());
+    if program == "cargo" || program == "rustc" {
+        command.env("RUSTUP_TOOLCHAIN", crate::toolchain::HOST);
+    }
     command
 }
 

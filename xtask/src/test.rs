@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use crate::{
     setup,
     sh::{self, cmd},
+    toolchain,
 };
 
 #[derive(clap::Args, Debug)]
@@ -67,8 +68,8 @@ fn steps(filter: &[String], integration: bool, skip_setup: bool) -> Vec<Step> {
     let mut steps = vec![
         Step {
             name: "fmt",
-            command: cargo(&["+nightly", "fmt", "--all", "--", "--check"]),
-            hint: "run `cargo +nightly fmt --all` to fix",
+            command: cargo(&[&toolchain::ebpf_arg(), "fmt", "--all", "--", "--check"]),
+            hint: "run `cargo +<the nightly in tls-probe-ebpf/rust-toolchain.toml> fmt --all` to fix",
         },
         Step {
             name: "clippy (host)",
@@ -88,7 +89,7 @@ fn steps(filter: &[String], integration: bool, skip_setup: bool) -> Vec<Step> {
         Step {
             name: "clippy (eBPF)",
             command: cargo(&[
-                "+nightly",
+                &toolchain::ebpf_arg(),
                 "clippy",
                 "--package",
                 "tls-probe-ebpf",

@@ -150,15 +150,24 @@ pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, Discove
     })
 }
 
-/// A libcrypto (or a static binary) at `path`, if it defines any key operation.
+/// The other libcrypto functions probed when present: the error-raising function of
+/// OpenSSL 3 and of 1.1, and the async job pause.
+pub const CRYPTO_EXTRAS: [&str; 3] = ["ERR_vset_error", "ERR_put_error", "ASYNC_pause_job"];
+
+/// A libcrypto (or a static binary) at `path`, if it defines any key operation. Its
+/// `symbols` are the [`KEY_OPS`] and [`CRYPTO_EXTRAS`] it defines.
 pub fn crypto_at(path: &Path, display_path: &str) -> Option<CryptoLibrary> {
-    let symbols = symbols_with(path, &["EVP_"]).ok()?;
+    let defined = symbols_with(path, &["EVP_", "ERR_", "ASYNC_"]).ok()?;
+    if !KEY_OPS.iter().any(|s| defined.contains(*s)) {
+        return None;
+    }
     let symbols: BTreeSet<String> = KEY_OPS
         .iter()
-        .filter(|s| symbols.contains(**s))
+        .chain(&CRYPTO_EXTRAS)
+        .filter(|s| defined.contains(**s))
         .map(|s| (*s).to_owned())
         .collect();
-    (!symbols.is_empty()).then(|| CryptoLibrary {
+    Some(CryptoLibrary {
         path: path.to_owned(),
         display_path: display_path.to_owned(),
         symbols,

@@ -16,44 +16,156 @@ use aya::{
     programs::{
         TracePoint, UProbe,
         trace_point::{TracePointLink, TracePointLinkId},
-        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
+    sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
-use tls_probe_common::{counter, target_flag};
+use tls_probe_common::{cookie, counter, op, program, target_flag};
 
 use super::TlsLibrary;
 
 /// The embedded eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls-probe"));
 
-/// (program, symbol) pairs attached on every call: the hot path.
-pub const HOT_UPROBES: &[(&str, &str)] = &[
-    ("ssl_read_enter", "SSL_read"),
-    ("ssl_read_exit", "SSL_read"),
-    ("ssl_read_ex_enter", "SSL_read_ex"),
-    ("ssl_read_ex_exit", "SSL_read_ex"),
-    ("ssl_write_enter", "SSL_write"),
-    ("ssl_write_exit", "SSL_write"),
-    ("ssl_write_ex_enter", "SSL_write_ex"),
-    ("ssl_write_ex_exit", "SSL_write_ex"),
-    ("ssl_peek_enter", "SSL_peek"),
-    ("ssl_peek_exit", "SSL_peek"),
-    ("ssl_peek_ex_enter", "SSL_peek_ex"),
-    ("ssl_peek_ex_exit", "SSL_peek_ex"),
-    ("ssl_get_error_enter", "SSL_get_error"),
-    ("ssl_get_error_exit", "SSL_get_error"),
+/// A uprobe program and the functions of one library it is attached to, each with the
+/// attach cookie that tells the program which function a hit is in. One set is one link:
+/// a uprobe_multi link where the kernel has them (one batched unregister for all its
+/// points), else one perf-event link per function that aya manages as one.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSet {
+    /// The program's name in the `uprobe.multi` section; the plain twin has
+    /// [`program::SINGLE_SUFFIX`] appended.
+    pub program: &'static str,
+    /// (symbol, cookie).
+    pub points: &'static [(&'static str, u64)],
+}
+
+/// The per-call libssl functions, attached only while a process is escalated (or always,
+/// in full mode): entries, then returns.
+const HOT_POINTS: &[(&str, u64)] = &[
+    ("SSL_read", op::SSL_READ as u64),
+    ("SSL_read_ex", op::SSL_READ_EX as u64),
+    ("SSL_write", op::SSL_WRITE as u64),
+    ("SSL_write_ex", op::SSL_WRITE_EX as u64),
+    ("SSL_peek", op::SSL_PEEK as u64),
+    ("SSL_peek_ex", op::SSL_PEEK_EX as u64),
+    ("SSL_get_error", cookie::SSL_GET_ERROR),
+];
+/// Returns before entries: a call entered while only its entry probe is attached would leave
+/// state behind that its return never clears.
+pub const HOT_SETS: [ProbeSet; 2] = [
+    ProbeSet {
+        program: program::SSL_HOT_EXIT,
+        points: HOT_POINTS,
+    },
+    ProbeSet {
+        program: program::SSL_HOT_ENTER,
+        points: HOT_POINTS,
+    },
 ];
 
-/// (program, symbol) pairs that fire about once per connection: always on.
-pub const COLD_UPROBES: &[(&str, &str)] = &[
-    ("ssl_do_handshake_enter", "SSL_do_handshake"),
-    ("ssl_do_handshake_exit", "SSL_do_handshake"),
-    ("ssl_accept_enter", "SSL_accept"),
-    ("ssl_accept_exit", "SSL_accept"),
-    ("ssl_connect_enter", "SSL_connect"),
-    ("ssl_connect_exit", "SSL_connect"),
-    ("ssl_free_enter", "SSL_free"),
+/// The libssl functions called about once per connection: always on.
+const HANDSHAKE_POINTS: &[(&str, u64)] = &[
+    ("SSL_do_handshake", op::SSL_DO_HANDSHAKE as u64),
+    ("SSL_accept", op::SSL_ACCEPT as u64),
+    ("SSL_connect", op::SSL_CONNECT as u64),
 ];
+pub const COLD_SETS: [ProbeSet; 2] = [
+    ProbeSet {
+        program: program::SSL_COLD_EXIT,
+        points: HANDSHAKE_POINTS,
+    },
+    ProbeSet {
+        program: program::SSL_COLD_ENTER,
+        points: &[
+            ("SSL_do_handshake", op::SSL_DO_HANDSHAKE as u64),
+            ("SSL_accept", op::SSL_ACCEPT as u64),
+            ("SSL_connect", op::SSL_CONNECT as u64),
+            ("SSL_free", cookie::SSL_FREE),
+        ],
+    },
+];
+
+/// libcrypto, always on: the key operations (a full handshake signs or decrypts; a resumed
+/// one does not), the error-raising function of OpenSSL 3 (every error, including libssl's
+/// `SSLfatal` such as SSL_R_BAD_WRITE_RETRY, goes through `ERR_vset_error`) or of 1.1
+/// (`ERR_put_error`: only the first of the two present is attached), and `ASYNC_pause_job`
+/// (once per SSL_ERROR_WANT_ASYNC answer, never outside async mode).
+pub const CRYPTO_SET: ProbeSet = ProbeSet {
+    program: program::CRYPTO_ENTER,
+    points: &[
+        ("EVP_DigestSign", cookie::KEY_OP),
+        ("EVP_DigestVerify", cookie::KEY_OP),
+        ("EVP_PKEY_decrypt", cookie::KEY_OP),
+        ("ERR_vset_error", cookie::ERR_VSET_ERROR),
+        ("ERR_put_error", cookie::ERR_PUT_ERROR),
+        ("ASYNC_pause_job", cookie::ASYNC_PAUSE_JOB),
+    ],
+};
+
+/// How uprobe links are made on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// One uprobe_multi link per [`ProbeSet`] (kernel 6.6+ with the process-wide pid
+    /// filter fix): attached in one call, unregistered in one batch.
+    Multi,
+    /// One perf-event link per function (older kernels): each unregisters on its own,
+    /// ~100 ms apiece here.
+    PerFunction,
+}
+
+impl LinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Multi => "uprobe_multi",
+            Self::PerFunction => "per_function",
+        }
+    }
+
+    /// The name of `set`'s program in the object for this kind of link.
+    fn program(self, set: &ProbeSet) -> String {
+        match self {
+            Self::Multi => set.program.to_owned(),
+            Self::PerFunction => format!("{}{}", set.program, program::SINGLE_SUFFIX),
+        }
+    }
+
+    /// Every program this kind of link loads.
+    fn programs(self) -> Vec<String> {
+        HOT_SETS
+            .iter()
+            .chain(&COLD_SETS)
+            .chain([&CRYPTO_SET])
+            .map(|set| self.program(set))
+            .collect()
+    }
+}
+
+/// The points of `set` that `has` says the library defines, as aya attach points; for
+/// libcrypto's error functions only the first present. Returns the symbols skipped too.
+pub fn points_for(
+    set: &ProbeSet,
+    has: impl Fn(&str) -> bool,
+) -> (Vec<UProbeAttachPoint<'static>>, Vec<&'static str>) {
+    let mut points = Vec::new();
+    let mut missing = Vec::new();
+    let mut error_fn = false;
+    for &(symbol, cookie) in set.points {
+        let is_error_fn = cookie == cookie::ERR_VSET_ERROR || cookie == cookie::ERR_PUT_ERROR;
+        if !has(symbol) || (is_error_fn && error_fn) {
+            if !is_error_fn {
+                missing.push(symbol);
+            }
+            continue;
+        }
+        error_fn |= is_error_fn;
+        points.push(UProbeAttachPoint {
+            location: UProbeAttachLocation::Symbol(symbol),
+            cookie: Some(cookie),
+        });
+    }
+    (points, missing)
+}
 
 /// Syscall tracepoints: (program == event name) in the `syscalls` category.
 pub const TRACEPOINTS: &[&str] = &[
@@ -115,14 +227,15 @@ pub struct Counters {
 /// One attached target process.
 struct Target {
     lib: TlsLibrary,
-    cold: Vec<(&'static str, UProbeLinkId)>,
-    hot: Vec<(&'static str, UProbeLinkId)>,
+    cold: Vec<(String, UProbeLinkId)>,
+    hot: Vec<(String, UProbeLinkId)>,
     /// Symbols the library lacks, skipped.
     missing: Vec<&'static str>,
 }
 
 pub struct Probes {
     ebpf: Ebpf,
+    links: LinkKind,
     targets: HashMap<u32, Target>,
     /// Links being detached in the background (see [`Probes::release`]).
     detaching: Vec<JoinHandle<()>>,
@@ -132,19 +245,10 @@ pub struct Probes {
     sockio_detaching: Option<JoinHandle<()>>,
 }
 
-/// libcrypto's error-raising functions: OpenSSL 3 first, then 1.1. One is attached,
-/// always on (it fires only when OpenSSL raises an error). In OpenSSL 3 every error goes
-/// through `ERR_vset_error` (`ERR_raise` calls `ERR_set_error`, which calls it; libssl's
-/// `SSLfatal`, which raises SSL_R_BAD_WRITE_RETRY among others, calls it directly).
-pub const ERROR_UPROBES: &[(&str, &str)] = &[
-    ("err_set_error", "ERR_vset_error"),
-    ("err_put_error", "ERR_put_error"),
-];
-
-/// How many threads close one batch of links. Measured here: each uprobe link takes
-/// ~110 ms to close and the kernel serializes them (8 threads closed 25 links in 2.8 s, the
-/// same as one), so one thread is enough; what matters is that the caller does not wait.
-const DETACH_THREADS: usize = 1;
+/// Threads that close one batch of links. A link's unregister takes ~100 ms here, most of
+/// it waiting for the kernel's synchronisation after the probe points are already gone; a
+/// link per thread lets every link's points go at once instead of one link after another.
+const DETACH_THREADS: usize = 4;
 
 impl Probes {
     /// Loads every program into the kernel and attaches the syscall tracepoints.
@@ -155,15 +259,16 @@ impl Probes {
                 "loading the eBPF programs failed: {e}; tls-probe needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and uprobes"
             )
         })?;
-        for name in HOT_UPROBES
-            .iter()
-            .chain(COLD_UPROBES)
-            .map(|(name, _)| *name)
-            .chain(["crypto_key_op"])
-            .chain(ERROR_UPROBES.iter().map(|(name, _)| *name))
-            .chain([ASYNC_PAUSE_UPROBE.0])
-        {
-            let prog: &mut UProbe = program(&mut ebpf, name)?;
+        let links = match is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter) {
+            Ok(true) => LinkKind::Multi,
+            Ok(false) => LinkKind::PerFunction,
+            Err(e) => {
+                log::debug!("probing for uprobe_multi failed ({e}): one link per function");
+                LinkKind::PerFunction
+            }
+        };
+        for name in links.programs() {
+            let prog: &mut UProbe = program(&mut ebpf, &name)?;
             prog.load()
                 .with_context(|| format!("loading eBPF program {name}"))?;
         }
@@ -188,6 +293,7 @@ impl Probes {
             .context("attaching to tracepoint sched:sched_process_exit")?;
         let mut probes = Self {
             ebpf,
+            links,
             targets: HashMap::new(),
             detaching: Vec::new(),
             sockio: Vec::new(),
@@ -269,7 +375,7 @@ impl Probes {
                 .ok_or_else(|| anyhow!("the eBPF object has no TARGETS map"))?,
         )?;
         targets
-            .insert(pid, target_flag::TRACED, 0)
+            .insert(&pid, &target_flag::TRACED, 0)
             .with_context(|| format!("adding pid {pid} to the target map"))?;
         let mut target = Target {
             lib,
@@ -277,30 +383,45 @@ impl Probes {
             hot: Vec::new(),
             missing: Vec::new(),
         };
-        let mut links = attach_uprobes(
-            &mut self.ebpf,
-            pid,
-            &target.lib,
-            COLD_UPROBES,
-            &mut target.missing,
-        )?;
-        if let Some(crypto) = &target.lib.crypto {
-            links.extend(attach_key_ops(&mut self.ebpf, pid, crypto)?);
-            match attach_error_probe(&mut self.ebpf, pid, crypto) {
-                Some(link) => links.push(link),
-                None => target.missing.push("ERR_set_error"),
-            }
-            match attach_async_pause_probe(&mut self.ebpf, pid, crypto) {
-                Some(link) => links.push(link),
-                None => target.missing.push(ASYNC_PAUSE_UPROBE.1),
-            }
-        } else {
-            target.missing.push("libcrypto key operations");
-        }
-        target.cold = links;
         if !target.lib.has("SSL_read") {
             bail!("{} has no SSL_read", target.lib.display_path);
         }
+        let started = std::time::Instant::now();
+        for set in &COLD_SETS {
+            target.cold.extend(self.attach_set(pid, set, &target.lib, &mut target.missing)?);
+        }
+        match &target.lib.crypto {
+            Some(crypto) => {
+                let (points, missing) = points_for(&CRYPTO_SET, |s| crypto.symbols.contains(s));
+                if !points.iter().any(|p| {
+                    p.cookie == Some(cookie::ERR_VSET_ERROR) || p.cookie == Some(cookie::ERR_PUT_ERROR)
+                }) {
+                    target.missing.push("ERR_set_error");
+                }
+                target.missing.extend(
+                    missing
+                        .into_iter()
+                        .filter(|s| !super::discover::KEY_OPS.contains(s)),
+                );
+                let name = self.links.program(&CRYPTO_SET);
+                let prog: &mut UProbe = program(&mut self.ebpf, &name)?;
+                let id = prog
+                    .attach(points, &crypto.path, scope(pid)?)
+                    .with_context(|| {
+                        format!(
+                            "attaching {name} to libcrypto {} for pid {pid}",
+                            crypto.display_path
+                        )
+                    })?;
+                target.cold.push((name, id));
+            }
+            None => target.missing.push("libcrypto key operations"),
+        }
+        log::debug!(
+            "always-on uprobes of pid {pid} attached in {:?} ({})",
+            started.elapsed(),
+            self.links.as_str()
+        );
         self.targets.insert(pid, target);
         if hot {
             self.set_hot(pid, true)?;
@@ -308,37 +429,64 @@ impl Probes {
         Ok(())
     }
 
+    /// How this kernel's uprobe links are made (in the `start` record).
+    pub fn link_kind(&self) -> LinkKind {
+        self.links
+    }
+
+    /// Attaches `set` to the functions of `lib` it has, as one link; records the ones it
+    /// lacks in `missing`. None when the library has none of them.
+    fn attach_set(
+        &mut self,
+        pid: u32,
+        set: &ProbeSet,
+        lib: &TlsLibrary,
+        missing: &mut Vec<&'static str>,
+    ) -> Result<Option<(String, UProbeLinkId)>> {
+        let (points, skipped) = points_for(set, |s| lib.has(s));
+        for s in skipped {
+            if !missing.contains(&s) {
+                missing.push(s);
+            }
+        }
+        if points.is_empty() {
+            return Ok(None);
+        }
+        let name = self.links.program(set);
+        let prog: &mut UProbe = program(&mut self.ebpf, &name)?;
+        let id = prog
+            .attach(points, &lib.path, scope(pid)?)
+            .with_context(|| format!("attaching {name} to {} for pid {pid}", lib.display_path))?;
+        Ok(Some((name, id)))
+    }
+
     /// Attaches or detaches the per-call uprobes of `pid`, without reloading anything, and
     /// tells the kernel side (`target_flag::HOT`): while they are off, non-empty epoll
-    /// waits are aggregated. Detaching returns at once; the links are closed in the
-    /// background (see [`Probes::release`]).
+    /// waits are aggregated. Detaching returns at once; the links (two: entries and
+    /// returns) are closed in the background, each on its own thread (see
+    /// [`Probes::release`]).
     pub fn set_hot(&mut self, pid: u32, on: bool) -> Result<()> {
-        let Some(target) = self.targets.get_mut(&pid) else {
+        let Some(target) = self.targets.get(&pid) else {
             bail!("pid {pid} is not attached")
         };
         if on && target.hot.is_empty() {
+            let lib = target.lib.clone();
             let mut missing = Vec::new();
-            // Returns first: a call entered while only its entry probe is attached would
-            // leave state behind that its return never clears.
-            let order: Vec<(&'static str, &'static str)> = HOT_UPROBES
-                .iter()
-                .filter(|(name, _)| name.ends_with("_exit"))
-                .chain(
-                    HOT_UPROBES
-                        .iter()
-                        .filter(|(name, _)| !name.ends_with("_exit")),
-                )
-                .copied()
-                .collect();
             let started = std::time::Instant::now();
-            target.hot = attach_uprobes(&mut self.ebpf, pid, &target.lib, &order, &mut missing)?;
+            let mut hot = Vec::new();
+            for set in &HOT_SETS {
+                hot.extend(self.attach_set(pid, set, &lib, &mut missing)?);
+            }
             log::debug!(
                 "per-call uprobes of pid {pid} attached in {:?}",
                 started.elapsed()
             );
-            for m in missing {
-                if !target.missing.contains(&m) {
-                    target.missing.push(m);
+            if let Some(target) = self.targets.get_mut(&pid) {
+                target.hot = hot;
+                for m in missing {
+                    if !target.missing.contains(&m) {
+                        target.missing.push(m);
+                    }
                 }
             }
             self.set_flags(pid, target_flag::TRACED | target_flag::HOT);
@@ -362,13 +510,13 @@ impl Probes {
             && let Ok(mut targets) = BpfHashMap::<_, u32, u32>::try_from(map)
             && targets.get(&pid, 0).is_ok()
         {
-            let _ = targets.insert(pid, flags, 0);
+            let _ = targets.insert(&pid, &flags, 0);
         }
     }
 
-    /// Closes `links` on a background thread: the kernel takes ~110 ms to remove each
-    /// uprobe, so closing 14 on the agent's loop would stall it for 1.5 s at the end of
-    /// every escalation window. [`Probes::wait_detached`] waits for them.
+    /// Closes `links` on background threads, up to [`DETACH_THREADS`] at once: the kernel
+    /// takes ~100 ms to unregister a link, which would stall the agent's loop at the end
+    /// of every escalation window. [`Probes::wait_detached`] waits for them.
     fn release<L: Send + 'static>(&mut self, links: Vec<L>) {
         self.detaching.retain(|h| !h.is_finished());
         if links.is_empty() {
@@ -520,107 +668,15 @@ where
 }
 
 /// Takes the owned links out of their programs, so that they can be closed elsewhere.
-fn take_links(ebpf: &mut Ebpf, ids: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
+fn take_links(ebpf: &mut Ebpf, ids: Vec<(String, UProbeLinkId)>) -> Vec<UProbeLink> {
     ids.into_iter()
-        .filter_map(|(name, id)| program::<UProbe>(ebpf, name).ok()?.take_link(id).ok())
+        .filter_map(|(name, id)| program::<UProbe>(ebpf, &name).ok()?.take_link(id).ok())
         .collect()
 }
 
-/// The first of [`ERROR_UPROBES`] that attaches to `crypto` (aya resolves the symbol).
-fn attach_error_probe(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    crypto: &super::CryptoLibrary,
-) -> Option<(&'static str, UProbeLinkId)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid)?);
-    for &(name, symbol) in ERROR_UPROBES {
-        let Ok(prog) = program::<UProbe>(ebpf, name) else {
-            continue;
-        };
-        match prog.attach(symbol, &crypto.path, scope) {
-            Ok(link) => return Some((name, link)),
-            Err(e) => log::debug!("{symbol} in {}: {e}", crypto.display_path),
-        }
-    }
-    None
-}
-
-/// libcrypto's `ASYNC_pause_job` (OpenSSL 1.1 and 3 alike): always on, like
-/// [`ERROR_UPROBES`], because it fires only when an async job pauses (once per
-/// SSL_ERROR_WANT_ASYNC answer), never in a program that does not use async mode.
-pub const ASYNC_PAUSE_UPROBE: (&str, &str) = ("async_pause_job", "ASYNC_pause_job");
-
-/// [`ASYNC_PAUSE_UPROBE`] on `crypto` (aya resolves the symbol), if it has it.
-fn attach_async_pause_probe(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    crypto: &super::CryptoLibrary,
-) -> Option<(&'static str, UProbeLinkId)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid)?);
-    let (name, symbol) = ASYNC_PAUSE_UPROBE;
-    let prog = program::<UProbe>(ebpf, name).ok()?;
-    match prog.attach(symbol, &crypto.path, scope) {
-        Ok(link) => Some((name, link)),
-        Err(e) => {
-            log::debug!("{symbol} in {}: {e}", crypto.display_path);
-            None
-        }
-    }
-}
-
-/// One program, attached to each libcrypto key operation the library has.
-fn attach_key_ops(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    crypto: &super::CryptoLibrary,
-) -> Result<Vec<(&'static str, UProbeLinkId)>> {
-    const PROGRAM: &str = "crypto_key_op";
-    let scope = UProbeScope::OneProcess(
+/// The one-process scope of a target's uprobes.
+fn scope(pid: u32) -> Result<UProbeScope> {
+    Ok(UProbeScope::OneProcess(
         NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be a target"))?,
-    );
-    let mut links = Vec::new();
-    for symbol in super::discover::KEY_OPS {
-        if !crypto.symbols.contains(symbol) {
-            continue;
-        }
-        let prog: &mut UProbe = program(ebpf, PROGRAM)?;
-        let link = prog.attach(symbol, &crypto.path, scope).with_context(|| {
-            format!(
-                "attaching {PROGRAM} to {symbol} in {} for pid {pid}",
-                crypto.display_path
-            )
-        })?;
-        links.push((PROGRAM, link));
-    }
-    Ok(links)
-}
-
-fn attach_uprobes(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    lib: &TlsLibrary,
-    set: &[(&'static str, &'static str)],
-    missing: &mut Vec<&'static str>,
-) -> Result<Vec<(&'static str, UProbeLinkId)>> {
-    let scope = UProbeScope::OneProcess(
-        NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be a target"))?,
-    );
-    let mut links = Vec::new();
-    for &(name, symbol) in set {
-        if !lib.has(symbol) {
-            if !missing.contains(&symbol) {
-                missing.push(symbol);
-            }
-            continue;
-        }
-        let prog: &mut UProbe = program(ebpf, name)?;
-        let link = prog.attach(symbol, &lib.path, scope).with_context(|| {
-            format!(
-                "attaching {name} to {symbol} in {} for pid {pid}",
-                lib.display_path
-            )
-        })?;
-        links.push((name, link));
-    }
-    Ok(links)
+    ))
 }

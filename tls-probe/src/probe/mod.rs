@@ -5,4 +5,4 @@ pub mod discover;
 pub mod loader;
 
 pub use discover::{CryptoLibrary, TlsLibrary, find_crypto, find_tls_library, library_at};
-pub use loader::{Counters, Probes};
+pub use loader::{Counters, LinkKind, Probes};

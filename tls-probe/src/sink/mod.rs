@@ -14,6 +14,7 @@ use anyhow::Result;
 
 pub use self::record::{
     ClockAnchor, Lost, LostRecord, OwnedRecord, Record, SCHEMA_VERSION, Start, StopReason, Summary,
+    UprobeLinks,
     Target, TargetAttach, TargetExit,
 };
 

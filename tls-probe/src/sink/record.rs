@@ -72,9 +72,25 @@ pub struct Start {
     /// What each mode traces, by mode name.
     #[serde(default)]
     pub probe_modes: BTreeMap<String, String>,
+    /// How the uprobes are linked on this kernel (absent in recordings made before).
+    #[serde(default)]
+    pub uprobe_links: UprobeLinks,
     /// Whether the export holds every decoded event (`--events`), so that it can be replayed.
     pub events: bool,
     pub clock: ClockAnchor,
+}
+
+/// How the uprobes are linked: what attaching and detaching them costs.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UprobeLinks {
+    /// One uprobe_multi link per program and library (kernel 6.6+): each set of probes
+    /// attaches in one call and unregisters in one batch.
+    UprobeMulti,
+    /// One perf-event link per probed function (older kernels): each unregisters on its
+    /// own, about 100 ms apiece.
+    #[default]
+    PerFunction,
 }
 
 /// A traced process.

@@ -121,6 +121,7 @@ mod tests {
             }],
             probe_mode: "full".into(),
             probe_modes: Default::default(),
+            uprobe_links: Default::default(),
             events: false,
             clock: ClockAnchor {
                 monotonic_ns: 7,

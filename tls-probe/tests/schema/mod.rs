@@ -73,8 +73,16 @@ pub struct Start {
     pub targets: Vec<Target>,
     pub probe_mode: ProbeMode,
     pub probe_modes: BTreeMap<String, String>,
+    pub uprobe_links: UprobeLinks,
     pub events: bool,
     pub clock: Clock,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UprobeLinks {
+    UprobeMulti,
+    PerFunction,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -36,10 +36,10 @@ use crate::{
     decode::decode,
     engine::{Config as EngineConfig, Engine, FindingChange},
     event::Event,
-    probe::{Counters, Probes, TlsLibrary, discover},
+    probe::{Counters, LinkKind, Probes, TlsLibrary, discover},
     sink::{
         ClockAnchor, Flush, Lost, ProbeStats, Record, SCHEMA_VERSION, Sink, Sinks, Start,
-        StopReason, Summary, Target,
+        StopReason, Summary, Target, UprobeLinks,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
     },
@@ -193,6 +193,10 @@ impl Session {
             }
             .to_owned(),
             probe_modes: auto::mode_descriptions(),
+            uprobe_links: match probes.link_kind() {
+                LinkKind::Multi => UprobeLinks::UprobeMulti,
+                LinkKind::PerFunction => UprobeLinks::PerFunction,
+            },
             events: cfg.events,
             clock: ClockAnchor {
                 monotonic_ns: now,
