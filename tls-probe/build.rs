@@ -23,8 +23,12 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={}", toolchain_file.display());
     let toolchain = fs::read_to_string(&toolchain_file)
         .with_context(|| format!("reading {}", toolchain_file.display()))?;
-    let channel = channel(&toolchain)
-        .with_context(|| format!("no `channel = \"...\"` line in {}", toolchain_file.display()))?;
+    let channel = channel(&toolchain).with_context(|| {
+        format!(
+            "no `channel = \"...\"` line in {}",
+            toolchain_file.display()
+        )
+    })?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tls-probe-ebpf",
@@ -38,7 +42,11 @@ fn main() -> anyhow::Result<()> {
 /// The value of the `channel = "..."` line of a rust-toolchain.toml.
 fn channel(toml: &str) -> Option<&str> {
     toml.lines().find_map(|line| {
-        let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+        let value = line
+            .trim()
+            .strip_prefix("channel")?
+            .trim()
+            .strip_prefix('=')?;
         value.trim().strip_prefix('"')?.strip_suffix('"')
     })
 }

@@ -142,6 +142,23 @@ fn stub_target_process() {
                 unsafe { SSL_read_ex(ssl, buf.as_mut_ptr().cast(), 64, &mut out) };
             }
         }
+        "loop" => {
+            // Calls until told to stop (a second line on stdin) or for 60 s.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut out = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                unsafe { SSL_read_ex(ssl, buf.as_mut_ptr().cast(), 64, &mut out) };
+            }
+        }
         other => panic!("unknown mode {other}"),
     }
     println!("DONE");
@@ -346,4 +363,81 @@ fn hot_probes_switch_off_and_on() {
         );
         probes.detach(pid);
     }
+}
+
+/// Switching the per-call probes off stops their traps at once, not after the kernel has
+/// unregistered one link after another (~100 ms each): counted by the kernel's own hit
+/// counter, the window [200 ms, 400 ms] after the switch-off has (almost) no hit left.
+#[test]
+fn per_call_traps_stop_soon_after_switch_off() {
+    use std::time::Instant;
+
+    use tls_probe::probe::{Probes, library_at};
+
+    let (mut target, _fd, _tid) = spawn_target("loop", &[]);
+    let pid = target.pid();
+    let exe = format!("/proc/{pid}/exe");
+    let mut probes = Probes::load().unwrap();
+    let _ring = probes.take_events().unwrap();
+    probes
+        .attach(
+            pid,
+            library_at(std::path::Path::new(&exe), &exe).unwrap(),
+            true,
+        )
+        .unwrap();
+    let hits = |p: &Probes| p.counters().unwrap().uprobe_hits;
+    target.send_line("go");
+    // Hits flowing: at least 2,000 (1,000 calls, entry and return).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let start = hits(&probes);
+    while hits(&probes) < start + 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the stub loop made no probed calls"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let h0 = hits(&probes);
+    std::thread::sleep(Duration::from_millis(200));
+    let on_per_200ms = hits(&probes) - h0;
+    let attached_for = t0.elapsed();
+
+    probes.set_hot(pid, false).unwrap();
+    let off = Instant::now();
+    // Sample until 400 ms after the switch-off; note when the counter last moved.
+    let mut samples = vec![(Duration::ZERO, hits(&probes))];
+    while off.elapsed() < Duration::from_millis(400) {
+        std::thread::sleep(Duration::from_millis(5));
+        samples.push((off.elapsed(), hits(&probes)));
+    }
+    let at = |ms: u64| {
+        samples
+            .iter()
+            .find(|(t, _)| *t >= Duration::from_millis(ms))
+            .map_or(samples.last().unwrap().1, |s| s.1)
+    };
+    let last_moved = samples
+        .windows(2)
+        .filter(|w| w[1].1 > w[0].1)
+        .map(|w| w[1].0)
+        .last()
+        .unwrap_or_default();
+    eprintln!(
+        "per-call probes on: {on_per_200ms} hits in {attached_for:?}; after switch-off: last hit \
+         counted by {last_moved:?}, {} hits in [0, 200 ms], {} in [200, 400 ms]",
+        at(200) - samples[0].1,
+        at(400) - at(200),
+    );
+    assert!(on_per_200ms > 1_000, "only {on_per_200ms} hits while on");
+    assert!(
+        at(400) - at(200) <= on_per_200ms / 100,
+        "still trapping 200-400 ms after the switch-off: {} hits (vs {on_per_200ms} per 200 ms \
+         while on); samples {samples:?}",
+        at(400) - at(200)
+    );
+    target.send_line("stop");
+    probes.wait_detached();
+    probes.detach(pid);
 }

@@ -57,7 +57,11 @@ pub fn ebpf_arg() -> String {
 /// The value of a rust-toolchain.toml's `channel = "..."` line.
 fn channel(toml: &str) -> Option<&str> {
     toml.lines().find_map(|line| {
-        let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+        let value = line
+            .trim()
+            .strip_prefix("channel")?
+            .trim()
+            .strip_prefix('=')?;
         value.trim().strip_prefix('"')?.strip_suffix('"')
     })
 }
@@ -71,8 +75,16 @@ pub fn ensure() -> Result<()> {
         )
     })?;
     for (name, components, why) in [
-        (HOST, HOST_COMPONENTS, "the host crates (aya 0.16 needs Rust 1.98+)"),
-        (ebpf(), EBPF_COMPONENTS, "the eBPF crate (-Z build-std, LLVM 22)"),
+        (
+            HOST,
+            HOST_COMPONENTS,
+            "the host crates (aya 0.16 needs Rust 1.98+)",
+        ),
+        (
+            ebpf(),
+            EBPF_COMPONENTS,
+            "the eBPF crate (-Z build-std, LLVM 22)",
+        ),
     ] {
         if installed(&list, name) {
             eprintln!("ok: toolchain {name}");
@@ -124,7 +136,9 @@ fn installed(list: &str, name: &str) -> bool {
         line.split_whitespace()
             .next()
             .and_then(|full| full.strip_prefix(name))
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("-x86_64") || rest.starts_with("-aarch64"))
+            .is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with("-x86_64") || rest.starts_with("-aarch64")
+            })
     })
 }
 

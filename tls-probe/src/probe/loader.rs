@@ -259,7 +259,10 @@ impl Probes {
                 "loading the eBPF programs failed: {e}; tls-probe needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and uprobes"
             )
         })?;
+        // TLS_PROBE_UPROBE_LINKS=per_function forces the fallback (tests, odd kernels).
+        let forced = std::env::var("TLS_PROBE_UPROBE_LINKS").is_ok_and(|v| v == "per_function");
         let links = match is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter) {
+            _ if forced => LinkKind::PerFunction,
             Ok(true) => LinkKind::Multi,
             Ok(false) => LinkKind::PerFunction,
             Err(e) => {
@@ -388,13 +391,16 @@ impl Probes {
         }
         let started = std::time::Instant::now();
         for set in &COLD_SETS {
-            target.cold.extend(self.attach_set(pid, set, &target.lib, &mut target.missing)?);
+            target
+                .cold
+                .extend(self.attach_set(pid, set, &target.lib, &mut target.missing)?);
         }
         match &target.lib.crypto {
             Some(crypto) => {
                 let (points, missing) = points_for(&CRYPTO_SET, |s| crypto.symbols.contains(s));
                 if !points.iter().any(|p| {
-                    p.cookie == Some(cookie::ERR_VSET_ERROR) || p.cookie == Some(cookie::ERR_PUT_ERROR)
+                    p.cookie == Some(cookie::ERR_VSET_ERROR)
+                        || p.cookie == Some(cookie::ERR_PUT_ERROR)
                 }) {
                     target.missing.push("ERR_set_error");
                 }

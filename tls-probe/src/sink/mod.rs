@@ -14,8 +14,7 @@ use anyhow::Result;
 
 pub use self::record::{
     ClockAnchor, Lost, LostRecord, OwnedRecord, Record, SCHEMA_VERSION, Start, StopReason, Summary,
-    UprobeLinks,
-    Target, TargetAttach, TargetExit,
+    Target, TargetAttach, TargetExit, UprobeLinks,
 };
 
 /// When the session asks the sinks to make their output visible.
