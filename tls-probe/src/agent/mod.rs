@@ -2,6 +2,7 @@
 //! tracker and the engine, and hand every record to the sinks until told to stop.
 
 pub mod escalate;
+mod handoff;
 mod privileges;
 pub mod proc;
 mod session;

@@ -553,11 +553,11 @@ impl Probes {
                 .is_some_and(|h| !h.is_finished())
     }
 
-    /// Waits until every link handed to the background has been closed.
+    /// Waits until every uprobe link handed to the background has been closed: the probes
+    /// a target pays a trap for. Socket I/O tracepoint links still closing are not waited
+    /// for: they cost a filtered hit each, and at exit the process that holds the last BPF
+    /// fds closes them (crate::agent's hand-off).
     pub fn wait_detached(&mut self) {
-        if let Some(h) = self.sockio_detaching.take() {
-            let _ = h.join();
-        }
         for h in self.detaching.drain(..) {
             let _ = h.join();
         }
