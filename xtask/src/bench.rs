@@ -65,8 +65,14 @@ pub struct BenchArgs {
 pub enum Variant {
     /// Nothing attached.
     Baseline,
-    /// `tls-probe attach --mode auto` (the default).
+    /// `tls-probe attach --mode auto` (the default), measured in its steady state (after
+    /// attach's window and link closing).
     Auto,
+    /// The same, measured as a user pays it: the load starts, tls-probe attaches 0.5 s in
+    /// and runs until 0.5 s before the load ends, attach, windows and stop included.
+    AutoAttach,
+    /// The same over a 30 s attach (several escalation windows), keep-alive only.
+    AutoAttach30,
     /// `tls-probe attach --mode light`.
     Light,
     /// `tls-probe attach --mode full`.
@@ -76,8 +82,31 @@ pub enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    /// Whether this variant is measured on `workload`: the from-attach ones only on nginx
+    /// (the scenario is started for each measurement, so its whole run is "from attach"
+    /// already), the 30 s one only on keep-alive.
+    pub fn applies_to(self, workload: Workload) -> bool {
+        match self {
+            Self::AutoAttach => workload.needs_nginx(),
+            Self::AutoAttach30 => workload == Workload::Keepalive,
+            _ => true,
+        }
+    }
+
+    /// For the from-attach variants: how long the load runs, in s, given the bench's
+    /// measurement duration.
+    pub fn load_seconds_from_attach(self, duration: u32) -> Option<u32> {
+        match self {
+            Self::AutoAttach => Some(duration.max(3)),
+            Self::AutoAttach30 => Some(if duration < 5 { 6 } else { 30 }),
+            _ => None,
+        }
+    }
+
+    const ALL: [Variant; 7] = [
         Self::Baseline,
+        Self::AutoAttach,
+        Self::AutoAttach30,
         Self::Auto,
         Self::Light,
         Self::Full,
@@ -88,6 +117,8 @@ impl Variant {
         match self {
             Self::Baseline => "baseline",
             Self::Auto => "auto",
+            Self::AutoAttach => "auto-attach",
+            Self::AutoAttach30 => "auto-attach-30",
             Self::Light => "light",
             Self::Full => "full",
             Self::Bpftrace => "bpftrace",
@@ -97,7 +128,9 @@ impl Variant {
     fn title(self) -> &'static str {
         match self {
             Self::Baseline => "baseline (no probe)",
-            Self::Auto => "tls-probe auto",
+            Self::Auto => "tls-probe auto, steady state",
+            Self::AutoAttach => "tls-probe auto, from attach",
+            Self::AutoAttach30 => "tls-probe auto, 30 s from attach",
             Self::Light => "tls-probe light",
             Self::Full => "tls-probe full",
             Self::Bpftrace => "bpftrace (full mode's probes)",
@@ -209,7 +242,19 @@ fn variants(picked: &[Variant], have_bpftrace: bool) -> Vec<Variant> {
 
 /// The smoke run's only check: every step ran and produced numbers. No timing assertions.
 fn smoke_check(results: &Results) -> Result<()> {
-    let expected = results.settings.workloads.len() * results.settings.variants.len();
+    let expected = results
+        .settings
+        .workloads
+        .iter()
+        .map(|&w| {
+            results
+                .settings
+                .variants
+                .iter()
+                .filter(|v| v.applies_to(w))
+                .count()
+        })
+        .sum::<usize>();
     let mut problems = Vec::new();
     if results.runs.len() != expected {
         problems.push(format!("{} runs, expected {expected}", results.runs.len()));
@@ -286,6 +331,8 @@ mod tests {
             variants(&[], false),
             [
                 Variant::Baseline,
+                Variant::AutoAttach,
+                Variant::AutoAttach30,
                 Variant::Auto,
                 Variant::Light,
                 Variant::Full

@@ -146,6 +146,36 @@ impl Agent {
         Ok(agent)
     }
 
+    /// `tls-probe attach --pid PID -o FILE --duration SECS` in the default mode, measured
+    /// from the moment it is started: nothing is waited for but the process itself, so
+    /// attach, its first window and the links closing after it are all in the measurement.
+    pub fn tls_probe_from_attach(
+        binary: &Path,
+        pid: u32,
+        seconds: f64,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Self> {
+        let ndjson = dir.join(format!("{tag}.ndjson"));
+        let mut command = cmd(binary);
+        command
+            .args(["attach", "--pid", &pid.to_string(), "--duration"])
+            .arg(format!("{seconds:.1}"))
+            .arg("-o")
+            .arg(&ndjson);
+        let mut agent = Self::spawn(
+            command,
+            Kind::TlsProbe {
+                ndjson,
+                snapshots_before: 0,
+            },
+            dir,
+            tag,
+        )?;
+        agent.start = agent.sample();
+        Ok(agent)
+    }
+
     /// bpftrace with the probes of tls-probe's full mode (uprobes and uretprobes on the
     /// target's libssl calls, uprobes on libcrypto's key operations and errors, the
     /// syscall tracepoints), counting into a map. Ready after its

@@ -33,11 +33,21 @@ pub fn measure_all(ctx: &Ctx, settings: &Settings) -> Result<Vec<Run>> {
     } else {
         None
     };
-    let total = settings.repetitions as usize * settings.workloads.len() * settings.variants.len();
+    let total = settings.repetitions as usize
+        * settings
+            .workloads
+            .iter()
+            .map(|&w| settings.variants.iter().filter(|v| v.applies_to(w)).count())
+            .sum::<usize>();
     let mut runs = Vec::with_capacity(total);
     for repetition in 1..=settings.repetitions {
         for &workload in &settings.workloads {
-            let mut order = settings.variants.clone();
+            let mut order: Vec<Variant> = settings
+                .variants
+                .iter()
+                .copied()
+                .filter(|v| v.applies_to(workload))
+                .collect();
             let shift = (repetition as usize - 1) % order.len();
             order.rotate_left(shift);
             for (position, variant) in (1..).zip(order) {
@@ -85,8 +95,13 @@ fn measure(
         (_, Some(nginx)) => nginx.worker,
         (_, None) => unreachable!("nginx runs for every nginx workload"),
     };
+    if let Some(seconds) = variant.load_seconds_from_attach(ctx.duration) {
+        let nginx = nginx.context("the from-attach variants run on nginx")?;
+        return measure_from_attach(ctx, nginx, workload, variant, seconds, tag);
+    }
     let agent = match variant {
         Variant::Baseline => None,
+        Variant::AutoAttach | Variant::AutoAttach30 => unreachable!("measured above"),
         Variant::Auto | Variant::Light | Variant::Full => Some(Agent::tls_probe(
             &ctx.tls_probe,
             variant.name(),
@@ -133,6 +148,58 @@ fn measure(
         detail,
         agent_cost,
         agent_counted,
+    })
+}
+
+/// The load runs `seconds`; tls-probe (default mode) attaches 0.5 s in and stops itself
+/// (`--duration`) 0.5 s before the load ends: what the user pays from attach to exit,
+/// escalation windows, link closing and stop included, in one number.
+fn measure_from_attach(
+    ctx: &Ctx,
+    nginx: &Nginx,
+    workload: Workload,
+    variant: Variant,
+    seconds: u32,
+    tag: &str,
+) -> Result<Run> {
+    use std::time::{Duration, Instant};
+
+    let pid = nginx.worker;
+    let target_before = proc::cpu_ticks(pid);
+    let (measured, agent_cost, agent_counted) = std::thread::scope(|scope| -> Result<_> {
+        let load = scope.spawn(|| workload::wrk(nginx, workload, seconds));
+        std::thread::sleep(Duration::from_millis(500));
+        let attached_for = f64::from(seconds) - 1.0;
+        let agent = Agent::tls_probe_from_attach(&ctx.tls_probe, pid, attached_for, &ctx.dir, tag)?;
+        // The agent's cost over its run, sampled just before it stops itself.
+        let sample_at = Instant::now() + Duration::from_secs_f64((attached_for - 0.3).max(0.1));
+        std::thread::sleep(sample_at.saturating_duration_since(Instant::now()));
+        let cost = agent.cost();
+        let measured = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+        let counted = agent.stop()?;
+        Ok((measured, cost, counted))
+    })?;
+    let target_cpu_s = target_before
+        .zip(proc::cpu_ticks(pid))
+        .map(|(before, after)| proc::ticks_to_secs(after.saturating_sub(before)));
+    nginx.check_worker()?;
+    let Measured { value, detail } = measured;
+    Ok(Run {
+        repetition: 0,
+        position: 0,
+        workload,
+        variant,
+        unit: workload.unit(),
+        value,
+        target_cpu_us_per_op: target_cpu_s
+            .zip(detail.operations().filter(|&n| n > 0))
+            .map(|(cpu_s, n)| cpu_s * 1e6 / n as f64),
+        target_cpu_s,
+        detail,
+        agent_cost,
+        agent_counted: Some(agent_counted),
     })
 }
 
