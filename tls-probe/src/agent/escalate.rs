@@ -23,7 +23,11 @@
 //! hold-off before the next one, up to `max_holdoff_ns`: a healthy server whose signals
 //! fire anyway pays for one window per hold-off at most. A window that confirms a finding
 //! resets the hold-off, and is extended while the signal goes on, up to
-//! `max_escalated_ns` in a row.
+//! `max_escalated_ns` in a row; except when the kernel's aggregates alone keep the open
+//! findings going (a spin loop: the same fd ready again and again, see the engine's spin
+//! rule): then the probes go off after the window and come back for a short re-confirming
+//! window every `reconfirm_ns`, so that the spinning process is not slowed by their traps
+//! for as long as its finding stays open.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -54,6 +58,9 @@ pub struct Policy {
     /// Async-job pauses in calls whose SSL* is unknown (I/O calls while the per-call
     /// probes are off).
     pub min_async_pauses_per_sec: f64,
+    /// How often a finding kept going by the kernel's aggregates is re-confirmed with the
+    /// per-call probes.
+    pub reconfirm_ns: u64,
 }
 
 impl Default for Policy {
@@ -68,6 +75,7 @@ impl Default for Policy {
             min_repeat_share: 0.5,
             min_shared_fd_per_sec: 20.0,
             min_async_pauses_per_sec: 20.0,
+            reconfirm_ns: 10 * SEC,
         }
     }
 }
@@ -106,6 +114,16 @@ pub struct ProcessEscalation {
     pub holdoff_ns: u64,
 }
 
+/// The findings open for a process that need the per-call probes to be seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenFindings {
+    None,
+    /// Some, and the kernel's aggregates alone keep all of them going (spin_loop).
+    KeptByKernel,
+    /// Some that only the per-call probes keep going.
+    NeedPerCall,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Turn the per-call probes of `pid` on.
@@ -127,6 +145,8 @@ struct Proc {
     confirmations: u64,
     escalated_ns: u64,
     last_step_ns: u64,
+    /// While the kernel's aggregates keep a confirmed finding going: when to re-confirm.
+    reconfirm_at: Option<u64>,
 }
 
 /// The controller for every traced process.
@@ -161,6 +181,7 @@ impl Controller {
                 confirmations: 0,
                 escalated_ns: 0,
                 last_step_ns: now,
+                reconfirm_at: None,
             },
         );
         out.push(Action::Escalate(pid, Reason::Attach));
@@ -192,16 +213,19 @@ impl Controller {
         self.procs.get(&pid).is_some_and(|p| p.window.is_some())
     }
 
-    /// One step for `pid`: `signals` counted since the last step, and whether a finding
-    /// that needs the per-call probes is open for it now.
+    /// One step for `pid`: `signals` counted since the last step, whether a finding that
+    /// needs the per-call probes is open for it now, and whether the kernel's aggregates
+    /// alone keep every such open finding going.
     pub fn step(
         &mut self,
         pid: u32,
         now: u64,
         signals: Signals,
-        finding_open: bool,
+        open: OpenFindings,
         out: &mut Vec<Action>,
     ) {
+        let finding_open = open != OpenFindings::None;
+        let kept_by_kernel = open == OpenFindings::KeptByKernel;
         let policy = &self.policy;
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
@@ -216,8 +240,10 @@ impl Controller {
                 if now < until {
                     return;
                 }
-                // A confirmed pathology that goes on keeps the probes on, within a bound.
+                // A confirmed pathology that goes on keeps the probes on, within a bound,
+                // unless the kernel's aggregates keep its finding going without them.
                 if p.confirmed
+                    && !kept_by_kernel
                     && (reason.is_some() || finding_open)
                     && now.saturating_sub(since) < policy.max_escalated_ns
                 {
@@ -237,9 +263,30 @@ impl Controller {
                 } else {
                     now + p.holdoff_ns
                 };
+                p.reconfirm_at = (p.confirmed && kept_by_kernel).then(|| now + policy.reconfirm_ns);
                 out.push(Action::Drop(pid));
             }
             None => {
+                match p.reconfirm_at {
+                    Some(_) if !kept_by_kernel => p.reconfirm_at = None,
+                    // Until the re-confirmation, the repeats are the finding's own: only
+                    // another kind of signal opens a window.
+                    Some(at) if now < at => {
+                        if matches!(reason, None | Some(Reason::RepeatedWakeups)) {
+                            return;
+                        }
+                    }
+                    Some(_) => {
+                        p.reconfirm_at = None;
+                        p.window = Some((now, now + policy.window_ns));
+                        p.confirmed = false;
+                        p.reason = Some(Reason::RepeatedWakeups);
+                        p.escalations += 1;
+                        out.push(Action::Escalate(pid, Reason::RepeatedWakeups));
+                        return;
+                    }
+                    None => {}
+                }
                 if now < p.quiet_until {
                     return;
                 }
@@ -392,7 +439,8 @@ mod tests {
         }
     }
 
-    /// Steps every 100 ms from `from` to `to`, with `sig` and `finding`; returns actions.
+    /// Steps every 100 ms from `from` to `to`, with `sig` and, when `finding`, a finding
+    /// open that only the per-call probes keep going; returns actions.
     fn run(
         c: &mut Controller,
         from: u64,
@@ -400,12 +448,27 @@ mod tests {
         sig: Signals,
         finding: bool,
     ) -> Vec<(u64, Action)> {
+        let open = if finding {
+            OpenFindings::NeedPerCall
+        } else {
+            OpenFindings::None
+        };
+        run_open(c, from, to, sig, open)
+    }
+
+    fn run_open(
+        c: &mut Controller,
+        from: u64,
+        to: u64,
+        sig: Signals,
+        open: OpenFindings,
+    ) -> Vec<(u64, Action)> {
         let mut all = Vec::new();
         let mut t = from;
         while t < to {
             t += 100 * MS;
             let mut out = Vec::new();
-            c.step(PID, t, sig, finding, &mut out);
+            c.step(PID, t, sig, open, &mut out);
             all.extend(out.into_iter().map(|a| (t, a)));
         }
         all
@@ -458,6 +521,70 @@ mod tests {
             acts[1],
             (_, Action::Escalate(PID, Reason::RepeatedWakeups))
         ));
+    }
+
+    #[test]
+    fn a_spin_the_kernel_keeps_going_is_reconfirmed_in_short_windows() {
+        let mut c = started();
+        run(&mut c, 0, 3 * SEC, Signals::default(), false);
+        let acts = run(&mut c, 3 * SEC, 3_100 * MS, spin(), false);
+        assert_eq!(
+            acts,
+            vec![(3_100 * MS, Action::Escalate(PID, Reason::RepeatedWakeups))]
+        );
+        // Confirmed, and the kernel's repeats keep the finding open: off after the window,
+        // on again for one window every 10 s while it stays open, whatever the repeats say.
+        let acts = run_open(
+            &mut c,
+            3_100 * MS,
+            40 * SEC,
+            spin(),
+            OpenFindings::KeptByKernel,
+        );
+        let on: Vec<u64> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Escalate(..)))
+            .map(|(t, _)| *t)
+            .collect();
+        let off: Vec<u64> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Drop(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(off.first(), Some(&(4_600 * MS)), "{acts:?}");
+        assert_eq!(on, vec![14_600 * MS, 26_100 * MS, 37_600 * MS], "{acts:?}");
+        // The per-call probes were on for 4 windows of 1.5 s in 37 s.
+        assert_eq!(
+            c.status()[0].escalated_ns_total,
+            4 * 1_500 * MS + 1_500 * MS
+        );
+        // Another kind of signal still opens a window before the re-confirmation (after
+        // the usual minimum hold-off, 1 s after the drop at 4.6 s).
+        let mut c = started();
+        run(&mut c, 0, 3 * SEC, Signals::default(), false);
+        run(&mut c, 3 * SEC, 3_100 * MS, spin(), false);
+        run_open(
+            &mut c,
+            3_100 * MS,
+            6 * SEC,
+            spin(),
+            OpenFindings::KeptByKernel,
+        );
+        let error = Signals {
+            ssl_errors: 1,
+            ..spin()
+        };
+        let acts = run_open(
+            &mut c,
+            6 * SEC,
+            6_100 * MS,
+            error,
+            OpenFindings::KeptByKernel,
+        );
+        assert_eq!(
+            acts,
+            vec![(6_100 * MS, Action::Escalate(PID, Reason::SslError))]
+        );
     }
 
     #[test]

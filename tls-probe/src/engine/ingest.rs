@@ -5,8 +5,8 @@
 use super::{
     Engine, FindingChange,
     epoll_bits::{EPOLLERR, EPOLLHUP},
-    iteration::{Iteration, Pending, Readiness},
-    rules::{CallDone, ConnEnd, ConnWakeup, LoopWakeup},
+    iteration::{Iteration, Pending, Readiness, ReadySlot},
+    rules::{BusyWaits, CallDone, ConnEnd, ConnWakeup, LoopWakeup},
     state::ThreadKey,
 };
 use crate::event::{EpollBusy, EpollIdle, EpollWait, SslCall, SslError, SslErrorCode};
@@ -203,6 +203,19 @@ impl Engine {
         self.on_aggregated_waits(w.count, w.blocked_ns, wakeups, out, |it, each_ns| {
             it.start_busy(ts, each_ns, w);
         });
+        let busy = BusyWaits {
+            pid,
+            tid,
+            count: w.count,
+            quick: w.quick,
+            repeats: w.repeats,
+            ready: ReadySlot {
+                fd: w.last_ready.fd,
+                events: w.last_ready.events,
+                interest: w.last_ready.interest,
+            },
+        };
+        self.dispatch(out, |r, cx| r.on_busy_waits(cx, &busy));
     }
 
     /// What kernel-aggregated waits have in common: the thread's iteration so far ends,

@@ -197,12 +197,14 @@ impl Engine {
         self.now = self.now.max(now_ns);
     }
 
-    /// True when a finding that only the per-call probes can show (spin_loop,
-    /// busy_epoll_loop, bad_write_retry, concurrent_ssl_use, want_async_stall) is open for
-    /// `pid`: what `--mode auto` takes as a confirmation.
-    pub fn has_open_call_finding(&self, pid: u32) -> bool {
+    /// The findings open for `pid` that only the per-call probes can show (spin_loop,
+    /// busy_epoll_loop, bad_write_retry, concurrent_ssl_use, want_async_stall): how many
+    /// kinds, and whether the kernel's aggregated waits alone keep all of them going once
+    /// the per-call probes are off (spin_loop only; see its rule's `on_busy_waits`). What
+    /// `--mode auto` takes as a confirmation.
+    pub fn open_call_findings(&self, pid: u32) -> (usize, bool) {
         use finding::FindingKind as K;
-        [
+        let open: Vec<K> = [
             K::SpinLoop,
             K::BusyEpollLoop,
             K::BadWriteRetry,
@@ -210,7 +212,12 @@ impl Engine {
             K::WantAsyncStall,
         ]
         .into_iter()
-        .any(|k| self.store.any_open(k, |f| f.pid == pid))
+        .filter(|&k| self.store.any_open(k, |f| f.pid == pid))
+        .collect();
+        (
+            open.len(),
+            !open.is_empty() && open.iter().all(|&k| k == K::SpinLoop),
+        )
     }
 
     /// All findings kept, open and closed, by id.

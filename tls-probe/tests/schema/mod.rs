@@ -444,6 +444,7 @@ pub struct SpinEvidence {
     pub wakeups_per_sec: f64,
     pub no_progress_pct: f64,
     pub wasted_wakeups_total: u64,
+    pub wasted_wakeups_inferred: u64,
     pub ssl_error: Option<Code>,
     pub op: Option<SslOp>,
     pub ready_events: Option<String>,

@@ -10,7 +10,7 @@ use tls_probe_common::ossl;
 use super::Session;
 use crate::{
     agent::{
-        escalate::{Action, AsyncStreaks, Controller, Policy, Reason, Signals},
+        escalate::{Action, AsyncStreaks, Controller, OpenFindings, Policy, Reason, Signals},
         proc,
         stats::{TRACEPOINT_HIT_NS, UPROBE_HIT_NS},
     },
@@ -93,7 +93,11 @@ impl Session {
             let shared = self.probes.shared_fd_uses(pid);
             let prev = auto.shared_prev.insert(pid, shared).unwrap_or(shared);
             sig.shared_fd = shared.saturating_sub(prev);
-            let open = self.engine.has_open_call_finding(pid);
+            let open = match self.engine.open_call_findings(pid) {
+                (0, _) => OpenFindings::None,
+                (_, true) => OpenFindings::KeptByKernel,
+                (_, false) => OpenFindings::NeedPerCall,
+            };
             auto.controller.step(pid, now, sig, open, &mut actions);
         }
         self.apply(actions)?;

@@ -179,6 +179,19 @@ pub(crate) struct LoopWakeup {
     pub idle_ready: Option<ReadySlot>,
 }
 
+/// Non-empty waits of a thread aggregated in the kernel while its process's per-call probes
+/// were off (`EpollBusy`): what it did after each is unknown, but `repeats` of them were
+/// woken for the same fd, with the same events, as the waits before them.
+pub(crate) struct BusyWaits {
+    pub pid: u32,
+    pub tid: u32,
+    pub count: u32,
+    pub quick: u32,
+    pub repeats: u32,
+    /// The last wait's first ready entry (the repeated one, when `repeats` > 0).
+    pub ready: ReadySlot,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConnEnd {
     /// SSL_free: the SSL* may be reused by a new connection.
@@ -198,6 +211,8 @@ pub(crate) trait Rule: Send {
     /// A wake-up ended, once per connection it made calls on; before `on_loop_wakeup`.
     fn on_conn_wakeup(&mut self, _cx: &mut Cx<'_>, _w: &ConnWakeup) {}
     fn on_loop_wakeup(&mut self, _cx: &mut Cx<'_>, _w: &LoopWakeup) {}
+    /// Kernel-aggregated waits while the per-call probes were off.
+    fn on_busy_waits(&mut self, _cx: &mut Cx<'_>, _w: &BusyWaits) {}
     fn on_conn_end(&mut self, _cx: &mut Cx<'_>, _key: ConnKey, _how: ConnEnd) {}
     fn on_thread_end(&mut self, _cx: &mut Cx<'_>, _key: ThreadKey) {}
     /// Called once per window bucket of event time: evaluate rates, open and close.

@@ -13,7 +13,7 @@ use std::{collections::HashMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConnEnd, ConnWakeup, Cx, Rule, want_word};
+use super::{BusyWaits, ConnEnd, ConnWakeup, Cx, Rule, want_word};
 use crate::{
     engine::{
         epoll_bits::{self, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT},
@@ -32,6 +32,11 @@ pub struct SpinEvidence {
     pub wakeups_per_sec: f64,
     pub no_progress_pct: f64,
     pub wasted_wakeups_total: u64,
+    /// Of them, counted from the kernel's aggregated waits while the per-call probes were
+    /// off (after the finding was confirmed with them): the same fd reported ready again,
+    /// with the same events; the SSL calls that followed were not seen.
+    #[serde(default)]
+    pub wasted_wakeups_inferred: u64,
     /// What SSL_get_error keeps answering (usually want_read or want_write).
     pub ssl_error: Option<SslErrorCode>,
     /// The call that keeps answering it.
@@ -95,6 +100,8 @@ struct Track {
     code: Option<SslErrorCode>,
     ready: Option<ReadySlot>,
     wasted_total: u64,
+    /// Of them, from the kernel's aggregates ([`Rule::on_busy_waits`]).
+    inferred_total: u64,
     started_ns: u64,
     last_wasted_ns: u64,
     finding: Option<u64>,
@@ -120,6 +127,7 @@ impl Rule for SpinRule {
                 code: None,
                 ready: None,
                 wasted_total: 0,
+                inferred_total: 0,
                 started_ns: cx.now,
                 last_wasted_ns: cx.now,
                 finding: None,
@@ -138,6 +146,32 @@ impl Rule for SpinRule {
             t.op = w.op;
             t.code = w.code.or(t.code);
             t.ready = w.ready.or(t.ready);
+        }
+    }
+
+    /// An open spin finding is kept going, and its rates right, by the kernel's aggregated
+    /// waits once the per-call probes are off again (`--mode auto` confirms with them, then
+    /// lets the target run without their traps): waits of the finding's thread that woke
+    /// for the same fd with the same events as before count as wasted wake-ups, inferred.
+    /// Nothing opens from them: that takes the per-call evidence.
+    fn on_busy_waits(&mut self, cx: &mut Cx<'_>, w: &BusyWaits) {
+        if w.repeats == 0 {
+            return;
+        }
+        for (key, t) in &mut self.tracks {
+            let same_fd = match (w.ready.fd, t.fd) {
+                (Some(a), Some(b)) => a == b,
+                _ => t.ready.is_some_and(|r| r.events == w.ready.events),
+            };
+            if t.finding.is_none() || key.0 != w.pid || t.tid != w.tid || !same_fd {
+                continue;
+            }
+            let c = t.window.current(cx.now);
+            c.wakeups += w.repeats;
+            c.wasted += w.repeats;
+            t.wasted_total += u64::from(w.repeats);
+            t.inferred_total += u64::from(w.repeats);
+            t.last_wasted_ns = cx.now;
         }
     }
 
@@ -221,6 +255,7 @@ fn describe(
         wakeups_per_sec: f64::from(s.total.wakeups) / secs,
         no_progress_pct: pct(f64::from(s.total.wasted), f64::from(s.total.wakeups)),
         wasted_wakeups_total: t.wasted_total,
+        wasted_wakeups_inferred: t.inferred_total,
         ssl_error: t.code,
         op: Some(t.op),
         ready_events: t.ready.map(|r| epoll_bits::names(r.events)),

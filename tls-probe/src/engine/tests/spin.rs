@@ -344,3 +344,73 @@ fn record_split_over_many_segments_is_not_a_spin() {
     });
     sim.assert_quiet();
 }
+
+/// `--mode auto` confirms a spin with the per-call probes, then turns them off: the
+/// kernel's aggregated waits (the same fd ready again) keep the finding open with its
+/// rate, counted as inferred; aggregated waits for another fd do not.
+#[test]
+fn kernel_aggregates_keep_a_confirmed_spin_going() {
+    use crate::event::{EpollBusy, EpollSyscall};
+    let busy = |s: &mut Sim, fd: i32| {
+        let first_ns = s.now;
+        s.now += 20 * MS;
+        // 5000 waits a second, sent as one record per 20 ms.
+        let w = EpollBusy {
+            syscall: EpollSyscall::EpollWait,
+            epfd: 3,
+            count: 100,
+            quick: 100,
+            repeats: 100,
+            zero_timeout: 0,
+            ready_total: 100,
+            first_ns,
+            blocked_ns: 100 * 2 * US,
+            last_ready: ready(fd, EPOLLOUT, EPOLLIN | EPOLLOUT),
+        };
+        s.feed(TID, EventKind::EpollBusy(w));
+    };
+    for (fd, kept) in [(7, true), (9, false)] {
+        let mut sim = Sim::new();
+        sim.every(200 * US, 2 * SEC, |s| s.spin_once(TID, A, 7));
+        assert_eq!(
+            sim.opened(FindingKind::SpinLoop).len(),
+            1,
+            "{:?}",
+            sim.changes
+        );
+        // 20 s with the per-call probes off, far past the close timer.
+        sim.every(20 * MS, 20 * SEC, |s| busy(s, fd));
+        let closed = sim.changes_of(Change::Closed, FindingKind::SpinLoop);
+        if !kept {
+            assert_eq!(
+                closed.len(),
+                1,
+                "another fd keeps nothing: {:?}",
+                sim.changes
+            );
+            continue;
+        }
+        assert!(
+            closed.is_empty(),
+            "closed while the fd kept spinning: {closed:?}"
+        );
+        let f = sim
+            .engine
+            .findings()
+            .into_iter()
+            .find(|f| f.kind == FindingKind::SpinLoop)
+            .expect("the spin finding");
+        assert_eq!((f.tid, f.ssl, f.fd), (Some(TID), Some(A), Some(7)));
+        let e = spin_evidence(&f);
+        assert!(e.wasted_wakeups_inferred >= 90_000, "{e:?}");
+        assert!(
+            (4_000.0..=5_500.0).contains(&e.wasted_wakeups_per_sec),
+            "the rate comes from the aggregates: {e:?}"
+        );
+        assert_eq!(
+            e.ssl_error,
+            Some(SslErrorCode::WantRead),
+            "kept from the calls"
+        );
+    }
+}
