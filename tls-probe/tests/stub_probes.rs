@@ -420,9 +420,8 @@ fn per_call_traps_stop_soon_after_switch_off() {
     };
     let last_moved = samples
         .windows(2)
-        .filter(|w| w[1].1 > w[0].1)
+        .rfind(|w| w[1].1 > w[0].1)
         .map(|w| w[1].0)
-        .last()
         .unwrap_or_default();
     eprintln!(
         "per-call probes on: {on_per_200ms} hits in {attached_for:?}; after switch-off: last hit \

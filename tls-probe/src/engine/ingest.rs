@@ -206,8 +206,6 @@ impl Engine {
         let busy = BusyWaits {
             pid,
             tid,
-            count: w.count,
-            quick: w.quick,
             repeats: w.repeats,
             ready: ReadySlot {
                 fd: w.last_ready.fd,

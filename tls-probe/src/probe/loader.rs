@@ -502,7 +502,7 @@ impl Probes {
             let links: Vec<_> = self
                 .targets
                 .get_mut(&pid)
-                .map(|t| t.hot.drain(..).collect())
+                .map(|t| std::mem::take(&mut t.hot))
                 .unwrap_or_default();
             let links = take_links(&mut self.ebpf, links);
             self.release(links);

@@ -185,8 +185,6 @@ pub(crate) struct LoopWakeup {
 pub(crate) struct BusyWaits {
     pub pid: u32,
     pub tid: u32,
-    pub count: u32,
-    pub quick: u32,
     pub repeats: u32,
     /// The last wait's first ready entry (the repeated one, when `repeats` > 0).
     pub ready: ReadySlot,
