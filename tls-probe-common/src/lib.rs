@@ -85,6 +85,62 @@ pub mod cookie {
     pub const ERR_PUT_ERROR: u64 = 0x202;
     /// `ASYNC_pause_job()`.
     pub const ASYNC_PAUSE_JOB: u64 = 0x203;
+
+    /// Set on a probe placed on the internal function that up to two per-call functions
+    /// (`SSL_read` and `SSL_read_ex`, ...) call with their own arguments: its first
+    /// instruction is emulated where theirs is single-stepped (the agent's
+    /// `probe::placement`). Bits 0-7 and 8-15: the two [`op`]s ([`NO_OP`] for none); bits
+    /// 16-27 and 28-39: the offset in its page of the address each one's call returns to,
+    /// which tells at the callee's entry which wrapper called it.
+    pub const CALLEE: u64 = 1 << 63;
+    pub const NO_OP: u64 = 0xff;
+
+    /// The cookie of a callee site for the calls (op, return address) of its wrappers; at
+    /// most two, the rest are ignored.
+    pub fn callee(calls: &[(u32, u64)]) -> u64 {
+        let mut c = CALLEE | NO_OP | (NO_OP << 8);
+        for (i, &(op, ret)) in calls.iter().take(2).enumerate() {
+            c &= !(0xff << (8 * i));
+            c |= (op as u64 & 0xff) << (8 * i);
+            c |= (ret & 0xfff) << (16 + 12 * i);
+        }
+        c
+    }
+
+    /// Which wrapper's op a hit on a callee site with `cookie` is, from the return address
+    /// on top of the stack at the callee's entry; None when the callee was called from
+    /// anywhere else.
+    #[inline(always)]
+    pub fn callee_op(cookie: u64, return_address: u64) -> Option<u32> {
+        let page = return_address & 0xfff;
+        for i in 0..2 {
+            let op = (cookie >> (8 * i)) & 0xff;
+            if op != NO_OP && (cookie >> (16 + 12 * i)) & 0xfff == page {
+                return Some(op as u32);
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::op;
+
+        #[test]
+        fn a_callee_cookie_tells_its_wrappers_apart_by_return_address() {
+            let c = callee(&[(op::SSL_READ, 0x35453), (op::SSL_READ_EX, 0x354c9)]);
+            assert_ne!(c & CALLEE, 0);
+            // Any mapping of the library: only the offset in the page counts.
+            assert_eq!(callee_op(c, 0x7f12_3456_7453), Some(op::SSL_READ));
+            assert_eq!(callee_op(c, 0x7f12_3456_74c9), Some(op::SSL_READ_EX));
+            assert_eq!(callee_op(c, 0x7f12_3456_7000), None);
+            // One wrapper only (a library without the `_ex` form).
+            let one = callee(&[(op::SSL_WRITE, 0x1234)]);
+            assert_eq!(callee_op(one, 0x5234), Some(op::SSL_WRITE));
+            assert_eq!(callee_op(one, 0x5fff), None);
+        }
+    }
 }
 
 /// The uprobe programs, by name: the eBPF crate defines them, the agent attaches them.

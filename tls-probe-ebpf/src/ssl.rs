@@ -24,14 +24,26 @@ use crate::{
 twin_uprobe!(ssl_hot_enter, ssl_hot_enter_single => hot_enter);
 twin_uretprobe!(ssl_hot_exit, ssl_hot_exit_single => hot_exit);
 twin_uprobe!(ssl_cold_enter, ssl_cold_enter_single => cold_enter);
-twin_uretprobe!(ssl_cold_exit, ssl_cold_exit_single => exit);
+twin_uretprobe!(ssl_cold_exit, ssl_cold_exit_single => cold_exit);
 
 /// SSL_read/SSL_write/SSL_peek (and `_ex`), SSL_get_error: entry.
 #[inline(always)]
 fn hot_enter(ctx: &ProbeContext) -> u32 {
     match attach_cookie(ctx) {
         cookie::SSL_GET_ERROR => get_error_enter(ctx),
-        op => enter(ctx, op as u32),
+        c if c & cookie::CALLEE != 0 => {
+            // On the callee's first instruction the return address into the wrapper that
+            // called it is on top of the stack.
+            // SAFETY: 8 bytes of the target's stack, copied out.
+            let ret_addr =
+                unsafe { bpf_probe_read_user(stack_pointer(ctx) as *const u64) }.unwrap_or(0);
+            match cookie::callee_op(c, ret_addr) {
+                Some(op) => enter(ctx, op, true),
+                // Called from elsewhere in the library: not an application call.
+                None => 0,
+            }
+        }
+        op => enter(ctx, op as u32, false),
     }
 }
 
@@ -40,8 +52,29 @@ fn hot_enter(ctx: &ProbeContext) -> u32 {
 fn hot_exit(ctx: &RetProbeContext) -> u32 {
     match attach_cookie(ctx) {
         cookie::SSL_GET_ERROR => get_error_exit(ctx),
-        _ => exit(ctx),
+        c => exit(ctx, c & cookie::CALLEE != 0),
     }
+}
+
+/// The stack pointer at the probe. The agent places probes on callees on x86_64 only.
+#[inline(always)]
+fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: the probe's own register set.
+        unsafe { (*ctx.regs).rsp }
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
+/// Returns of the handshake calls.
+#[inline(always)]
+fn cold_exit(ctx: &RetProbeContext) -> u32 {
+    exit(ctx, false)
 }
 
 /// SSL_do_handshake/SSL_accept/SSL_connect, SSL_free: entry.
@@ -49,13 +82,15 @@ fn hot_exit(ctx: &RetProbeContext) -> u32 {
 fn cold_enter(ctx: &ProbeContext) -> u32 {
     match attach_cookie(ctx) {
         cookie::SSL_FREE => free(ctx),
-        op => enter(ctx, op as u32),
+        op => enter(ctx, op as u32, false),
     }
 }
 
 /// Entry of any SSL I/O or handshake call: remember the arguments for the return probe.
+/// `callee`: the probe is on the internal function the call goes through, whose fourth
+/// argument is always the byte count's pointer and whose result is the `_ex` form's.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, op: u32) -> u32 {
+fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
     let Some((_, tid, flags)) = target_flags() else {
         return 0;
     };
@@ -86,7 +121,11 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         ssl,
         buf: if is_io { ctx.arg(1).unwrap_or(0) } else { 0 },
         len: if is_io { ctx.arg(2).unwrap_or(0) } else { 0 },
-        out_ptr: if is_ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        out_ptr: if is_ex || callee {
+            ctx.arg(3).unwrap_or(0)
+        } else {
+            0
+        },
         start_ns: now(),
         sys_last_ret: 0,
         op,
@@ -98,6 +137,7 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
         rd_buf: 0,
         hello: 0,
         hello_len: 0,
+        callee: callee as u32,
     };
     if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
@@ -105,9 +145,10 @@ fn enter(ctx: &ProbeContext, op: u32) -> u32 {
     0
 }
 
-/// Return of any SSL I/O or handshake call: emit one record.
+/// Return of any SSL I/O or handshake call: emit one record. `callee`: the return of a
+/// callee site ([`enter`]).
 #[inline(always)]
-fn exit(ctx: &RetProbeContext) -> u32 {
+fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
@@ -116,6 +157,10 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     };
     // SAFETY: the pointer is to this thread's own entry.
     let cur = unsafe { &mut *cur };
+    if callee && cur.callee == 0 {
+        // A callee entered from elsewhere in the library: its entry recorded nothing.
+        return 0;
+    }
     if cur.depth > 1 {
         cur.depth -= 1;
         return 0;
@@ -126,8 +171,26 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     let ts = now();
     // The return is `int` in every probed function: sign-extend the low 32 bits.
     let ret_raw: u64 = ctx.ret();
-    let ret = ret_raw as u32 as i32 as i64;
-    let bytes = if st.out_ptr != 0 {
+    let mut ret = ret_raw as u32 as i32 as i64;
+    let is_ex = st.op == op::SSL_READ_EX || st.op == op::SSL_WRITE_EX || st.op == op::SSL_PEEK_EX;
+    let bytes = if st.callee != 0 {
+        // The callee returns > 0 with the count behind the pointer; the wrapper turns that
+        // into its own result, as recorded here: the count (plain form) or 1 (`_ex`), and
+        // for `_ex` a negative result into 0.
+        let n = if ret > 0 {
+            // SAFETY: the size_t the callee wrote its count to; only the count is read.
+            unsafe { bpf_probe_read_user(st.out_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        };
+        ret = match (is_ex, ret > 0) {
+            (true, true) => 1,
+            (true, false) => ret.max(0),
+            (false, true) => n as i64,
+            (false, false) => ret,
+        };
+        n
+    } else if st.out_ptr != 0 {
         if ret == 1 {
             // SAFETY: a size_t the caller passed for the count; only the count is read.
             unsafe { bpf_probe_read_user(st.out_ptr as *const u64) }.unwrap_or(0)

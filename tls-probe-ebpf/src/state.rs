@@ -25,6 +25,9 @@ pub struct Inflight {
     pub hello: u32,
     /// The record length from that header.
     pub hello_len: u32,
+    /// 1 when the probes sit on the callee of the function in `op` (placement.rs in the
+    /// agent): the return converts the callee's result to the function's.
+    pub callee: u32,
 }
 
 pub const HELLO_BODY_NEXT: u32 = 1;

@@ -438,3 +438,43 @@ fn static_openssl_c_client_under_run() {
         assert_eq!(c["fd"], fd, "{c}");
     }
 }
+
+/// The per-call probes move to the emulated first instruction of the function that each
+/// read/write/peek pair calls (probe/placement.rs), in this system's libssl 3 and in node,
+/// which links OpenSSL into its executable.
+#[test]
+fn the_per_call_probes_sit_on_the_shared_callees() {
+    use tls_probe::probe::placement::Placement;
+    let pairs = [
+        vec!["SSL_read", "SSL_read_ex"],
+        vec!["SSL_write", "SSL_write_ex"],
+        vec!["SSL_peek", "SSL_peek_ex"],
+    ];
+    let placement = Placement::of_file(&find_system_libssl());
+    let moved: Vec<_> = placement
+        .sites
+        .iter()
+        .map(|s| s.functions.clone())
+        .collect();
+    assert_eq!(moved, pairs, "{placement:#?}");
+    // node's OpenSSL has the internal functions inlined, and its functions start with
+    // `push %rbp` (frame pointers): the probes stay on the entries, emulated already.
+    let node = Placement::of_file(Path::new("/usr/bin/node"));
+    assert!(node.sites.is_empty(), "{node:#?}");
+    assert_eq!(node.emulated_entries, pairs.concat(), "{node:#?}");
+}
+
+/// The libssl.so.3 the dynamic linker finds.
+fn find_system_libssl() -> std::path::PathBuf {
+    let out = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .expect("ldconfig -p");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("libssl.so.3 ") && l.contains("x86-64"))
+        .and_then(|l| l.rsplit("=> ").next())
+        .expect("no libssl.so.3 in `ldconfig -p`");
+    path.trim().into()
+}

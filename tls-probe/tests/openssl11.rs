@@ -312,7 +312,14 @@ fn check_discovery(pid: u32, ossl: &Path) {
         Path::new(&crypto.display_path),
         ossl.join("lib/libcrypto.so.1.1")
     );
-    assert_eq!(crypto.symbols.len(), KEY_OPS.len(), "{crypto:?}");
+    // The key operations, 1.1's error function and the async pause: every probed libcrypto
+    // function but OpenSSL 3's ERR_vset_error.
+    let expected: std::collections::BTreeSet<String> = KEY_OPS
+        .iter()
+        .chain(&["ERR_put_error", "ASYNC_pause_job"])
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(crypto.symbols, expected, "{crypto:?}");
     // What an error probe has to know: 1.1 raises errors through ERR_put_error, and has
     // none of OpenSSL 3's ERR_set_error / ERR_vset_error.
     let data = std::fs::read(&crypto.path).unwrap();
@@ -424,5 +431,28 @@ fn run_finds_libssl_1_1_through_the_rpath() {
             .iter()
             .any(|c| c["pid"] == pid && c["fd"] == done.fd),
         "the client's connect: {connects:?}"
+    );
+}
+
+/// OpenSSL 1.1.1 has the same shape as 3.x for reads and writes: SSL_read and SSL_read_ex
+/// (and the write pair) call one internal function with their arguments, whose first
+/// instruction is emulated, so the per-call probes sit there (probe/placement.rs). Its peek
+/// pair does not have that shape and keeps its entry probes.
+#[test]
+fn the_per_call_probes_of_1_1_1_sit_on_the_shared_callees() {
+    let lib = openssl11().join("lib/libssl.so.1.1");
+    let placement = tls_probe::probe::placement::Placement::of_file(&lib);
+    let moved: Vec<_> = placement
+        .sites
+        .iter()
+        .map(|s| s.functions.clone())
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            vec!["SSL_read", "SSL_read_ex"],
+            vec!["SSL_write", "SSL_write_ex"],
+        ],
+        "{placement:#?}"
     );
 }

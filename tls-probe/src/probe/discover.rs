@@ -9,6 +9,8 @@ use std::{
 use object::{Object, ObjectSymbol};
 use thiserror::Error;
 
+use super::placement::Placement;
+
 /// Symbols tls-probe attaches to. The first one must exist for a file to count as a TLS library.
 pub const REQUIRED_SYMBOL: &str = "SSL_read";
 
@@ -74,6 +76,9 @@ pub struct TlsLibrary {
     /// OpenSSL is linked statically. None when it cannot be found; the handshake kind is
     /// then unknown.
     pub crypto: Option<CryptoLibrary>,
+    /// Where its per-call probes go: on the callees of SSL_read and the others where their
+    /// first instruction is emulated, else on the functions.
+    pub placement: Placement,
 }
 
 /// Where the libcrypto key operations are.
@@ -147,6 +152,7 @@ pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, Discove
         version,
         symbols,
         crypto,
+        placement: Placement::of_file(path),
     })
 }
 

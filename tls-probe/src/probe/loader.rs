@@ -22,7 +22,7 @@ use aya::{
 };
 use tls_probe_common::{cookie, counter, op, program, target_flag};
 
-use super::TlsLibrary;
+use super::{TlsLibrary, placement::Placement};
 
 /// The embedded eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls-probe"));
@@ -142,14 +142,18 @@ impl LinkKind {
 }
 
 /// The points of `set` that `has` says the library defines, as aya attach points; for
-/// libcrypto's error functions only the first present. Returns the symbols skipped too.
+/// libcrypto's error functions only the first present. A function that `placement` moved
+/// to its callee is attached there, once for all the functions sharing it. Returns the
+/// symbols skipped too.
 pub fn points_for(
     set: &ProbeSet,
     has: impl Fn(&str) -> bool,
+    placement: &Placement,
 ) -> (Vec<UProbeAttachPoint<'static>>, Vec<&'static str>) {
     let mut points = Vec::new();
     let mut missing = Vec::new();
     let mut error_fn = false;
+    let mut sites = Vec::new();
     for &(symbol, cookie) in set.points {
         let is_error_fn = cookie == cookie::ERR_VSET_ERROR || cookie == cookie::ERR_PUT_ERROR;
         if !has(symbol) || (is_error_fn && error_fn) {
@@ -159,6 +163,16 @@ pub fn points_for(
             continue;
         }
         error_fn |= is_error_fn;
+        if let Some(site) = placement.site_of(symbol) {
+            if !sites.contains(&site.file_offset) {
+                sites.push(site.file_offset);
+                points.push(UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                    cookie: Some(site.cookie),
+                });
+            }
+            continue;
+        }
         points.push(UProbeAttachPoint {
             location: UProbeAttachLocation::Symbol(symbol),
             cookie: Some(cookie),
@@ -397,7 +411,11 @@ impl Probes {
         }
         match &target.lib.crypto {
             Some(crypto) => {
-                let (points, missing) = points_for(&CRYPTO_SET, |s| crypto.symbols.contains(s));
+                let (points, missing) = points_for(
+                    &CRYPTO_SET,
+                    |s| crypto.symbols.contains(s),
+                    &Placement::default(),
+                );
                 if !points.iter().any(|p| {
                     p.cookie == Some(cookie::ERR_VSET_ERROR)
                         || p.cookie == Some(cookie::ERR_PUT_ERROR)
@@ -449,7 +467,7 @@ impl Probes {
         lib: &TlsLibrary,
         missing: &mut Vec<&'static str>,
     ) -> Result<Option<(String, UProbeLinkId)>> {
-        let (points, skipped) = points_for(set, |s| lib.has(s));
+        let (points, skipped) = points_for(set, |s| lib.has(s), &lib.placement);
         for s in skipped {
             if !missing.contains(&s) {
                 missing.push(s);
@@ -685,4 +703,80 @@ fn scope(pid: u32) -> Result<UProbeScope> {
     Ok(UProbeScope::OneProcess(
         NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be a target"))?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::placement::CalleeSite;
+
+    fn locations(points: &[UProbeAttachPoint<'static>]) -> Vec<(String, u64)> {
+        points
+            .iter()
+            .map(|p| {
+                let at = match p.location {
+                    UProbeAttachLocation::Symbol(s) => s.to_owned(),
+                    UProbeAttachLocation::AbsoluteOffset(o) => format!("{o:#x}"),
+                    UProbeAttachLocation::SymbolOffset(s, o) => format!("{s}+{o:#x}"),
+                };
+                (at, p.cookie.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_function_the_library_has_gets_its_cookie_and_the_others_are_missing() {
+        let (points, missing) = points_for(
+            &HOT_SETS[1],
+            |s| !s.starts_with("SSL_peek"),
+            &Placement::default(),
+        );
+        assert_eq!(
+            locations(&points),
+            [
+                ("SSL_read".into(), op::SSL_READ as u64),
+                ("SSL_read_ex".into(), op::SSL_READ_EX as u64),
+                ("SSL_write".into(), op::SSL_WRITE as u64),
+                ("SSL_write_ex".into(), op::SSL_WRITE_EX as u64),
+                ("SSL_get_error".into(), cookie::SSL_GET_ERROR),
+            ]
+        );
+        assert_eq!(missing, ["SSL_peek", "SSL_peek_ex"]);
+    }
+
+    #[test]
+    fn functions_sharing_a_callee_site_are_one_point_there() {
+        let read = CalleeSite {
+            file_offset: 0x35290,
+            address: 0x35290,
+            functions: vec!["SSL_read", "SSL_read_ex"],
+            cookie: cookie::callee(&[(op::SSL_READ, 0x35453), (op::SSL_READ_EX, 0x354c9)]),
+        };
+        let placement = Placement {
+            sites: vec![read.clone()],
+            ..Placement::default()
+        };
+        let (points, missing) = points_for(&HOT_SETS[0], |_| true, &placement);
+        let at = locations(&points);
+        assert_eq!(at[0], ("0x35290".into(), read.cookie));
+        assert_eq!(at[1].0, "SSL_write");
+        assert_eq!(at.len(), 6, "{at:?}");
+        assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn only_the_first_error_function_of_libcrypto_is_attached() {
+        let (points, missing) = points_for(&CRYPTO_SET, |_| true, &Placement::default());
+        let at = locations(&points);
+        assert!(at.contains(&("ERR_vset_error".into(), cookie::ERR_VSET_ERROR)));
+        assert!(!at.iter().any(|(s, _)| s == "ERR_put_error"));
+        assert!(missing.is_empty());
+        // OpenSSL 1.1: ERR_put_error only.
+        let (points, _) = points_for(
+            &CRYPTO_SET,
+            |s| s != "ERR_vset_error",
+            &Placement::default(),
+        );
+        assert!(locations(&points).contains(&("ERR_put_error".into(), cookie::ERR_PUT_ERROR)));
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod discover;
 pub mod loader;
+pub mod placement;
 
 pub use discover::{CryptoLibrary, TlsLibrary, find_crypto, find_tls_library, library_at};
 pub use loader::{Counters, LinkKind, Probes};
