@@ -105,6 +105,7 @@ impl Engine {
         self.state
             .record_handshake(&self.cfg, (key, tid), now, (call, code), fd);
         if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
+            t.last_ssl = Some(call.ssl);
             t.ssl_calls_total += 1;
             t.window.current(now).calls += 1;
             if t.lp.iter.active {

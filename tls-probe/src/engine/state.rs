@@ -134,6 +134,11 @@ pub(crate) struct Thread {
     pub immediate_total: u64,
     pub ssl_calls_total: u64,
     pub window: Window<LoopCounts>,
+    /// The SSL* of the last probed SSL call the thread made (with the per-call probes off,
+    /// its last handshake): the connection it most likely works on.
+    pub last_ssl: Option<u64>,
+    /// The fd of the last connect or accept the thread made.
+    pub last_socket: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -219,6 +224,8 @@ impl State {
             immediate_total: 0,
             ssl_calls_total: 0,
             window: Window::new(now, window_ns),
+            last_ssl: None,
+            last_socket: None,
         });
         t.last_seen_ns = t.last_seen_ns.max(now);
         t
