@@ -43,7 +43,7 @@ pub struct ShutdownWriteEvidence {
     /// How the SSL* and fd were learned; None when not known.
     pub connection_from: Option<Attribution>,
     pub fd_from: Option<Attribution>,
-    /// The OpenSSL error raised on the thread before it (reason name, or "lib L reason R"):
+    /// The libssl error raised on the thread before it (reason name, or "lib L reason R"):
     /// the fatal error that shut the connection, most likely. None: none was seen, as after
     /// the program's own SSL_shutdown.
     pub previous_error: Option<String>,
@@ -84,7 +84,12 @@ pub(crate) struct ShutdownRule {
 impl Rule for ShutdownRule {
     fn on_lib_error(&mut self, cx: &mut Cx<'_>, e: &LibErrorAt<'_>) {
         let key = (e.pid, e.tid);
-        if e.lib != ossl::ERR_LIB_SSL || e.reason != ossl::SSL_R_PROTOCOL_IS_SHUTDOWN {
+        if e.lib != ossl::ERR_LIB_SSL {
+            // libcrypto raises and clears errors of its own in healthy code (OpenSSL 3's
+            // decoders try formats in turn): they shut no connection.
+            return;
+        }
+        if e.reason != ossl::SSL_R_PROTOCOL_IS_SHUTDOWN {
             if self.last_error.len() >= MAX_THREADS && !self.last_error.contains_key(&key) {
                 self.last_error.clear();
             }

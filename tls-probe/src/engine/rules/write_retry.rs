@@ -18,7 +18,8 @@
 //!
 //! One finding per connection hit, carrying how its SSL* and fd were learned, whether the
 //! arguments were seen, and its fate: the SSL error, the SSL_free and close() that drop the
-//! connection, and the handshake of the reconnect that follows on the same thread. Each
+//! connection, and the handshake of the reconnect that follows on the same thread (a
+//! client's own, or on a server one from the same peer host). Each
 //! change is emitted at once. It closes `incident_quiet_ns` after its last occurrence.
 
 use std::{collections::HashMap, fmt};
@@ -34,6 +35,7 @@ use super::{
 use crate::{
     engine::{
         finding::{Evidence, Severity, Subject},
+        handshake::stats::peer_host,
         state::ConnKey,
     },
     event::{SslErrorCode, SslOp},
@@ -425,13 +427,25 @@ impl Rule for WriteRetryRule {
             emit(cx, inc, d.ts);
         }
         if d.call.op.is_handshake() {
-            // The thread starts another connection: the reconnect after the failure.
+            // The thread starts another connection to the same place: the reconnect after
+            // the failure. A client's (SSL_connect, or a socket it connected), or, on a
+            // server, one from the same peer host.
+            let peer = d.fd.and_then(|fd| cx.state.peers.get(&(d.pid, fd)));
+            let outbound = d.call.op == SslOp::Connect || peer.is_some_and(|p| p.outbound);
+            let host = peer.map(|p| peer_host(&p.addr).to_owned());
             for inc in &mut self.incidents {
+                let same_host = host.is_some()
+                    && inc
+                        .ev
+                        .peers
+                        .first()
+                        .is_some_and(|p| Some(peer_host(&p.peer)) == host.as_deref());
                 if inc.pid == d.pid
                     && inc.tid == d.tid
                     && inc.ev.reconnect_after_ns.is_none()
                     && d.call.start_ns > inc.error_ns
                     && (inc.freed || inc.closed || inc.ssl != Some(d.call.ssl))
+                    && (outbound || same_host)
                 {
                     inc.ev.reconnect_after_ns = Some(d.call.start_ns - inc.error_ns);
                     inc.fate("reconnect");

@@ -139,6 +139,14 @@ fn the_openssl_error_alone_flags_a_retry_on_the_threads_connection() {
     sim.free(TID, S1);
     sim.close(TID, 7);
     sim.idle(5 * MS);
+    sim.feed(
+        TID,
+        EventKind::Peer {
+            fd: 7,
+            addr: "10.0.0.9:443".to_owned(),
+            side: crate::event::PeerSide::Connected,
+        },
+    );
     sim.handshake(TID, S1, 7, 1, 1, None);
     let e = retry_evidence(&sim.engine.findings()[0]).clone();
     assert_eq!(e.connections_dropped_after, 1);
