@@ -196,7 +196,10 @@ impl Engine {
                 }
             }
             EventKind::Peer { fd, addr, side } => {
-                self.thread((pid, tid), out).last_socket = Some(*fd);
+                // A socket the thread connected: the connection it works on next.
+                if *side == PeerSide::Connected {
+                    self.thread((pid, tid), out).last_socket = Some(*fd);
+                }
                 self.insert_peer(pid, *fd, addr.clone(), *side == PeerSide::Connected);
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),

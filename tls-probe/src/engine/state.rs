@@ -137,7 +137,7 @@ pub(crate) struct Thread {
     /// The SSL* of the last probed SSL call the thread made (with the per-call probes off,
     /// its last handshake): the connection it most likely works on.
     pub last_ssl: Option<u64>,
-    /// The fd of the last connect or accept the thread made.
+    /// The fd of the last socket the thread connected.
     pub last_socket: Option<i32>,
 }
 

@@ -6,7 +6,7 @@
 //! on, that is the failing SSL_write itself: its SSL* and fd are seen. With them off (the
 //! default mode between windows, light mode), only the handshake calls are probed, and the
 //! connection is the thread's last one: the SSL* of its last probed call (its handshake)
-//! and the fd of that connection, or of the thread's last connect/accept. A thread that
+//! and the fd of that connection, or of the socket the thread last connected. A thread that
 //! serves many connections makes that a guess; the SSL_free and close() the thread makes
 //! next, right after the error, usually name the failing connection, and the rules take
 //! them as a better guess (still inferred).
@@ -30,7 +30,7 @@ pub enum Attribution {
     /// Inferred: the SSL* of the last probed SSL call the thread made (with the per-call
     /// probes off, its last handshake).
     ThreadLastConnection,
-    /// Inferred: the fd of the last connect or accept the thread made.
+    /// Inferred: the fd of the socket the thread last connected.
     ThreadLastSocket,
     /// Inferred: the SSL* the thread freed right after the error.
     FreedAfter,
@@ -53,7 +53,7 @@ impl Attribution {
             Self::SslCall => "seen in the SSL call's own record",
             Self::ConnectionFd => "seen in the connection's earlier calls",
             Self::ThreadLastConnection => "inferred: the thread's last SSL connection",
-            Self::ThreadLastSocket => "inferred: the thread's last connect or accept",
+            Self::ThreadLastSocket => "inferred: the socket the thread last connected",
             Self::FreedAfter => "inferred: the SSL* the thread freed right after",
             Self::ClosedAfter => "inferred: the fd the thread closed right after",
         }
