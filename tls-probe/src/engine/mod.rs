@@ -181,8 +181,13 @@ impl Engine {
                 };
                 self.dispatch(out, |r, cx| r.on_lib_error(cx, &e));
             }
-            // The same: the rule sees the WANT_ASYNC answers from SSL_get_error.
-            EventKind::AsyncPause { .. } => {}
+            // The rule sees the WANT_ASYNC answers: from SSL_get_error while it is probed,
+            // else inferred for the probed call the job paused in (a handshake call with
+            // the per-call probes off), so that a stall is seen from its first answer.
+            EventKind::AsyncPause { ssl: Some(ssl) } => {
+                self.thread((pid, tid), out).async_pause = Some((*ssl, ts));
+            }
+            EventKind::AsyncPause { ssl: None } => {}
             EventKind::Close { fd, ret } => {
                 if *ret >= 0 {
                     // Before the fd is unmapped: rules still read its connection and peer.

@@ -139,6 +139,9 @@ pub(crate) struct Thread {
     pub last_ssl: Option<u64>,
     /// The fd of the last socket the thread connected.
     pub last_socket: Option<i32>,
+    /// The last async job pause on the thread, with the SSL* of the probed call it paused
+    /// in: (ssl, ts).
+    pub async_pause: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -226,6 +229,7 @@ impl State {
             window: Window::new(now, window_ns),
             last_ssl: None,
             last_socket: None,
+            async_pause: None,
         });
         t.last_seen_ns = t.last_seen_ns.max(now);
         t

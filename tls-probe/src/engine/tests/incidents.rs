@@ -405,3 +405,24 @@ fn quick_async_jobs_are_normal() {
     sim.idle(20 * SEC);
     sim.assert_quiet();
 }
+
+#[test]
+fn want_async_stall_is_seen_in_handshakes_without_get_error() {
+    let mut sim = Sim::new();
+    // The per-call probes are off: SSL_get_error is not probed, but ASYNC_pause_job and the
+    // handshake calls are. Each pause inside a failing handshake call is a WANT_ASYNC.
+    sim.report = ErrorReport::Infer;
+    for _ in 0..10 {
+        let start = sim.now;
+        sim.now += 1_000;
+        sim.feed(TID, EventKind::AsyncPause { ssl: Some(S1) });
+        sim.now += 1_000;
+        let mut c = call(SslOp::DoHandshake, S1, 7, -1, 0);
+        (c.start_ns, c.duration_ns, c.buf, c.len) = (start, 2_000, 0, 0);
+        sim.feed(TID, EventKind::SslCall(c));
+        sim.idle(20 * MS);
+    }
+    let f = sim.opened(FindingKind::WantAsyncStall);
+    assert_eq!(f.len(), 1, "{:?}", sim.engine.findings());
+    assert_eq!(f[0].ssl, Some(S1));
+}
