@@ -25,7 +25,7 @@ use std::{
 
 use common::{Proc, cert, wait_for};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
-use scenario_common::{attach_mode, describe, monotonic_ns, opened, records_so_far};
+use scenario_common::{Scenario, attach_mode, describe, monotonic_ns, opened, records_so_far};
 use serde_json::Value;
 
 const SEC: u64 = 1_000_000_000;
@@ -331,4 +331,36 @@ fn a_write_after_shutdown_is_flagged_at_once() {
     let e = &f["evidence"]["write_after_shutdown"];
     assert!(e["previous_error"].is_null(), "after SSL_shutdown: {e}");
     assert!(opened(&records, "bad_write_retry").is_empty());
+}
+
+/// A stuck async job in a handshake, with the per-call probes never on (light mode): the
+/// always-on ASYNC_pause_job and handshake probes alone show the WANT_ASYNC answers.
+#[test]
+fn want_async_stall_is_flagged_in_light_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sc = Scenario::start("async-stall", 4.0);
+    let a = attach_mode(dir.path(), sc.pid(), "light");
+    let start = sc.go();
+    let (f, took) = wait_finding(&a, "want_async_stall", start);
+    sc.done(EXIT);
+    let records = a.finish(EXIT);
+    let first = f["first_seen_ns"].as_u64().unwrap();
+    println!(
+        "light: want_async_stall from {:.0} ms after the start, read from the file {:.0} ms \
+         after the start: {}",
+        first.saturating_sub(start) as f64 / 1e6,
+        took as f64 / 1e6,
+        f["evidence"]
+    );
+    assert_eq!(f["ssl"], sc.ssl("server"), "{f}");
+    let s = &records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "summary")
+        .unwrap()["data"];
+    // No per-call probe ever fired: no SSL_get_error, no SSL_read or SSL_write.
+    let by_probe = &s["events_by_probe"];
+    for p in ["SSL_get_error", "SSL_read", "SSL_write"] {
+        assert!(by_probe[p].is_null(), "light mode saw {p}: {by_probe}");
+    }
 }
