@@ -13,6 +13,7 @@
 mod common;
 #[path = "common/scenario.rs"]
 mod scenario_common;
+mod schema;
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -153,6 +154,10 @@ fn wait_finding(a: &common::Attached, kind: &str, after_ns: u64) -> (Value, u64)
 /// The opened findings of `kind`, and per `misuse` time the ones whose first_seen_ns is
 /// within 1 s after it.
 fn check_one_each(records: &[Value], kind: &str, times: &[u64]) -> Vec<Value> {
+    // Every record as the schema documents it (deny_unknown_fields).
+    for (i, r) in records.iter().enumerate() {
+        schema::check_line(i + 1, &r.to_string());
+    }
     let all = opened(records, kind);
     assert_eq!(
         all.len(),

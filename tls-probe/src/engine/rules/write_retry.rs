@@ -572,7 +572,7 @@ fn explain(comm: Option<&str>, inc: &Incident) -> String {
     let mut s = match ev.reason.as_deref() {
         Some(reason) => format!(
             "{who} retried {call} on this connection with other arguments than the write \
-             that answered WANT_*, and OpenSSL failed it with {} ({reason}) on thread {}.",
+             that answered WANT_*, and OpenSSL failed it with {} on thread {}.",
             if reason == "bad_length" {
                 "\"bad length\" (SSL_R_BAD_LENGTH)"
             } else {
