@@ -528,8 +528,18 @@ pub struct LibErrorEvent {
     pub hdr: EventHeader,
     pub lib: i32,
     pub reason: i32,
+    /// The SSL* of the probed SSL call the thread is inside when the error is raised (a
+    /// handshake call always is; an I/O call only while the per-call probes are on), or 0.
+    pub ssl: u64,
+    /// That call's `op`, or [`NO_OP`] when the thread is inside no probed call.
+    pub op: u32,
+    /// The socket fd that call did I/O on so far, or -1.
+    pub fd: i32,
 }
-const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 48);
+
+/// `op` of a record made outside any probed SSL call.
+pub const NO_OP: u32 = u32::MAX;
 
 /// `kind` of an [`AsyncPauseEvent`] (pre-assigned: 15).
 pub const KIND_ASYNC_PAUSE: u32 = 15;
@@ -551,6 +561,9 @@ const _: () = assert!(core::mem::size_of::<AsyncPauseEvent>() == 32);
 pub mod ossl {
     pub const ERR_LIB_SSL: i32 = 20;
     pub const SSL_R_BAD_WRITE_RETRY: i32 = 127;
+    /// A write on a connection that already sent its close_notify, or failed fatally
+    /// (OpenSSL sends an alert then, which shuts the write side too).
+    pub const SSL_R_PROTOCOL_IS_SHUTDOWN: i32 = 207;
     /// The peer closed the connection without a close_notify: every server sees it.
     pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
 }

@@ -1,13 +1,13 @@
 //! OpenSSL's error queue: a uprobe on libcrypto's `ERR_vset_error` (OpenSSL 3) or
 //! `ERR_put_error` (1.1). It fires only when OpenSSL raises an error, which a healthy
 //! program does rarely, so it is always on: a bad write retry shows here at once, with its
-//! (lib, reason), and the agent turns on the per-call probes to see the rest.
+//! (lib, reason) and, when the thread is inside a probed SSL call, that call's SSL* and fd.
 
 use aya_ebpf::programs::ProbeContext;
-use tls_probe_common::{LibErrorEvent, kind};
+use tls_probe_common::{LibErrorEvent, NO_OP, kind};
 
 use crate::{
-    maps::EVENTS,
+    maps::{EVENTS, INFLIGHT},
     util::{header, lost, now, target, wakeup_flags},
 };
 
@@ -22,10 +22,18 @@ pub fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
     };
     let lib = ctx.arg::<u64>(0).unwrap_or(0) as u32 as i32;
     let reason = ctx.arg::<u64>(reason_arg).unwrap_or(0) as u32 as i32;
+    // The call the error is raised in, when it is probed: which connection it is about.
+    // SAFETY: the pointer is to this thread's own entry, read at once.
+    let (ssl, op, fd) = INFLIGHT
+        .get_ptr(&tid)
+        .map_or((0, NO_OP, -1), |c| unsafe { ((*c).ssl, (*c).op, (*c).fd) });
     let ev = LibErrorEvent {
         hdr: header(kind::LIB_ERROR, tgid, tid, now()),
         lib,
         reason,
+        ssl,
+        op,
+        fd,
     };
     if EVENTS.output::<LibErrorEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::LIB_ERROR);

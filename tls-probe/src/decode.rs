@@ -253,10 +253,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::LIB_ERROR => {
             let r: LibErrorEvent = read(bytes, hdr.kind)?;
+            let op = match r.op {
+                tls_probe_common::NO_OP => None,
+                raw => Some(ssl_op(raw)?),
+            };
             EventKind::LibError {
                 lib: r.lib,
                 reason: r.reason,
                 reason_name: lib_reason_name(r.lib, r.reason).map(str::to_owned),
+                ssl: (op.is_some() && r.ssl != 0).then_some(r.ssl),
+                op,
+                fd: (op.is_some() && r.fd >= 0).then_some(r.fd),
             }
         }
         tls_probe_common::KIND_ASYNC_PAUSE => {
@@ -275,6 +282,10 @@ fn lib_reason_name(lib: i32, reason: i32) -> Option<&'static str> {
     use tls_probe_common::ossl;
     match (lib, reason) {
         (ossl::ERR_LIB_SSL, ossl::SSL_R_BAD_WRITE_RETRY) => Some("bad_write_retry"),
+        (ossl::ERR_LIB_SSL, ossl::SSL_R_PROTOCOL_IS_SHUTDOWN) => Some("protocol_is_shutdown"),
+        (ossl::ERR_LIB_SSL, ossl::SSL_R_UNEXPECTED_EOF_WHILE_READING) => {
+            Some("unexpected_eof_while_reading")
+        }
         _ => None,
     }
 }

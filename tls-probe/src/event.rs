@@ -372,11 +372,21 @@ pub enum EventKind {
     EpollBusy(EpollBusy),
     /// OpenSSL raised an error (`ERR_set_error`, or `ERR_put_error` in 1.1) on this
     /// thread: `lib` and `reason` are OpenSSL's codes (lib 20 is libssl; reason 127 there is
-    /// SSL_R_BAD_WRITE_RETRY). `reason_name` names the reasons tls-probe knows.
+    /// SSL_R_BAD_WRITE_RETRY, 207 SSL_R_PROTOCOL_IS_SHUTDOWN). `reason_name` names the
+    /// reasons tls-probe knows.
     LibError {
         lib: i32,
         reason: i32,
         reason_name: Option<String>,
+        /// The SSL* of the probed SSL call the thread was inside (a handshake call, or an
+        /// I/O call while the per-call probes are on), with that call and the fd it did I/O
+        /// on so far. None when the thread was inside no probed call.
+        #[serde(default)]
+        ssl: Option<u64>,
+        #[serde(default)]
+        op: Option<SslOp>,
+        #[serde(default)]
+        fd: Option<i32>,
     },
     /// An OpenSSL async job paused on this thread (`ASYNC_pause_job`): the SSL call running
     /// it answers SSL_ERROR_WANT_ASYNC. `ssl` is the SSL* of the probed call the thread is

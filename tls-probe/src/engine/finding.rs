@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use super::rules::{
     async_stall::AsyncStallEvidence, busy::BusyEvidence, churn::ChurnEvidence,
     concurrent::ConcurrentEvidence, resumption::ResumptionEvidence, saturation::SaturationEvidence,
-    spin::SpinEvidence, write_retry::WriteRetryEvidence,
+    shutdown::ShutdownWriteEvidence, spin::SpinEvidence, write_retry::WriteRetryEvidence,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -21,6 +21,7 @@ pub enum FindingKind {
     HandshakeSaturation,
     LowSessionResumption,
     ConnectionChurn,
+    WriteAfterShutdown,
 }
 
 impl FindingKind {
@@ -34,6 +35,7 @@ impl FindingKind {
             Self::HandshakeSaturation => "handshake_saturation",
             Self::LowSessionResumption => "low_session_resumption",
             Self::ConnectionChurn => "connection_churn",
+            Self::WriteAfterShutdown => "write_after_shutdown",
         }
     }
 }
@@ -72,6 +74,7 @@ pub enum Evidence {
     HandshakeSaturation(SaturationEvidence),
     LowSessionResumption(ResumptionEvidence),
     ConnectionChurn(ChurnEvidence),
+    WriteAfterShutdown(ShutdownWriteEvidence),
 }
 
 impl Evidence {
@@ -85,6 +88,7 @@ impl Evidence {
             Self::HandshakeSaturation(_) => FindingKind::HandshakeSaturation,
             Self::LowSessionResumption(_) => FindingKind::LowSessionResumption,
             Self::ConnectionChurn(_) => FindingKind::ConnectionChurn,
+            Self::WriteAfterShutdown(_) => FindingKind::WriteAfterShutdown,
         }
     }
 
@@ -99,6 +103,7 @@ impl Evidence {
             Self::HandshakeSaturation(e) => e.handshake_time_pct,
             Self::LowSessionResumption(e) => e.resumption_pct,
             Self::ConnectionChurn(e) => e.connections_per_sec,
+            Self::WriteAfterShutdown(e) => e.occurrences as f64,
         }
     }
 }
@@ -114,6 +119,7 @@ impl fmt::Display for Evidence {
             Self::HandshakeSaturation(e) => e.fmt(f),
             Self::LowSessionResumption(e) => e.fmt(f),
             Self::ConnectionChurn(e) => e.fmt(f),
+            Self::WriteAfterShutdown(e) => e.fmt(f),
         }
     }
 }

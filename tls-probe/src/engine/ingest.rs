@@ -33,9 +33,13 @@ impl Engine {
         }
         if c.ret <= 0 {
             if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
+                let async_paused = t
+                    .async_pause
+                    .is_some_and(|(ssl, at)| ssl == c.ssl && at >= c.start_ns && at <= ts);
                 t.lp.pending = Some(Pending {
                     ts,
                     call: c.clone(),
+                    async_paused,
                 });
             }
         } else {
@@ -105,6 +109,7 @@ impl Engine {
         self.state
             .record_handshake(&self.cfg, (key, tid), now, (call, code), fd);
         if let Some(t) = self.state.threads.get_mut(&(pid, tid)) {
+            t.last_ssl = Some(call.ssl);
             t.ssl_calls_total += 1;
             t.window.current(now).calls += 1;
             if t.lp.iter.active {

@@ -8,13 +8,20 @@ use crate::event::{EpollBusy, EpollWait, SslCall, SslErrorCode, SslOp, SysKind};
 pub(crate) struct Pending {
     pub ts: u64,
     pub call: SslCall,
+    /// An async job paused on this thread, for this SSL*, during the call
+    /// (`ASYNC_pause_job`, always probed): the call answers WANT_ASYNC.
+    pub async_paused: bool,
 }
 
 impl Pending {
-    /// The code SSL_get_error would have given, guessed from the last socket syscall:
-    /// EAGAIN on a read means WANT_READ, on a write WANT_WRITE. None when it cannot be told.
+    /// The code SSL_get_error would have given, guessed: WANT_ASYNC after an async job
+    /// paused inside the call; else from the last socket syscall, EAGAIN on a read meaning
+    /// WANT_READ, on a write WANT_WRITE. None when it cannot be told.
     pub fn inferred_code(&self) -> Option<SslErrorCode> {
         const EAGAIN: i64 = -11;
+        if self.async_paused {
+            return Some(SslErrorCode::WantAsync);
+        }
         match (self.call.sys_last, self.call.sys_last_ret) {
             (Some(SysKind::Read), Some(EAGAIN)) => Some(SslErrorCode::WantRead),
             (Some(SysKind::Write), Some(EAGAIN)) => Some(SslErrorCode::WantWrite),

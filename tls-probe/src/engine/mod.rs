@@ -40,20 +40,20 @@ pub use config::Config;
 pub use finding::{
     AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
     FindingChange, FindingKind, FindingState, ResumptionEvidence, SaturationEvidence, Severity,
-    SpinEvidence, WriteRetryEvidence,
+    ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
 };
 pub use handshake::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
     names as tls_names,
 };
-pub use rules::write_retry::PeerCount;
+pub use rules::{attribution::Attribution, write_retry::PeerCount};
 pub use snapshot::{
     ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
     SocketIoStatus, ThreadSnapshot, WaitSnapshot,
 };
 
 use self::{
-    rules::{ConnEnd, Cx, Rule},
+    rules::{ConnEnd, Cx, LibErrorAt, Rule},
     state::{ConnKey, State, Thread, ThreadKey},
     store::FindingStore,
     window::BUCKETS,
@@ -151,6 +151,7 @@ impl Engine {
             EventKind::SslError(e) => self.on_ssl_error(pid, tid, e, out),
             EventKind::SslFree { ssl } => {
                 self.resolve_pending((pid, tid), out);
+                self.dispatch(out, |r, cx| r.on_ssl_free(cx, pid, tid, *ssl));
                 self.end_conn((pid, *ssl), ConnEnd::Freed, out);
             }
             EventKind::EpollWait(w) => self.on_epoll_wait(pid, tid, ts, w, out),
@@ -159,12 +160,40 @@ impl Engine {
             EventKind::EpollCtl(_) => {}
             EventKind::EpollIdle(w) => self.on_epoll_idle(pid, tid, ts, w, out),
             EventKind::EpollBusy(w) => self.on_epoll_busy(pid, tid, ts, w, out),
-            // The agent's escalation controller reads these; the rules see what the
-            // per-call probes it turns on show.
-            EventKind::LibError { .. } => {}
-            // The same: the rule sees the WANT_ASYNC answers from SSL_get_error.
-            EventKind::AsyncPause { .. } => {}
+            EventKind::LibError {
+                lib,
+                reason,
+                reason_name,
+                ssl,
+                op,
+                fd,
+            } => {
+                let e = LibErrorAt {
+                    pid,
+                    tid,
+                    ts,
+                    lib: *lib,
+                    reason: *reason,
+                    reason_name: reason_name.as_deref(),
+                    ssl: *ssl,
+                    op: *op,
+                    fd: *fd,
+                };
+                self.dispatch(out, |r, cx| r.on_lib_error(cx, &e));
+            }
+            // The rule sees the WANT_ASYNC answers: from SSL_get_error while it is probed,
+            // else inferred for the probed call the job paused in (a handshake call with
+            // the per-call probes off), so that a stall is seen from its first answer.
+            EventKind::AsyncPause { ssl: Some(ssl) } => {
+                self.thread((pid, tid), out).async_pause = Some((*ssl, ts));
+            }
+            EventKind::AsyncPause { ssl: None } => {}
             EventKind::Close { fd, ret } => {
+                if *ret >= 0 {
+                    // Before the fd is unmapped: rules still read its connection and peer.
+                    let ssl = self.state.ssl_of_fd(pid, Some(*fd));
+                    self.dispatch(out, |r, cx| r.on_fd_close(cx, pid, tid, *fd, ssl));
+                }
                 if *ret >= 0
                     && let Some(ssl) = self.state.close_fd(pid, *fd)
                 {
@@ -172,6 +201,10 @@ impl Engine {
                 }
             }
             EventKind::Peer { fd, addr, side } => {
+                // A socket the thread connected: the connection it works on next.
+                if *side == PeerSide::Connected {
+                    self.thread((pid, tid), out).last_socket = Some(*fd);
+                }
                 self.insert_peer(pid, *fd, addr.clone(), *side == PeerSide::Connected);
             }
             EventKind::ListenOverflows { total } => self.state.hs.listen_overflows(ts, *total),
@@ -198,7 +231,7 @@ impl Engine {
     }
 
     /// The findings open for `pid` that only the per-call probes can show (spin_loop,
-    /// busy_epoll_loop, bad_write_retry, concurrent_ssl_use, want_async_stall): how many
+    /// busy_epoll_loop, concurrent_ssl_use, want_async_stall): how many
     /// kinds, and whether the kernel's aggregated waits alone keep all of them going once
     /// the per-call probes are off (spin_loop only; see its rule's `on_busy_waits`). What
     /// `--mode auto` takes as a confirmation.
@@ -207,7 +240,6 @@ impl Engine {
         let open: Vec<K> = [
             K::SpinLoop,
             K::BusyEpollLoop,
-            K::BadWriteRetry,
             K::ConcurrentSslUse,
             K::WantAsyncStall,
         ]

@@ -134,6 +134,14 @@ pub(crate) struct Thread {
     pub immediate_total: u64,
     pub ssl_calls_total: u64,
     pub window: Window<LoopCounts>,
+    /// The SSL* of the last probed SSL call the thread made (with the per-call probes off,
+    /// its last handshake): the connection it most likely works on.
+    pub last_ssl: Option<u64>,
+    /// The fd of the last socket the thread connected.
+    pub last_socket: Option<i32>,
+    /// The last async job pause on the thread, with the SSL* of the probed call it paused
+    /// in: (ssl, ts).
+    pub async_pause: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -219,6 +227,9 @@ impl State {
             immediate_total: 0,
             ssl_calls_total: 0,
             window: Window::new(now, window_ns),
+            last_ssl: None,
+            last_socket: None,
+            async_pause: None,
         });
         t.last_seen_ns = t.last_seen_ns.max(now);
         t

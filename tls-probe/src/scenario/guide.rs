@@ -125,7 +125,8 @@ pub fn guide(name: ScenarioName) -> Guide {
                    request's buffer (the libcurl bug); libssl fails it and the client \
                    reconnects",
             expect: "a bad_write_retry finding on the client thread about a second in, when \
-                     the server first stalls, updated on every reconnect",
+                     the server first stalls: one per connection hit, each opened at its \
+                     retry from OpenSSL's error, with the drop and reconnect that follow",
             findings: &[("bad_write_retry", &["client"])],
             no_finding: None,
             counts: &[(

@@ -275,7 +275,13 @@ pub fn event_line(ev: &Event) -> String {
             lib,
             reason,
             reason_name,
+            ssl,
+            op,
+            fd: call_fd,
         } => {
+            if let Some(ssl) = ssl {
+                let _ = write!(s, "ssl={ssl:#x} fd={} ", fd(*call_fd));
+            }
             let _ = write!(
                 s,
                 "lib={lib} reason={reason}{}",
@@ -284,6 +290,9 @@ pub fn event_line(ev: &Event) -> String {
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default()
             );
+            if let Some(op) = op {
+                let _ = write!(s, " in {}", op.symbol());
+            }
         }
         EventKind::AsyncPause { ssl } => match ssl {
             Some(ssl) => {

@@ -225,11 +225,19 @@ impl Drop for NdjsonWriter {
 pub struct NdjsonSink {
     writer: NdjsonWriter,
     events: bool,
+    /// A finding record was written since the last flush: it goes out at the end of the
+    /// batch, not at the next once-a-second tick, so that a finding reaches a file within
+    /// a batch of the event that opened it.
+    finding_written: bool,
 }
 
 impl NdjsonSink {
     pub fn new(writer: NdjsonWriter, events: bool) -> Self {
-        Self { writer, events }
+        Self {
+            writer,
+            events,
+            finding_written: false,
+        }
     }
 }
 
@@ -241,12 +249,17 @@ impl Sink for NdjsonSink {
                 self.writer.write(rec)?;
                 self.writer.flush()
             }
+            Record::Finding(_) => {
+                self.finding_written = true;
+                self.writer.write(rec)
+            }
             _ => self.writer.write(rec),
         }
     }
 
     fn flush(&mut self, at: Flush) -> Result<()> {
-        if at == Flush::Tick || self.writer.flush_each {
+        if at == Flush::Tick || self.writer.flush_each || self.finding_written {
+            self.finding_written = false;
             self.writer.flush()
         } else {
             Ok(())

@@ -286,6 +286,9 @@ event!(LibError {
     lib: i32,
     reason: i32,
     reason_name: Option<String>,
+    ssl: Option<u64>,
+    op: Option<SslOp>,
+    fd: Option<i32>,
 });
 event!(AsyncPause { ssl: Option<u64> });
 
@@ -435,6 +438,7 @@ pub enum Evidence {
     HandshakeSaturation(SaturationEvidence),
     LowSessionResumption(ResumptionEvidence),
     ConnectionChurn(ChurnEvidence),
+    WriteAfterShutdown(ShutdownWriteEvidence),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -475,20 +479,50 @@ pub struct BusyEvidence {
 #[serde(deny_unknown_fields)]
 pub struct WriteRetryEvidence {
     pub occurrences: u64,
+    pub reason: Option<String>,
+    pub connection_from: Option<Attribution>,
+    pub fd_from: Option<Attribution>,
+    pub arguments_seen: bool,
     pub moved_buffer: u64,
     pub shorter_length: u64,
     pub connections: u64,
     pub ssl_errors_after: u64,
     pub connections_dropped_after: u64,
+    pub dropped_after_ns: Option<Ns>,
+    pub reconnect_after_ns: Option<Ns>,
     pub moved_buffer_accepted: u64,
-    pub op: SslOp,
+    pub op: Option<SslOp>,
     pub previous_answer: Option<Code>,
-    pub previous_buf: u64,
-    pub buf: u64,
-    pub previous_len_bytes: u64,
-    pub len_bytes: u64,
+    pub previous_buf: Option<u64>,
+    pub buf: Option<u64>,
+    pub previous_len_bytes: Option<u64>,
+    pub len_bytes: Option<u64>,
     pub fate: Option<String>,
     pub peers: Vec<PeerCount>,
+}
+
+/// How a finding's SSL* or fd was learned: the first three seen, the rest inferred.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    SslCallInFlight,
+    SslCall,
+    ConnectionFd,
+    ThreadLastConnection,
+    ThreadLastSocket,
+    FreedAfter,
+    ClosedAfter,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownWriteEvidence {
+    pub occurrences: u64,
+    pub op: Option<SslOp>,
+    pub connection_from: Option<Attribution>,
+    pub fd_from: Option<Attribution>,
+    pub previous_error: Option<String>,
+    pub previous_error_ago_ns: Option<Ns>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

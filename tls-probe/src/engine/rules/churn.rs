@@ -7,7 +7,8 @@
 //! connections a second, new connections in at least `sustained_buckets` buckets, and the
 //! median lifetime of its last connections under `churn_max_lifetime_ns`. Only where the
 //! peer is known (`Engine::set_peer`). The evidence lists the ids of open `bad_write_retry`
-//! findings of the same process that hit this peer (or name no peer). It stays open while
+//! findings of the same process that hit this peer (or name no peer). Its severity is graded
+//! by the handshake cost paid (see [`severity`]). It stays open while
 //! the rate is at least `keep_open_pct` of the threshold and closes `close_after_ns` after.
 
 use std::{collections::HashMap, fmt};
@@ -99,9 +100,11 @@ impl Rule for ChurnRule {
                     *held = now;
                     let id = *id;
                     let expl = explanation(&ev);
+                    let sev = severity(&ev);
                     cx.update(id, |f| {
                         f.evidence = Evidence::ConnectionChurn(ev);
                         f.explanation = expl;
+                        f.severity = sev;
                         f.last_seen_ns = now;
                     });
                 }
@@ -111,10 +114,11 @@ impl Rule for ChurnRule {
                         ..Subject::default()
                     };
                     let expl = explanation(&ev);
+                    let sev = severity(&ev);
                     let mut f = cx.finding(
                         subject,
                         now.saturating_sub(cfg.window_ns),
-                        Severity::Warning,
+                        sev,
                         Evidence::ConnectionChurn(ev),
                         expl,
                         advice(),
@@ -151,11 +155,41 @@ fn hits_peer(f: &Finding, host: &str) -> bool {
     peers.peek().is_none() || peers.any(|p| peer_host(p) == host)
 }
 
+/// Graded by the handshake cost the connections actually paid: a flood of connections that
+/// resume their session costs a round trip and symmetric crypto each; full handshakes pay
+/// the key exchange and the signature too, the part that saturates a server. Info when at
+/// most a quarter of the handshakes seen were full, Warning otherwise (or when unknown).
+fn severity(ev: &ChurnEvidence) -> Severity {
+    let total = ev.full_handshakes_total + ev.resumed_handshakes_total;
+    if total > 0 && ev.full_handshakes_total * 4 <= total {
+        Severity::Info
+    } else {
+        Severity::Warning
+    }
+}
+
 fn explanation(ev: &ChurnEvidence) -> String {
+    let total = ev.full_handshakes_total + ev.resumed_handshakes_total;
+    let cost = if total == 0 {
+        "every one pays a handshake (whether full or resumed was not seen)".to_owned()
+    } else if severity(ev) == Severity::Info {
+        format!(
+            "most resume their session ({} of {total} handshakes resumed), so each pays only \
+             a round trip and symmetric crypto, not the key exchange and signature of a full \
+             handshake: a weaker problem than churn with full handshakes",
+            ev.resumed_handshakes_total
+        )
+    } else {
+        format!(
+            "{} of {total} handshakes were full, each paying the key exchange and the \
+             signature: the costly part of a handshake, paid again and again",
+            ev.full_handshakes_total
+        )
+    };
     let mut s = format!(
         "{} opens {:.0} new TLS connections a second to this process, each living only \
-         briefly{}: every one pays a handshake, and a client that keeps resetting and \
-         reconnecting is usually recovering from an error.",
+         briefly{}: {cost}. A client that keeps resetting and reconnecting is usually \
+         recovering from an error.",
         ev.peer,
         ev.connections_per_sec,
         ev.lifetime_p50_ns

@@ -7,11 +7,13 @@
 //! in [`all`].
 
 pub mod async_stall;
+pub mod attribution;
 pub mod busy;
 pub mod churn;
 pub mod concurrent;
 pub mod resumption;
 pub mod saturation;
+pub mod shutdown;
 pub mod spin;
 pub mod write_retry;
 
@@ -24,6 +26,22 @@ use super::{
 };
 use crate::event::{SslCall, SslErrorCode, SslOp};
 
+/// OpenSSL raised an error on a thread (the always-on `ERR_vset_error`/`ERR_put_error`
+/// probe), with the probed SSL call the thread was inside, if any.
+pub(crate) struct LibErrorAt<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts: u64,
+    pub lib: i32,
+    pub reason: i32,
+    pub reason_name: Option<&'a str>,
+    /// The SSL* of the probed call the error was raised in.
+    pub ssl: Option<u64>,
+    pub op: Option<SslOp>,
+    /// The fd that call did I/O on before the error.
+    pub fd: Option<i32>,
+}
+
 /// All rules, in evaluation order: spin_loop before busy_epoll_loop, so that a busy loop
 /// explained by a spin is not reported twice.
 pub(crate) fn all() -> Vec<Box<dyn Rule>> {
@@ -31,6 +49,7 @@ pub(crate) fn all() -> Vec<Box<dyn Rule>> {
         Box::new(spin::SpinRule::default()),
         Box::new(busy::BusyRule::default()),
         Box::new(write_retry::WriteRetryRule::default()),
+        Box::new(shutdown::ShutdownRule::default()),
         Box::new(concurrent::ConcurrentRule::default()),
         Box::new(async_stall::AsyncStallRule::default()),
         Box::new(saturation::SaturationRule::default()),
@@ -212,6 +231,14 @@ pub(crate) trait Rule: Send {
     /// Kernel-aggregated waits while the per-call probes were off.
     fn on_busy_waits(&mut self, _cx: &mut Cx<'_>, _w: &BusyWaits) {}
     fn on_conn_end(&mut self, _cx: &mut Cx<'_>, _key: ConnKey, _how: ConnEnd) {}
+    /// OpenSSL raised an error (always on, in every mode).
+    fn on_lib_error(&mut self, _cx: &mut Cx<'_>, _e: &LibErrorAt<'_>) {}
+    /// SSL_free on a thread (always on), before `on_conn_end`.
+    fn on_ssl_free(&mut self, _cx: &mut Cx<'_>, _pid: u32, _tid: u32, _ssl: u64) {}
+    /// close() of any fd on a thread (always on), before `on_conn_end`; `ssl` is the
+    /// connection mapped to it, if any.
+    fn on_fd_close(&mut self, _cx: &mut Cx<'_>, _pid: u32, _tid: u32, _fd: i32, _ssl: Option<u64>) {
+    }
     fn on_thread_end(&mut self, _cx: &mut Cx<'_>, _key: ThreadKey) {}
     /// Called once per window bucket of event time: evaluate rates, open and close.
     fn tick(&mut self, _cx: &mut Cx<'_>) {}

@@ -1,7 +1,7 @@
 //! bad_write_retry, concurrent_ssl_use and want_async_stall edges.
 
 use super::*;
-use crate::engine::{Evidence, FindingState, Severity};
+use crate::engine::{Attribution, Evidence, FindingState, Severity};
 
 const S1: u64 = 0x55d0_0000_1000;
 const S2: u64 = 0x55d0_0000_2000;
@@ -33,7 +33,7 @@ fn same_arguments_retry_is_fine() {
 }
 
 #[test]
-fn moved_buffer_retry_is_flagged_with_fate_and_counted_per_process() {
+fn moved_buffer_retry_is_flagged_with_fate_one_finding_per_connection() {
     let mut sim = Sim::new();
     sim.engine.set_peer(PID, 7, "10.0.0.2:51000".to_owned());
     sim.write(TID, S1, 7, (BUF, 100), -1, WW);
@@ -57,20 +57,26 @@ fn moved_buffer_retry_is_flagged_with_fate_and_counted_per_process() {
         ),
         (1, 1, 0, 1)
     );
-    assert_eq!((e.previous_buf, e.buf), (BUF, OTHER_BUF));
+    assert!(e.arguments_seen);
+    assert_eq!(e.connection_from, Some(Attribution::SslCall));
+    assert_eq!((e.previous_buf, e.buf), (Some(BUF), Some(OTHER_BUF)));
     assert_eq!(e.previous_answer, WW);
     assert_eq!(e.ssl_errors_after, 1);
     assert_eq!(e.fate.as_deref(), Some("ssl error"));
-    assert_eq!(e.peers.len(), 1);
-    // The connection is then dropped.
+    // The connection is then dropped: each step is emitted at once.
     sim.free(TID, S1);
     sim.close(TID, 7);
     let f = &sim.engine.findings()[0];
     let e = retry_evidence(f);
     assert_eq!(e.connections_dropped_after, 1);
-    assert_eq!(e.fate.as_deref(), Some("ssl error, then SSL_free"));
+    assert_eq!(
+        e.fate.as_deref(),
+        Some("ssl error, then SSL_free, then close")
+    );
+    let updated = sim.changes_of(Change::Updated, FindingKind::BadWriteRetry);
+    assert_eq!(updated.len(), 2, "{updated:?}");
 
-    // Another connection, on another thread, hits the same bug: the same finding counts it.
+    // Another connection, on another thread, hits the same bug: a finding of its own.
     sim.write(
         TID + 1,
         S2,
@@ -80,31 +86,131 @@ fn moved_buffer_retry_is_flagged_with_fate_and_counted_per_process() {
         Some(SslErrorCode::WantRead),
     );
     sim.write(TID + 1, S2, 8, (OTHER_BUF, 4096), -1, BAD);
-    assert_eq!(sim.opened(FindingKind::BadWriteRetry).len(), 1);
-    let all = sim.engine.findings();
-    assert_eq!(all.len(), 1);
-    let f = &all[0];
+    let opened = sim.opened(FindingKind::BadWriteRetry);
+    assert_eq!(opened.len(), 2);
+    let f = opened[1];
     assert_eq!((f.tid, f.ssl, f.fd), (Some(TID + 1), Some(S2), Some(8)));
-    let e = retry_evidence(f);
     assert_eq!(
-        (e.occurrences, e.connections, e.ssl_errors_after),
-        (2, 2, 2)
-    );
-    assert_eq!(e.previous_answer, Some(SslErrorCode::WantRead));
-    // The first connection's fate was emitted at once; the second occurrence, within a
-    // second of it, waits for the next update.
-    let updated = sim.changes_of(Change::Updated, FindingKind::BadWriteRetry);
-    assert_eq!(updated.len(), 1, "{updated:?}");
-    assert_eq!(
-        retry_evidence(updated[0].1).fate.as_deref(),
-        Some("ssl error, then SSL_free")
+        retry_evidence(f).previous_answer,
+        Some(SslErrorCode::WantRead)
     );
 
-    // Quiet for the incident window: the finding closes.
+    // Quiet for the incident window: both close.
     sim.idle(11 * SEC);
     let closed = sim.changes_of(Change::Closed, FindingKind::BadWriteRetry);
-    assert_eq!(closed.len(), 1);
+    assert_eq!(closed.len(), 2);
     assert_eq!(closed[0].1.state, FindingState::Closed);
+}
+
+fn lib_error(sim: &mut Sim, tid: u32, reason: i32, inflight: Option<(u64, SslOp, i32)>) {
+    sim.feed(
+        tid,
+        EventKind::LibError {
+            lib: 20,
+            reason,
+            reason_name: None,
+            ssl: inflight.map(|c| c.0),
+            op: inflight.map(|c| c.1),
+            fd: inflight.map(|c| c.2),
+        },
+    );
+}
+
+#[test]
+fn the_openssl_error_alone_flags_a_retry_on_the_threads_connection() {
+    let mut sim = Sim::new();
+    // The always-on signals: the handshake of S1 on fd 7, nothing of its writes.
+    sim.handshake(TID, S1, 7, 1, 1, None);
+    sim.idle(SEC);
+    lib_error(&mut sim, TID, 127, None);
+    let opened = sim.opened(FindingKind::BadWriteRetry);
+    assert_eq!(opened.len(), 1, "flagged at the error itself");
+    let f = opened[0];
+    assert_eq!((f.tid, f.ssl, f.fd), (Some(TID), Some(S1), Some(7)));
+    let e = retry_evidence(f);
+    assert_eq!(e.reason.as_deref(), Some("bad_write_retry"));
+    assert_eq!(e.connection_from, Some(Attribution::ThreadLastConnection));
+    assert_eq!(e.fd_from, Some(Attribution::ConnectionFd));
+    assert!(!e.arguments_seen);
+    assert_eq!(f.severity, Severity::Critical);
+    assert!(f.explanation.contains("not seen"), "{}", f.explanation);
+    // Dropped, then the thread reconnects: a new handshake, maybe on the same SSL*.
+    sim.idle(MS);
+    sim.free(TID, S1);
+    sim.close(TID, 7);
+    sim.idle(5 * MS);
+    sim.feed(
+        TID,
+        EventKind::Peer {
+            fd: 7,
+            addr: "10.0.0.9:443".to_owned(),
+            side: crate::event::PeerSide::Connected,
+        },
+    );
+    sim.handshake(TID, S1, 7, 1, 1, None);
+    let e = retry_evidence(&sim.engine.findings()[0]).clone();
+    assert_eq!(e.connections_dropped_after, 1);
+    assert!(e.reconnect_after_ns.is_some_and(|ns| ns >= 6 * MS), "{e:?}");
+    assert_eq!(
+        e.fate.as_deref(),
+        Some("SSL_free, then close, then reconnect")
+    );
+    // A retry on the new connection, whose SSL* has the same address: its own finding.
+    sim.idle(2 * SEC);
+    lib_error(&mut sim, TID, 127, None);
+    assert_eq!(sim.opened(FindingKind::BadWriteRetry).len(), 2);
+}
+
+#[test]
+fn an_error_inside_a_probed_write_is_one_occurrence_with_its_arguments() {
+    let mut sim = Sim::new();
+    sim.write(TID, S1, 7, (BUF, 100), -1, WW);
+    lib_error(&mut sim, TID, 127, Some((S1, SslOp::Write, -1)));
+    sim.write(TID, S1, 7, (OTHER_BUF, 100), -1, BAD);
+    let all = sim.engine.findings();
+    assert_eq!(all.len(), 1);
+    let e = retry_evidence(&all[0]);
+    assert_eq!(e.occurrences, 1, "{e:?}");
+    assert_eq!(e.connection_from, Some(Attribution::SslCallInFlight));
+    assert!(e.arguments_seen);
+    assert_eq!(e.reason.as_deref(), Some("bad_write_retry"));
+}
+
+#[test]
+fn an_unseen_connection_is_taken_from_the_free_and_close_that_follow() {
+    let mut sim = Sim::new();
+    // No SSL call seen on the thread: the connection predates the attach.
+    lib_error(&mut sim, TID, 127, None);
+    let f = sim.opened(FindingKind::BadWriteRetry)[0].clone();
+    assert_eq!((f.ssl, f.fd), (None, None));
+    sim.idle(MS);
+    sim.free(TID, S2);
+    sim.close(TID, 9);
+    let f = &sim.engine.findings()[0];
+    assert_eq!((f.ssl, f.fd), (Some(S2), Some(9)));
+    let e = retry_evidence(f);
+    assert_eq!(e.connection_from, Some(Attribution::FreedAfter));
+    assert_eq!(e.fd_from, Some(Attribution::ClosedAfter));
+}
+
+#[test]
+fn a_write_after_shutdown_is_flagged_with_the_error_before_it() {
+    let mut sim = Sim::new();
+    sim.handshake(TID, S1, 7, 1, 1, None);
+    lib_error(&mut sim, TID, 127, None);
+    sim.idle(MS);
+    lib_error(&mut sim, TID, 207, None);
+    let f = sim.opened(FindingKind::WriteAfterShutdown);
+    assert_eq!(f.len(), 1);
+    let Evidence::WriteAfterShutdown(e) = &f[0].evidence else {
+        panic!("{:?}", f[0].evidence);
+    };
+    assert_eq!(e.previous_error.as_deref(), Some("lib 20 reason 127"));
+    assert_eq!(f[0].ssl, Some(S1));
+    // Other reasons are not misuse findings; a shorter length only inside a probed write.
+    lib_error(&mut sim, TID + 1, 271, None);
+    lib_error(&mut sim, TID + 1, 294, None);
+    assert_eq!(sim.engine.findings().len(), 2);
 }
 
 #[test]
@@ -117,7 +223,7 @@ fn shorter_retry_is_flagged() {
     assert_eq!(opened.len(), 1);
     let e = retry_evidence(opened[0]);
     assert_eq!((e.occurrences, e.moved_buffer, e.shorter_length), (1, 0, 1));
-    assert_eq!((e.previous_len_bytes, e.len_bytes), (100, 60));
+    assert_eq!((e.previous_len_bytes, e.len_bytes), (Some(100), Some(60)));
     assert!(
         opened[0]
             .explanation
@@ -298,4 +404,25 @@ fn quick_async_jobs_are_normal() {
     }
     sim.idle(20 * SEC);
     sim.assert_quiet();
+}
+
+#[test]
+fn want_async_stall_is_seen_in_handshakes_without_get_error() {
+    let mut sim = Sim::new();
+    // The per-call probes are off: SSL_get_error is not probed, but ASYNC_pause_job and the
+    // handshake calls are. Each pause inside a failing handshake call is a WANT_ASYNC.
+    sim.report = ErrorReport::Infer;
+    for _ in 0..10 {
+        let start = sim.now;
+        sim.now += 1_000;
+        sim.feed(TID, EventKind::AsyncPause { ssl: Some(S1) });
+        sim.now += 1_000;
+        let mut c = call(SslOp::DoHandshake, S1, 7, -1, 0);
+        (c.start_ns, c.duration_ns, c.buf, c.len) = (start, 2_000, 0, 0);
+        sim.feed(TID, EventKind::SslCall(c));
+        sim.idle(20 * MS);
+    }
+    let f = sim.opened(FindingKind::WantAsyncStall);
+    assert_eq!(f.len(), 1, "{:?}", sim.engine.findings());
+    assert_eq!(f[0].ssl, Some(S1));
 }

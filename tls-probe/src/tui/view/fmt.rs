@@ -119,6 +119,7 @@ pub fn kind(k: FindingKind) -> &'static str {
         FindingKind::HandshakeSaturation => "handshakes",
         FindingKind::LowSessionResumption => "no resumption",
         FindingKind::ConnectionChurn => "conn churn",
+        FindingKind::WriteAfterShutdown => "write shut",
     }
 }
 
@@ -146,7 +147,7 @@ pub fn key_number(e: &Evidence) -> String {
         }
         Evidence::BadWriteRetry(e) => {
             let mut s = format!(
-                "{} write retr{} with moved args",
+                "{} failed write retr{}",
                 e.occurrences,
                 if e.occurrences == 1 { "y" } else { "ies" }
             );
@@ -177,6 +178,11 @@ pub fn key_number(e: &Evidence) -> String {
             "{} new connections/s from {}",
             count(e.connections_per_sec),
             e.peer
+        ),
+        Evidence::WriteAfterShutdown(e) => format!(
+            "{} write{} after shutdown",
+            e.occurrences,
+            if e.occurrences == 1 { "" } else { "s" }
         ),
     }
 }
