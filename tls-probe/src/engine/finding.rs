@@ -36,6 +36,20 @@ impl FindingKind {
             Self::ConnectionChurn => "connection_churn",
         }
     }
+
+    /// Its evidence is made of rates over a sliding window: once the process goes silent
+    /// (its load stopped, or it exited) the window fills with silence and the rates fall,
+    /// so its updates are not taken then (see `rules::Cx::update`).
+    pub fn windowed(self) -> bool {
+        matches!(
+            self,
+            Self::SpinLoop
+                | Self::BusyEpollLoop
+                | Self::HandshakeSaturation
+                | Self::LowSessionResumption
+                | Self::ConnectionChurn
+        )
+    }
 }
 
 impl fmt::Display for FindingKind {

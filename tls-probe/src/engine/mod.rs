@@ -144,6 +144,7 @@ impl Engine {
         if !sample {
             self.tick_until(ev.ts_ns, out);
             self.now = self.now.max(ev.ts_ns);
+            self.state.touch(ev.pid, ev.ts_ns);
         }
         let (pid, tid, ts) = (ev.pid, ev.tid, ev.ts_ns);
         match &ev.kind {

@@ -173,6 +173,9 @@ pub(crate) struct State {
     /// (pid, fd) -> peer address, from `peer` events or `set_peer`; dropped when the fd
     /// closes.
     pub peers: HashMap<(u32, i32), Peer>,
+    /// pid -> time of its latest probe event (agent samples from /proc not counted): when
+    /// the process went silent (stopped working, or exited).
+    pub last_event_ns: HashMap<u32, u64>,
     /// Handshakes, time shares, connections per peer, listen overflows.
     pub hs: HsState,
     pub evicted_connections_total: u64,
@@ -187,6 +190,17 @@ impl State {
 
     pub fn peer(&self, pid: u32, fd: Option<i32>) -> Option<&str> {
         self.peers.get(&(pid, fd?)).map(|p| p.addr.as_str())
+    }
+
+    /// A probe event of `pid` at `now`.
+    pub fn touch(&mut self, pid: u32, now: u64) {
+        let t = self.last_event_ns.entry(pid).or_insert(now);
+        *t = (*t).max(now);
+    }
+
+    /// How long `pid` has been without a probe event; None if it never had one.
+    pub fn silent_ns(&self, pid: u32, now: u64) -> Option<u64> {
+        self.last_event_ns.get(&pid).map(|t| now.saturating_sub(*t))
     }
 
     pub fn cpu_pct(&self, key: ThreadKey) -> Option<f64> {
@@ -352,6 +366,8 @@ impl State {
         self.procs
             .retain(|pid, p| live.contains(pid) || now.saturating_sub(p.last_seen_ns) < idle_ns);
         let procs = &self.procs;
+        self.last_event_ns
+            .retain(|pid, t| procs.contains_key(pid) || now.saturating_sub(*t) < idle_ns);
         self.hs.retain_procs(|pid| procs.contains_key(&pid));
     }
 }

@@ -106,6 +106,16 @@ impl FindingStore {
         }
     }
 
+    /// The kind of open finding `id`.
+    pub fn open_kind(&self, id: u64) -> Option<FindingKind> {
+        self.open.get(&id).map(|e| e.finding.kind)
+    }
+
+    /// The process of open finding `id`.
+    pub fn open_pid(&self, id: u64) -> Option<u32> {
+        self.open.get(&id).map(|e| e.finding.pid)
+    }
+
     /// True when an open finding of `kind` satisfies `pred`.
     pub fn any_open(&self, kind: FindingKind, pred: impl Fn(&Finding) -> bool) -> bool {
         self.open
