@@ -112,6 +112,11 @@ impl Engine {
         self.insert_peer(pid, fd, peer, false);
     }
 
+    /// Whether the peer of `pid`'s socket `fd` is known.
+    pub fn peer_known(&self, pid: u32, fd: i32) -> bool {
+        self.state.peers.contains_key(&(pid, fd))
+    }
+
     fn insert_peer(&mut self, pid: u32, fd: i32, addr: String, outbound: bool) {
         if self.state.peers.len() < self.cfg.max_connections
             || self.state.peers.contains_key(&(pid, fd))
@@ -132,6 +137,7 @@ impl Engine {
         // the probe records still unread in the ring buffer: they must not move event time,
         // or the records that follow would all land in one window bucket (a spin seen for
         // a 1.5 s escalation window would never look sustained). `advance` moves it.
+        // Peers of connections made before attach are read from /proc too (probe "procfs").
         let sample = matches!(
             &ev.kind,
             EventKind::ThreadCpu { .. }
@@ -140,7 +146,7 @@ impl Engine {
                     op: crate::event::CtlOp::Fdinfo,
                     ..
                 })
-        );
+        ) || (matches!(ev.kind, EventKind::Peer { .. }) && ev.probe == "procfs");
         if !sample {
             self.tick_until(ev.ts_ns, out);
             self.now = self.now.max(ev.ts_ns);

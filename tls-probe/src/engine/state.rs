@@ -46,6 +46,7 @@ pub(crate) struct Conn {
     pub want_read: u64,
     pub want_write: u64,
     pub last_want: Option<SslErrorCode>,
+    /// A handshake call completed, or application data moved.
     pub handshake_done: bool,
 }
 
@@ -81,7 +82,10 @@ impl Conn {
             }
         } else if call.op.is_write() {
             self.bytes_written += call.bytes;
-        } else if call.made_progress() {
+        }
+        // Application data moves only once the handshake is done: a connection set up
+        // before attach has no handshake call to tell it.
+        if call.made_progress() {
             self.handshake_done = true;
         }
         if call.ret <= 0 {

@@ -45,7 +45,7 @@ pub fn render(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         Constraint::Length(4),
         Constraint::Length(if cx.wide { 14 } else { 6 }),
         Constraint::Length(if cx.wide { 21 } else { 15 }),
-        Constraint::Length(10),
+        Constraint::Length(11),
         Constraint::Length(5),
         Constraint::Length(5),
         Constraint::Length(6),
