@@ -61,6 +61,10 @@ use self::{
 use crate::event::{Event, EventKind, PeerSide};
 
 const SWEEP_NS: u64 = 1_000_000_000;
+/// Thread CPU use is measured over at least this span: the kernel's counters advance in
+/// 10 ms ticks, so two samples taken close together (at attach, then the first tick) read
+/// 0% or a multiple of a tick.
+const MIN_CPU_SPAN_NS: u64 = 500_000_000;
 /// After an idle gap, at most this many bucket ticks are replayed one by one (enough for
 /// every close timer to fire at its exact time); the rest of the gap is skipped.
 const MAX_CATCH_UP_TICKS: u32 = 256;
@@ -187,12 +191,16 @@ impl Engine {
             EventKind::TaskExit { .. } => {}
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
-                if let Some((t0, c0)) = t.cpu_sample
-                    && ts > t0
-                {
-                    t.cpu_pct = Some(cpu_ns.saturating_sub(c0) as f64 * 100.0 / (ts - t0) as f64);
+                match t.cpu_sample {
+                    Some((t0, c0)) if ts >= t0 + MIN_CPU_SPAN_NS => {
+                        t.cpu_pct =
+                            Some(cpu_ns.saturating_sub(c0) as f64 * 100.0 / (ts - t0) as f64);
+                        t.cpu_sample = Some((ts, *cpu_ns));
+                    }
+                    // Too soon after the last sample: the span is measured from it.
+                    Some(_) => {}
+                    None => t.cpu_sample = Some((ts, *cpu_ns)),
                 }
-                t.cpu_sample = Some((ts, *cpu_ns));
             }
         }
     }
