@@ -102,6 +102,15 @@ impl Evidence {
         }
     }
 
+    /// Whether this is a worse moment than `other` (same kind): a higher headline, or for
+    /// low_session_resumption a lower one.
+    pub fn worse_than(&self, other: &Evidence) -> bool {
+        match self {
+            Self::LowSessionResumption(_) => self.headline() < other.headline(),
+            _ => self.headline() > other.headline(),
+        }
+    }
+
     /// The number whose movement makes an update worth emitting.
     pub fn headline(&self) -> f64 {
         match self {
@@ -153,9 +162,20 @@ pub struct Finding {
     pub last_seen_ns: u64,
     /// When the finding closed; None while open.
     pub closed_ns: Option<u64>,
+    /// The numbers at their worst while the finding was open, for the kinds made of
+    /// windowed rates ([`FindingKind::windowed`]); None for the others.
+    #[serde(default)]
+    pub peak: Option<Peak>,
     pub evidence: Evidence,
     pub explanation: String,
     pub advice: String,
+}
+
+/// A finding's worst moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub ts_ns: u64,
+    pub evidence: Evidence,
 }
 
 /// Where a finding is about: the parts of a finding a rule knows when it opens one.

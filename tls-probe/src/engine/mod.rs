@@ -39,8 +39,8 @@ mod tests;
 pub use config::Config;
 pub use finding::{
     AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
-    FindingChange, FindingKind, FindingState, ResumptionEvidence, SaturationEvidence, Severity,
-    SpinEvidence, WriteRetryEvidence,
+    FindingChange, FindingKind, FindingState, Peak, ResumptionEvidence, SaturationEvidence,
+    Severity, SpinEvidence, WriteRetryEvidence,
 };
 pub use handshake::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,

@@ -74,6 +74,7 @@ impl Cx<'_> {
             first_seen_ns,
             last_seen_ns: self.now,
             closed_ns: None,
+            peak: None,
             evidence,
             explanation,
             advice,

@@ -125,4 +125,37 @@ fn an_active_process_still_updates_its_findings() {
         unreachable!()
     };
     assert!((50.0..70.0).contains(&e.handshake_time_pct), "{e:?}");
+    // The peak keeps the storm at its worst.
+    let peak = f.peak.as_ref().expect("a windowed finding has a peak");
+    let Evidence::HandshakeSaturation(p) = &peak.evidence else {
+        unreachable!()
+    };
+    assert!(p.handshake_time_pct >= 85.0, "{p:?}");
+    assert!(peak.ts_ns < sim.now - 3 * SEC, "{peak:?}");
+}
+
+#[test]
+fn only_windowed_findings_have_a_peak() {
+    let mut sim = Sim::new();
+    sim.every(MS, 2 * SEC, |sim| sim.spin_once(TID, 0x50, 5));
+    sim.write(
+        TID,
+        0x60,
+        6,
+        (0x1000, 100),
+        -1,
+        Some(crate::event::SslErrorCode::WantWrite),
+    );
+    sim.write(
+        TID,
+        0x60,
+        6,
+        (0x2000, 100),
+        -1,
+        Some(crate::event::SslErrorCode::Ssl),
+    );
+    let spin = last(&sim, FindingKind::SpinLoop);
+    assert!(spin.peak.is_some(), "{spin:?}");
+    let retry = last(&sim, FindingKind::BadWriteRetry);
+    assert_eq!(retry.peak, None, "{retry:?}");
 }
