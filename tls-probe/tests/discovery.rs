@@ -250,6 +250,22 @@ fn nonsensical_flags_are_refused() {
     );
 }
 
+/// A pid taken while the program is still its launcher (a pyenv shim is a bash script that
+/// execs python): the error says how to attach anyway.
+#[test]
+fn a_process_still_starting_gets_told_to_wait() {
+    let shim = Proc::spawn(Command::new("bash").args(["-c", "sleep 30; exit 0"]));
+    let pid = shim.pid().to_string();
+    for needle in [
+        "no TLS library found in pid",
+        "--wait-for-library",
+        "tls-probe run -- CMD",
+        "--libssl PATH",
+    ] {
+        refused(&["attach", "--pid", &pid, "--duration", "1"], 1, needle);
+    }
+}
+
 #[test]
 fn two_instances_on_one_process_see_the_same_calls() {
     let dir = tempfile::tempdir().unwrap();

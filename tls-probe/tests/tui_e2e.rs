@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Proc, TLS_PROBE, read_ndjson, summary};
+use common::{Proc, TLS_PROBE, cert, read_ndjson, summary};
 use serde_json::Value;
 use tls_probe::scenario::report;
 
@@ -253,6 +253,69 @@ fn after_every_target_exits_the_findings_stay_until_q() {
     let screen = assert_restored(&tmux);
     assert!(screen.contains("the workload finished"), "{screen}");
     check_file(&output, "targets_exited");
+}
+
+/// The local port of the connection to 127.0.0.1:`port` (the client's end), from
+/// /proc/net/tcp.
+fn client_port(port: u16) -> u16 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("reading /proc/net/tcp");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Established (01), to the server.
+            (f.len() > 3 && f[2] == remote && f[3] == "01").then(|| f[1])
+        })
+        .find_map(|local| u16::from_str_radix(local.rsplit(':').next()?, 16).ok())
+        .unwrap_or_else(|| panic!("no connection to port {port} in:\n{table}"))
+}
+
+/// A connection accepted and used before tls-probe attached (a Python `ssl` echo server,
+/// `openssl s_client` as its client): the dashboard shows its peer (read from /proc at
+/// attach) and `established` (it moves data), not `-` and `handshake`.
+#[test]
+fn connections_made_before_attach_show_their_peer_and_established() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, crt) = cert(dir.path());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/echo_server.py");
+    let mut server = Proc::spawn(Command::new("python3").arg(script).arg(&crt).arg(&key));
+    let port: u16 = server.read_until("READY", |l| l.strip_prefix("READY ")?.parse().ok());
+    let mut client = Proc::spawn(
+        Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(std::process::Stdio::null()),
+    );
+    // The handshake and a first line before attach, echoed back.
+    client.send_line("before attach");
+    client.read_until("the echo", |l| l.contains("before attach").then_some(()));
+    let peer = format!("127.0.0.1:{}", client_port(port));
+    let args = format!("attach --pid {} --mode full", server.pid());
+    let tmux = Tmux::start(&format!("env NO_COLOR=1 {}", wrapped(&args)), 120, 36);
+    tmux.wait("the dashboard to show the target", ATTACH, |s| {
+        s.contains(&format!("pid {}", server.pid())) && s.contains("? help")
+    });
+    // Traffic after attach, until the connection's row shows.
+    let deadline = Instant::now() + ATTACH;
+    let row = loop {
+        client.send_line("after attach");
+        let screen = tmux.screen();
+        if let Some(row) = screen
+            .lines()
+            .find(|l| l.contains(&peer) && l.contains("established"))
+        {
+            break row.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no row with peer {peer} and established; the screen:\n{screen}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!row.contains("handshake"), "{row}");
+    tmux.keys("q");
+    assert_restored(&tmux);
 }
 
 fn check_file(output: &Path, stop_reason: &str) {

@@ -3,6 +3,7 @@
 
 pub mod escalate;
 mod handoff;
+mod peers;
 mod privileges;
 pub mod proc;
 mod session;

@@ -38,6 +38,20 @@ impl FindingKind {
             Self::WriteAfterShutdown => "write_after_shutdown",
         }
     }
+
+    /// Its evidence is made of rates over a sliding window: once the process goes silent
+    /// (its load stopped, or it exited) the window fills with silence and the rates fall,
+    /// so its updates are not taken then (see `rules::Cx::update`).
+    pub fn windowed(self) -> bool {
+        matches!(
+            self,
+            Self::SpinLoop
+                | Self::BusyEpollLoop
+                | Self::HandshakeSaturation
+                | Self::LowSessionResumption
+                | Self::ConnectionChurn
+        )
+    }
 }
 
 impl fmt::Display for FindingKind {
@@ -89,6 +103,15 @@ impl Evidence {
             Self::LowSessionResumption(_) => FindingKind::LowSessionResumption,
             Self::ConnectionChurn(_) => FindingKind::ConnectionChurn,
             Self::WriteAfterShutdown(_) => FindingKind::WriteAfterShutdown,
+        }
+    }
+
+    /// Whether this is a worse moment than `other` (same kind): a higher headline, or for
+    /// low_session_resumption a lower one.
+    pub fn worse_than(&self, other: &Evidence) -> bool {
+        match self {
+            Self::LowSessionResumption(_) => self.headline() < other.headline(),
+            _ => self.headline() > other.headline(),
         }
     }
 
@@ -145,9 +168,20 @@ pub struct Finding {
     pub last_seen_ns: u64,
     /// When the finding closed; None while open.
     pub closed_ns: Option<u64>,
+    /// The numbers at their worst while the finding was open, for the kinds made of
+    /// windowed rates ([`FindingKind::windowed`]); None for the others.
+    #[serde(default)]
+    pub peak: Option<Peak>,
     pub evidence: Evidence,
     pub explanation: String,
     pub advice: String,
+}
+
+/// A finding's worst moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub ts_ns: u64,
+    pub evidence: Evidence,
 }
 
 /// Where a finding is about: the parts of a finding a rule knows when it opens one.

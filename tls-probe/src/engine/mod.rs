@@ -39,8 +39,8 @@ mod tests;
 pub use config::Config;
 pub use finding::{
     AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
-    FindingChange, FindingKind, FindingState, ResumptionEvidence, SaturationEvidence, Severity,
-    ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
+    FindingChange, FindingKind, FindingState, Peak, ResumptionEvidence, SaturationEvidence,
+    Severity, ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
 };
 pub use handshake::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
@@ -61,6 +61,10 @@ use self::{
 use crate::event::{Event, EventKind, PeerSide};
 
 const SWEEP_NS: u64 = 1_000_000_000;
+/// Thread CPU use is measured over at least this span: the kernel's counters advance in
+/// 10 ms ticks, so two samples taken close together (at attach, then the first tick) read
+/// 0% or a multiple of a tick.
+const MIN_CPU_SPAN_NS: u64 = 500_000_000;
 /// After an idle gap, at most this many bucket ticks are replayed one by one (enough for
 /// every close timer to fire at its exact time); the rest of the gap is skipped.
 const MAX_CATCH_UP_TICKS: u32 = 256;
@@ -112,6 +116,11 @@ impl Engine {
         self.insert_peer(pid, fd, peer, false);
     }
 
+    /// Whether the peer of `pid`'s socket `fd` is known.
+    pub fn peer_known(&self, pid: u32, fd: i32) -> bool {
+        self.state.peers.contains_key(&(pid, fd))
+    }
+
     fn insert_peer(&mut self, pid: u32, fd: i32, addr: String, outbound: bool) {
         if self.state.peers.len() < self.cfg.max_connections
             || self.state.peers.contains_key(&(pid, fd))
@@ -132,6 +141,7 @@ impl Engine {
         // the probe records still unread in the ring buffer: they must not move event time,
         // or the records that follow would all land in one window bucket (a spin seen for
         // a 1.5 s escalation window would never look sustained). `advance` moves it.
+        // Peers of connections made before attach are read from /proc too (probe "procfs").
         let sample = matches!(
             &ev.kind,
             EventKind::ThreadCpu { .. }
@@ -140,10 +150,11 @@ impl Engine {
                     op: crate::event::CtlOp::Fdinfo,
                     ..
                 })
-        );
+        ) || (matches!(ev.kind, EventKind::Peer { .. }) && ev.probe == "procfs");
         if !sample {
             self.tick_until(ev.ts_ns, out);
             self.now = self.now.max(ev.ts_ns);
+            self.state.touch(ev.pid, ev.ts_ns);
         }
         let (pid, tid, ts) = (ev.pid, ev.tid, ev.ts_ns);
         match &ev.kind {
@@ -213,12 +224,16 @@ impl Engine {
             EventKind::TaskExit { .. } => {}
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
-                if let Some((t0, c0)) = t.cpu_sample
-                    && ts > t0
-                {
-                    t.cpu_pct = Some(cpu_ns.saturating_sub(c0) as f64 * 100.0 / (ts - t0) as f64);
+                match t.cpu_sample {
+                    Some((t0, c0)) if ts >= t0 + MIN_CPU_SPAN_NS => {
+                        t.cpu_pct =
+                            Some(cpu_ns.saturating_sub(c0) as f64 * 100.0 / (ts - t0) as f64);
+                        t.cpu_sample = Some((ts, *cpu_ns));
+                    }
+                    // Too soon after the last sample: the span is measured from it.
+                    Some(_) => {}
+                    None => t.cpu_sample = Some((ts, *cpu_ns)),
                 }
-                t.cpu_sample = Some((ts, *cpu_ns));
             }
         }
     }

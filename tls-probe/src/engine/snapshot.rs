@@ -170,6 +170,7 @@ pub struct ConnSnapshot {
     pub want_read_total: u64,
     pub want_write_total: u64,
     pub last_want: Option<SslErrorCode>,
+    /// A handshake call completed, or application data moved.
     pub handshake_done: bool,
     /// "full" or "resumed" once the handshake completed, as classified by key operations.
     pub handshake_kind: Option<String>,

@@ -46,6 +46,7 @@ pub(crate) struct Conn {
     pub want_read: u64,
     pub want_write: u64,
     pub last_want: Option<SslErrorCode>,
+    /// A handshake call completed, or application data moved.
     pub handshake_done: bool,
 }
 
@@ -81,7 +82,10 @@ impl Conn {
             }
         } else if call.op.is_write() {
             self.bytes_written += call.bytes;
-        } else if call.made_progress() {
+        }
+        // Application data moves only once the handshake is done: a connection set up
+        // before attach has no handshake call to tell it.
+        if call.made_progress() {
             self.handshake_done = true;
         }
         if call.ret <= 0 {
@@ -181,6 +185,9 @@ pub(crate) struct State {
     /// (pid, fd) -> peer address, from `peer` events or `set_peer`; dropped when the fd
     /// closes.
     pub peers: HashMap<(u32, i32), Peer>,
+    /// pid -> time of its latest probe event (agent samples from /proc not counted): when
+    /// the process went silent (stopped working, or exited).
+    pub last_event_ns: HashMap<u32, u64>,
     /// Handshakes, time shares, connections per peer, listen overflows.
     pub hs: HsState,
     pub evicted_connections_total: u64,
@@ -195,6 +202,17 @@ impl State {
 
     pub fn peer(&self, pid: u32, fd: Option<i32>) -> Option<&str> {
         self.peers.get(&(pid, fd?)).map(|p| p.addr.as_str())
+    }
+
+    /// A probe event of `pid` at `now`.
+    pub fn touch(&mut self, pid: u32, now: u64) {
+        let t = self.last_event_ns.entry(pid).or_insert(now);
+        *t = (*t).max(now);
+    }
+
+    /// How long `pid` has been without a probe event; None if it never had one.
+    pub fn silent_ns(&self, pid: u32, now: u64) -> Option<u64> {
+        self.last_event_ns.get(&pid).map(|t| now.saturating_sub(*t))
     }
 
     pub fn cpu_pct(&self, key: ThreadKey) -> Option<f64> {
@@ -363,6 +381,8 @@ impl State {
         self.procs
             .retain(|pid, p| live.contains(pid) || now.saturating_sub(p.last_seen_ns) < idle_ns);
         let procs = &self.procs;
+        self.last_event_ns
+            .retain(|pid, t| procs.contains_key(pid) || now.saturating_sub(*t) < idle_ns);
         self.hs.retain_procs(|pid| procs.contains_key(&pid));
     }
 }

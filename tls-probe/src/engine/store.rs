@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::{
     config::Config,
-    finding::{Change, Finding, FindingChange, FindingKind, FindingState},
+    finding::{Change, Finding, FindingChange, FindingKind, FindingState, Peak},
 };
 
 struct Entry {
@@ -31,6 +31,10 @@ impl FindingStore {
         finding.kind = finding.evidence.kind();
         finding.state = FindingState::Open;
         finding.closed_ns = None;
+        finding.peak = finding.kind.windowed().then(|| Peak {
+            ts_ns: now,
+            evidence: finding.evidence.clone(),
+        });
         out.push(FindingChange {
             change: Change::Opened,
             finding: finding.clone(),
@@ -63,6 +67,15 @@ impl FindingStore {
             return;
         };
         f(&mut e.finding);
+        let fi = &mut e.finding;
+        if let Some(peak) = &mut fi.peak
+            && fi.evidence.worse_than(&peak.evidence)
+        {
+            *peak = Peak {
+                ts_ns: now,
+                evidence: fi.evidence.clone(),
+            };
+        }
         let old = e.emitted.evidence.headline();
         let new = e.finding.evidence.headline();
         let moved =
@@ -104,6 +117,16 @@ impl FindingStore {
         while self.closed.len() > cfg.max_closed_findings {
             self.closed.pop_front();
         }
+    }
+
+    /// The kind of open finding `id`.
+    pub fn open_kind(&self, id: u64) -> Option<FindingKind> {
+        self.open.get(&id).map(|e| e.finding.kind)
+    }
+
+    /// The process of open finding `id`.
+    pub fn open_pid(&self, id: u64) -> Option<u32> {
+        self.open.get(&id).map(|e| e.finding.pid)
     }
 
     /// True when an open finding of `kind` satisfies `pred`.

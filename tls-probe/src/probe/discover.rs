@@ -25,7 +25,7 @@ pub enum DiscoverError {
     #[error("cannot read /proc/{pid}/maps: {source}; run tls-probe as root (sudo)")]
     Maps { pid: u32, source: std::io::Error },
     #[error(
-        "no TLS library found in pid {pid} ({comm}): searched /proc/{pid}/maps for libssl.so*, and the executable {exe} for {REQUIRED_SYMBOL}; if the process loads OpenSSL some other way, pass --libssl PATH"
+        "no TLS library found in pid {pid} ({comm}): searched /proc/{pid}/maps for libssl.so*, and the executable {exe} for {REQUIRED_SYMBOL}; if the process is still starting (a shell or a launcher such as a pyenv shim that execs the TLS program), pass --wait-for-library to attach once it loads one, or start it with `tls-probe run -- CMD`; if it loads OpenSSL some other way, pass --libssl PATH"
     )]
     NotFound { pid: u32, comm: String, exe: String },
     #[error(

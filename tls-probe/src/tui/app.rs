@@ -5,7 +5,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use super::{
     Msg,
     keys::{self, Action},
-    model::{ConnSort, Model, ThreadSort, about_conn},
+    model::{ConnSort, Model, ThreadSort, about_conn, keep_exited},
 };
 use crate::engine::{ConnSnapshot, Finding, ThreadSnapshot};
 
@@ -103,9 +103,13 @@ impl App {
         match msg {
             Msg::Header(h) => live.header = h,
             Msg::Finding(change) => live.insert(change.finding),
-            Msg::Snapshot(snap) => {
+            Msg::Snapshot(mut snap) => {
                 live.now_ns = live.now_ns.max(snap.now_ns);
                 live.handshakes.observe(&snap);
+                if let Some(old) = &live.snapshot {
+                    keep_exited(&live.exited, old, &mut snap);
+                }
+                live.seen_connections |= !snap.connections.is_empty();
                 live.snapshot = Some(*snap);
             }
             Msg::TargetExit { pid } => {

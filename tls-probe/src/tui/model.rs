@@ -80,6 +80,8 @@ pub struct Model {
     pub snapshot: Option<Snapshot>,
     pub handshakes: HandshakeView,
     pub exited: BTreeSet<u32>,
+    /// Some snapshot listed a connection.
+    pub seen_connections: bool,
     /// CLOCK_MONOTONIC ns: the latest of the frame clock and the engine's clock.
     pub now_ns: u64,
 }
@@ -197,6 +199,29 @@ impl Model {
             }
         }
     }
+}
+
+/// The rows of processes that exited stay as the last snapshot before the exit showed
+/// them: the engine frees their connections and ages out their threads, but the user
+/// looking at what went wrong wants to see them as they were.
+pub(super) fn keep_exited(exited: &BTreeSet<u32>, old: &Snapshot, new: &mut Snapshot) {
+    if exited.is_empty() {
+        return;
+    }
+    fn keep<T: Clone>(old: &[T], new: &mut Vec<T>, gone: impl Fn(&T) -> bool) {
+        new.retain(|r| !gone(r));
+        new.extend(old.iter().filter(|r| gone(r)).cloned());
+    }
+    keep(&old.processes, &mut new.processes, |p| {
+        exited.contains(&p.pid)
+    });
+    keep(&old.threads, &mut new.threads, |t| exited.contains(&t.pid));
+    keep(&old.connections, &mut new.connections, |c| {
+        exited.contains(&c.pid)
+    });
+    new.processes.sort_by_key(|p| p.pid);
+    new.threads.sort_by_key(|t| (t.pid, t.tid));
+    new.connections.sort_by_key(|c| (c.pid, c.ssl));
 }
 
 pub(super) fn about_conn(f: &Finding, c: &ConnSnapshot) -> bool {

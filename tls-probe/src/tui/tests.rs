@@ -421,3 +421,34 @@ fn exited_paused_filtered_80x24() {
     app.update(key(KeyCode::Char('p')));
     insta::assert_snapshot!(screen(&app, 80, 24));
 }
+
+#[test]
+fn an_exited_targets_rows_stay_as_they_were() {
+    let mut app = spin_app(true);
+    let before = (app.model().threads().len(), app.model().connections().len());
+    assert_eq!(before, (3, 4));
+    app.update(Msg::TargetExit { pid: PID });
+    // The engine freed its connections and retired its threads.
+    let mut empty = snapshot_at(NOW_NS + 1_000_000_000, 0);
+    empty.processes.clear();
+    empty.threads.clear();
+    empty.connections.clear();
+    app.update(Msg::Snapshot(Box::new(empty.clone())));
+    app.update(Msg::Snapshot(Box::new(empty)));
+    let m = app.model();
+    assert_eq!((m.threads().len(), m.connections().len()), before);
+    assert_eq!(m.comm(PID), Some("spin_server"));
+    let text = screen(&app, 120, 36);
+    assert!(text.contains("127.0.0.1:40512"), "{text}");
+    assert!(!text.contains("No TLS connection"), "{text}");
+}
+
+#[test]
+fn connections_gone_are_not_never_seen() {
+    let mut app = spin_app(true);
+    let mut empty = snapshot_at(NOW_NS + 1_000_000_000, 0);
+    empty.connections.clear();
+    app.update(Msg::Snapshot(Box::new(empty)));
+    let text = screen(&app, 120, 36);
+    assert!(text.contains("No TLS connection open now."), "{text}");
+}

@@ -407,9 +407,17 @@ pub struct Finding {
     pub first_seen_ns: Ns,
     pub last_seen_ns: Ns,
     pub closed_ns: Option<Ns>,
+    pub peak: Option<Peak>,
     pub evidence: Evidence,
     pub explanation: String,
     pub advice: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peak {
+    pub ts_ns: Ns,
+    pub evidence: Evidence,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -103,6 +103,7 @@ impl Session {
     /// Detaches the processes that exited. Call last in the tick.
     pub(super) fn detach_exited(&mut self) {
         for pid in std::mem::take(&mut self.late.exited) {
+            self.peers.forget(pid);
             self.probes.detach(pid);
         }
     }

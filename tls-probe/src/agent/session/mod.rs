@@ -31,7 +31,7 @@ mod sockio;
 mod tick;
 mod tree;
 
-use super::{handoff, privileges::check_privileges, proc, stats::Meter};
+use super::{handoff, peers, privileges::check_privileges, proc, stats::Meter};
 use crate::{
     decode::decode,
     engine::{Config as EngineConfig, Engine, FindingChange},
@@ -108,6 +108,8 @@ pub struct Session {
     gate: Option<sockio::Gate>,
     /// The probes' rates at the last tick.
     last_stats: ProbeStats,
+    /// Peers of connections made before attach, looked up in /proc.
+    peers: peers::Lookups,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -227,6 +229,7 @@ impl Session {
             gate: (!cfg.hot).then(sockio::Gate::default),
             last_ring: None,
             last_stats: ProbeStats::default(),
+            peers: peers::Lookups::default(),
             cfg,
         };
         for t in &session.targets {
@@ -245,6 +248,7 @@ impl Session {
                     session.handle(ev)?;
                 }
             }
+            session.seed_peers(pid, now)?;
             // A first CPU sample now, so a finding in the first second has the thread's CPU.
             for ev in proc::thread_cpu(pid, now) {
                 session.handle(ev)?;
@@ -273,6 +277,17 @@ impl Session {
         Ok(())
     }
 
+    /// The peers of every TCP socket `pid` has now: connections made before attach had no
+    /// `accept` or `connect` to tell them.
+    fn seed_peers(&mut self, pid: u32, now: u64) -> Result<()> {
+        let events = peers::peer_events(pid, now, None);
+        self.peers.mark_all(pid, &events);
+        for ev in events {
+            self.handle(ev)?;
+        }
+        Ok(())
+    }
+
     /// One event through the pipeline: tracker, counts, sinks, engine.
     fn handle(&mut self, mut ev: Event) -> Result<()> {
         if let crate::event::EventKind::TaskExit {
@@ -282,13 +297,21 @@ impl Session {
             self.target_exited(ev.pid, ev.ts_ns)?;
         }
         self.tracker.process(&mut ev);
+        let engine = &self.engine;
+        self.peers
+            .observe(&ev, |pid, fd| engine.peer_known(pid, fd));
         if let Some(auto) = &mut self.auto {
             auto.observe(&ev);
         }
         if let Some(gate) = &mut self.gate {
             gate.observe(&ev);
         }
-        *self.counts.entry(Event::probe_name(&ev.kind)).or_default() += 1;
+        let probe = if ev.probe == peers::PROBE {
+            peers::PROBE
+        } else {
+            Event::probe_name(&ev.kind)
+        };
+        *self.counts.entry(probe).or_default() += 1;
         self.total += 1;
         if self.sinks.wants_events() {
             self.sinks.record(Record::Event(&ev))?;
@@ -346,6 +369,9 @@ impl Session {
             for ev in proc::epoll_registrations(pid, epfd, proc::monotonic_ns()) {
                 self.handle(ev)?;
             }
+        }
+        for ev in self.peers.resolve_due(proc::monotonic_ns()) {
+            self.handle(ev)?;
         }
         self.sinks.flush(Flush::Batch)?;
         Ok(full)

@@ -113,6 +113,7 @@ impl Session {
                 self.handle(ev)?;
             }
         }
+        self.seed_peers(pid, now)?;
         for ev in proc::thread_cpu(pid, now) {
             self.handle(ev)?;
         }

@@ -59,8 +59,10 @@ impl fmt::Display for BusyEvidence {
         if let (Some(fd), Some(ev)) = (self.ready_fd, &self.ready_events) {
             write!(f, ", fd {fd} ready {ev} with no SSL call")?;
         }
-        if let Some(cpu) = self.thread_cpu_pct {
-            write!(f, ", thread CPU {cpu:.0}%")?;
+        match self.thread_cpu_pct {
+            Some(cpu) => write!(f, ", thread CPU {cpu:.0}%")?,
+            // Not measured yet (the first samples are a second apart).
+            None => f.write_str(", thread CPU n/a")?,
         }
         Ok(())
     }

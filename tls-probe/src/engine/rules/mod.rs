@@ -23,6 +23,7 @@ use super::{
     iteration::ReadySlot,
     state::{ConnKey, State, ThreadKey},
     store::FindingStore,
+    window::BUCKETS,
 };
 use crate::event::{SslCall, SslErrorCode, SslOp};
 
@@ -92,6 +93,7 @@ impl Cx<'_> {
             first_seen_ns,
             last_seen_ns: self.now,
             closed_ns: None,
+            peak: None,
             evidence,
             explanation,
             advice,
@@ -104,6 +106,11 @@ impl Cx<'_> {
 
     /// Changes an open finding; emits `Updated` only when the change is material. Fills in
     /// comm and peer if they became known since.
+    ///
+    /// A windowed finding ([`FindingKind::windowed`]) whose process has had no probe event
+    /// for a window bucket is left as it is: its window now holds silence, and the finding
+    /// keeps the values it had while the process was active (a storm that stopped, a target
+    /// that exited), not rates diluted toward zero.
     pub fn update(&mut self, id: u64, f: impl FnOnce(&mut Finding)) {
         self.update_with(id, false, f);
     }
@@ -116,6 +123,17 @@ impl Cx<'_> {
 
     fn update_with(&mut self, id: u64, force: bool, f: impl FnOnce(&mut Finding)) {
         let state = self.state;
+        let bucket_ns = self.cfg.window_ns / BUCKETS as u64;
+        if !force
+            && let Some(kind) = self.store.open_kind(id)
+            && kind.windowed()
+            && let Some(pid) = self.store.open_pid(id)
+            && state
+                .silent_ns(pid, self.now)
+                .is_some_and(|s| s > bucket_ns)
+        {
+            return;
+        }
         self.store
             .update(id, self.now, self.cfg, self.out, force, |fi| {
                 f(fi);

@@ -71,8 +71,10 @@ impl fmt::Display for SpinEvidence {
         } else if let Some(i) = &self.interest {
             write!(f, ", interest {i}")?;
         }
-        if let Some(cpu) = self.thread_cpu_pct {
-            write!(f, ", thread CPU {cpu:.0}%")?;
+        match self.thread_cpu_pct {
+            Some(cpu) => write!(f, ", thread CPU {cpu:.0}%")?,
+            // Not measured yet (the first samples are a second apart).
+            None => f.write_str(", thread CPU n/a")?,
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Engine tests on synthetic traces. [`Sim`] writes a trace the way the probes and the
 //! tracker would, one event at a time, and feeds it to an engine as it goes.
 
+mod active;
 mod busy;
 mod handshake;
 mod handshake_rules;

@@ -414,3 +414,26 @@ fn kernel_aggregates_keep_a_confirmed_spin_going() {
         );
     }
 }
+
+#[test]
+fn cpu_is_not_applicable_until_measured_over_a_span() {
+    let mut sim = Sim::new();
+    // At attach, then the first tick 20 ms later: the kernel's 10 ms counters have not
+    // moved, which is no measure of 0%.
+    sim.cpu(TID, 5 * SEC);
+    sim.now += 20 * MS;
+    sim.cpu(TID, 5 * SEC);
+    sim.every(200 * US, 1200 * MS, |s| s.spin_once(TID, A, 7));
+    let f = sim.opened(FindingKind::SpinLoop)[0].clone();
+    assert_eq!(spin_evidence(&f).thread_cpu_pct, None, "{f:?}");
+    assert!(
+        f.summary_line().ends_with(", thread CPU n/a"),
+        "{}",
+        f.summary_line()
+    );
+    // A second later, the span from the first sample is measured.
+    sim.cpu(TID, 5 * SEC + 1200 * MS);
+    let snap = sim.engine.snapshot();
+    let cpu = snap.threads.iter().find(|t| t.tid == TID).unwrap().cpu_pct;
+    assert!(cpu.is_some_and(|c| c > 90.0), "{cpu:?}");
+}

@@ -25,6 +25,10 @@ pub fn render(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         frame.render_widget(block, area);
         let text = if m.snapshot.is_none() {
             "Waiting for the first snapshot…"
+        } else if !m.connections().is_empty() {
+            "No connection matches the filter."
+        } else if m.seen_connections {
+            "No TLS connection open now."
         } else {
             "No TLS connection seen yet."
         };
@@ -45,7 +49,7 @@ pub fn render(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
         Constraint::Length(4),
         Constraint::Length(if cx.wide { 14 } else { 6 }),
         Constraint::Length(if cx.wide { 21 } else { 15 }),
-        Constraint::Length(10),
+        Constraint::Length(11),
         Constraint::Length(5),
         Constraint::Length(5),
         Constraint::Length(6),

@@ -196,7 +196,7 @@ pub fn conn_state(c: &ConnSnapshot) -> String {
     } else {
         match c.last_want {
             Some(code) if code.is_want() => code.name(),
-            _ => "open".into(),
+            _ => "established".into(),
         }
     }
 }

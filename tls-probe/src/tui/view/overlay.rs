@@ -124,6 +124,18 @@ fn detail_lines<'a>(f: &Finding, cx: &Ctx<'_>) -> Vec<Line<'a>> {
             fmt::key_number(&f.evidence),
             t.severity(f.severity),
         )),
+    ];
+    if let Some(peak) = f.peak.as_ref().filter(|p| p.evidence != f.evidence) {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "peak {} ago: {}",
+                fmt::span(now.saturating_sub(peak.ts_ns)),
+                fmt::key_number(&peak.evidence)
+            ),
+            t.dim(),
+        )));
+    }
+    lines.extend([
         Line::raw(""),
         heading("Why"),
         Line::raw(f.explanation.clone()),
@@ -132,7 +144,7 @@ fn detail_lines<'a>(f: &Finding, cx: &Ctx<'_>) -> Vec<Line<'a>> {
         Line::raw(f.advice.clone()),
         Line::raw(""),
         heading("Evidence"),
-    ];
+    ]);
     lines.extend(evidence_lines(f).into_iter().map(|(k, v)| {
         Line::from(vec![
             Span::styled(format!("  {k:<26}"), t.dim()),
