@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenario::ScenarioArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "tls-probe", version, about, long_about = None)]
@@ -17,10 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Attach to running processes and report their TLS event-loop behaviour.
     Attach(AttachArgs),
-    /// Run a built-in scenario workload and attach to it.
+    /// Run a scenario workload (the separate tls-probe-scenarios program) and attach to it.
     Demo(DemoArgs),
-    /// Run one scenario workload by itself (the programs `demo` attaches to).
-    Scenario(ScenarioArgs),
     /// Read an NDJSON export and print a report; re-runs the engine when it holds events.
     Report(ReportArgs),
     /// Start a command with the probes in place before it runs, so its first handshake is

@@ -29,7 +29,8 @@ enum Command {
     Setup,
     /// Set up, then run fmt, clippy, unit tests and the privileged integration tests.
     Test(test::TestArgs),
-    /// Set up, build the release agent and run `tls-probe demo ARGS...`.
+    /// Set up, build the release agent and the scenario program, and run
+    /// `tls-probe demo ARGS...`.
     Demo(demo::DemoArgs),
     /// Set up, build the release agent and measure what probing costs nginx and the
     /// spin-loop scenario, against no probe and bpftrace; writes bench/results.{md,json}.

@@ -4,3 +4,4 @@ pub mod attach;
 pub mod demo;
 pub mod report;
 pub mod run;
+pub mod workload;
