@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-
 #[derive(Parser, Debug)]
 #[command(name = "tls-probe", version, about, long_about = None)]
 pub struct Cli {

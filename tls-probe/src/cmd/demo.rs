@@ -107,7 +107,11 @@ fn header(name: ScenarioName, parts: &[Part], secs: f64, dashboard: bool) {
         let _ = writeln!(err, "{}", wrap("  runs:    ", guide::guide(name).runs));
         for part in parts {
             let role = format!("{}-*", part.prefix.unwrap_or_default());
-            let _ = writeln!(err, "{}", wrap(&format!("    {role:<10} "), part.guide().runs));
+            let _ = writeln!(
+                err,
+                "{}",
+                wrap(&format!("    {role:<10} "), part.guide().runs)
+            );
             let _ = writeln!(
                 err,
                 "{}",
@@ -271,7 +275,10 @@ pub fn verdicts(parts: &[Part], seen: &[Seen<'_>]) -> Vec<String> {
         let Some(why) = g.no_finding else {
             continue;
         };
-        if !seen.iter().any(|(_, role)| role.is_some_and(|r| part.owns(r))) {
+        if !seen
+            .iter()
+            .any(|(_, role)| role.is_some_and(|r| part.owns(r)))
+        {
             let scope = part
                 .prefix
                 .map(|p| format!(" on {p}-*"))
@@ -383,11 +390,17 @@ mod tests {
             ]),
         );
         assert_eq!(lines[0], "    NOT SEEN   spin_loop on spin-client");
-        assert_eq!(lines[1], "    NOT SEEN   handshake_saturation on storm-server");
+        assert_eq!(
+            lines[1],
+            "    NOT SEEN   handshake_saturation on storm-server"
+        );
         assert_eq!(lines.len(), 7, "no ok line for healthy-*: {lines:#?}");
         assert_eq!(lines[4], "    UNEXPECTED busy_epoll_loop on healthy-client");
         assert_eq!(lines[5], "    UNEXPECTED spin_loop on the process");
-        assert_eq!(lines[6], "    UNEXPECTED handshake_saturation on spin-client");
+        assert_eq!(
+            lines[6],
+            "    UNEXPECTED handshake_saturation on spin-client"
+        );
 
         let concurrent = guide::parts(ScenarioName::ConcurrentSsl);
         let lines = verdicts(&concurrent, &seen(&[("concurrent_ssl_use", "writer")]));

@@ -26,7 +26,10 @@ pub const ENV: &str = "TLS_PROBE_SCENARIOS";
 /// this executable (as `cargo build` and the release tarball leave them), else on PATH.
 pub fn locate() -> Result<PathBuf> {
     let exe = std::env::current_exe().ok();
-    let beside = exe.as_deref().and_then(Path::parent).map(|d| d.join(PROGRAM));
+    let beside = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.join(PROGRAM));
     find(std::env::var_os(ENV), beside, std::env::var_os("PATH"))
 }
 
@@ -205,7 +208,10 @@ mod tests {
         let err = find(Some(a.join("nope").into()), Some(exe.clone()), path)
             .expect_err("a wrong env var is an error, not a fallback")
             .to_string();
-        assert!(err.contains("TLS_PROBE_SCENARIOS=") && err.contains("names no file"), "{err}");
+        assert!(
+            err.contains("TLS_PROBE_SCENARIOS=") && err.contains("names no file"),
+            "{err}"
+        );
         let err = find(None, Some(a.join(PROGRAM)), Some(a.into_os_string()))
             .expect_err("absent")
             .to_string();

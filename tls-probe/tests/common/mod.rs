@@ -25,14 +25,24 @@ pub fn scenarios() -> &'static Path {
     PATH.get_or_init(|| {
         if let Some(p) = std::env::var_os("TLS_PROBE_SCENARIOS").filter(|p| !p.is_empty()) {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "TLS_PROBE_SCENARIOS={} is no file", p.display());
+            assert!(
+                p.is_file(),
+                "TLS_PROBE_SCENARIOS={} is no file",
+                p.display()
+            );
             return p;
         }
         let profile_dir = Path::new(TLS_PROBE).parent().expect("target/PROFILE");
         let target_dir = profile_dir.parent().expect("target");
         let mut cargo = Command::new(env!("CARGO"));
         cargo
-            .args(["build", "--quiet", "--package", "tls-probe-scenarios", "--bin"])
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "tls-probe-scenarios",
+                "--bin",
+            ])
             .arg("tls-probe-scenarios")
             .arg("--manifest-path")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
@@ -45,7 +55,9 @@ pub fn scenarios() -> &'static Path {
             }
             None => panic!("no profile directory in {TLS_PROBE}"),
         }
-        let out = cargo.output().expect("running cargo build -p tls-probe-scenarios");
+        let out = cargo
+            .output()
+            .expect("running cargo build -p tls-probe-scenarios");
         assert!(
             out.status.success(),
             "building tls-probe-scenarios failed ({}): {}",
