@@ -4,8 +4,16 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TLS_PROBE_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "tls-probe", version, about, long_about = None)]
+#[command(name = "tls-probe", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -22,6 +30,16 @@ pub enum Command {
     /// Start a command with the probes in place before it runs, so its first handshake is
     /// seen; exit with its exit status when it ends.
     Run(RunArgs),
+    /// Write the man pages and shell completions into DIR (for packaging: `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Gets man/*.1 and completions/{tls-probe.bash,_tls-probe,tls-probe.fish}.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -63,7 +63,7 @@ impl Guide {
                         format!("on the {} thread", roles.join(" or "))
                     }
                 };
-                format!("{} {at} {}", f.kind, f.shows)
+                format!("a {} finding {at} {}", f.kind, f.shows)
             })
             .collect();
         each.join("; ")
@@ -390,9 +390,9 @@ mod tests {
     fn expect_is_made_from_the_declarations() {
         let storm = guide(ScenarioName::HandshakeStorm).expect();
         for kind in [
-            "handshake_saturation on the server thread",
-            "low_session_resumption on the process",
-            "connection_churn on the process",
+            "a handshake_saturation finding on the server thread",
+            "a low_session_resumption finding on the process",
+            "a connection_churn finding on the process",
         ] {
             assert!(storm.contains(kind), "{kind}: {storm}");
         }
@@ -400,7 +400,7 @@ mod tests {
         assert!(
             mixed[0]
                 .expect()
-                .starts_with("spin_loop on the spin-client thread within"),
+                .starts_with("a spin_loop finding on the spin-client thread within"),
             "{}",
             mixed[0].expect()
         );

@@ -1,0 +1,156 @@
+//! `cargo xtask dist`: the release tarball for x86_64 Linux.
+//!
+//! ```text
+//! target/dist/tls-probe-VERSION-x86_64-linux.tar.gz
+//!   tls-probe-VERSION-x86_64-linux/
+//!     tls-probe              the profiler, stripped; links no libssl or libcrypto
+//!     tls-probe.debug        its debug info (objcopy --only-keep-debug; linked by
+//!                            .gnu_debuglink, so gdb and perf find it beside the binary)
+//!     tls-probe-scenarios    the demo workloads (links the system's libssl.so.3), stripped
+//!     man/tls-probe*.1       man pages, from the clap definitions
+//!     completions/           bash (tls-probe.bash), zsh (_tls-probe), fish (tls-probe.fish)
+//!     README.md
+//! ```
+//!
+//! The profiler's DT_NEEDED entries are checked: a libssl or libcrypto among them fails the
+//! build, since tls-probe must start on hosts with any OpenSSL (1.1 or 3) or none.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result, bail};
+use object::read::elf::ElfFile64;
+
+use crate::{setup, sh};
+
+const TARGET: &str = "x86_64-linux";
+
+#[derive(clap::Args, Debug)]
+pub struct DistArgs {
+    /// Skip `cargo xtask setup` (the toolchains and bpf-linker are known to be there).
+    #[arg(long)]
+    skip_setup: bool,
+}
+
+pub fn run(args: &DistArgs) -> Result<()> {
+    if !args.skip_setup {
+        setup::ensure()?;
+    }
+    sh::run(sh::cmd("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "tls-probe",
+        "--package",
+        "tls-probe-scenarios",
+    ]))
+    .context("building the release binaries failed")?;
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
+        .join("release");
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("tls-probe-{version}-{TARGET}");
+    let dist = release.parent().context("target dir")?.join("dist");
+    let stage = dist.join(&name);
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+
+    let profiler = stage.join("tls-probe");
+    fs::copy(release.join("tls-probe"), &profiler).context("copying tls-probe")?;
+    let needed = needed(&profiler)?;
+    if let Some(lib) = needed
+        .iter()
+        .find(|l| l.starts_with("libssl") || l.starts_with("libcrypto"))
+    {
+        bail!(
+            "the release tls-probe links {lib} (DT_NEEDED: {}); only tls-probe-scenarios may \
+             link OpenSSL",
+            needed.join(", ")
+        );
+    }
+    eprintln!("ok: tls-probe links {}", needed.join(", "));
+    split_debug(&profiler)?;
+    let scenarios = stage.join("tls-probe-scenarios");
+    fs::copy(release.join("tls-probe-scenarios"), &scenarios)
+        .context("copying tls-probe-scenarios")?;
+    sh::run(sh::cmd("strip").arg("--strip-debug").arg(&scenarios))?;
+    sh::run(sh::cmd(&profiler).arg("generate").arg(&stage))
+        .context("generating the man pages and completions failed")?;
+    fs::copy(sh::root().join("README.md"), stage.join("README.md")).context("copying README")?;
+
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    sh::run(
+        sh::cmd("tar")
+            .arg("-C")
+            .arg(&dist)
+            .args(["--owner=0", "--group=0", "-czf"])
+            .arg(&tarball)
+            .arg(&name),
+    )
+    .context("packing the tarball failed")?;
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "dist: {} ({:.1} MiB); tls-probe {:.1} MiB stripped (+{:.1} MiB tls-probe.debug), \
+         tls-probe-scenarios {:.1} MiB",
+        tarball.display(),
+        mib(size(&tarball)),
+        mib(size(&profiler)),
+        mib(size(&stage.join("tls-probe.debug"))),
+        mib(size(&scenarios)),
+    );
+    println!("{}", tarball.display());
+    Ok(())
+}
+
+/// The DT_NEEDED entries of an ELF executable: the libraries the loader must find.
+pub fn needed(path: &Path) -> Result<Vec<String>> {
+    use object::{
+        elf,
+        read::elf::{Dyn, FileHeader, SectionHeader},
+    };
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit ELF file", path.display()))?;
+    let (endian, data) = (file.endian(), file.data());
+    let sections = file.elf_header().sections(endian, data)?;
+    let Some(dynamic) = sections
+        .iter()
+        .find(|s| s.sh_type(endian) == elf::SHT_DYNAMIC)
+    else {
+        bail!("{} has no dynamic section (static?)", path.display());
+    };
+    let (entries, link) = dynamic
+        .dynamic(endian, data)?
+        .context("the dynamic section holds no entries")?;
+    let strings = sections.strings(endian, data, link)?;
+    let mut needed = Vec::new();
+    for d in entries {
+        if d.d_tag(endian) as u32 == elf::DT_NEEDED {
+            let name = d.string(endian, strings)?;
+            needed.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    Ok(needed)
+}
+
+/// Moves the debug info of `exe` into `exe.debug`, links it back by .gnu_debuglink and
+/// strips `exe`.
+fn split_debug(exe: &Path) -> Result<()> {
+    let debug = exe.with_extension("debug");
+    sh::run(
+        sh::cmd("objcopy")
+            .arg("--only-keep-debug")
+            .arg(exe)
+            .arg(&debug),
+    )
+    .context("objcopy --only-keep-debug failed (binutils)")?;
+    sh::run(
+        sh::cmd("objcopy")
+            .args(["--strip-debug", "--strip-unneeded"])
+            .arg(format!("--add-gnu-debuglink={}", debug.display()))
+            .arg(exe),
+    )
+    .context("objcopy --strip-debug failed")
+}
