@@ -4,12 +4,14 @@
 //! target/dist/tls-probe-VERSION-x86_64-linux.tar.gz
 //!   tls-probe-VERSION-x86_64-linux/
 //!     tls-probe              the profiler, stripped; links no libssl or libcrypto
-//!     tls-probe.debug        its debug info (objcopy --only-keep-debug; linked by
-//!                            .gnu_debuglink, so gdb and perf find it beside the binary)
 //!     tls-probe-scenarios    the demo workloads (links the system's libssl.so.3), stripped
 //!     man/tls-probe*.1       man pages, from the clap definitions
 //!     completions/           bash (tls-probe.bash), zsh (_tls-probe), fish (tls-probe.fish)
 //!     README.md
+//! target/dist/tls-probe-VERSION-x86_64-linux.debug
+//!                            tls-probe's debug info (objcopy --only-keep-debug), kept out
+//!                            of the tarball; .gnu_debuglink names it `tls-probe.debug`, so
+//!                            copied beside the binary under that name gdb and perf find it
 //! ```
 //!
 //! The profiler's DT_NEEDED entries are checked: a libssl or libcrypto among them fails the
@@ -79,6 +81,10 @@ pub fn run(args: &DistArgs) -> Result<()> {
         .context("generating the man pages and completions failed")?;
     fs::copy(sh::root().join("README.md"), stage.join("README.md")).context("copying README")?;
 
+    let debug = dist.join(format!("{name}.debug"));
+    fs::rename(stage.join("tls-probe.debug"), &debug)
+        .with_context(|| format!("moving the debug info to {}", debug.display()))?;
+
     let tarball = dist.join(format!("{name}.tar.gz"));
     sh::run(
         sh::cmd("tar")
@@ -92,12 +98,13 @@ pub fn run(args: &DistArgs) -> Result<()> {
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
     eprintln!(
-        "dist: {} ({:.1} MiB); tls-probe {:.1} MiB stripped (+{:.1} MiB tls-probe.debug), \
+        "dist: {} ({:.1} MiB); tls-probe {:.1} MiB stripped, its debug info {:.1} MiB in {}; \
          tls-probe-scenarios {:.1} MiB",
         tarball.display(),
         mib(size(&tarball)),
         mib(size(&profiler)),
-        mib(size(&stage.join("tls-probe.debug"))),
+        mib(size(&debug)),
+        debug.display(),
         mib(size(&scenarios)),
     );
     println!("{}", tarball.display());

@@ -168,8 +168,13 @@ impl Attached {
     /// `start` record shows the probes are attached. In `--mode full` unless `extra` names
     /// a mode: these tests count every call.
     pub fn start(dir: &Path, pid: u32, extra: &[&str]) -> Self {
+        Self::start_exe(Path::new(TLS_PROBE), dir, pid, extra)
+    }
+
+    /// [`Attached::start`] with another tls-probe executable (e.g. the release tarball's).
+    pub fn start_exe(exe: &Path, dir: &Path, pid: u32, extra: &[&str]) -> Self {
         let output = dir.join(format!("attach-{pid}.ndjson"));
-        let mut cmd = Command::new(TLS_PROBE);
+        let mut cmd = Command::new(exe);
         cmd.arg("attach");
         if !extra.contains(&"--mode") {
             cmd.args(["--mode", "full"]);
