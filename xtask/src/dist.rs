@@ -8,6 +8,9 @@
 //!     man/tls-probe*.1       man pages, from the clap definitions
 //!     completions/           bash (tls-probe.bash), zsh (_tls-probe), fish (tls-probe.fish)
 //!     README.md
+//! target/dist/tls-probe_VERSION_amd64.deb
+//!                            the same files in /usr (bin, share/man, the completion
+//!                            directories); depends on libc6 only, suggests libssl3
 //! target/dist/tls-probe-VERSION-x86_64-linux.debug
 //!                            tls-probe's debug info (objcopy --only-keep-debug), kept out
 //!                            of the tarball; .gnu_debuglink names it `tls-probe.debug`, so
@@ -107,8 +110,80 @@ pub fn run(args: &DistArgs) -> Result<()> {
         debug.display(),
         mib(size(&scenarios)),
     );
+    let deb = deb(&stage, &dist, version)?;
+    eprintln!("dist: {} ({:.1} MiB)", deb.display(), mib(size(&deb)));
     println!("{}", tarball.display());
     Ok(())
+}
+
+/// `tls-probe_VERSION_amd64.deb` from the staged files, with dpkg-deb (no cargo-deb to
+/// install). It depends on libc only: OpenSSL is suggested, for the demo workloads.
+fn deb(stage: &Path, dist: &Path, version: &str) -> Result<std::path::PathBuf> {
+    let root = dist.join("deb");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let copy = |from: &str, to: &str, mode: u32| -> Result<()> {
+        let to = root.join(to);
+        fs::create_dir_all(to.parent().context("parent")?)?;
+        fs::copy(stage.join(from), &to).with_context(|| format!("copying {from}"))?;
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        Ok(())
+    };
+    copy("tls-probe", "usr/bin/tls-probe", 0o755)?;
+    copy("tls-probe-scenarios", "usr/bin/tls-probe-scenarios", 0o755)?;
+    for page in fs::read_dir(stage.join("man"))? {
+        let name = page?.file_name();
+        let name = name.to_string_lossy();
+        copy(
+            &format!("man/{name}"),
+            &format!("usr/share/man/man1/{name}"),
+            0o644,
+        )?;
+    }
+    copy(
+        "completions/tls-probe.bash",
+        "usr/share/bash-completion/completions/tls-probe",
+        0o644,
+    )?;
+    copy(
+        "completions/_tls-probe",
+        "usr/share/zsh/vendor-completions/_tls-probe",
+        0o644,
+    )?;
+    copy(
+        "completions/tls-probe.fish",
+        "usr/share/fish/vendor_completions.d/tls-probe.fish",
+        0o644,
+    )?;
+    copy("README.md", "usr/share/doc/tls-probe/README.md", 0o644)?;
+    fs::create_dir_all(root.join("DEBIAN"))?;
+    fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: tls-probe\n\
+             Version: {version}\n\
+             Architecture: amd64\n\
+             Maintainer: tls-probe developers <tls-probe@localhost>\n\
+             Depends: libc6\n\
+             Suggests: libssl3\n\
+             Section: devel\n\
+             Priority: optional\n\
+             Description: eBPF profiler for TLS event loops\n \
+             Finds WANT_READ/WANT_WRITE spin loops, bad write retries and handshake\n \
+             saturation in live OpenSSL processes. tls-probe links no OpenSSL;\n \
+             tls-probe-scenarios, the demo workloads, needs libssl3.\n"
+        ),
+    )?;
+    let deb = dist.join(format!("tls-probe_{version}_amd64.deb"));
+    sh::run(
+        sh::cmd("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&root)
+            .arg(&deb),
+    )
+    .context("dpkg-deb --build failed")?;
+    Ok(deb)
 }
 
 /// The DT_NEEDED entries of an ELF executable: the libraries the loader must find.
