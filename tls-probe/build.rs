@@ -7,6 +7,7 @@ use std::{env, fs, path::PathBuf};
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
+    git_commit();
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../tls-probe-ebpf");
     let root = root
         .to_str()
@@ -37,6 +38,36 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(channel),
     )
+}
+
+/// `TLS_PROBE_COMMIT` for `--version`: the short git commit of the source, else the
+/// variable of that name from the build's environment (a source tarball), else "unknown".
+/// Rebuilt when HEAD or the branch it names moves.
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=TLS_PROBE_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+        .or_else(|| env::var("TLS_PROBE_COMMIT").ok())
+        .unwrap_or_else(|| "unknown".to_owned());
+    for path in ["HEAD", "refs/heads"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(p) = git(&["rev-parse", "--git-path", &branch])
+    {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rustc-env=TLS_PROBE_COMMIT={commit}");
 }
 
 /// The value of the `channel = "..."` line of a rust-toolchain.toml.

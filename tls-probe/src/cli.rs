@@ -4,10 +4,16 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenario::ScenarioArgs;
+/// The version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TLS_PROBE_COMMIT"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
-#[command(name = "tls-probe", version, about, long_about = None)]
+#[command(name = "tls-probe", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,15 +23,23 @@ pub struct Cli {
 pub enum Command {
     /// Attach to running processes and report their TLS event-loop behaviour.
     Attach(AttachArgs),
-    /// Run a built-in scenario workload and attach to it.
+    /// Run a scenario workload (the separate tls-probe-scenarios program) and attach to it.
     Demo(DemoArgs),
-    /// Run one scenario workload by itself (the programs `demo` attaches to).
-    Scenario(ScenarioArgs),
     /// Read an NDJSON export and print a report; re-runs the engine when it holds events.
     Report(ReportArgs),
     /// Start a command with the probes in place before it runs, so its first handshake is
     /// seen; exit with its exit status when it ends.
     Run(RunArgs),
+    /// Write the man pages and shell completions into DIR (for packaging: `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Gets man/*.1 and completions/{tls-probe.bash,_tls-probe,tls-probe.fish}.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]

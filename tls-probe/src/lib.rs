@@ -20,7 +20,6 @@ pub mod engine;
 pub mod event;
 pub mod probe;
 pub mod replay;
-pub mod scenario;
 pub mod sink;
 pub mod track;
 pub mod tui;

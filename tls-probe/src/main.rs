@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tls_probe::{
     cli::{Cli, Command},
-    cmd, scenario,
+    cmd,
 };
 
 fn main() -> ExitCode {
@@ -12,9 +12,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Demo(args) => cmd::demo::run(args),
-        Command::Scenario(args) => scenario::run(&args),
         Command::Report(args) => cmd::report::run(&args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Generate(args) => cmd::generate::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -14,17 +14,16 @@ use std::{
     time::Duration,
 };
 
-use common::{Proc, TLS_PROBE, read_ndjson, wait_for};
+use common::{Proc, TLS_PROBE, read_ndjson, scenarios, wait_for};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::Value;
 
-/// `tls-probe scenario spin-loop --wait-stdin`, held at READY until `go`.
+/// `tls-probe-scenarios spin-loop --wait-stdin`, held at READY until `go`.
 fn spin_loop(secs: u32) -> (Proc, u32) {
-    let mut p = Proc::spawn(Command::new(TLS_PROBE).args([
-        "scenario",
+    let mut p = Proc::spawn(Command::new(scenarios()).args([
         "spin-loop",
         "--wait-stdin",
         "--duration",

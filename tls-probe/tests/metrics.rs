@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Proc, TLS_PROBE, free_port, wait_for};
+use common::{Proc, TLS_PROBE, free_port, scenarios, wait_for};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -57,8 +57,7 @@ fn sum(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn metrics_endpoint_serves_the_engine_counters() {
-    let mut target = Proc::spawn(Command::new(TLS_PROBE).args([
-        "scenario",
+    let mut target = Proc::spawn(Command::new(scenarios()).args([
         "spin-loop",
         "--wait-stdin",
         "--duration",

@@ -2,7 +2,7 @@
 //! that makes its pathology recognisable? These read the `event` records, not findings,
 //! so they hold whatever the engine concludes.
 //!
-//! Each test starts `tls-probe scenario NAME --wait-stdin`, reads READY (its threads, fds
+//! Each test starts `tls-probe-scenarios NAME --wait-stdin`, reads READY (its threads, fds
 //! and SSL*s), attaches, releases it, waits for DONE and reads the NDJSON.
 
 mod common;
@@ -14,9 +14,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Attached, Proc, TLS_PROBE, summary};
+use common::{Attached, Proc, TLS_PROBE, scenarios, summary};
 use serde_json::Value;
-use tls_probe::scenario::report::{self, Done, Ready, ThreadInfo};
+use tls_probe_scenario_spec::report::{self, Done, Ready, ThreadInfo};
 
 struct Run {
     ready: Ready,
@@ -46,8 +46,7 @@ impl Run {
 /// Runs scenario `name` for `secs` seconds of load under `tls-probe attach --events`.
 fn run(name: &str, secs: u32) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut scenario = Proc::spawn(Command::new(TLS_PROBE).args([
-        "scenario",
+    let mut scenario = Proc::spawn(Command::new(scenarios()).args([
         name,
         "--wait-stdin",
         "--duration",
@@ -377,6 +376,7 @@ fn demo_says_what_to_expect_then_what_it_found() {
     let output = dir.path().join("demo.ndjson");
     let out = Command::new(TLS_PROBE)
         .args(["demo", "bad-write-retry", "--duration", "2", "-o"])
+        .env("TLS_PROBE_SCENARIOS", scenarios())
         .arg(&output)
         .output()
         .expect("running tls-probe demo");

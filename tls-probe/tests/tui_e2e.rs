@@ -16,9 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Proc, TLS_PROBE, cert, read_ndjson, summary};
+use common::{Proc, TLS_PROBE, cert, read_ndjson, scenarios, summary};
 use serde_json::Value;
-use tls_probe::scenario::report;
+use tls_probe_scenario_spec::report;
 
 /// A tmux server of our own (its own socket), killed on drop, also when a test fails.
 struct Tmux {
@@ -122,8 +122,9 @@ impl Drop for Tmux {
 /// `tls-probe ARGS` in a shell that then reports how it exited and the terminal's mode.
 fn wrapped(args: &str) -> String {
     format!(
-        "sh -c '{TLS_PROBE} {args}; echo SHELL-EXIT $?; \
-         case $(stty -a) in *-icanon*) echo TTY RAW;; *) echo TTY COOKED;; esac; sleep 120'"
+        "sh -c 'TLS_PROBE_SCENARIOS={} {TLS_PROBE} {args}; echo SHELL-EXIT $?; \
+         case $(stty -a) in *-icanon*) echo TTY RAW;; *) echo TTY COOKED;; esac; sleep 120'",
+        scenarios().display()
     )
 }
 
@@ -189,8 +190,7 @@ fn demo_dashboard_shows_the_spin_loop_then_q_restores_the_terminal() {
 fn attach_dashboard_and_file_get_the_same_findings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = dir.path().join("attach.ndjson");
-    let mut scenario = Proc::spawn(Command::new(TLS_PROBE).args([
-        "scenario",
+    let mut scenario = Proc::spawn(Command::new(scenarios()).args([
         "spin-loop",
         "--wait-stdin",
         "--duration",

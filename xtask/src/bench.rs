@@ -155,8 +155,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         (args.duration, args.repetitions)
     };
-    sh::run(sh::cmd("cargo").args(["build", "--release", "--package", "tls-probe"]))
-        .context("building the release agent failed")?;
+    sh::run(sh::cmd("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "tls-probe",
+        "--package",
+        "tls-probe-scenarios",
+    ]))
+    .context("building the release agent and the scenario program failed")?;
 
     let bpftrace = sh::find_program("bpftrace");
     let settings = Settings {
@@ -167,11 +174,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         variants: variants(&args.variants, bpftrace.is_some()),
     };
     let scratch = proc::TempDir::new(args.keep_temp)?;
+    // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace).
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
+        .join("release");
     let ctx = Ctx {
-        // Where cargo put it: CARGO_TARGET_DIR when set (relative to the workspace).
-        tls_probe: std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
-            .join("release/tls-probe"),
+        tls_probe: release.join("tls-probe"),
+        scenarios: release.join("tls-probe-scenarios"),
         bpftrace,
         dir: scratch.path().to_owned(),
         duration,

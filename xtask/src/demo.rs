@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: set up, build the release agent, and hand over to `tls-probe demo`.
+//! `cargo xtask demo`: set up, build the release agent and the scenario program beside it,
+//! and hand over to `tls-probe demo` (which finds `tls-probe-scenarios` next to itself).
 
 use std::os::unix::process::CommandExt;
 
@@ -22,8 +23,15 @@ pub struct DemoArgs {
 /// is ours. Returns only if something failed.
 pub fn run(args: &DemoArgs) -> Result<()> {
     setup::ensure()?;
-    sh::run(sh::cmd("cargo").args(["build", "--release", "--package", "tls-probe"]))
-        .context("building the agent failed")?;
+    sh::run(sh::cmd("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "tls-probe",
+        "--package",
+        "tls-probe-scenarios",
+    ]))
+    .context("building the agent and the scenario program failed")?;
     let binary = sh::root().join("target/release/tls-probe");
     let mut demo = sh::cmd(&binary);
     demo.arg("demo").args(&args.args);

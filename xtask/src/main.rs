@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod openssl11;
 mod setup;
 mod sh;
@@ -29,8 +30,12 @@ enum Command {
     Setup,
     /// Set up, then run fmt, clippy, unit tests and the privileged integration tests.
     Test(test::TestArgs),
-    /// Set up, build the release agent and run `tls-probe demo ARGS...`.
+    /// Set up, build the release agent and the scenario program, and run
+    /// `tls-probe demo ARGS...`.
     Demo(demo::DemoArgs),
+    /// Build the release tarball: tls-probe (no libssl), its split debug info, the
+    /// scenario program, man pages and shell completions, in target/dist/.
+    Dist(dist::DistArgs),
     /// Set up, build the release agent and measure what probing costs nginx and the
     /// spin-loop scenario, against no probe and bpftrace; writes bench/results.{md,json}.
     Bench(bench::BenchArgs),
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::ensure(),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Dist(args) => dist::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

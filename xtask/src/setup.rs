@@ -44,12 +44,73 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Runs every check in order; `test`, `demo` and `bench` call this first.
 pub fn ensure() -> Result<()> {
     let start = Instant::now();
+    announce(&plan());
     crate::toolchain::ensure()?;
     apt()?;
     bpf_linker()?;
     crate::openssl11::ensure()?;
     eprintln!("setup: everything present ({})", sh::secs(start));
     Ok(())
+}
+
+/// What is missing, as (what, why, about how many seconds on these 2-core machines: the
+/// figures of a first run, measured), from the same quick checks the steps make.
+fn plan() -> Vec<(String, String, u32)> {
+    let mut todo = crate::toolchain::missing();
+    let statuses = sh::query_any_status(
+        cmd("dpkg-query")
+            .args(["-W", "-f", "${Package}\t${Status}\n"])
+            .args(APT_PACKAGES),
+    )
+    .unwrap_or_default();
+    let missing = missing_packages(&statuses, APT_PACKAGES);
+    if !missing.is_empty() {
+        todo.push((
+            format!("apt packages {}", missing.join(" ")),
+            "LLVM 22 for bpf-linker, OpenSSL headers, and the servers and tools the tests drive"
+                .to_owned(),
+            30 + 5 * missing.len() as u32,
+        ));
+    }
+    if let Some(problem) = bpf_linker_problem() {
+        todo.push((
+            format!("bpf-linker {BPF_LINKER_VERSION}, built with LLVM {LLVM_MAJOR}"),
+            format!("links the eBPF programs ({problem})"),
+            90,
+        ));
+    }
+    if crate::openssl11::missing() {
+        todo.push((
+            "OpenSSL 1.1.1 shared libraries, built from source".to_owned(),
+            "tests/openssl11.rs probes a client linked to libssl.so.1.1".to_owned(),
+            240,
+        ));
+    }
+    todo
+}
+
+/// Says up front what setup is about to install, why, and how long it should take in all.
+fn announce(todo: &[(String, String, u32)]) {
+    if todo.is_empty() {
+        return;
+    }
+    let total: u32 = todo.iter().map(|t| t.2).sum();
+    eprintln!(
+        "setup: {} to install first, about {} in all on a first run (later runs only check, in \
+         about a second):",
+        todo.len(),
+        minutes(total)
+    );
+    for (what, why, secs) in todo {
+        eprintln!("  - {what} (about {}): {why}", minutes(*secs));
+    }
+}
+
+fn minutes(secs: u32) -> String {
+    match secs {
+        0..90 => format!("{secs} s"),
+        _ => format!("{} min", secs.div_ceil(60)),
+    }
 }
 
 /// The bench's optional packages (bpftrace, to compare against): installs what is missing,
@@ -213,6 +274,13 @@ fn llvm_link_problem(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_seconds_then_minutes() {
+        assert_eq!(minutes(40), "40 s");
+        assert_eq!(minutes(90), "2 min");
+        assert_eq!(minutes(455), "8 min");
+    }
 
     #[test]
     fn packages_must_be_fully_installed() {

@@ -66,6 +66,45 @@ fn channel(toml: &str) -> Option<&str> {
     })
 }
 
+/// What [`ensure`] would install, as (what, why, about how many seconds); empty when
+/// everything is there or rustup cannot say (then `ensure` reports the problem).
+pub fn missing() -> Vec<(String, String, u32)> {
+    let Some(list) = sh::query(cmd("rustup").args(["toolchain", "list"])) else {
+        return Vec::new();
+    };
+    let mut todo = Vec::new();
+    for (name, components, why) in [
+        (HOST, HOST_COMPONENTS, "builds the host crates"),
+        (ebpf(), EBPF_COMPONENTS, "builds the eBPF programs"),
+    ] {
+        if !installed(&list, name) {
+            todo.push((
+                format!("toolchain {name} with {}", components.join(", ")),
+                why.to_owned(),
+                40,
+            ));
+            continue;
+        }
+        let have = sh::query(cmd("rustup").args([
+            "component",
+            "list",
+            "--toolchain",
+            name,
+            "--installed",
+        ]))
+        .unwrap_or_default();
+        let gone = missing_components(&have, components);
+        if !gone.is_empty() {
+            todo.push((
+                format!("{name} components {}", gone.join(", ")),
+                why.to_owned(),
+                15,
+            ));
+        }
+    }
+    todo
+}
+
 /// Installs both toolchains and their components when missing, and checks that the eBPF
 /// nightly's LLVM matches bpf-linker's.
 pub fn ensure() -> Result<()> {

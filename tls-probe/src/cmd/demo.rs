@@ -1,7 +1,9 @@
-//! `tls-probe demo`: run a scenario workload as a child process, attach to it, then let
-//! it start, so that the pathology begins with the probes already in place; say what to
-//! expect first and what was found at the end. On a terminal the findings show on the
-//! live dashboard in between; the recap prints once it closes.
+//! `tls-probe demo`: run a scenario workload (the separate `tls-probe-scenarios` program)
+//! as a child process, attach to it, then let it start, so that the pathology begins with
+//! the probes already in place; say what to expect first and what was found at the end.
+//! On a terminal the findings show on the live dashboard in between; the recap prints once
+//! it closes. What to expect comes from the findings each scenario declares
+//! (`tls_probe_scenario_spec::guide`), in the header and in the recap alike.
 
 use std::{
     io::Write,
@@ -11,17 +13,19 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use tls_probe_scenario_spec::{
+    ScenarioName,
+    guide::{self, Part, Seen},
+    report::{Done, Ready},
+};
 use tokio::sync::mpsc::WeakSender;
 
 use crate::{
     agent::{StopReason, Summary},
     cli::DemoArgs,
-    cmd::attach,
-    scenario::{
-        ScenarioName,
-        guide::{self, NoFinding, Part},
-        process::Process,
-        report::{Done, Ready},
+    cmd::{
+        attach,
+        workload::{self, Process},
     },
     tui::Msg,
 };
@@ -36,13 +40,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         Some(s) => s.parse::<ScenarioName>()?,
         None => ScenarioName::Mixed,
     };
+    let program = workload::locate()?;
     let mut output = args.output;
     let secs = *output.duration.get_or_insert(DEFAULT_SECS);
     let outputs = attach::open_outputs(&output)?;
     let parts = guide::parts(name);
     header(name, &parts, secs, outputs.dashboard);
 
-    let mut child = Process::spawn(None, name, secs)?;
+    let mut child = Process::spawn(&program, name, secs)?;
     // While the dashboard is up, what would go to stderr goes to it.
     let dashboard: Arc<OnceLock<WeakSender<Msg>>> = Arc::default();
     let to_dashboard = Arc::clone(&dashboard);
@@ -96,23 +101,23 @@ fn header(name: ScenarioName, parts: &[Part], secs: f64, dashboard: bool) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "tls-probe demo: {name} for {secs} s");
     if let [part] = parts {
-        let g = part.guide();
-        let _ = writeln!(err, "{}", wrap("  runs:    ", g.runs));
-        let _ = writeln!(err, "{}", wrap("  expect:  ", g.expect));
+        let _ = writeln!(err, "{}", wrap("  runs:    ", part.guide().runs));
+        let _ = writeln!(err, "{}", wrap("  expect:  ", &part.expect()));
     } else {
-        let g = guide::guide(name);
-        let _ = writeln!(err, "{}", wrap("  runs:    ", g.runs));
+        let _ = writeln!(err, "{}", wrap("  runs:    ", guide::guide(name).runs));
         for part in parts {
-            let g = part.guide();
             let role = format!("{}-*", part.prefix.unwrap_or_default());
-            let _ = writeln!(err, "{}", wrap(&format!("    {role:<10} "), g.runs));
             let _ = writeln!(
                 err,
                 "{}",
-                wrap(&format!("    {:<10} expect: ", ""), g.expect)
+                wrap(&format!("    {role:<10} "), part.guide().runs)
+            );
+            let _ = writeln!(
+                err,
+                "{}",
+                wrap(&format!("    {:<10} expect: ", ""), &part.expect())
             );
         }
-        let _ = writeln!(err, "{}", wrap("  expect:  ", g.expect));
     }
     let how = if dashboard {
         "The dashboard opens once the probes are in place: findings on top, naming the \
@@ -183,9 +188,11 @@ fn threads(ready: &Ready) {
 
 /// The findings, set against what was expected, and the workload's own counts.
 fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) {
-    let role_of = |tid: Option<u32>| -> String {
+    // The workload's role of a finding's thread; None for the process (or a thread that
+    // is not one of the workload's).
+    let role_of = |tid: Option<u32>| -> Option<&str> {
         tid.and_then(|tid| ready.threads.iter().find(|t| t.tid as u32 == tid))
-            .map_or_else(|| "the process".to_owned(), |t| t.role.clone())
+            .map(|t| t.role.as_str())
     };
     let mut err = std::io::stderr().lock();
     let how = match summary.stop_reason {
@@ -204,11 +211,12 @@ fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) 
         if let Some(fd) = f.fd {
             at.push_str(&format!(", fd {fd}"));
         }
-        let text = format!("{} on {} ({at}): {}", f.kind, role_of(f.tid), f.evidence);
+        let on = role_of(f.tid).unwrap_or("the process");
+        let text = format!("{} on {on} ({at}): {}", f.kind, f.evidence);
         let _ = writeln!(err, "{}", wrap_hanging("    ", 6, &text));
     }
     let _ = writeln!(err, "  compared with what this workload should show:");
-    let seen: Vec<(&str, String)> = summary
+    let seen: Vec<Seen<'_>> = summary
         .findings
         .iter()
         .map(|f| (f.kind.name(), role_of(f.tid)))
@@ -245,46 +253,45 @@ fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) 
     );
 }
 
-/// Each expected finding seen or not, each quiet part quiet or not, and each finding
-/// nobody expected; `seen` holds every finding as (kind, role of its thread).
-fn verdicts(parts: &[Part], seen: &[(&str, String)]) -> Vec<String> {
+/// Each declared finding seen or not, each part that declares none quiet or not, and
+/// each finding no part declared; `seen` holds every finding as (kind, role of its
+/// thread, None for the process).
+pub fn verdicts(parts: &[Part], seen: &[Seen<'_>]) -> Vec<String> {
     let mut lines = Vec::new();
     let mut explained = vec![false; seen.len()];
     for part in parts {
         let g = part.guide();
-        for (kind, roles) in g.findings {
-            let roles: Vec<String> = roles.iter().map(|r| part.role(r)).collect();
+        for f in g.findings {
             let mut found = false;
-            for (i, (k, role)) in seen.iter().enumerate() {
-                if k == kind && roles.contains(role) {
+            for (i, s) in seen.iter().enumerate() {
+                if part.matches(f, *s) {
                     explained[i] = true;
                     found = true;
                 }
             }
             let verdict = if found { "seen" } else { "NOT SEEN" };
-            lines.push(format!(
-                "    {verdict:<10} {kind} on {}",
-                roles.join(" or ")
-            ));
+            lines.push(format!("    {verdict:<10} {} on {}", f.kind, part.place(f)));
         }
-        let (verdict, why) = match g.no_finding {
-            Some(NoFinding::Correct(why)) => ("ok", why),
-            Some(NoFinding::NotYet(why)) => ("not yet", why),
-            None => continue,
+        let Some(why) = g.no_finding else {
+            continue;
         };
-        if !seen.iter().any(|(_, role)| part.owns(role)) {
+        if !seen
+            .iter()
+            .any(|(_, role)| role.is_some_and(|r| part.owns(r)))
+        {
             let scope = part
                 .prefix
                 .map(|p| format!(" on {p}-*"))
                 .unwrap_or_default();
             lines.push(wrap(
-                &format!("    {verdict:<10} "),
+                &format!("    {:<10} ", "ok"),
                 &format!("no finding{scope}: {why}"),
             ));
         }
     }
     for ((kind, role), _) in seen.iter().zip(&explained).filter(|(_, e)| !**e) {
-        lines.push(format!("    {:<10} {kind} on {role}", "UNEXPECTED"));
+        let on = role.unwrap_or("the process");
+        lines.push(format!("    {:<10} {kind} on {on}", "UNEXPECTED"));
     }
     lines
 }
@@ -342,31 +349,58 @@ mod tests {
         );
     }
 
-    fn seen(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-        pairs.iter().map(|(k, r)| (*k, (*r).to_owned())).collect()
+    /// (kind, role) pairs, "the process" standing for a finding that names no thread.
+    fn seen<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Seen<'a>> {
+        pairs
+            .iter()
+            .map(|&(k, r)| (k, Some(r).filter(|r| *r != "the process")))
+            .collect()
     }
 
     #[test]
     fn verdicts_match_findings_to_the_parts_that_expect_them() {
         let mixed = guide::parts(ScenarioName::Mixed);
-        let lines = verdicts(&mixed, &seen(&[("spin_loop", "spin-client")]));
-        assert_eq!(lines[0], "    seen       spin_loop on spin-client");
-        assert!(lines[1].starts_with("    not yet    no finding on storm-*: "));
-        assert!(lines[2].starts_with("    ok         no finding on healthy-*: "));
-        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let lines = verdicts(
+            &mixed,
+            &seen(&[
+                ("spin_loop", "spin-client"),
+                ("handshake_saturation", "storm-server"),
+                ("low_session_resumption", "the process"),
+                ("connection_churn", "the process"),
+            ]),
+        );
+        assert_eq!(
+            lines[..4],
+            [
+                "    seen       spin_loop on spin-client",
+                "    seen       handshake_saturation on storm-server",
+                "    seen       low_session_resumption on the process",
+                "    seen       connection_churn on the process",
+            ]
+        );
+        assert!(lines[4].starts_with("    ok         no finding on healthy-*: "));
+        assert_eq!(lines.len(), 5, "{lines:#?}");
 
         let lines = verdicts(
             &mixed,
             &seen(&[
                 ("busy_epoll_loop", "healthy-client"),
                 ("spin_loop", "the process"),
+                ("handshake_saturation", "spin-client"),
             ]),
         );
         assert_eq!(lines[0], "    NOT SEEN   spin_loop on spin-client");
-        assert!(lines[1].contains("no finding on storm-*"));
-        assert_eq!(lines[2], "    UNEXPECTED busy_epoll_loop on healthy-client");
-        assert_eq!(lines[3], "    UNEXPECTED spin_loop on the process");
-        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert_eq!(
+            lines[1],
+            "    NOT SEEN   handshake_saturation on storm-server"
+        );
+        assert_eq!(lines.len(), 7, "no ok line for healthy-*: {lines:#?}");
+        assert_eq!(lines[4], "    UNEXPECTED busy_epoll_loop on healthy-client");
+        assert_eq!(lines[5], "    UNEXPECTED spin_loop on the process");
+        assert_eq!(
+            lines[6],
+            "    UNEXPECTED handshake_saturation on spin-client"
+        );
 
         let concurrent = guide::parts(ScenarioName::ConcurrentSsl);
         let lines = verdicts(&concurrent, &seen(&[("concurrent_ssl_use", "writer")]));
@@ -377,6 +411,17 @@ mod tests {
         let healthy = guide::parts(ScenarioName::Healthy);
         let lines = verdicts(&healthy, &seen(&[("spin_loop", "client")]));
         assert_eq!(lines, ["    UNEXPECTED spin_loop on client"]);
+    }
+
+    /// A scenario can only declare what the engine can find.
+    #[test]
+    fn every_declared_finding_is_an_engine_finding_kind() {
+        use crate::engine::FindingKind;
+        for kind in guide::declared_kinds() {
+            let parsed: FindingKind = serde_json::from_value(serde_json::Value::from(kind))
+                .unwrap_or_else(|e| panic!("{kind} is not a finding kind: {e}"));
+            assert_eq!(parsed.name(), kind);
+        }
     }
 
     #[test]

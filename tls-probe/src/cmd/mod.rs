@@ -2,5 +2,7 @@
 
 pub mod attach;
 pub mod demo;
+pub mod generate;
 pub mod report;
 pub mod run;
+pub mod workload;

@@ -7,6 +7,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
@@ -14,6 +15,60 @@ use std::{
 use serde_json::Value;
 
 pub const TLS_PROBE: &str = env!("CARGO_BIN_EXE_tls-probe");
+
+/// The scenario workload program, `tls-probe-scenarios`: `$TLS_PROBE_SCENARIOS` when set,
+/// else built on first use (its own package, so `cargo test -p tls-probe` does not build it)
+/// into the same target directory and profile as tls-probe, and so found next to it by
+/// `tls-probe demo` too. A failed build fails the test.
+pub fn scenarios() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TLS_PROBE_SCENARIOS").filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "TLS_PROBE_SCENARIOS={} is no file",
+                p.display()
+            );
+            return p;
+        }
+        let profile_dir = Path::new(TLS_PROBE).parent().expect("target/PROFILE");
+        let target_dir = profile_dir.parent().expect("target");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "tls-probe-scenarios",
+                "--bin",
+            ])
+            .arg("tls-probe-scenarios")
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some(profile) => {
+                cargo.args(["--profile", profile]);
+            }
+            None => panic!("no profile directory in {TLS_PROBE}"),
+        }
+        let out = cargo
+            .output()
+            .expect("running cargo build -p tls-probe-scenarios");
+        assert!(
+            out.status.success(),
+            "building tls-probe-scenarios failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let exe = profile_dir.join("tls-probe-scenarios");
+        assert!(exe.is_file(), "cargo built no {}", exe.display());
+        exe
+    })
+}
 
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -113,8 +168,13 @@ impl Attached {
     /// `start` record shows the probes are attached. In `--mode full` unless `extra` names
     /// a mode: these tests count every call.
     pub fn start(dir: &Path, pid: u32, extra: &[&str]) -> Self {
+        Self::start_exe(Path::new(TLS_PROBE), dir, pid, extra)
+    }
+
+    /// [`Attached::start`] with another tls-probe executable (e.g. the release tarball's).
+    pub fn start_exe(exe: &Path, dir: &Path, pid: u32, extra: &[&str]) -> Self {
         let output = dir.join(format!("attach-{pid}.ndjson"));
-        let mut cmd = Command::new(TLS_PROBE);
+        let mut cmd = Command::new(exe);
         cmd.arg("attach");
         if !extra.contains(&"--mode") {
             cmd.args(["--mode", "full"]);

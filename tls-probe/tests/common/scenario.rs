@@ -18,7 +18,9 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::common::{Attached, Proc, TLS_PROBE, cert_bits, free_port, wait_for, wait_listening};
+use crate::common::{
+    Attached, Proc, TLS_PROBE, cert_bits, free_port, scenarios, wait_for, wait_listening,
+};
 
 /// CLOCK_MONOTONIC now, in ns: the clock of every `ts_ns` tls-probe writes.
 pub fn monotonic_ns() -> u64 {
@@ -32,7 +34,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A scenario program (`tls-probe scenario NAME --wait-stdin`), stopped at READY.
+/// A scenario program (`tls-probe-scenarios NAME --wait-stdin`), stopped at READY.
 pub struct Scenario {
     pub name: String,
     pub proc: Proc,
@@ -43,8 +45,7 @@ pub struct Scenario {
 impl Scenario {
     /// Starts the scenario and waits for its READY line.
     pub fn start(name: &str, duration_secs: f64) -> Self {
-        let mut proc = Proc::spawn(Command::new(TLS_PROBE).args([
-            "scenario",
+        let mut proc = Proc::spawn(Command::new(scenarios()).args([
             name,
             "--wait-stdin",
             "--duration",

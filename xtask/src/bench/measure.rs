@@ -17,6 +17,8 @@ use super::{
 /// What every measurement needs.
 pub struct Ctx {
     pub tls_probe: PathBuf,
+    /// The scenario program (`tls-probe-scenarios`), for the spin-loop workload.
+    pub scenarios: PathBuf,
     pub bpftrace: Option<PathBuf>,
     pub dir: PathBuf,
     pub duration: u32,
@@ -87,7 +89,7 @@ fn measure(
     let mut scenario = None;
     let pid = match (workload, nginx) {
         (Workload::SpinLoop, _) => {
-            let started = Scenario::start(&ctx.tls_probe, ctx.duration, &ctx.dir, tag)?;
+            let started = Scenario::start(&ctx.scenarios, ctx.duration, &ctx.dir, tag)?;
             let pid = started.pid;
             scenario = Some(started);
             pid

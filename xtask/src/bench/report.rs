@@ -326,7 +326,7 @@ fn notes(results: &Results, md: &mut String) {
     if settings.workloads.contains(&Workload::SpinLoop) {
         let _ = writeln!(
             md,
-            "- spin-loop: `tls-probe scenario spin-loop`, a client that keeps EPOLLOUT armed \
+            "- spin-loop: `tls-probe-scenarios spin-loop`, a client that keeps EPOLLOUT armed \
              while SSL_read wants READ; the value is its wake-ups per second (DONE counts)."
         );
     }

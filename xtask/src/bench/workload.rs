@@ -29,7 +29,7 @@ pub enum Workload {
     /// wrk -t1 -c20 with `Connection: close` against nginx without session resumption:
     /// full TLS handshakes/s.
     Handshake,
-    /// `tls-probe scenario spin-loop`: the client's wake-ups/s.
+    /// `tls-probe-scenarios spin-loop`: the client's wake-ups/s.
     SpinLoop,
 }
 
@@ -198,7 +198,7 @@ impl Scenario {
         let stderr = dir.join(format!("{tag}.scenario.stderr"));
         let mut command = cmd(binary);
         command
-            .args(["scenario", "spin-loop", "--wait-stdin", "--duration"])
+            .args(["spin-loop", "--wait-stdin", "--duration"])
             .arg(seconds.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -10,20 +10,18 @@
 //! can attach first.
 //!
 //! `mixed` runs spin-loop, handshake-storm and healthy side by side in one process, with
-//! roles named after their part ("spin-client"). `guide` says in words what each scenario
-//! is for and what a profiler should find; `process` runs one as a child held at READY,
-//! the way `tls-probe demo` does.
+//! roles named after their part ("spin-client"). What each scenario is for and the
+//! findings it declares are in `tls-probe-scenario-spec` (re-exported here as `guide`),
+//! which the profiler reads without linking OpenSSL; this crate is the `tls-probe-scenarios`
+//! program that `tls-probe demo` starts as a child, held at READY.
 
 mod async_engine;
 mod async_stall;
 mod concurrent;
 mod conn;
 mod echo;
-pub mod guide;
 mod healthy;
-pub mod mixed;
-pub mod process;
-pub mod report;
+mod mixed;
 mod runner;
 mod spin;
 mod storm;
@@ -35,92 +33,19 @@ mod write_retry;
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::ValueEnum;
+pub use tls_probe_scenario_spec::{MIXED_PARTS, ScenarioName, guide, report};
 
 use self::runner::Runner;
 
-/// The scenarios, by the name given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScenarioName {
-    /// Correct non-blocking echo client and server: load for half the run, then idle.
-    Healthy,
-    /// EPOLLOUT left armed while SSL_read says WANT_READ: epoll_wait never sleeps.
-    SpinLoop,
-    /// epoll_wait with a zero timeout in a tight loop on an idle TLS connection.
-    BusyPoll,
-    /// SSL_write retried with a different buffer after WANT_WRITE; reconnect, repeat.
-    BadWriteRetry,
-    /// A flood of full RSA-2048 handshakes on a single-threaded epoll server.
-    HandshakeStorm,
-    /// The same flood with session caching and tickets: most handshakes resume.
-    ResumedHandshakes,
-    /// SSL_read and SSL_write on the same SSL* from two threads at once.
-    ConcurrentSsl,
-    /// spin-loop, handshake-storm and healthy side by side in one process.
-    Mixed,
-    /// An async-mode server whose offload engine is stuck: SSL_do_handshake answers
-    /// WANT_ASYNC for seconds.
-    AsyncStall,
-    /// An async-mode server whose engine answers at once: brief WANT_ASYNC pauses.
-    AsyncQuick,
-    /// async-stall with a one-job pool: a second connection answers WANT_ASYNC_JOB.
-    AsyncNoJobs,
-}
-
-impl ScenarioName {
-    pub const ALL: [ScenarioName; 11] = [
-        Self::Healthy,
-        Self::SpinLoop,
-        Self::BusyPoll,
-        Self::BadWriteRetry,
-        Self::HandshakeStorm,
-        Self::ResumedHandshakes,
-        Self::ConcurrentSsl,
-        Self::Mixed,
-        Self::AsyncStall,
-        Self::AsyncQuick,
-        Self::AsyncNoJobs,
-    ];
-
-    /// The command-line name, e.g. "spin-loop".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "healthy",
-            Self::SpinLoop => "spin-loop",
-            Self::BusyPoll => "busy-poll",
-            Self::BadWriteRetry => "bad-write-retry",
-            Self::HandshakeStorm => "handshake-storm",
-            Self::ResumedHandshakes => "resumed-handshakes",
-            Self::ConcurrentSsl => "concurrent-ssl",
-            Self::Mixed => "mixed",
-            Self::AsyncStall => "async-stall",
-            Self::AsyncQuick => "async-quick",
-            Self::AsyncNoJobs => "async-no-jobs",
-        }
-    }
-}
-
-impl std::fmt::Display for ScenarioName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ScenarioName {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|n| n.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|n| n.as_str()).collect();
-                anyhow::anyhow!("unknown scenario {s:?}; valid names: {}", names.join(", "))
-            })
-    }
-}
-
-#[derive(clap::Args, Debug, Clone)]
+/// `tls-probe-scenarios NAME [--duration SECS] [--wait-stdin]`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "tls-probe-scenarios",
+    version,
+    about = "Run one of tls-probe's scenario workloads: a real OpenSSL program with a TLS \
+             event-loop pathology (or none), for `tls-probe demo` or for attaching to by hand",
+    long_about = None
+)]
 pub struct ScenarioArgs {
     /// Which scenario to run.
     #[arg(value_enum)]
@@ -193,7 +118,7 @@ fn setup(name: ScenarioName, runner: &mut Runner) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::{Parser, ValueEnum};
 
     use super::*;
 

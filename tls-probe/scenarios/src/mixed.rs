@@ -6,17 +6,10 @@
 //! so that READY and DONE say which thread belongs to which behaviour. A profiler looking
 //! at this one pid has to tell the three apart by thread and connection.
 
-use super::{ScenarioName, runner::Runner, setup};
-
-/// The parts, by role prefix and the scenario that each runs.
-pub const PARTS: [(&str, ScenarioName); 3] = [
-    ("spin", ScenarioName::SpinLoop),
-    ("storm", ScenarioName::HandshakeStorm),
-    ("healthy", ScenarioName::Healthy),
-];
+use super::{MIXED_PARTS, runner::Runner, setup};
 
 pub fn run(runner: &mut Runner) -> anyhow::Result<()> {
-    for (prefix, name) in PARTS {
+    for (prefix, name) in MIXED_PARTS {
         runner.group(prefix, |r| setup(name, r))?;
     }
     Ok(())
