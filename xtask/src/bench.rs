@@ -155,15 +155,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         (args.duration, args.repetitions)
     };
-    sh::run(sh::cmd("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "tls-probe",
-        "--package",
-        "tls-probe-scenarios",
-    ]))
-    .context("building the release agent and the scenario program failed")?;
+    sh::build_release_binaries()?;
 
     let bpftrace = sh::find_program("bpftrace");
     let settings = Settings {

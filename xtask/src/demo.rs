@@ -23,15 +23,7 @@ pub struct DemoArgs {
 /// is ours. Returns only if something failed.
 pub fn run(args: &DemoArgs) -> Result<()> {
     setup::ensure()?;
-    sh::run(sh::cmd("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "tls-probe",
-        "--package",
-        "tls-probe-scenarios",
-    ]))
-    .context("building the agent and the scenario program failed")?;
+    sh::build_release_binaries()?;
     let binary = sh::root().join("target/release/tls-probe");
     let mut demo = sh::cmd(&binary);
     demo.arg("demo").args(&args.args);

@@ -40,15 +40,7 @@ pub fn run(args: &DistArgs) -> Result<()> {
     if !args.skip_setup {
         setup::ensure()?;
     }
-    sh::run(sh::cmd("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "tls-probe",
-        "--package",
-        "tls-probe-scenarios",
-    ]))
-    .context("building the release binaries failed")?;
+    sh::build_release_binaries()?;
     let release = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| sh::root().join("target"), |d| sh::root().join(d))
         .join("release");

@@ -141,3 +141,16 @@ pub fn is_root() -> bool {
 pub fn secs(start: Instant) -> String {
     format!("{:.2} s", start.elapsed().as_secs_f64())
 }
+
+/// Builds the release agent and the scenario program, which bench, demo and dist all run.
+pub fn build_release_binaries() -> Result<()> {
+    run(cmd("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "tls-probe",
+        "--package",
+        "tls-probe-scenarios",
+    ]))
+    .context("building the release agent (tls-probe) and the scenario program (tls-probe-scenarios) failed")
+}

@@ -142,11 +142,10 @@ impl Placement {
                     .any(|s: &CalleeSite| s.functions.contains(name))
             })
             .filter(|name| {
-                code.symbol(name)
-                    .and_then(|va| code.bytes_at(va).and_then(|b| emulated_start(&b, va)))
-                    == code.symbol(name)
+                code.symbol(name).is_some_and(|va| {
+                    code.bytes_at(va).and_then(|b| emulated_start(&b, va)) == Some(va)
+                })
             })
-            .filter(|name| code.symbol(name).is_some())
             .collect();
         Self {
             sites,
