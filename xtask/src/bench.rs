@@ -141,7 +141,7 @@ impl Variant {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     if !args.skip_setup {
-        setup::ensure()?;
+        setup::ensure(setup::Needs::Everything)?;
         setup::ensure_bench_extras();
     }
     if !sh::is_root() {

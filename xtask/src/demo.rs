@@ -22,7 +22,13 @@ pub struct DemoArgs {
 /// Replaces this process with the agent, so it inherits stdio and signals, and its exit code
 /// is ours. Returns only if something failed.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    setup::ensure()?;
+    setup::ensure(setup::Needs::Build)?;
+    if !sh::root().join("target/release/tls-probe").exists() {
+        eprintln!(
+            "building tls-probe and the demo workloads (release): about 4 min the first time on \
+             2 cores, seconds after"
+        );
+    }
     sh::build_release_binaries()?;
     let binary = sh::root().join("target/release/tls-probe");
     let mut demo = sh::cmd(&binary);

@@ -38,7 +38,7 @@ pub struct DistArgs {
 
 pub fn run(args: &DistArgs) -> Result<()> {
     if !args.skip_setup {
-        setup::ensure()?;
+        setup::ensure(setup::Needs::Build)?;
     }
     sh::build_release_binaries()?;
     let release = std::env::var_os("CARGO_TARGET_DIR")

@@ -44,7 +44,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Setup => setup::ensure(),
+        Command::Setup => setup::ensure(setup::Needs::Everything),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Dist(args) => dist::run(args),

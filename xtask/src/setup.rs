@@ -11,15 +11,28 @@ use crate::{
     toolchain::LLVM_MAJOR,
 };
 
-/// Debian packages: LLVM 22 to build bpf-linker (it must match nightly's LLVM 22), OpenSSL
-/// headers for the `openssl` crate, the tools the integration tests drive, and the server
-/// and load generator of `cargo xtask bench`.
-const APT_PACKAGES: &[&str] = &[
+/// What a command needs set up: `demo` and `dist` only build; `test`, `bench` and `setup`
+/// also need the programs the tests and the bench drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// The toolchains, bpf-linker and the packages the build links against.
+    Build,
+    /// All of the above, the test tools and OpenSSL 1.1.1 for tests/openssl11.rs.
+    Everything,
+}
+
+/// Debian packages the build needs: LLVM 22 to build bpf-linker (it must match nightly's
+/// LLVM 22), and OpenSSL headers for the `openssl` crate of the scenario program.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
     "libpolly-22-dev",
     "libssl-dev",
     "pkg-config",
+];
+
+/// Debian packages the tests drive, and the server and load generator of `cargo xtask bench`.
+const TEST_PACKAGES: &[&str] = &[
     "python3",
     "openssl",
     "tmux",
@@ -41,34 +54,51 @@ const BENCH_OPTIONAL_PACKAGES: &[&str] = &["bpftrace"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Runs every check in order; `test`, `demo` and `bench` call this first.
-pub fn ensure() -> Result<()> {
+/// Runs every check `needs` calls for, in order; `test`, `demo`, `dist` and `bench` call this
+/// first.
+pub fn ensure(needs: Needs) -> Result<()> {
     let start = Instant::now();
-    announce(&plan());
+    announce(&plan(needs));
     crate::toolchain::ensure()?;
-    apt()?;
+    apt(&packages(needs))?;
     bpf_linker()?;
-    crate::openssl11::ensure()?;
+    if needs == Needs::Everything {
+        crate::openssl11::ensure()?;
+    }
     eprintln!("setup: everything present ({})", sh::secs(start));
     Ok(())
 }
 
+fn packages(needs: Needs) -> Vec<&'static str> {
+    match needs {
+        Needs::Build => BUILD_PACKAGES.to_vec(),
+        Needs::Everything => [BUILD_PACKAGES, TEST_PACKAGES].concat(),
+    }
+}
+
 /// What is missing, as (what, why, about how many seconds on these 2-core machines: the
 /// figures of a first run, measured), from the same quick checks the steps make.
-fn plan() -> Vec<(String, String, u32)> {
+fn plan(needs: Needs) -> Vec<(String, String, u32)> {
     let mut todo = crate::toolchain::missing();
+    let wanted = packages(needs);
     let statuses = sh::query_any_status(
         cmd("dpkg-query")
             .args(["-W", "-f", "${Package}\t${Status}\n"])
-            .args(APT_PACKAGES),
+            .args(&wanted),
     )
     .unwrap_or_default();
-    let missing = missing_packages(&statuses, APT_PACKAGES);
+    let missing = missing_packages(&statuses, &wanted);
     if !missing.is_empty() {
         todo.push((
             format!("apt packages {}", missing.join(" ")),
-            "LLVM 22 for bpf-linker, OpenSSL headers, and the servers and tools the tests drive"
-                .to_owned(),
+            match needs {
+                Needs::Build => "LLVM 22 for bpf-linker, OpenSSL headers for the demo workloads",
+                Needs::Everything => {
+                    "LLVM 22 for bpf-linker, OpenSSL headers, and the servers and tools the \
+                     tests drive"
+                }
+            }
+            .to_owned(),
             30 + 5 * missing.len() as u32,
         ));
     }
@@ -79,7 +109,7 @@ fn plan() -> Vec<(String, String, u32)> {
             90,
         ));
     }
-    if crate::openssl11::missing() {
+    if needs == Needs::Everything && crate::openssl11::missing() {
         todo.push((
             "OpenSSL 1.1.1 shared libraries, built from source".to_owned(),
             "tests/openssl11.rs probes a client linked to libssl.so.1.1".to_owned(),
@@ -149,16 +179,16 @@ pub fn ensure_bench_extras() {
     }
 }
 
-fn apt() -> Result<()> {
+fn apt(wanted: &[&str]) -> Result<()> {
     let statuses = sh::query_any_status(
         cmd("dpkg-query")
             .args(["-W", "-f", "${Package}\t${Status}\n"])
-            .args(APT_PACKAGES),
+            .args(wanted),
     )
     .context("dpkg-query is not available: this setup supports Debian-based systems only; install the packages by hand")?;
-    let missing = missing_packages(&statuses, APT_PACKAGES);
+    let missing = missing_packages(&statuses, wanted);
     if missing.is_empty() {
-        eprintln!("ok: apt packages ({})", APT_PACKAGES.len());
+        eprintln!("ok: apt packages ({})", wanted.len());
         return Ok(());
     }
     let install = format!(

@@ -35,7 +35,7 @@ struct Step {
 pub fn run(args: &TestArgs) -> Result<()> {
     let integration = integration_tests(args)?;
     if !args.skip_setup {
-        setup::ensure()?;
+        setup::ensure(setup::Needs::Everything)?;
     }
 
     let steps = steps(&args.filter, integration, args.skip_setup);

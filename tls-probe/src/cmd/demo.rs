@@ -27,6 +27,7 @@ use crate::{
         attach,
         workload::{self, Process},
     },
+    engine::Finding,
     tui::Msg,
 };
 
@@ -212,7 +213,8 @@ fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) 
             at.push_str(&format!(", fd {fd}"));
         }
         let on = role_of(f.tid).unwrap_or("the process");
-        let text = format!("{} on {on} ({at}): {}", f.kind, f.evidence);
+        let start_ns = summary.end_ns.saturating_sub(summary.duration_ns);
+        let text = format!("{} on {on} ({at}): {}", f.kind, recap_numbers(f, start_ns));
         let _ = writeln!(err, "{}", wrap_hanging("    ", 6, &text));
     }
     let _ = writeln!(err, "  compared with what this workload should show:");
@@ -251,6 +253,22 @@ fn recap(parts: &[Part], ready: &Ready, summary: &Summary, done: Option<&Done>) 
         "  tls-probe saw {} events, lost {lost}",
         summary.events
     );
+}
+
+/// A finding's numbers for the recap. A finding made of windowed rates shows them at its
+/// worst (`peak`), with when that was: the recap is printed after the load, when the last
+/// windows hold the load's wind-down, and a rate measured then says little of what the
+/// workload did. Its last values follow when they differ.
+fn recap_numbers(f: &Finding, start_ns: u64) -> String {
+    match &f.peak {
+        Some(peak) if peak.evidence != f.evidence => format!(
+            "at its worst ({:+.1} s): {}; last: {}",
+            peak.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+            peak.evidence,
+            f.evidence
+        ),
+        _ => f.evidence.to_string(),
+    }
 }
 
 /// Each declared finding seen or not, each part that declares none quiet or not, and
@@ -347,6 +365,34 @@ mod tests {
             out.lines().skip(1).all(|l| l.starts_with("      word")),
             "{out}"
         );
+    }
+
+    #[test]
+    fn the_recap_gives_a_rate_finding_at_its_worst_then_its_last_values() {
+        let churn = |per_sec: f64| {
+            serde_json::json!({"connection_churn": {
+                "peer": "127.0.0.1", "connections_per_sec": per_sec, "connections_total": 2883,
+                "lifetime_p50_ns": 5_885_854, "full_handshakes_total": 2883,
+                "resumed_handshakes_total": 0, "related_finding_ids": [],
+            }})
+        };
+        let mut f: Finding = serde_json::from_value(serde_json::json!({
+            "id": 3, "kind": "connection_churn", "state": "closed", "severity": "warning",
+            "pid": 7, "comm": "x", "tid": null, "ssl": null, "fd": null, "peer": "127.0.0.1",
+            "first_seen_ns": 11_000_000_000u64, "last_seen_ns": 15_000_000_000u64,
+            "closed_ns": 16_000_000_000u64,
+            "peak": {"ts_ns": 13_400_000_000u64, "evidence": churn(1044.0)},
+            "evidence": churn(18.0), "explanation": "", "advice": "",
+        }))
+        .unwrap();
+        let text = recap_numbers(&f, 10_000_000_000);
+        assert!(
+            text.starts_with("at its worst (+3.4 s): 1044 new connections/s from 127.0.0.1"),
+            "{text}"
+        );
+        assert!(text.contains("; last: 18 new connections/s"), "{text}");
+        f.peak = None;
+        assert!(recap_numbers(&f, 0).starts_with("18 new connections/s"));
     }
 
     /// (kind, role) pairs, "the process" standing for a finding that names no thread.

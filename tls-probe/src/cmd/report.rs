@@ -256,6 +256,16 @@ fn finding(s: &mut String, f: &Finding, at: &dyn Fn(u64) -> String) {
         until.saturating_sub(f.first_seen_ns) as f64 / 1e9,
         format!("{:?}", f.severity).to_lowercase()
     );
+    // A rate finding's worst moment, when its last numbers are not it (a storm winding
+    // down, a target that exited).
+    if let Some(peak) = f.peak.as_ref().filter(|p| p.evidence != f.evidence) {
+        let _ = writeln!(
+            s,
+            "      at its worst ({}): {}",
+            at(peak.ts_ns),
+            peak.evidence
+        );
+    }
     // The evidence's own fields, whatever the kind: `{"spin_loop": {...}}`.
     if let Ok(serde_json::Value::Object(outer)) = serde_json::to_value(&f.evidence)
         && let Some(serde_json::Value::Object(fields)) = outer.values().next()
