@@ -105,18 +105,16 @@ impl Session {
         self.sockio_step(proc::monotonic_ns())
     }
 
-    /// Starts following `pid` in auto mode: its first window begins now.
-    pub(super) fn auto_add(&mut self, pid: u32) -> Result<()> {
+    /// Starts following `pid` in auto mode, its per-call probes off until a signal.
+    pub(super) fn auto_add(&mut self, pid: u32) {
         let Some(auto) = self.auto.as_mut() else {
-            return Ok(());
+            return;
         };
-        let mut actions = Vec::new();
         let now = match self.engine.now_ns() {
             0 => proc::monotonic_ns(),
             t => t,
         };
-        auto.controller.add(pid, now, &mut actions);
-        self.apply(actions)
+        auto.controller.add(pid, now);
     }
 
     fn apply(&mut self, actions: Vec<Action>) -> Result<()> {

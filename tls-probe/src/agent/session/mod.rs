@@ -238,7 +238,7 @@ impl Session {
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
         for pid in session.probes.pids() {
-            session.auto_add(pid)?;
+            session.auto_add(pid);
         }
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {

@@ -18,8 +18,9 @@
 //! again. A handshake flood (a few reads and writes per millisecond-long handshake) keeps
 //! them; a keep-alive server doing tens of thousands of requests a second samples.
 //!
-//! At attach they are on, and stay on for [`ATTACH_GRACE_NS`] whatever the reasons; the
-//! controller decides every 100 ms after that (in light mode too).
+//! At attach they are off until one of the reasons holds: the controller decides every
+//! 100 ms, from the first step after attach (in light mode too). A healthy single-threaded
+//! server that makes no new handshakes never pays for them.
 
 use std::collections::BTreeSet;
 
@@ -45,11 +46,6 @@ pub const BUDGET_NS_PER_SEC: f64 = 10_000_000.0;
 pub const SAMPLE_ON_NS: u64 = 1_000_000_000;
 /// ...at the start of every period this long.
 pub const SAMPLE_PERIOD_NS: u64 = 10_000_000_000;
-/// They stay on this long after attach whatever the reasons: until the targets' threads
-/// were counted and their first handshakes seen. Switching them off and on again costs
-/// the agent's loop the ~1 s the kernel takes to detach them.
-pub const ATTACH_GRACE_NS: u64 = 3_000_000_000;
-
 /// Why the tracepoints are wanted now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reasons {
@@ -90,8 +86,6 @@ pub(super) struct Gate {
     /// Reads and writes a second, measured the last time they were on for a whole tick.
     calls_per_sec: Option<f64>,
     reasons: Reasons,
-    /// Wall time of the first decision.
-    first_step: Option<u64>,
     /// Wall time at which a process last had its per-call probes on.
     last_hot: Option<u64>,
 }
@@ -195,15 +189,13 @@ impl Session {
                 .last_handshake_ns
                 .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
         };
-        let first = *gate.first_step.get_or_insert(now);
-        let want = now.saturating_sub(first) < ATTACH_GRACE_NS
-            || wanted(
-                gate.reasons,
-                gate.on_since,
-                gate.off_since,
-                gate.calls_per_sec,
-                now,
-            );
+        let want = wanted(
+            gate.reasons,
+            gate.on_since,
+            gate.off_since,
+            gate.calls_per_sec,
+            now,
+        );
         if want != on {
             log::debug!(
                 "socket I/O tracepoints {} ({:?}, {:?} reads and writes/s)",
