@@ -289,7 +289,7 @@ fn lost_events_are_counted_exactly() {
     let (mut target, _fd, _tid) = spawn_target("flood", &[("TLS_PROBE_STUB_CALLS", &calls)]);
     let exe = format!("/proc/{}/exe", target.pid());
     let lib = library_at(std::path::Path::new(&exe), &exe).unwrap();
-    let mut probes = Probes::load().unwrap();
+    let mut probes = Probes::load(true).unwrap();
     let mut ring = probes.take_events().unwrap();
     probes.attach(target.pid(), lib, true).unwrap();
     target.send_line("go");
@@ -339,7 +339,7 @@ fn hot_probes_switch_off_and_on() {
         }
         n
     };
-    let mut probes = Probes::load().unwrap();
+    let mut probes = Probes::load(true).unwrap();
     let mut ring = probes.take_events().unwrap();
     for hot in [false, true] {
         let (mut target, _fd, _tid) = spawn_target("flood", &[("TLS_PROBE_STUB_CALLS", &calls)]);
@@ -377,7 +377,7 @@ fn per_call_traps_stop_soon_after_switch_off() {
     let (mut target, _fd, _tid) = spawn_target("loop", &[]);
     let pid = target.pid();
     let exe = format!("/proc/{pid}/exe");
-    let mut probes = Probes::load().unwrap();
+    let mut probes = Probes::load(true).unwrap();
     let _ring = probes.take_events().unwrap();
     probes
         .attach(

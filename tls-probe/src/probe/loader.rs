@@ -265,8 +265,12 @@ pub struct Probes {
 const DETACH_THREADS: usize = 4;
 
 impl Probes {
-    /// Loads every program into the kernel and attaches the syscall tracepoints.
-    pub fn load() -> Result<Self> {
+    /// Loads every program into the kernel and attaches the syscall tracepoints; the socket
+    /// I/O ones only with `sockio` (full mode). Outside full mode the agent attaches them when
+    /// it wants them: attached here and detached at the first decision, they would keep
+    /// trapping every read and write of the targets for the second the kernel takes to
+    /// unregister them, right after attach.
+    pub fn load(sockio: bool) -> Result<Self> {
         ensure_tracefs()?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
             anyhow!(
@@ -316,7 +320,7 @@ impl Probes {
             sockio: Vec::new(),
             sockio_detaching: None,
         };
-        probes.set_sockio(true)?;
+        probes.set_sockio(sockio)?;
         Ok(probes)
     }
 

@@ -161,7 +161,9 @@ impl Session {
             }
         }
         check_privileges()?;
-        let mut probes = Probes::load()?;
+        // Full mode keeps the socket I/O tracepoints on; the other modes' gate attaches them
+        // when it wants them (sockio.rs).
+        let mut probes = Probes::load(cfg.hot)?;
         let ring = probes.take_events()?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as
         // the AsyncFd that owns the RingBuf lives.
