@@ -26,7 +26,22 @@ pub fn bind(addr: &str) -> Result<std::net::TcpListener> {
     listener
         .set_nonblocking(true)
         .context("setting the metrics listener non-blocking")?;
+    if let Some(warning) = exposure_warning(parsed) {
+        eprintln!("tls-probe: warning: {warning}");
+    }
     Ok(listener)
+}
+
+/// What to tell the user when the endpoint is reachable from other hosts: it has no
+/// authentication, and it names the traced processes and their peers.
+fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "--metrics-addr {addr} is not a loopback address: anyone who can reach it can read \
+             /metrics (no authentication), which names the traced processes and the hosts \
+             they talk to; prefer 127.0.0.1:PORT behind your Prometheus, or firewall the port"
+        )
+    })
 }
 
 /// Serves `GET /metrics` from `metrics` until the runtime stops. Call inside the runtime.
@@ -94,6 +109,20 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_is_warned_about() {
+        for quiet in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.2:1"] {
+            assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
+        }
+        for open in ["0.0.0.0:9464", "[::]:9464", "10.1.2.3:9464"] {
+            let w = exposure_warning(open.parse().unwrap()).unwrap_or_default();
+            assert!(
+                w.contains("no authentication") && w.contains(open),
+                "{open}: {w}"
+            );
+        }
+    }
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
