@@ -187,16 +187,20 @@ pub fn key_number(e: &Evidence) -> String {
     }
 }
 
-/// What a connection is doing, in one word.
+/// What a connection is doing, in one word. "handshake" only for a handshake seen under
+/// way; a connection whose handshake was never seen (made before attach) and that has not
+/// moved data yet is "open", or its last WANT_*.
 pub fn conn_state(c: &ConnSnapshot) -> String {
+    let handshaking = c.ops.iter().any(|o| o.op.is_handshake());
     if c.closed {
         "closed".into()
-    } else if !c.handshake_done {
+    } else if !c.handshake_done && handshaking {
         "handshake".into()
     } else {
         match c.last_want {
             Some(code) if code.is_want() => code.name(),
-            _ => "established".into(),
+            _ if c.handshake_done => "established".into(),
+            _ => "open".into(),
         }
     }
 }
@@ -209,6 +213,38 @@ pub fn short_ssl(ssl: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_whose_handshake_was_not_seen_is_not_said_to_be_handshaking() {
+        let conn = |done: bool, ops: serde_json::Value, want: Option<&str>| -> ConnSnapshot {
+            serde_json::from_value(serde_json::json!({
+                "pid": 1, "ssl": 2, "fd": 3, "closed": false, "peer": null, "tid": 1,
+                "first_seen_ns": 0, "last_seen_ns": 0, "read_bytes_total": 0,
+                "written_bytes_total": 0, "want_read_total": 0, "want_write_total": 0,
+                "last_want": want, "handshake_done": done, "ops": ops,
+                "handshake_kind": null, "tls_version": null, "cipher": null,
+            }))
+            .unwrap()
+        };
+        let op = |name: &str| {
+            serde_json::json!([{"op": name, "calls_total": 1, "progress_total": 0,
+                "want_read_total": 1, "want_write_total": 0, "want_other_total": 0,
+                "failed_total": 0, "transferred_bytes_total": 0}])
+        };
+        // Made before attach, spinning on SSL_read: its last WANT_*, not "handshake".
+        assert_eq!(
+            conn_state(&conn(false, op("SSL_read"), Some("want_read"))),
+            "want_read"
+        );
+        assert_eq!(conn_state(&conn(false, op("SSL_read"), None)), "open");
+        // A handshake seen under way.
+        let hs = op("SSL_do_handshake");
+        assert_eq!(
+            conn_state(&conn(false, hs.clone(), Some("want_read"))),
+            "handshake"
+        );
+        assert_eq!(conn_state(&conn(true, hs, None)), "established");
+    }
 
     #[test]
     fn numbers() {
