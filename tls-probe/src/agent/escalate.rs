@@ -44,6 +44,8 @@ pub enum Reason {
     /// Only in recordings made before attach stopped opening a window; read so that
     /// `report` still takes them.
     Attach,
+    /// The window a command started under tls-probe (`run`) gets as it starts.
+    Start,
     RepeatedWakeups,
     SslError,
     SharedFd,
@@ -153,6 +155,9 @@ struct Proc {
     last_step_ns: u64,
     /// While the kernel's aggregates keep a confirmed finding going: when to re-confirm.
     reconfirm_at: Option<u64>,
+    /// A finding that needs the per-call probes was open when the current window began (a
+    /// re-confirmation): the window then runs its full length.
+    open_at_start: bool,
 }
 
 /// The controller for every traced process.
@@ -170,20 +175,32 @@ impl Controller {
         }
     }
 
-    /// Starts following `pid`, its per-call probes off until a signal calls for them.
-    pub fn add(&mut self, pid: u32, now: u64) {
-        self.procs.entry(pid).or_insert(Proc {
-            window: None,
-            confirmed: false,
-            quiet_until: now,
-            holdoff_ns: self.policy.min_holdoff_ns,
-            reason: None,
-            escalations: 0,
-            confirmations: 0,
-            escalated_ns: 0,
-            last_step_ns: now,
-            reconfirm_at: None,
-        });
+    /// Starts following `pid`, its per-call probes off until a signal calls for them; or,
+    /// with `window`, on for one window at once (`Reason::Start`: a command started under
+    /// tls-probe, whose first calls are worth seeing and which has no load yet to slow).
+    pub fn add(&mut self, pid: u32, now: u64, window: bool, out: &mut Vec<Action>) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        self.procs.insert(
+            pid,
+            Proc {
+                window: window.then_some((now, now + self.policy.window_ns)),
+                confirmed: false,
+                quiet_until: now,
+                holdoff_ns: self.policy.min_holdoff_ns,
+                reason: window.then_some(Reason::Start),
+                escalations: u64::from(window),
+                confirmations: 0,
+                escalated_ns: 0,
+                last_step_ns: now,
+                reconfirm_at: None,
+                open_at_start: false,
+            },
+        );
+        if window {
+            out.push(Action::Escalate(pid, Reason::Start));
+        }
     }
 
     /// `pid` is gone: its probes are off, its numbers stay for the summary.
@@ -236,7 +253,11 @@ impl Controller {
             Some((since, until)) => {
                 p.escalated_ns += dt;
                 p.confirmed |= finding_open;
-                if now < until {
+                // A window that has just confirmed a finding the kernel's aggregates keep
+                // going from now on (a spin) has done its job: it ends at once rather than
+                // at `until`, since the probes' traps slow the spinning process ~10x.
+                let done = finding_open && kept_by_kernel && !p.open_at_start;
+                if now < until && !done {
                     return;
                 }
                 // A confirmed pathology that goes on keeps the probes on, within a bound,
@@ -253,10 +274,15 @@ impl Controller {
                 if p.confirmed {
                     p.confirmations += 1;
                     p.holdoff_ns = policy.min_holdoff_ns;
-                } else {
+                } else if p.reason != Some(Reason::Start) {
                     p.holdoff_ns = (p.holdoff_ns * 2).min(policy.max_holdoff_ns);
                 }
-                p.quiet_until = now + p.holdoff_ns;
+                // The start window is a sample, not an answer to a signal: no hold-off.
+                p.quiet_until = if p.reason == Some(Reason::Start) && !p.confirmed {
+                    now
+                } else {
+                    now + p.holdoff_ns
+                };
                 p.reconfirm_at = (p.confirmed && kept_by_kernel).then(|| now + policy.reconfirm_ns);
                 out.push(Action::Drop(pid));
             }
@@ -273,6 +299,7 @@ impl Controller {
                     Some(_) => {
                         p.reconfirm_at = None;
                         p.window = Some((now, now + policy.window_ns));
+                        p.open_at_start = finding_open;
                         p.confirmed = false;
                         p.reason = Some(Reason::RepeatedWakeups);
                         p.escalations += 1;
@@ -286,6 +313,7 @@ impl Controller {
                 }
                 if let Some(reason) = reason {
                     p.window = Some((now, now + policy.window_ns));
+                    p.open_at_start = finding_open;
                     p.confirmed = false;
                     p.reason = Some(reason);
                     p.escalations += 1;
@@ -479,9 +507,29 @@ mod tests {
 
     fn started() -> Controller {
         let mut c = Controller::new(Policy::default());
-        c.add(PID, 0);
-        assert!(!c.is_escalated(PID));
+        let mut out = Vec::new();
+        c.add(PID, 0, false, &mut out);
+        assert!(!c.is_escalated(PID) && out.is_empty());
         c
+    }
+
+    /// A command started under tls-probe gets one window as it starts, then no hold-off.
+    #[test]
+    fn a_command_started_under_tls_probe_gets_one_window_at_its_start() {
+        let mut c = Controller::new(Policy::default());
+        let mut out = Vec::new();
+        c.add(PID, 0, true, &mut out);
+        assert_eq!(out, vec![Action::Escalate(PID, Reason::Start)]);
+        let acts = run(&mut c, 0, 60 * SEC, healthy(), false);
+        assert_eq!(acts, vec![(1_500 * MS, Action::Drop(PID))]);
+        let s = &c.status()[0];
+        assert_eq!((s.escalations_total, s.escalated_ns_total), (1, 1_500 * MS));
+        // No hold-off after it: a later signal escalates at once.
+        let acts = run(&mut c, 60 * SEC, 60_100 * MS, spin(), false);
+        assert_eq!(
+            acts,
+            vec![(60_100 * MS, Action::Escalate(PID, Reason::RepeatedWakeups))]
+        );
     }
 
     /// No window at attach: a healthy busy process never has its per-call probes on.
@@ -557,12 +605,14 @@ mod tests {
             .filter(|(_, a)| matches!(a, Action::Drop(_)))
             .map(|(t, _)| *t)
             .collect();
-        assert_eq!(off.first(), Some(&(4_600 * MS)), "{acts:?}");
-        assert_eq!(on, vec![14_600 * MS, 26_100 * MS, 37_600 * MS], "{acts:?}");
-        // The per-call probes were on for 4 windows of 1.5 s in 37 s.
-        assert_eq!(c.status()[0].escalated_ns_total, 4 * 1_500 * MS);
+        // The first window ends on the step after its confirmation, not at its end...
+        assert_eq!(off.first(), Some(&(3_200 * MS)), "{acts:?}");
+        assert_eq!(on, vec![13_200 * MS, 24_700 * MS, 36_200 * MS], "{acts:?}");
+        // ...and each re-confirmation (the finding open from its start) runs its 1.5 s: the
+        // per-call probes were on for 0.1 s and 3 windows of 1.5 s in 37 s.
+        assert_eq!(c.status()[0].escalated_ns_total, 100 * MS + 3 * 1_500 * MS);
         // Another kind of signal still opens a window before the re-confirmation (after
-        // the usual minimum hold-off, 1 s after the drop at 4.6 s).
+        // the usual minimum hold-off, 1 s after the drop at 3.2 s).
         let mut c = started();
         run(&mut c, 0, 3 * SEC, Signals::default(), false);
         run(&mut c, 3 * SEC, 3_100 * MS, spin(), false);

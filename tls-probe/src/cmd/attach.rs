@@ -73,6 +73,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         libraries: Default::default(),
         wait_for_library: false,
         auto: o.mode == crate::cli::ProbeMode::Auto,
+        window_at_start: false,
     }
 }
 

@@ -54,6 +54,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     cfg.libssl = args.libssl.clone();
     cfg.children = !args.no_children;
     cfg.libraries.insert(child.pid(), lib);
+    // The command starts under the probes: its first handshake and calls are worth a
+    // window, and there is no load yet for one to slow.
+    cfg.window_at_start = true;
     let summary = attach::run_session(cfg, outputs, |_| child.release())?;
     attach::print_summary(&summary, false);
     match summary.stop_reason {

@@ -144,6 +144,7 @@ pub struct ProcessProbes {
 #[serde(rename_all = "snake_case")]
 pub enum EscalationReason {
     Attach,
+    Start,
     RepeatedWakeups,
     SslError,
     SharedFd,

@@ -105,16 +105,20 @@ impl Session {
         self.sockio_step(proc::monotonic_ns())
     }
 
-    /// Starts following `pid` in auto mode, its per-call probes off until a signal.
-    pub(super) fn auto_add(&mut self, pid: u32) {
+    /// Starts following `pid` in auto mode: its per-call probes off until a signal, or on
+    /// for one window at once for a command started under tls-probe (`window_at_start`).
+    pub(super) fn auto_add(&mut self, pid: u32) -> Result<()> {
         let Some(auto) = self.auto.as_mut() else {
-            return;
+            return Ok(());
         };
         let now = match self.engine.now_ns() {
             0 => proc::monotonic_ns(),
             t => t,
         };
-        auto.controller.add(pid, now);
+        let mut actions = Vec::new();
+        auto.controller
+            .add(pid, now, self.cfg.window_at_start, &mut actions);
+        self.apply(actions)
     }
 
     fn apply(&mut self, actions: Vec<Action>) -> Result<()> {
@@ -197,6 +201,7 @@ impl Session {
 fn reason_name(r: Reason) -> String {
     match r {
         Reason::Attach => "attach",
+        Reason::Start => "start",
         Reason::RepeatedWakeups => "repeated_wakeups",
         Reason::SslError => "ssl_error",
         Reason::SharedFd => "shared_fd",

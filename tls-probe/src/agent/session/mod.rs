@@ -68,6 +68,11 @@ pub struct AgentConfig {
     /// `--mode auto`: the per-call uprobes go on only for suspicious processes, for a
     /// while (`hot` is then false).
     pub auto: bool,
+    /// `--mode auto` for a command started under tls-probe (`run`): each target gets one
+    /// window of per-call probes as it starts, and the socket I/O tracepoints are on from the
+    /// start, so that its first handshake and calls are seen. Attaching to a running process
+    /// opens no window: there it would cost a busy server what full mode costs.
+    pub window_at_start: bool,
 }
 
 pub struct Session {
@@ -163,7 +168,7 @@ impl Session {
         check_privileges()?;
         // Full mode keeps the socket I/O tracepoints on; the other modes' gate attaches them
         // when it wants them (sockio.rs).
-        let mut probes = Probes::load(cfg.hot)?;
+        let mut probes = Probes::load(cfg.hot || (cfg.auto && cfg.window_at_start))?;
         let ring = probes.take_events()?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as
         // the AsyncFd that owns the RingBuf lives.
@@ -240,7 +245,7 @@ impl Session {
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
         for pid in session.probes.pids() {
-            session.auto_add(pid);
+            session.auto_add(pid)?;
         }
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {

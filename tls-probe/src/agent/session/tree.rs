@@ -97,7 +97,7 @@ impl Session {
     ) -> Result<()> {
         let pid = target.pid;
         self.engine.set_comm(pid, &target.comm);
-        self.auto_add(pid);
+        self.auto_add(pid)?;
         self.targets.retain(|t| t.pid != pid);
         self.targets.push(target.clone());
         let rec = TargetAttach {
