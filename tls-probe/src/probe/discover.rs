@@ -7,6 +7,7 @@ use std::{
 };
 
 use object::{Object, ObjectSymbol};
+use procfs::process::Process;
 use thiserror::Error;
 
 use super::placement::Placement;
@@ -233,16 +234,10 @@ pub fn descendants(roots: &[u32]) -> Vec<(u32, u32)> {
     out
 }
 
-/// The parent pid of `pid`, from field 4 of /proc/PID/stat.
+/// The parent pid of `pid`, from /proc/PID/stat.
 pub fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "comm)": state, then ppid.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    u32::try_from(stat.ppid).ok()
 }
 
 /// The processes whose command name, or executable's file name, is `name`; not tls-probe
