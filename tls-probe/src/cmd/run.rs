@@ -104,8 +104,8 @@ impl Held {
         match unsafe { fork() }.context("forking the command")? {
             ForkResult::Child => {
                 drop(wr);
-                // SAFETY: PR_SET_NAME reads a NUL-terminated string we own (cut to 15 bytes).
-                unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+                // Cut to 15 bytes by the kernel.
+                let _ = nix::sys::prctl::set_name(&comm);
                 let mut byte = [0u8; 1];
                 let go = loop {
                     match nix::unistd::read(&rd, &mut byte) {
@@ -114,16 +114,15 @@ impl Held {
                     }
                 };
                 if !go {
-                    // SAFETY: exits the child at once, without running the parent's handlers.
+                    // SAFETY: exits the child at once, without running the parent's handlers
+                    // (nix 0.30 has no _exit).
                     unsafe { libc::_exit(125) };
                 }
                 let err = execv(&path, &args).unwrap_err();
                 let msg = format!("{failed}{}\n", err.desc());
-                // SAFETY: writes a buffer we own to stderr, then exits the child.
-                unsafe {
-                    libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(127)
-                }
+                let _ = nix::unistd::write(std::io::stderr(), msg.as_bytes());
+                // SAFETY: as above.
+                unsafe { libc::_exit(127) }
             }
             ForkResult::Parent { child } => {
                 drop(rd);
