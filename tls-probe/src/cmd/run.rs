@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             Path::new(name).display()
         )
     })?;
-    let lib = match &args.libssl {
+    let lib = match &args.target.libssl {
         Some(path) => discover::library_at(path, &path.display().to_string())?,
         None => discover::library_for_program(&program)?,
     };
@@ -51,8 +51,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     outputs.dashboard = false;
     let mut child = Held::spawn(&program, &args.command)?;
     let mut cfg = attach::config(&args.output, vec![child.pid()]);
-    cfg.libssl = args.libssl.clone();
-    cfg.children = !args.no_children;
+    cfg.libssl = args.target.libssl.clone();
+    cfg.children = !args.target.no_children;
     cfg.libraries.insert(child.pid(), lib);
     let summary = attach::run_session(cfg, outputs, |_| child.release())?;
     attach::print_summary(&summary, false);
