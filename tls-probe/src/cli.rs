@@ -81,6 +81,20 @@ impl OutputArgs {
     }
 }
 
+/// Which library to probe and which processes: the same for `attach` and `run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TargetArgs {
+    /// Use this TLS library instead of the one tls-probe finds (the libssl in
+    /// /proc/PID/maps, or for `run` the one the command links, else the system libssl).
+    #[arg(long, value_name = "PATH")]
+    pub libssl: Option<PathBuf>,
+    /// Trace only the target processes, not their descendants. By default descendants are
+    /// traced too: those running at attach and those forked later (e.g. nginx workers
+    /// after a reload, or the processes a `run` command starts).
+    #[arg(long)]
+    pub no_children: bool,
+}
+
 /// How much to probe.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ProbeMode {
@@ -106,25 +120,16 @@ pub struct AttachArgs {
     /// one (dlopen, or exec of a TLS program), instead of being an error.
     #[arg(long)]
     pub wait_for_library: bool,
-    /// Use this TLS library instead of the one found in /proc/PID/maps.
-    #[arg(long, value_name = "PATH")]
-    pub libssl: Option<PathBuf>,
-    /// Trace only the given pids. By default each pid's descendants are traced too: those
-    /// running at attach and those it forks later (e.g. nginx workers after a reload).
-    #[arg(long)]
-    pub no_children: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Use this TLS library instead of the one the command links (or the system libssl).
-    #[arg(long, value_name = "PATH")]
-    pub libssl: Option<PathBuf>,
-    /// Trace only the command's own process, not the processes it starts.
-    #[arg(long)]
-    pub no_children: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     /// The command to run and its arguments, after `--`.
@@ -184,8 +189,16 @@ mod tests {
             Command::Attach(a) => a,
             other => panic!("{other:?}"),
         };
-        assert!(!attach(&["tls-probe", "attach", "-p", "1"]).no_children);
-        assert!(attach(&["tls-probe", "attach", "-p", "1", "--no-children"]).no_children);
+        assert!(
+            !attach(&["tls-probe", "attach", "-p", "1"])
+                .target
+                .no_children
+        );
+        assert!(
+            attach(&["tls-probe", "attach", "-p", "1", "--no-children"])
+                .target
+                .no_children
+        );
     }
 
     #[test]
@@ -219,7 +232,7 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!()
         };
-        assert!(r.no_children);
+        assert!(r.target.no_children);
         assert_eq!(r.output.duration, Some(2.0));
         assert_eq!(r.command, ["curl", "-k", "--x"]);
         let cli = Cli::try_parse_from(["tls-probe", "attach", "--comm", "nginx", "-p", "7"]);
@@ -227,6 +240,39 @@ mod tests {
             panic!()
         };
         assert_eq!((a.comm, a.pids), (vec!["nginx".to_owned()], vec![7]));
+    }
+
+    #[test]
+    fn attach_and_run_take_the_same_target_flags() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let flags = ["--libssl", "/x/libssl.so.3", "--no-children"];
+        let cli = Cli::try_parse_from(
+            ["tls-probe", "attach", "-p", "1"]
+                .iter()
+                .chain(&flags)
+                .copied(),
+        );
+        let Command::Attach(a) = cli.unwrap().command else {
+            panic!()
+        };
+        let cli = Cli::try_parse_from(
+            ["tls-probe", "run"]
+                .iter()
+                .chain(&flags)
+                .chain(&["--", "true"])
+                .copied(),
+        );
+        let Command::Run(r) = cli.unwrap().command else {
+            panic!()
+        };
+        for t in [a.target, r.target] {
+            assert_eq!(
+                t.libssl.as_deref(),
+                Some(std::path::Path::new("/x/libssl.so.3"))
+            );
+            assert!(t.no_children);
+        }
     }
 
     #[test]

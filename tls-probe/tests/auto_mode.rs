@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{Attached, summary, wait_for};
 use scenario_common::{
-    Nginx, Scenario, attach_mode, changes, describe, opened, records_so_far, which, wrk, wrk_rate,
+    Nginx, Scenario, attach_mode, changes, describe, opened, records_so_far, require, wrk, wrk_rate,
 };
 use serde_json::Value;
 
@@ -239,10 +239,8 @@ fn healthy_scenario_is_clean_and_mostly_unescalated() {
 
 #[test]
 fn nginx_under_keep_alive_load_is_clean_and_mostly_unescalated() {
-    if which("nginx").is_none() || which("wrk").is_none() {
-        eprintln!("SKIPPED: nginx or wrk is not installed (apt-get install -y nginx-light wrk)");
-        return;
-    }
+    require("nginx", "nginx-light");
+    require("wrk", "wrk");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let nginx = Nginx::start(dir.path());
     let pid = nginx.proc.pid();

@@ -21,7 +21,7 @@ use std::{
 use common::summary;
 use scenario_common::{
     Nginx, Scenario, attach, changes, describe, last_thread_snapshot, opened, peak_thread_metric,
-    records_so_far, secs, slow_upload, upload_rate, which, wrk, wrk_rate,
+    records_so_far, require, secs, slow_upload, upload_rate, wrk, wrk_rate,
 };
 use serde_json::Value;
 
@@ -376,15 +376,10 @@ enum Load {
 }
 
 /// Starts nginx, attaches, runs `load` against it to the end, and checks that nothing was
-/// found. Skipped, loudly, when nginx or wrk is missing.
+/// found. Fails, saying what to install, when nginx or wrk is missing.
 fn nginx_quiet_under(test: &str, load: impl FnOnce(&Nginx) -> Load) {
-    if which("nginx").is_none() || which("wrk").is_none() {
-        eprintln!(
-            "SKIPPED {test}: nginx or wrk is not installed (apt-get install -y nginx-light \
-             wrk)"
-        );
-        return;
-    }
+    require("nginx", "nginx-light");
+    require("wrk", "wrk");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let nginx = Nginx::start(dir.path());
     let probe = attach(dir.path(), nginx.proc.pid());

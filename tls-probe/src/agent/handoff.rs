@@ -8,11 +8,16 @@
 //! (a pidfd of it becomes readable) and then exits: the last reference to each BPF fd is
 //! its, so its exit pays for the unregistering while tls-probe's own exit is quick.
 
-use std::{ffi::CString, fs, os::fd::RawFd};
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::{AsFd, FromRawFd, OwnedFd, RawFd},
+};
 
 use nix::{
-    sys::wait::waitpid,
-    unistd::{ForkResult, fork, setsid},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::{prctl, wait::waitpid},
+    unistd::{ForkResult, close, fork, setsid},
 };
 
 /// The name the holder shows in `ps` while the kernel finishes.
@@ -33,7 +38,7 @@ pub fn hand_off_bpf_fds() {
     let Ok(dir) = fs::read_dir("/proc/self/fd") else {
         return;
     };
-    let mut close = Vec::new();
+    let mut close_fds = Vec::new();
     let mut kept = 0usize;
     for entry in dir.flatten() {
         let Some(fd) = entry
@@ -45,7 +50,7 @@ pub fn hand_off_bpf_fds() {
         };
         match fs::read_link(entry.path()) {
             Ok(link) if keep(&link.to_string_lossy()) => kept += 1,
-            _ => close.push(fd),
+            _ => close_fds.push(fd),
         }
     }
     if kept == 0 {
@@ -54,42 +59,40 @@ pub fn hand_off_bpf_fds() {
     let comm = CString::new(HOLDER_COMM).unwrap_or_default();
     // Whoever closes an fd last pays for its release: the holder must outlive this
     // process. A pidfd of it becomes readable once it has exited, files closed.
+    // nix 0.30 has no pidfd_open, hence the raw syscall.
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) } as RawFd;
     if pidfd < 0 {
         log::debug!("pidfd_open failed: closing the BPF fds here");
         return;
     }
+    // SAFETY: a new fd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // SAFETY: the children call only async-signal-safe functions (close, setsid, prctl,
     // fork, poll, _exit) before exiting; nothing allocates or takes a lock.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            for &fd in &close {
-                // SAFETY: closing fds of this child only.
-                unsafe { libc::close(fd) };
+            for &fd in &close_fds {
+                // Fds of this child only (none of them is the pidfd, opened after the list).
+                let _ = close(fd);
             }
             let _ = setsid();
             // A grandchild holds the fds, so that the holder is nobody's child to reap.
             // SAFETY: as above.
             if let Ok(ForkResult::Parent { .. }) = unsafe { fork() } {
+                // SAFETY: exits at once, running none of the parent's exit handlers (nix
+                // 0.30 has no _exit).
                 unsafe { libc::_exit(0) };
             }
-            let mut gone = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: a NUL-terminated name; a valid pollfd; then exit, which closes the
-            // BPF fds.
-            unsafe {
-                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
-                while libc::poll(&mut gone, 1, -1) == 0 {}
-                libc::_exit(0)
-            }
+            let _ = prctl::set_name(&comm);
+            let mut gone = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            while poll(&mut gone, PollTimeout::NONE).is_ok_and(|n| n == 0) {}
+            // SAFETY: as above; exiting closes the BPF fds.
+            unsafe { libc::_exit(0) }
         }
         Ok(ForkResult::Parent { child }) => {
-            // SAFETY: our own copy of the pidfd, no longer needed here.
-            unsafe { libc::close(pidfd) };
+            // Our own copy of the pidfd, no longer needed here.
+            drop(pidfd);
             let _ = waitpid(child, None);
             log::debug!("{kept} BPF fds handed to a {HOLDER_COMM} process to close");
         }

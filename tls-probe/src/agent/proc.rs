@@ -3,6 +3,8 @@
 
 use std::{fs, path::Path};
 
+use procfs::process::{Process, Stat};
+
 use crate::{
     event::{CtlOp, EpollCtl, Event, EventKind},
     track::parse_epoll_fdinfo,
@@ -25,13 +27,21 @@ pub fn wall_ns() -> u64 {
 
 pub fn alive(pid: u32) -> bool {
     // A zombie has no maps left to probe; treat it as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
+/// /proc/PID/stat, if `pid` exists.
+fn stat(pid: u32) -> Option<Stat> {
+    Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()
+}
+
+/// User plus system time in a `Stat`, in ns.
+fn cpu_ns(stat: &Stat) -> u64 {
+    let ticks = match procfs::ticks_per_second() {
+        0 => 100,
+        t => t,
+    };
+    (stat.utime + stat.stime) * (1_000_000_000 / ticks)
 }
 
 /// The epoll fds of `pid`.
@@ -98,43 +108,31 @@ fn parse_listen_overflows(text: &str) -> Option<u64> {
 
 /// CPU time (user + system) of every thread of `pid`, as `ThreadCpu` events.
 pub fn thread_cpu(pid: u32, ts_ns: u64) -> Vec<Event> {
-    let tick_ns = 1_000_000_000 / procfs_ticks();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Some(tasks) = i32::try_from(pid)
+        .ok()
+        .and_then(|p| Process::new(p).ok()?.tasks().ok())
+    else {
         return Vec::new();
     };
-    dir.filter_map(|e| {
-        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-        // Fields after "comm)": state is field 3; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Event::new(
-            ts_ns,
-            pid,
-            tid,
-            EventKind::ThreadCpu {
-                cpu_ns: (utime + stime) * tick_ns,
-            },
-        ))
-    })
-    .collect()
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let stat = task.stat().ok()?;
+            Some(Event::new(
+                ts_ns,
+                pid,
+                u32::try_from(task.tid).ok()?,
+                EventKind::ThreadCpu {
+                    cpu_ns: cpu_ns(&stat),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// CPU time (user + system) of `pid` so far, its exited threads included.
 pub fn process_cpu_ns(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * (1_000_000_000 / procfs_ticks()))
-}
-
-fn procfs_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    stat(pid).map(|s| cpu_ns(&s))
 }
 
 #[cfg(test)]

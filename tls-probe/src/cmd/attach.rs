@@ -160,8 +160,8 @@ pub fn run(args: AttachArgs) -> Result<ExitCode> {
     }
     let outputs = open_outputs(&args.output)?;
     let mut cfg = config(&args.output, pids);
-    cfg.libssl = args.libssl.clone();
-    cfg.children = !args.no_children;
+    cfg.libssl = args.target.libssl.clone();
+    cfg.children = !args.target.no_children;
     cfg.wait_for_library = args.wait_for_library;
     let mut dashboard = false;
     let summary = run_session(cfg, outputs, |dash| {

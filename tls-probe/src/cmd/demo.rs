@@ -136,25 +136,20 @@ fn wrap(lead: &str, text: &str) -> String {
 }
 
 /// `text` after `lead`, wrapped at 100 columns with following lines indented by `indent`.
+/// Runs of whitespace in `text` count as one space; words are never broken.
 fn wrap_hanging(lead: &str, indent: usize, text: &str) -> String {
-    const WIDTH: usize = 100;
-    let mut out = lead.to_owned();
-    let mut col = lead.len();
-    let mut first = true;
-    for word in text.split_whitespace() {
-        if !first && col + 1 + word.len() > WIDTH {
-            out.push('\n');
-            out.push_str(&" ".repeat(indent));
-            col = indent;
-        } else if !first {
-            out.push(' ');
-            col += 1;
-        }
-        out.push_str(word);
-        col += word.len();
-        first = false;
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.is_empty() {
+        return lead.to_owned();
     }
-    out
+    let rest = " ".repeat(indent);
+    let options = textwrap::Options::new(100)
+        .initial_indent(lead)
+        .subsequent_indent(&rest)
+        .break_words(false)
+        .word_splitter(textwrap::WordSplitter::NoHyphenation)
+        .wrap_algorithm(textwrap::WrapAlgorithm::FirstFit);
+    textwrap::fill(&words, options)
 }
 
 /// The threads of the workload by role, so that the tids in findings can be read.

@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             Path::new(name).display()
         )
     })?;
-    let lib = match &args.libssl {
+    let lib = match &args.target.libssl {
         Some(path) => discover::library_at(path, &path.display().to_string())?,
         None => discover::library_for_program(&program)?,
     };
@@ -51,8 +51,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     outputs.dashboard = false;
     let mut child = Held::spawn(&program, &args.command)?;
     let mut cfg = attach::config(&args.output, vec![child.pid()]);
-    cfg.libssl = args.libssl.clone();
-    cfg.children = !args.no_children;
+    cfg.libssl = args.target.libssl.clone();
+    cfg.children = !args.target.no_children;
     cfg.libraries.insert(child.pid(), lib);
     // The command starts under the probes: its first handshake and calls are worth a
     // window, and there is no load yet for one to slow.
@@ -107,8 +107,8 @@ impl Held {
         match unsafe { fork() }.context("forking the command")? {
             ForkResult::Child => {
                 drop(wr);
-                // SAFETY: PR_SET_NAME reads a NUL-terminated string we own (cut to 15 bytes).
-                unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+                // Cut to 15 bytes by the kernel.
+                let _ = nix::sys::prctl::set_name(&comm);
                 let mut byte = [0u8; 1];
                 let go = loop {
                     match nix::unistd::read(&rd, &mut byte) {
@@ -117,16 +117,15 @@ impl Held {
                     }
                 };
                 if !go {
-                    // SAFETY: exits the child at once, without running the parent's handlers.
+                    // SAFETY: exits the child at once, without running the parent's handlers
+                    // (nix 0.30 has no _exit).
                     unsafe { libc::_exit(125) };
                 }
                 let err = execv(&path, &args).unwrap_err();
                 let msg = format!("{failed}{}\n", err.desc());
-                // SAFETY: writes a buffer we own to stderr, then exits the child.
-                unsafe {
-                    libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(127)
-                }
+                let _ = nix::unistd::write(std::io::stderr(), msg.as_bytes());
+                // SAFETY: as above.
+                unsafe { libc::_exit(127) }
             }
             ForkResult::Parent { child } => {
                 drop(rd);

@@ -89,10 +89,8 @@ impl Process {
         unsafe {
             cmd.pre_exec(|| {
                 // The workload must not outlive its parent, however the parent ends.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
             });
         }
         let mut child = cmd

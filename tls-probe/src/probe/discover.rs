@@ -7,6 +7,10 @@ use std::{
 };
 
 use object::{Object, ObjectSymbol};
+use procfs::{
+    FromBufRead as _,
+    process::{MMapPath, MemoryMaps, Process},
+};
 use thiserror::Error;
 
 use super::placement::Placement;
@@ -28,6 +32,10 @@ pub enum DiscoverError {
         "no TLS library found in pid {pid} ({comm}): searched /proc/{pid}/maps for libssl.so*, and the executable {exe} for {REQUIRED_SYMBOL}; if the process is still starting (a shell or a launcher such as a pyenv shim that execs the TLS program), pass --wait-for-library to attach once it loads one, or start it with `tls-probe run -- CMD`; if it loads OpenSSL some other way, pass --libssl PATH"
     )]
     NotFound { pid: u32, comm: String, exe: String },
+    #[error(
+        "pid {pid} maps a TLS library that was removed or replaced on disk since it loaded it, and reading it through /proc/{pid}/map_files failed ({reasons}); run tls-probe as root (map_files needs CAP_SYS_ADMIN), or restart the process so that it maps the library now on disk"
+    )]
+    DeletedLibrary { pid: u32, reasons: String },
     #[error(
         "--libssl {path}: {source}; pass the path of a libssl shared object or a binary that links OpenSSL statically"
     )]
@@ -133,7 +141,7 @@ pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, Discove
             path: path.to_owned(),
         });
     }
-    let version = Path::new(display_path)
+    let version = Path::new(display_path.trim_end_matches(DELETED))
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.split_once(".so."))
@@ -182,17 +190,81 @@ pub fn crypto_at(path: &Path, display_path: &str) -> Option<CryptoLibrary> {
 
 /// The libcrypto `pid` maps, if any.
 pub fn find_crypto(pid: u32) -> Option<CryptoLibrary> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| {
-            Path::new(path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libcrypto.so"))
+    let maps = fs::read(format!("/proc/{pid}/maps")).ok()?;
+    mapped_files(&maps)
+        .into_iter()
+        .filter(|f| f.name_starts_with("libcrypto.so"))
+        .find_map(|f| crypto_at(&f.host_path(pid), &f.display()))
+}
+
+/// What the kernel appends in /proc/PID/maps to the path of a file removed or replaced on
+/// disk since it was mapped.
+const DELETED: &str = " (deleted)";
+
+/// A file a process maps, from /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MappedFile {
+    /// Its path as the process sees it, without the kernel's " (deleted)".
+    path: PathBuf,
+    /// Removed or replaced on disk since it was mapped (an upgrade that replaced the
+    /// library under a running process): `path` now names another file, or none.
+    deleted: bool,
+    /// The address range of its first mapping, which names it under /proc/PID/map_files.
+    range: (u64, u64),
+}
+
+impl MappedFile {
+    fn name_starts_with(&self, prefix: &str) -> bool {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix))
+    }
+
+    /// Where tls-probe opens it: through the process's root (its mount namespace), or, when
+    /// deleted, through /proc/PID/map_files, which reaches the inode the process maps (root
+    /// only) where the path would reach the file that replaced it.
+    fn host_path(&self, pid: u32) -> PathBuf {
+        if self.deleted {
+            let (start, end) = self.range;
+            PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+        } else {
+            Path::new(&format!("/proc/{pid}/root"))
+                .join(self.path.strip_prefix("/").unwrap_or(&self.path))
+        }
+    }
+
+    /// As the process sees it, for messages: the path, with " (deleted)" when deleted.
+    fn display(&self) -> String {
+        let deleted = if self.deleted { DELETED } else { "" };
+        format!("{}{deleted}", self.path.display())
+    }
+}
+
+/// The files in a /proc/PID/maps text, each once, in the order of their first mapping.
+/// Paths may hold spaces; the kernel's " (deleted)" is taken off and recorded. An
+/// unparsable text gives none.
+fn mapped_files(maps: &[u8]) -> Vec<MappedFile> {
+    let Ok(maps) = MemoryMaps::from_buf_read(maps) else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    maps.into_iter()
+        .filter_map(|m| {
+            let MMapPath::Path(path) = m.pathname else {
+                return None;
+            };
+            let (path, deleted) = match path.to_str().and_then(|p| p.strip_suffix(DELETED)) {
+                Some(p) => (PathBuf::from(p), true),
+                None => (path, false),
+            };
+            seen.insert((path.clone(), deleted)).then_some(MappedFile {
+                path,
+                deleted,
+                range: m.address,
+            })
         })
-        .find_map(|path| crypto_at(&root.join(path.trim_start_matches('/')), path))
+        .collect()
 }
 
 /// The command name of a process, for messages.
@@ -233,16 +305,10 @@ pub fn descendants(roots: &[u32]) -> Vec<(u32, u32)> {
     out
 }
 
-/// The parent pid of `pid`, from field 4 of /proc/PID/stat.
+/// The parent pid of `pid`, from /proc/PID/stat.
 pub fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "comm)": state, then ppid.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    u32::try_from(stat.ppid).ok()
 }
 
 /// The processes whose command name, or executable's file name, is `name`; not tls-probe
@@ -315,14 +381,10 @@ pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
 
 /// Whether `pid` maps a file named libssl.so* now: a cheap look before a full discovery.
 pub fn maps_libssl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
-        maps.lines().any(|line| {
-            line.split_whitespace()
-                .nth(5)
-                .and_then(|p| Path::new(p).file_name())
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libssl.so"))
-        })
+    fs::read(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+        mapped_files(&maps)
+            .iter()
+            .any(|f| f.name_starts_with("libssl.so"))
     })
 }
 
@@ -372,29 +434,25 @@ pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
     if !proc_dir.exists() {
         return Err(DiscoverError::NoProcess(pid));
     }
-    let maps = fs::read_to_string(proc_dir.join("maps"))
-        .map_err(|source| DiscoverError::Maps { pid, source })?;
-    if maps.trim().is_empty() {
+    let maps =
+        fs::read(proc_dir.join("maps")).map_err(|source| DiscoverError::Maps { pid, source })?;
+    if maps.trim_ascii().is_empty() {
         return Err(DiscoverError::KernelThread(pid));
     }
-    let root = proc_dir.join("root");
-    let mut seen = BTreeSet::new();
-    for line in maps.lines() {
-        // address perms offset dev inode pathname
-        let Some(path) = line.split_whitespace().nth(5) else {
+    let mut deleted = Vec::new();
+    for file in mapped_files(&maps) {
+        if !file.name_starts_with("libssl.so") {
             continue;
-        };
-        let Some(name) = Path::new(path).file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name.starts_with("libssl.so") && seen.insert(path.to_owned()) {
-            let host_path = root.join(path.trim_start_matches('/'));
-            if let Ok(mut lib) = library_at(&host_path, path) {
+        }
+        match library_at(&file.host_path(pid), &file.display()) {
+            Ok(mut lib) => {
                 if lib.crypto.is_none() {
                     lib.crypto = find_crypto(pid);
                 }
                 return Ok(lib);
             }
+            Err(e) if file.deleted => deleted.push(format!("{}: {e}", file.display())),
+            Err(_) => {}
         }
     }
     let exe = fs::read_link(proc_dir.join("exe"))
@@ -402,6 +460,12 @@ pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
         .unwrap_or_default();
     if let Ok(lib) = library_at(&proc_dir.join("exe"), &exe) {
         return Ok(lib);
+    }
+    if !deleted.is_empty() {
+        return Err(DiscoverError::DeletedLibrary {
+            pid,
+            reasons: deleted.join("; "),
+        });
     }
     Err(DiscoverError::NotFound {
         pid,
@@ -413,6 +477,95 @@ pub fn find_tls_library(pid: u32) -> Result<TlsLibrary, DiscoverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A maps text as the kernel writes it: padded columns, a path with spaces, a library
+    /// deleted since it was mapped, an anonymous mapping and a pseudo-path.
+    const MAPS: &str = "\
+55c9ad174000-55c9ad176000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+7f0000000000-7f0000001000 r--p 00000000 fe:00 1001                       /opt/my app/lib/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 fe:00 1001                       /opt/my app/lib/libssl.so.3
+7f0000010000-7f0000020000 r--p 00000000 fe:00 1002                       /usr/lib/libcrypto.so.3 (deleted)
+7f0000020000-7f0000030000 r-xp 00010000 fe:00 1002                       /usr/lib/libcrypto.so.3 (deleted)
+7f0000030000-7f0000031000 rw-p 00000000 00:00 0 
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn maps_paths_keep_their_spaces_and_deleted_files_are_marked() {
+        let files = mapped_files(MAPS.as_bytes());
+        let paths: Vec<(String, bool)> = files
+            .iter()
+            .map(|f| (f.path.display().to_string(), f.deleted))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/usr/bin/cat".to_owned(), false),
+                ("/opt/my app/lib/libssl.so.3".to_owned(), false),
+                ("/usr/lib/libcrypto.so.3".to_owned(), true),
+            ]
+        );
+        let ssl = &files[1];
+        assert!(ssl.name_starts_with("libssl.so"));
+        assert_eq!(
+            ssl.host_path(42),
+            Path::new("/proc/42/root/opt/my app/lib/libssl.so.3")
+        );
+        assert_eq!(ssl.display(), "/opt/my app/lib/libssl.so.3");
+        // The path of a deleted file names another file now, or none: the mapped inode is
+        // reached through map_files, named by the range of its first mapping.
+        let crypto = &files[2];
+        assert!(crypto.name_starts_with("libcrypto.so"));
+        assert_eq!(
+            crypto.host_path(42),
+            Path::new("/proc/42/map_files/7f0000010000-7f0000020000")
+        );
+        assert_eq!(crypto.display(), "/usr/lib/libcrypto.so.3 (deleted)");
+        assert!(mapped_files(b"not a maps line\n").is_empty());
+    }
+
+    /// A process that loads a copy of the system libssl from a directory with a space in
+    /// its name, then has it replaced on disk by a file that is not OpenSSL (what an
+    /// upgrade does): discovery finds the copy, then the mapped inode, never the new file.
+    #[test]
+    fn a_library_under_a_spaced_path_then_replaced_on_disk_is_still_the_one_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib_dir = dir.path().join("my app");
+        fs::create_dir(&lib_dir).unwrap();
+        let copy = lib_dir.join("libssl.so.3");
+        fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &copy).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, sys, time; ctypes.CDLL(sys.argv[1]); time.sleep(30)",
+            ])
+            .arg(&copy)
+            .spawn()
+            .expect("running python3");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !maps_libssl(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let found = find_tls_library(pid);
+        fs::remove_file(&copy).unwrap();
+        fs::copy("/bin/true", &copy).unwrap();
+        let replaced = find_tls_library(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let lib = found.unwrap();
+        assert_eq!(lib.display_path, copy.display().to_string());
+        assert_eq!(lib.version.as_deref(), Some("3"));
+        let lib = replaced.unwrap();
+        assert_eq!(lib.display_path, format!("{} (deleted)", copy.display()));
+        assert!(
+            lib.path.starts_with(format!("/proc/{pid}/map_files")),
+            "{lib:?}"
+        );
+        assert_eq!(lib.version.as_deref(), Some("3"));
+        assert!(lib.has("SSL_read"), "{lib:?}");
+    }
 
     #[test]
     fn missing_pid_is_a_clear_error() {

@@ -2,15 +2,21 @@
 //! format (0.0.4) once a tick and published for the HTTP endpoint ([`super::metrics_http`]).
 //!
 //! Labels are `pid` and `comm` (and `tid` for per-thread gauges, bounded by the engine's
-//! thread limit), never a per-connection value. Each render builds a fresh registry from the
-//! current state, so a thread or process the engine retired leaves the exposition with it.
+//! thread limit), never a per-connection value. The registry is built once, around one
+//! collector that writes every metric family from the current state at each encode, so a
+//! thread or process the engine retired leaves the exposition with it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use anyhow::Result;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, prometheus_text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
+    metrics::{TypedMetric, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::sync::watch;
@@ -98,13 +104,38 @@ struct StageLabels {
     stage: &'static str,
 }
 
-/// Keeps what the engine's snapshot does not hold (calls by op, findings opened, losses)
-/// and renders everything on each snapshot.
+/// The sink: a registry built once around the one [`Exposition`] collector, re-encoded
+/// and published whenever the state changes in a way a scrape should see.
 pub struct MetricsSink {
     publish: watch::Sender<String>,
+    registry: Registry,
+    exposition: Arc<Exposition>,
+}
+
+/// The registry's collector: each encode writes every metric family from the current
+/// [`State`], so a thread or process the engine retired leaves the exposition with it.
+#[derive(Debug, Default)]
+struct Exposition(Mutex<State>);
+
+impl Exposition {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.state().encode(&mut encoder)
+    }
+}
+
+/// What the exposition shows: the engine's last snapshot, and what that snapshot does not
+/// hold (calls by op, findings opened, losses), counted from the records.
+#[derive(Debug, Default)]
+struct State {
     comms: HashMap<u32, String>,
     /// SSL calls per pid, indexed by `SslOp as usize`, counted from the events.
-    ops: HashMap<u32, [u64; SslOp::ALL.len()]>,
+    ops: BTreeMap<u32, [u64; SslOp::ALL.len()]>,
     opened: BTreeMap<(u32, FindingKind), u64>,
     active: BTreeMap<(u32, FindingKind), i64>,
     lost: Lost,
@@ -116,22 +147,16 @@ impl MetricsSink {
     /// A sink and the receiver the HTTP endpoint serves from.
     pub fn new() -> (Self, watch::Receiver<String>) {
         let (tx, rx) = watch::channel(String::new());
+        let exposition = Arc::new(Exposition::default());
+        let mut registry = Registry::with_prefix("tls_probe");
+        registry.register_collector(Box::new(Arc::clone(&exposition)));
         let sink = Self {
             publish: tx,
-            comms: HashMap::new(),
-            ops: HashMap::new(),
-            opened: BTreeMap::new(),
-            active: BTreeMap::new(),
-            lost: Lost::default(),
-            processes: Vec::new(),
-            threads: Vec::new(),
+            registry,
+            exposition,
         };
         sink.publish();
         (sink, rx)
-    }
-
-    fn comm(&self, pid: u32) -> String {
-        self.comms.get(&pid).cloned().unwrap_or_default()
     }
 
     fn publish(&self) {
@@ -141,241 +166,277 @@ impl MetricsSink {
 
     /// The exposition of the current state.
     pub fn render(&self) -> String {
-        let mut reg = Registry::with_prefix("tls_probe");
-        let p = |pid: u32| ProcLabels {
-            pid,
-            comm: self.comm(pid),
-        };
-
-        let calls = Family::<OpLabels, Counter>::default();
-        let mut pids: Vec<_> = self.ops.keys().copied().collect();
-        pids.sort_unstable();
-        for pid in pids {
-            for (op, n) in SslOp::ALL.iter().zip(self.ops[&pid]) {
-                if n > 0 {
-                    let l = OpLabels {
-                        pid,
-                        comm: self.comm(pid),
-                        op: op.symbol(),
-                    };
-                    calls.get_or_create(&l).inc_by(n);
-                }
-            }
-        }
-        reg.register("ssl_calls", "SSL calls that returned, by function", calls);
-
-        let results = Family::<ResultLabels, Counter>::default();
-        let bytes = Family::<DirLabels, Counter>::default();
-        let handshakes = Family::<KindLabels, Counter>::default();
-        let versions = Family::<VersionLabels, Counter>::default();
-        let ciphers = Family::<CipherLabels, Counter>::default();
-        let latency = Family::<QuantileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        let wakeups = Family::<ProgressLabels, Counter>::default();
-        let conns = Family::<ProcLabels, Gauge>::default();
-        for ps in &self.processes {
-            let (pid, comm) = (ps.pid, self.comm(ps.pid));
-            let failing = ps.want_read_total + ps.want_write_total + ps.failed_total;
-            for (result, n) in [
-                ("ok", ps.ssl_calls_total.saturating_sub(failing)),
-                ("want_read", ps.want_read_total),
-                ("want_write", ps.want_write_total),
-                ("failed", ps.failed_total),
-            ] {
-                let comm = comm.clone();
-                results
-                    .get_or_create(&ResultLabels { pid, comm, result })
-                    .inc_by(n);
-            }
-            for (direction, n) in [
-                ("read", ps.read_bytes_total),
-                ("written", ps.written_bytes_total),
-            ] {
-                let comm = comm.clone();
-                bytes
-                    .get_or_create(&DirLabels {
-                        pid,
-                        comm,
-                        direction,
-                    })
-                    .inc_by(n);
-            }
-            // Full or resumed once the engine classified them (key operations, or the
-            // TLS 1.3 psk); handshakes it saw no classifying evidence for stay unknown.
-            let (full, resumed) = ps
-                .handshakes
-                .as_ref()
-                .map_or((0, 0), |h| (h.full_total, h.resumed_total));
-            let unknown = ps.handshakes_total.saturating_sub(full + resumed);
-            for (kind, n) in [("full", full), ("resumed", resumed), ("unknown", unknown)] {
-                handshakes
-                    .get_or_create(&KindLabels {
-                        pid,
-                        comm: comm.clone(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
-            if let Some(h) = &ps.handshakes {
-                for v in &h.tls_versions {
-                    versions
-                        .get_or_create(&VersionLabels {
-                            pid,
-                            comm: comm.clone(),
-                            version: v.name.clone(),
-                        })
-                        .inc_by(v.total);
-                }
-                for c in &h.ciphers {
-                    ciphers
-                        .get_or_create(&CipherLabels {
-                            pid,
-                            comm: comm.clone(),
-                            cipher: c.name.clone(),
-                        })
-                        .inc_by(c.total);
-                }
-                for (quantile, ns) in [("0.5", h.latency_p50_ns), ("0.99", h.latency_p99_ns)] {
-                    if let Some(ns) = ns {
-                        latency
-                            .get_or_create(&QuantileLabels {
-                                pid,
-                                comm: comm.clone(),
-                                quantile,
-                            })
-                            .set(ns as f64 / 1e9);
-                    }
-                }
-            }
-            let no_progress = ps.wakeups_no_progress_total;
-            for (progress, n) in [
-                ("true", ps.wakeups_total.saturating_sub(no_progress)),
-                ("false", no_progress),
-            ] {
-                let comm = comm.clone();
-                wakeups
-                    .get_or_create(&ProgressLabels {
-                        pid,
-                        comm,
-                        progress,
-                    })
-                    .inc_by(n);
-            }
-            conns.get_or_create(&p(pid)).set(ps.connections_open as i64);
-        }
-        reg.register(
-            "ssl_call_results",
-            "SSL calls by result: ok, want_read, want_write, failed (ok includes other WANT_* answers)",
-            results,
-        );
-        reg.register(
-            "ssl_bytes",
-            "Application bytes moved by SSL calls, by direction",
-            bytes,
-        );
-        reg.register(
-            "handshakes",
-            "TLS handshakes, by kind: full, resumed, or unknown (no classifying evidence)",
-            handshakes,
-        );
-        reg.register(
-            "handshake_versions",
-            "Completed handshakes by negotiated TLS version, from the cleartext ServerHello",
-            versions,
-        );
-        reg.register(
-            "handshake_ciphers",
-            "Completed handshakes by negotiated cipher suite, from the cleartext ServerHello",
-            ciphers,
-        );
-        reg.register(
-            "handshake_latency_seconds",
-            "Handshake wall time, first handshake call to completion, by quantile",
-            latency,
-        );
-        reg.register(
-            "wakeups",
-            "Epoll wake-ups of threads making SSL calls, by whether an SSL call made progress",
-            wakeups,
-        );
-        reg.register(
-            "connections_open",
-            "SSL connections the engine tracks",
-            conns,
-        );
-
-        let opened = Family::<KindLabels, Counter>::default();
-        let active = Family::<KindLabels, Gauge>::default();
-        for (&(pid, kind), &n) in &self.opened {
-            let l = KindLabels {
-                pid,
-                comm: self.comm(pid),
-                kind: kind.name(),
-            };
-            opened.get_or_create(&l).inc_by(n);
-            let now = self.active.get(&(pid, kind)).copied().unwrap_or(0);
-            active.get_or_create(&l).set(now.max(0));
-        }
-        reg.register("findings_opened", "Findings opened, by kind", opened);
-        reg.register("findings_active", "Findings open now, by kind", active);
-
-        let cpu = Family::<ThreadLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        for t in &self.threads {
-            if let Some(pct) = t.cpu_pct {
-                let l = ThreadLabels {
-                    pid: t.pid,
-                    comm: self.comm(t.pid),
-                    tid: t.tid,
-                };
-                cpu.get_or_create(&l).set(pct / 100.0);
-            }
-        }
-        reg.register(
-            "thread_cpu_ratio",
-            "Share of one core a thread used between its last two samples",
-            cpu,
-        );
-
-        let lost = Family::<StageLabels, Counter>::default();
-        for (stage, n) in [
-            ("ringbuf", self.lost.ringbuf),
-            ("inflight", self.lost.inflight),
-            ("decode", self.lost.decode),
-        ] {
-            lost.get_or_create(&StageLabels { stage }).inc_by(n);
-        }
-        reg.register(
-            "lost_events",
-            "Events lost: ring buffer full (ringbuf), call state map full (inflight), undecodable (decode)",
-            lost,
-        );
-
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_text::encode(&mut out, &reg);
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
 
-impl Sink for MetricsSink {
-    fn record(&mut self, rec: Record<'_>) -> Result<()> {
+/// Writes one metric family (named with the registry's prefix): its HELP and TYPE lines,
+/// then one sample per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, sample) in samples {
+        sample.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl State {
+    fn comm(&self, pid: u32) -> String {
+        self.comms.get(&pid).cloned().unwrap_or_default()
+    }
+
+    /// `(labels, value)` for each process and each `(label, value)` that `each` gives it.
+    fn per_process<'a, L, T, I>(
+        &'a self,
+        mut each: impl FnMut(&'a ProcessSnapshot, u32, String) -> I + 'a,
+    ) -> impl Iterator<Item = (L, T)> + 'a
+    where
+        I: IntoIterator<Item = (L, T)> + 'a,
+    {
+        self.processes
+            .iter()
+            .flat_map(move |ps| each(ps, ps.pid, self.comm(ps.pid)))
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        family(
+            enc,
+            "ssl_calls",
+            "SSL calls that returned, by function.",
+            self.ops.iter().flat_map(|(&pid, ops)| {
+                SslOp::ALL
+                    .iter()
+                    .zip(*ops)
+                    .filter(|&(_, n)| n > 0)
+                    .map(move |(op, n)| {
+                        let op = op.symbol();
+                        (
+                            OpLabels {
+                                pid,
+                                comm: self.comm(pid),
+                                op,
+                            },
+                            ConstCounter::new(n),
+                        )
+                    })
+            }),
+        )?;
+        family(
+            enc,
+            "ssl_call_results",
+            "SSL calls by result: ok, want_read, want_write, failed (ok includes other WANT_* answers).",
+            self.per_process(|ps, pid, comm| {
+                let failing = ps.want_read_total + ps.want_write_total + ps.failed_total;
+                [
+                    ("ok", ps.ssl_calls_total.saturating_sub(failing)),
+                    ("want_read", ps.want_read_total),
+                    ("want_write", ps.want_write_total),
+                    ("failed", ps.failed_total),
+                ]
+                .map(|(result, n)| {
+                    let comm = comm.clone();
+                    (ResultLabels { pid, comm, result }, ConstCounter::new(n))
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "ssl_bytes",
+            "Application bytes moved by SSL calls, by direction.",
+            self.per_process(|ps, pid, comm| {
+                [
+                    ("read", ps.read_bytes_total),
+                    ("written", ps.written_bytes_total),
+                ]
+                .map(|(direction, n)| {
+                    let comm = comm.clone();
+                    (
+                        DirLabels {
+                            pid,
+                            comm,
+                            direction,
+                        },
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "handshakes",
+            "TLS handshakes, by kind: full, resumed, or unknown (no classifying evidence).",
+            self.per_process(|ps, pid, comm| {
+                // Full or resumed once the engine classified them (key operations, or the
+                // TLS 1.3 psk); handshakes it saw no classifying evidence for stay unknown.
+                let (full, resumed) = ps
+                    .handshakes
+                    .as_ref()
+                    .map_or((0, 0), |h| (h.full_total, h.resumed_total));
+                let unknown = ps.handshakes_total.saturating_sub(full + resumed);
+                [("full", full), ("resumed", resumed), ("unknown", unknown)].map(|(kind, n)| {
+                    let comm = comm.clone();
+                    (KindLabels { pid, comm, kind }, ConstCounter::new(n))
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "handshake_versions",
+            "Completed handshakes by negotiated TLS version, from the cleartext ServerHello.",
+            self.per_process(|ps, pid, comm| {
+                let versions = ps.handshakes.iter().flat_map(|h| &h.tls_versions);
+                versions.map(move |v| {
+                    let (comm, version) = (comm.clone(), v.name.clone());
+                    (
+                        VersionLabels { pid, comm, version },
+                        ConstCounter::new(v.total),
+                    )
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "handshake_ciphers",
+            "Completed handshakes by negotiated cipher suite, from the cleartext ServerHello.",
+            self.per_process(|ps, pid, comm| {
+                let ciphers = ps.handshakes.iter().flat_map(|h| &h.ciphers);
+                ciphers.map(move |c| {
+                    let (comm, cipher) = (comm.clone(), c.name.clone());
+                    (
+                        CipherLabels { pid, comm, cipher },
+                        ConstCounter::new(c.total),
+                    )
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "handshake_latency_seconds",
+            "Handshake wall time, first handshake call to completion, by quantile.",
+            self.per_process(|ps, pid, comm| {
+                let quantiles = ps.handshakes.iter().flat_map(|h| {
+                    [("0.5", h.latency_p50_ns), ("0.99", h.latency_p99_ns)]
+                        .into_iter()
+                        .filter_map(|(q, ns)| Some((q, ns?)))
+                });
+                quantiles.map(move |(quantile, ns)| {
+                    let comm = comm.clone();
+                    let seconds = ns as f64 / 1e9;
+                    (
+                        QuantileLabels {
+                            pid,
+                            comm,
+                            quantile,
+                        },
+                        ConstGauge::new(seconds),
+                    )
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "wakeups",
+            "Epoll wake-ups of threads making SSL calls, by whether an SSL call made progress.",
+            self.per_process(|ps, pid, comm| {
+                let no_progress = ps.wakeups_no_progress_total;
+                [
+                    ("true", ps.wakeups_total.saturating_sub(no_progress)),
+                    ("false", no_progress),
+                ]
+                .map(|(progress, n)| {
+                    let comm = comm.clone();
+                    (
+                        ProgressLabels {
+                            pid,
+                            comm,
+                            progress,
+                        },
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "connections_open",
+            "SSL connections the engine tracks.",
+            self.per_process(|ps, pid, comm| {
+                let open = ConstGauge::new(ps.connections_open as i64);
+                [(ProcLabels { pid, comm }, open)]
+            }),
+        )?;
+
+        let kind_labels = |&(pid, kind): &(u32, FindingKind)| KindLabels {
+            pid,
+            comm: self.comm(pid),
+            kind: kind.name(),
+        };
+        family(
+            enc,
+            "findings_opened",
+            "Findings opened, by kind.",
+            self.opened
+                .iter()
+                .map(|(key, &n)| (kind_labels(key), ConstCounter::new(n))),
+        )?;
+        family(
+            enc,
+            "findings_active",
+            "Findings open now, by kind.",
+            self.opened.keys().map(|key| {
+                let now = self.active.get(key).copied().unwrap_or(0);
+                (kind_labels(key), ConstGauge::new(now.max(0)))
+            }),
+        )?;
+        family(
+            enc,
+            "thread_cpu_ratio",
+            "Share of one core a thread used between its last two samples.",
+            self.threads.iter().filter_map(|t| {
+                let (pid, tid) = (t.pid, t.tid);
+                let labels = ThreadLabels {
+                    pid,
+                    comm: self.comm(pid),
+                    tid,
+                };
+                Some((labels, ConstGauge::new(t.cpu_pct? / 100.0)))
+            }),
+        )?;
+        family(
+            enc,
+            "lost_events",
+            "Events lost: ring buffer full (ringbuf), call state map full (inflight), undecodable (decode).",
+            [
+                ("ringbuf", self.lost.ringbuf),
+                ("inflight", self.lost.inflight),
+                ("decode", self.lost.decode),
+            ]
+            .map(|(stage, n)| (StageLabels { stage }, ConstCounter::new(n))),
+        )
+    }
+
+    /// Takes in one record; whether the exposition should be published again.
+    fn update(&mut self, rec: Record<'_>) -> bool {
         match rec {
             Record::Event(ev) => {
                 if let EventKind::SslCall(c) = &ev.kind {
-                    match self.ops.get_mut(&ev.pid) {
-                        Some(ops) => ops[c.op as usize] += 1,
-                        None => {
-                            let mut ops = [0; SslOp::ALL.len()];
-                            ops[c.op as usize] = 1;
-                            self.ops.insert(ev.pid, ops);
-                        }
-                    }
+                    self.ops.entry(ev.pid).or_insert([0; SslOp::ALL.len()])[c.op as usize] += 1;
                 }
+                false
             }
             Record::Start(start) => {
                 for t in &start.targets {
                     self.comms.insert(t.pid, t.comm.clone());
                 }
-                self.publish();
+                true
             }
             Record::Finding(change) => {
                 let key = (change.finding.pid, change.finding.kind);
@@ -387,6 +448,7 @@ impl Sink for MetricsSink {
                     Change::Closed => *self.active.entry(key).or_default() -= 1,
                     Change::Updated => {}
                 }
+                false
             }
             Record::Snapshot(s) => {
                 for ps in &s.processes {
@@ -396,18 +458,31 @@ impl Sink for MetricsSink {
                 }
                 self.processes.clone_from(&s.processes);
                 self.threads.clone_from(&s.threads);
-                self.publish();
+                true
             }
-            Record::Lost(l) => self.lost = l.total,
+            Record::Lost(l) => {
+                self.lost = l.total;
+                false
+            }
             Record::TargetAttach(a) => {
                 self.comms.insert(a.target.pid, a.target.comm.clone());
+                false
             }
-            Record::TargetExit(_) => {}
+            Record::TargetExit(_) => false,
             Record::Summary(s) => {
                 self.lost = s.lost;
                 self.processes.clone_from(&s.processes);
-                self.publish();
+                true
             }
+        }
+    }
+}
+
+impl Sink for MetricsSink {
+    fn record(&mut self, rec: Record<'_>) -> Result<()> {
+        let changed = self.exposition.state().update(rec);
+        if changed {
+            self.publish();
         }
         Ok(())
     }
@@ -421,6 +496,91 @@ impl Sink for MetricsSink {
 mod tests {
     use super::*;
     use crate::tui::fixtures::{handshake_snapshot, snapshot_at};
+
+    fn ssl_call(pid: u32, op: SslOp) -> crate::event::Event {
+        crate::event::Event::new(
+            1,
+            pid,
+            pid,
+            EventKind::SslCall(crate::event::SslCall {
+                op,
+                ssl: 0x1000,
+                buf: 0,
+                len: 4096,
+                ret: -1,
+                bytes: 0,
+                start_ns: 0,
+                duration_ns: 10,
+                fd: Some(7),
+                fd_seen: true,
+                sys_calls: 1,
+                sys_last: None,
+                sys_last_ret: None,
+                key_ops: 0,
+            }),
+        )
+    }
+
+    /// Everything the sink exposes after a run's records: calls counted from events,
+    /// findings opened and closed, losses, the snapshot's processes and threads.
+    fn run_exposition() -> String {
+        use crate::{
+            engine::FindingChange,
+            sink::record::{Lost, LostRecord},
+            tui::fixtures::{busy, spin},
+        };
+        let (mut sink, rx) = MetricsSink::new();
+        for op in [SslOp::Read, SslOp::Read, SslOp::Write] {
+            sink.record(Record::Event(&ssl_call(4242, op))).unwrap();
+        }
+        for (change, finding) in [
+            (Change::Opened, spin()),
+            (Change::Opened, busy()),
+            (Change::Closed, busy()),
+        ] {
+            sink.record(Record::Finding(&FindingChange { change, finding }))
+                .unwrap();
+        }
+        let total = Lost {
+            ringbuf: 5,
+            inflight: 2,
+            decode: 1,
+        };
+        sink.record(Record::Lost(&LostRecord {
+            ts_ns: 1,
+            new: total,
+            total,
+        }))
+        .unwrap();
+        let mut snap = snapshot_at(1_000_000_000, 1_003);
+        snap.processes[0].handshakes = Some(handshake_snapshot());
+        sink.record(Record::Snapshot(&snap)).unwrap();
+        rx.borrow().clone()
+    }
+
+    /// The whole exposition, in a stable order: families in registration order, samples
+    /// by pid, then in the order each family lists them.
+    #[test]
+    fn exposition_after_a_run() {
+        insta::assert_snapshot!(run_exposition());
+    }
+
+    #[test]
+    fn a_thread_the_engine_retired_leaves_the_exposition() {
+        let (mut sink, rx) = MetricsSink::new();
+        let mut snap = snapshot_at(1_000_000_000, 3);
+        sink.record(Record::Snapshot(&snap)).unwrap();
+        assert!(
+            rx.borrow().contains(r#"tid="4245"} 0.34"#),
+            "{}",
+            *rx.borrow()
+        );
+        snap.threads.retain(|t| t.tid != 4245);
+        sink.record(Record::Snapshot(&snap)).unwrap();
+        let text = rx.borrow().clone();
+        assert!(!text.contains(r#"tid="4245""#), "{text}");
+        assert!(text.contains(r#"tid="4244"} 0.035"#), "{text}");
+    }
 
     #[test]
     fn handshakes_by_kind_version_cipher_and_latency() {

@@ -230,6 +230,17 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The path of a program a test needs. A missing one fails the test, saying what installs
+/// it: a test that passes without running would hide that nothing was checked.
+pub fn require(name: &str, package: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed, and this test needs it: run `cargo xtask setup` (it \
+             installs nginx-light and wrk), or apt-get install -y {package}"
+        )
+    })
+}
+
 /// How the nginx of a test is set up: the parts that differ between tests.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NginxConf<'a> {
@@ -320,7 +331,7 @@ impl Nginx {
         );
         let path = dir.join("nginx.conf");
         fs::write(&path, conf).expect("writing nginx.conf");
-        let nginx = which("nginx").expect("nginx is installed");
+        let nginx = require("nginx", "nginx-light");
         let proc = Proc::spawn(
             Command::new(nginx)
                 .args(["-e", "stderr", "-p"])
@@ -405,7 +416,7 @@ pub fn signal(pid: u32, sig: Signal) {
 
 /// `wrk -t1 -cCONNS -d3s URL`: keep-alive load at full speed for 3 seconds.
 pub fn wrk(conns: u32, url: &str) -> Child {
-    Command::new(which("wrk").expect("wrk is installed"))
+    Command::new(require("wrk", "wrk"))
         .args(["-t1", &format!("-c{conns}"), "-d3s", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
