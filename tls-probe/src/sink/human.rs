@@ -300,6 +300,17 @@ pub fn event_line(ev: &Event) -> String {
             }
             None => s.push_str("async job paused (WANT_ASYNC)"),
         },
+        EventKind::SockOverlap(o) => {
+            let _ = write!(
+                s,
+                "fd={} {:?} entered while tid {}'s {:?} in flight for {}us",
+                o.fd,
+                o.sys_b,
+                o.tid_a,
+                o.sys_a,
+                ev.ts_ns.saturating_sub(o.a_since_ns) / 1000
+            );
+        }
     }
     s
 }
