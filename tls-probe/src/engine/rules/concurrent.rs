@@ -189,7 +189,12 @@ impl ConcurrentRule {
     /// Counts an overlap into its process's finding, opening it at the first.
     fn hit(&mut self, cx: &mut Cx<'_>, l: Latest, conn: Conn) {
         let current = self.incidents.get(&l.pid).map(|i| i.finding);
-        let counted = self.counted.get(&conn).copied();
+        // A socket counted before its SSL* was known is the same connection.
+        let by_fd = match (conn, l.fd) {
+            (Conn::Ssl(..), Some(fd)) => self.counted.remove(&Conn::Fd(l.pid, fd)),
+            _ => None,
+        };
+        let counted = self.counted.get(&conn).copied().or(by_fd);
         let new_conn = current.is_none() || counted != current;
         let mut ev = match self.incidents.get(&l.pid) {
             Some(i) => {
