@@ -520,6 +520,7 @@ pub struct WriteRetryEvidence {
     pub len_bytes: Option<u64>,
     pub fate: Option<String>,
     pub peers: Vec<PeerCount>,
+    pub related_finding_ids: Vec<u64>,
 }
 
 /// How a finding's SSL* or fd was learned: the first three seen, the rest inferred.
@@ -633,6 +634,7 @@ pub struct ChurnEvidence {
     pub full_handshakes_total: u64,
     pub resumed_handshakes_total: u64,
     pub related_finding_ids: Vec<u64>,
+    pub bad_write_retries: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
