@@ -43,7 +43,8 @@ struct SysIo {
 }
 
 /// The content type (20 to 24) of the TLS record whose 5-byte header starts at `buf`
-/// (type, version 3.x, a plausible length), or 0. Header fields only, never the payload.
+/// (type, a record-layer version 3.1 to 3.3: TLS 1.3 records say 3.3 too, a plausible
+/// length), or 0. Header fields only, never the payload.
 #[inline(always)]
 fn record_type(buf: u64) -> u32 {
     if buf == 0 {
@@ -53,7 +54,12 @@ fn record_type(buf: u64) -> u32 {
         return 0;
     };
     let len = be16(h[3], h[4]);
-    if (20..=24).contains(&h[0]) && h[1] == 3 && h[2] <= 4 && len > 0 && len <= MAX_RECORD {
+    if (20..=24).contains(&h[0])
+        && h[1] == 3
+        && (1..=3).contains(&h[2])
+        && len > 0
+        && len <= MAX_RECORD
+    {
         u32::from(h[0])
     } else {
         0
