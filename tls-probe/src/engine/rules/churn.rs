@@ -69,11 +69,19 @@ impl fmt::Display for ChurnEvidence {
     }
 }
 
+/// An open churn finding.
+struct Open {
+    id: u64,
+    /// When its condition last held.
+    held: u64,
+    /// The bad_write_retry findings linked so far, with their retries.
+    links: Vec<(u64, u64)>,
+}
+
 #[derive(Default)]
 pub(crate) struct ChurnRule {
-    /// (pid, peer host) -> (finding, when its condition last held, the bad_write_retry
-    /// findings linked so far with their retries).
-    open: HashMap<(u32, String), (u64, u64, Vec<(u64, u64)>)>,
+    /// By (pid, peer host).
+    open: HashMap<(u32, String), Open>,
 }
 
 impl Rule for ChurnRule {
@@ -123,7 +131,7 @@ impl Rule for ChurnRule {
             let mut links = self
                 .open
                 .get(&key)
-                .map(|(_, _, l)| l.clone())
+                .map(|o| o.links.clone())
                 .unwrap_or_default();
             for (id, n) in retries {
                 match links.iter_mut().find(|(i, _)| *i == id) {
@@ -134,10 +142,10 @@ impl Rule for ChurnRule {
             ev.related_finding_ids = links.iter().map(|&(id, _)| id).collect();
             ev.bad_write_retries = links.iter().map(|&(_, n)| n).sum();
             match self.open.get_mut(&key) {
-                Some((id, held, kept)) => {
-                    *held = now;
-                    *kept = links;
-                    let id = *id;
+                Some(o) => {
+                    o.held = now;
+                    o.links = links;
+                    let id = o.id;
                     let expl = explanation(&ev);
                     let sev = severity(&ev);
                     cx.update(id, |f| {
@@ -164,12 +172,19 @@ impl Rule for ChurnRule {
                     );
                     f.peer = Some(key.1.clone());
                     let id = cx.open(f);
-                    self.open.insert(key, (id, now, links));
+                    self.open.insert(
+                        key,
+                        Open {
+                            id,
+                            held: now,
+                            links,
+                        },
+                    );
                 }
                 None => {}
             }
         }
-        self.open.retain(|_, (id, held, _)| {
+        self.open.retain(|_, Open { id, held, .. }| {
             let done = now.saturating_sub(*held) >= cfg.close_after_ns;
             if done {
                 cx.store.close(*id, now, cfg, cx.out);
