@@ -206,8 +206,10 @@ fn note_fd_use(ctx: &TracePointContext, io: SysIo, ssl: u64, share: bool) {
         let _ = FD_USE.insert(
             &key,
             &FdUse {
-                ts_ns: ts,
-                tid,
+                // A handshake's I/O is no use of the fd for the shared-fd count: a thread
+                // pool's acceptor handing the connection on must not count.
+                ts_ns: if share { ts } else { 0 },
+                tid: if share { tid } else { 0 },
                 busy_tid: if tracked { tid } else { 0 },
                 busy_since: ts,
                 busy_buf: buf,
