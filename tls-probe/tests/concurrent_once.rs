@@ -282,6 +282,12 @@ fn a_thread_pool_hand_off_is_not_flagged() {
         "hand-off: 1400 rounds on two threads, no finding; socket I/O {io}; events by probe {}",
         s["events_by_probe"]
     );
+    // The attach window saw the first rounds per call; the rest were left to the socket.
+    let per_call = s["events_by_probe"]["SSL_read"].as_u64().unwrap_or(0);
+    assert!(
+        per_call < 1400,
+        "every round was seen per call ({per_call} SSL_read): the socket was never tested"
+    );
     assert!(
         s["events_by_probe"]["socket_overlap"].is_null(),
         "the kernel reported an overlap: {}",

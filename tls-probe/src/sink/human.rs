@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use super::{Flush, Record, Sink};
 use crate::{
     engine::{Change, FindingChange},
-    event::{Event, EventKind, PeerSide, SslErrorCode},
+    event::{Event, EventKind, PeerSide, SslErrorCode, SysKind},
 };
 
 /// The terminal as a sink.
@@ -301,13 +301,17 @@ pub fn event_line(ev: &Event) -> String {
             None => s.push_str("async job paused (WANT_ASYNC)"),
         },
         EventKind::SockOverlap(o) => {
+            let sys = |k| match k {
+                SysKind::Read => "read",
+                SysKind::Write => "write",
+            };
             let _ = write!(
                 s,
-                "fd={} {:?} entered while tid {}'s {:?} in flight for {}us",
+                "fd={} {} entered while tid {}'s {} in flight for {}us",
                 o.fd,
-                o.sys_b,
+                sys(o.sys_b),
                 o.tid_a,
-                o.sys_a,
+                sys(o.sys_a),
                 ev.ts_ns.saturating_sub(o.a_since_ns) / 1000
             );
         }
