@@ -234,6 +234,74 @@ fn single_overlap(early: bool) {
     }
 }
 
+/// The per-call probes of `pid` as the last snapshot so far shows them: on or off, and how
+/// many windows were opened.
+fn per_call(a: &common::Attached, pid: u32) -> Option<(bool, u64)> {
+    records_so_far(a)
+        .iter()
+        .rev()
+        .filter(|r| r["type"] == "snapshot")
+        .find_map(|r| {
+            let p = r["data"]["probes"]["processes"]
+                .as_array()?
+                .iter()
+                .find(|p| p["pid"] == pid)?
+                .clone();
+            Some((p["per_call"].as_bool()?, p["escalations_total"].as_u64()?))
+        })
+}
+
+/// Between windows, once the attach window is over: only the socket can see it. Fails when
+/// the socket path does not work (the other tests may fall in the attach window, where the
+/// per-call probes see the overlap themselves).
+#[test]
+fn one_overlap_between_windows_is_seen_at_the_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = echo_server(dir.path());
+    let mut client = Client::start(dir.path(), port);
+    let pid = client.proc.pid();
+    let a = attach_mode(dir.path(), pid, "auto");
+    let (fd, ssl) = client.connect();
+    wait_for(
+        "the attach window to end (a snapshot with per_call false)",
+        Duration::from_secs(20),
+        || (per_call(&a, pid)? == (false, 1)).then_some(()),
+    );
+    let now = monotonic_ns();
+    wait_thread(random_between(now, now + 2 * SEC) - now);
+    let t = client.overlap();
+    let f = wait_for(
+        "a concurrent_ssl_use finding",
+        Duration::from_secs(10),
+        || {
+            opened(&records_so_far(&a), "concurrent_ssl_use")
+                .first()
+                .map(|f| (*f).clone())
+        },
+    );
+    client.quit();
+    let records = a.finish(EXIT);
+    let e = &f["evidence"]["concurrent_ssl_use"];
+    let first = f["first_seen_ns"].as_u64().expect("first_seen_ns");
+    println!(
+        "between windows: first seen at {:+.1} ms (event time); {e}",
+        (first as f64 - t as f64) / 1e6
+    );
+    assert_eq!(e["seen_at"], "at_socket", "{e}");
+    assert!(first >= t && first < t + SEC, "{f}");
+    assert_eq!(
+        (&f["fd"], &f["ssl"]),
+        (&Value::from(fd), &Value::from(ssl)),
+        "{f}"
+    );
+    assert_eq!(
+        (e["tid_a"] != e["tid_b"], &e["sys_a"], &e["sys_b"]),
+        (true, &Value::from("read"), &Value::from("write")),
+        "{e}"
+    );
+    assert_eq!(opened(&records, "concurrent_ssl_use").len(), 1);
+}
+
 #[test]
 fn one_overlap_is_flagged_in_the_default_mode() {
     single_overlap(false);
