@@ -202,7 +202,7 @@ pub mod counter {
     /// so the event was lost in the kernel.
     pub const LOST_RINGBUF: u32 = 8;
     /// Record kinds with a lost counter: `kind` values below this.
-    pub const LOST_KINDS: u32 = 16;
+    pub const LOST_KINDS: u32 = 24;
     pub const COUNT: u32 = LOST_RINGBUF + LOST_KINDS;
 }
 
@@ -216,7 +216,8 @@ pub mod target_flag {
     /// The per-call uprobes are attached: every non-empty epoll wait is sent on its own
     /// (the SSL calls after it need it). Without it, runs of them are aggregated
     /// ([`EpollBusyEvent`](crate::EpollBusyEvent)) and socket fds shared between threads
-    /// are counted (`SHARED_FD`).
+    /// are counted (`SHARED_FD`), and socket syscalls of two threads in flight on one fd
+    /// at once are reported ([`SockOverlapEvent`](crate::SockOverlapEvent)).
     pub const HOT: u32 = 2;
 }
 
@@ -567,6 +568,43 @@ pub mod ossl {
     /// The peer closed the connection without a close_notify: every server sees it.
     pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
 }
+
+/// `kind` of a [`SockOverlapEvent`] (pre-assigned: 20).
+pub const KIND_SOCK_OVERLAP: u32 = 20;
+
+/// Two threads of a process with a socket syscall in flight on one fd at the same time:
+/// thread `hdr.tid` entered a read or write on `fd` (at `hdr.ts_ns`) while thread `tid_a`
+/// was between the enter and the exit of one on it (since `a_since_ns`). Seen by the
+/// socket I/O tracepoints while the process's per-call uprobes are off; only the syscalls
+/// that consume or carry TLS records are counted (not a `MSG_PEEK` or `MSG_ERRQUEUE`
+/// receive). At most one record per fd every `SOCK_OVERLAP_GAP_NS`; `suppressed` counts
+/// the overlaps on the fd left out since the last one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOverlapEvent {
+    pub hdr: EventHeader,
+    /// When thread `tid_a` entered its syscall.
+    pub a_since_ns: u64,
+    /// The SSL* of the probed SSL call (a handshake call) each thread was inside, or 0.
+    pub ssl_a: u64,
+    pub ssl_b: u64,
+    pub fd: i32,
+    pub tid_a: u32,
+    /// `sys` constants: what each syscall was.
+    pub sys_a: u32,
+    pub sys_b: u32,
+    /// The TLS record content type (20 to 24) that a write's buffer starts with, read from
+    /// its 5-byte record header (type, version 3.x, length); 0 when not a write, or when
+    /// the buffer does not start with a record header. Header fields only.
+    pub rec_a: u32,
+    pub rec_b: u32,
+    pub suppressed: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOverlapEvent>() == 80);
+
+/// At most one [`SockOverlapEvent`] per fd this often.
+pub const SOCK_OVERLAP_GAP_NS: u64 = 10_000_000;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tls_probe_common::counter;
 
-use crate::state::{BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SyscallArgs};
+use crate::state::{BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SockIn, SyscallArgs};
 
 /// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
 /// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
@@ -55,3 +55,16 @@ pub static FD_USE: LruHashMap<u64, FdUse> = LruHashMap::with_max_entries(65536, 
 /// Userspace reads it; 4096 as `TARGETS`.
 #[map]
 pub static SHARED_FD: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// tid -> the socket syscall the thread is inside, between the enter and exit tracepoints
+/// (a thread is in one syscall at a time). 16384 as `INFLIGHT`; a full map only means an
+/// overlap is not seen.
+#[map]
+pub static SOCK_IN: HashMap<u32, SockIn> = HashMap::with_max_entries(16384, 0);
+
+/// Index 0: the generation of the socket I/O tracepoints' links, written by userspace
+/// once every enter and exit program is attached, and set to 0 before they are detached.
+/// A syscall entered under another generation (or 0) may have an exit that was never seen:
+/// it is not taken as in flight.
+#[map]
+pub static SOCKIO_GEN: Array<u32> = Array::with_max_entries(1, 0);

@@ -2,66 +2,243 @@
 //! handshake call, carry the cleartext ServerHello, from which the negotiated version and
 //! cipher are read at the record layer.
 //!
-//! These tracepoints fire for every process on the machine, so they do one map lookup
-//! keyed by tid: only threads inside a probed SSL call have an `INFLIGHT` entry.
+//! Outside the per-call probes they also see two threads of a target with a read or write
+//! in flight on one fd at the same moment (`SockOverlapEvent`).
+//!
+//! These tracepoints fire for every process on the machine, so they do two map lookups
+//! keyed by tid (`INFLIGHT`, `SOCK_IN` at the exit) before filtering on the target map.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tls_probe_common::{ServerHelloEvent, hello_flag, kind, op, sys, target_flag};
+use tls_probe_common::{
+    KIND_SOCK_OVERLAP, SOCK_OVERLAP_GAP_NS, ServerHelloEvent, SockOverlapEvent, hello_flag, kind,
+    op, sys, target_flag,
+};
 
 use crate::{
-    maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD},
-    state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight},
+    maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD, SOCK_IN, SOCKIO_GEN},
+    state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight, SockIn},
     util::{count_sockio, header, lost, now, sys_arg, sys_ret, target_flags, wakeup_flags},
 };
 
 /// Two threads entering I/O on one fd within this much of each other share it.
 const SHARED_FD_NS: u64 = 50_000_000;
+/// `flags` bits of a receive that leaves the TLS records where they are: it peeks, or it
+/// reads the socket's error queue (timestamps, zero-copy completions).
+const MSG_PEEK: u64 = 2;
+const MSG_ERRQUEUE: u64 = 0x2000;
+/// The largest TLS record body: 2^14 bytes of plaintext plus expansion.
+const MAX_RECORD: u16 = 18_432;
 
-/// While a target's per-call uprobes are off: remembers which thread last did I/O on `fd`
-/// and counts I/O by another thread soon after (two threads on one socket: the cheap sign
-/// of concurrent SSL use). One LRU lookup and update per read/write of a target.
+/// One socket syscall as it enters: its kind, whether its second and third arguments are
+/// a buffer and its length, and which argument holds the receive flags (0: none).
+#[derive(Clone, Copy)]
+struct SysIo {
+    kind: u32,
+    plain: bool,
+    flags_arg: usize,
+}
+
+/// The content type (20 to 24) of the TLS record whose 5-byte header starts at `buf`
+/// (type, a record-layer version 3.1 to 3.3: TLS 1.3 records say 3.3 too, a plausible
+/// length), or 0. Header fields only, never the payload.
 #[inline(always)]
-fn note_fd_use(ctx: &TracePointContext) {
+fn record_type(buf: u64) -> u32 {
+    if buf == 0 {
+        return 0;
+    }
+    let Some(h) = read_bytes::<5>(buf) else {
+        return 0;
+    };
+    let len = be16(h[3], h[4]);
+    if (20..=24).contains(&h[0])
+        && h[1] == 3
+        && (1..=3).contains(&h[2])
+        && len > 0
+        && len <= MAX_RECORD
+    {
+        u32::from(h[0])
+    } else {
+        0
+    }
+}
+
+/// Whether thread `tid` is still inside the syscall on `key` it entered at `since`.
+#[inline(always)]
+fn in_flight(tid: u32, key: u64, since: u64) -> bool {
+    // SAFETY: a plain value, copied out at once.
+    unsafe { SOCK_IN.get(&tid) }.is_some_and(|s| s.key == key && s.since == since)
+}
+
+/// The syscall a thread is entering on a target's fd.
+#[derive(Clone, Copy)]
+struct Entering {
+    tgid: u32,
+    tid: u32,
+    fd: u32,
+    ts: u64,
+    io: SysIo,
+    /// Its buffer (plain forms), or 0.
+    buf: u64,
+    /// The handshake call the thread is inside, or 0.
+    ssl: u64,
+}
+
+/// `b` entered while `u.busy_tid` was inside a syscall on the fd: one record, at most
+/// every `SOCK_OVERLAP_GAP_NS` per fd.
+#[inline(always)]
+fn overlap(u: &mut FdUse, b: Entering) {
+    if u.reported_ns != 0 && b.ts - u.reported_ns < SOCK_OVERLAP_GAP_NS {
+        u.suppressed += 1;
+        return;
+    }
+    let ev = SockOverlapEvent {
+        hdr: header(KIND_SOCK_OVERLAP, b.tgid, b.tid, b.ts),
+        a_since_ns: u.busy_since,
+        ssl_a: u.busy_ssl,
+        ssl_b: b.ssl,
+        fd: b.fd as i32,
+        tid_a: u.busy_tid,
+        sys_a: u.busy_kind,
+        sys_b: b.io.kind,
+        rec_a: if u.busy_kind == sys::WRITE {
+            record_type(u.busy_buf)
+        } else {
+            0
+        },
+        rec_b: if b.io.kind == sys::WRITE {
+            record_type(b.buf)
+        } else {
+            0
+        },
+        suppressed: u.suppressed,
+        _pad: 0,
+    };
+    if EVENTS
+        .output::<SockOverlapEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
+        lost(KIND_SOCK_OVERLAP);
+    }
+    u.reported_ns = b.ts;
+    u.suppressed = 0;
+}
+
+/// While a target's per-call uprobes are off, for a thread outside any probed I/O call
+/// (`ssl`: the handshake call it is inside, or 0):
+///
+/// - `share`: remembers which thread last did I/O on `fd` and counts I/O by another thread
+///   soon after (two threads on one socket: the cheap sign of concurrent SSL use);
+/// - notes the syscall as in flight on `fd` until its exit (`SOCK_IN`), and reports a
+///   thread entering one there while another thread's is still in flight: two SSL calls
+///   on one connection at the same moment.
+///
+/// One LRU lookup and update per read/write of a target, a hash insert and delete more.
+#[inline(always)]
+fn note_fd_use(ctx: &TracePointContext, io: SysIo, ssl: u64, share: bool) {
     let Some((tgid, tid, flags)) = target_flags() else {
         return;
     };
-    count_sockio();
+    if share {
+        count_sockio();
+    }
     if flags & target_flag::HOT != 0 {
         return;
     }
     let fd = sys_arg(ctx, 0, u64::MAX) as u32;
     let key = ((tgid as u64) << 32) | fd as u64;
     let ts = now();
+    let generation = SOCKIO_GEN.get(0).copied().unwrap_or(0);
+    let moves_records =
+        io.flags_arg == 0 || sys_arg(ctx, io.flags_arg, 0) & (MSG_PEEK | MSG_ERRQUEUE) == 0;
+    let tracked = generation != 0 && moves_records;
+    let buf = if io.plain { sys_arg(ctx, 1, 0) } else { 0 };
+    if tracked {
+        let _ = SOCK_IN.insert(&tid, &SockIn { key, since: ts }, 0);
+    }
     if let Some(u) = FD_USE.get_ptr_mut(&key) {
         // SAFETY: a plain entry, updated in place.
         let u = unsafe { &mut *u };
-        if u.tid != tid {
-            if ts - u.ts_ns < SHARED_FD_NS {
-                match SHARED_FD.get_ptr_mut(&tgid) {
-                    // SAFETY: a plain counter.
-                    Some(n) => unsafe { *n += 1 },
-                    None => {
-                        let _ = SHARED_FD.insert(&tgid, &1, 0);
+        if share {
+            if u.tid != tid {
+                if ts - u.ts_ns < SHARED_FD_NS {
+                    match SHARED_FD.get_ptr_mut(&tgid) {
+                        // SAFETY: a plain counter.
+                        Some(n) => unsafe { *n += 1 },
+                        None => {
+                            let _ = SHARED_FD.insert(&tgid, &1, 0);
+                        }
                     }
                 }
+                u.tid = tid;
             }
-            u.tid = tid;
+            u.ts_ns = ts;
         }
-        u.ts_ns = ts;
+        if !tracked {
+            return;
+        }
+        let busy =
+            u.busy_tid != 0 && u.busy_gen == generation && in_flight(u.busy_tid, key, u.busy_since);
+        if busy && u.busy_tid != tid {
+            // The older syscall stays the one in flight: it may outlast this one.
+            let b = Entering {
+                tgid,
+                tid,
+                fd,
+                ts,
+                io,
+                buf,
+                ssl,
+            };
+            overlap(u, b);
+            return;
+        }
+        u.busy_tid = tid;
+        u.busy_since = ts;
+        u.busy_buf = buf;
+        u.busy_ssl = ssl;
+        u.busy_kind = io.kind;
+        u.busy_gen = generation;
     } else {
         let _ = FD_USE.insert(
             &key,
             &FdUse {
-                ts_ns: ts,
-                tid,
+                // A handshake's I/O is no use of the fd for the shared-fd count: a thread
+                // pool's acceptor handing the connection on must not count.
+                ts_ns: if share { ts } else { 0 },
+                tid: if share { tid } else { 0 },
+                busy_tid: if tracked { tid } else { 0 },
+                busy_since: ts,
+                busy_buf: buf,
+                busy_ssl: ssl,
+                busy_kind: io.kind,
+                busy_gen: generation,
+                reported_ns: 0,
+                suppressed: 0,
                 _pad: 0,
             },
             0,
         );
+    }
+}
+
+/// The thread's socket syscall returned: it is no longer in flight on its fd.
+#[inline(always)]
+fn end_sock_in(tid: u32) {
+    // SAFETY: a plain value, copied out at once.
+    let Some(s) = unsafe { SOCK_IN.get(&tid) }.copied() else {
+        return;
+    };
+    let _ = SOCK_IN.remove(&tid);
+    if let Some(u) = FD_USE.get_ptr_mut(&s.key) {
+        // SAFETY: a plain entry, updated in place.
+        let u = unsafe { &mut *u };
+        if u.busy_tid == tid && u.busy_since == s.since {
+            u.busy_tid = 0;
+        }
     }
 }
 
@@ -206,25 +383,31 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
 }
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
+fn on_enter(ctx: &TracePointContext, io: SysIo) -> u32 {
+    let (kind, plain_buf) = (io.kind, io.plain);
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
-        note_fd_use(ctx);
+        note_fd_use(ctx, io, 0, true);
         return 0;
     };
     // SAFETY: this thread's own entry, read once.
     let cur_op = unsafe { (*cur).op };
-    let io =
+    let io_call =
         cur_op != op::SSL_DO_HANDSHAKE && cur_op != op::SSL_ACCEPT && cur_op != op::SSL_CONNECT;
-    if io && target_flags().is_some_and(|(_, _, flags)| flags & target_flag::HOT == 0) {
+    if io_call && target_flags().is_some_and(|(_, _, flags)| flags & target_flag::HOT == 0) {
         // An I/O call entered while the per-call probes were on, whose return probe went
         // away before it returned (e.g. a blocking SSL_read across the end of an
         // escalation window): stale. Drop it, or the thread would never be seen again.
         let _ = INFLIGHT.remove(&tid);
-        note_fd_use(ctx);
+        note_fd_use(ctx, io, 0, true);
         return 0;
     }
     count_sockio();
+    if !io_call {
+        // Inside a handshake call: in flight on its fd too (a handshake is an SSL call).
+        // SAFETY: this thread's own entry, read once.
+        note_fd_use(ctx, io, unsafe { (*cur).ssl }, false);
+    }
     let fd = sys_arg(ctx, 0, u64::MAX) as i64;
     // SAFETY: this thread's own entry.
     let cur = unsafe { &mut *cur };
@@ -248,6 +431,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
+    end_sock_in(tid);
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
         return 0;
     };
@@ -267,10 +451,10 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
 }
 
 macro_rules! sock_tracepoints {
-    ($($enter:ident, $exit:ident => $kind:expr, $plain:expr;)*) => {$(
+    ($($enter:ident, $exit:ident => $kind:expr, $plain:expr, $flags_arg:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $kind, $plain)
+            on_enter(&ctx, SysIo { kind: $kind, plain: $plain, flags_arg: $flags_arg })
         }
 
         #[tracepoint]
@@ -281,13 +465,15 @@ macro_rules! sock_tracepoints {
 }
 
 // `plain`: the second and third arguments are a buffer and its length (not an iovec).
+// Then the argument that holds a receive's flags (0: none): recvfrom(fd, buf, len, flags,
+// ...), recvmsg(fd, msg, flags).
 sock_tracepoints! {
-    sys_enter_read, sys_exit_read => sys::READ, true;
-    sys_enter_write, sys_exit_write => sys::WRITE, true;
-    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, true;
-    sys_enter_sendto, sys_exit_sendto => sys::WRITE, true;
-    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, false;
-    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, false;
-    sys_enter_readv, sys_exit_readv => sys::READ, false;
-    sys_enter_writev, sys_exit_writev => sys::WRITE, false;
+    sys_enter_read, sys_exit_read => sys::READ, true, 0;
+    sys_enter_write, sys_exit_write => sys::WRITE, true, 0;
+    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, true, 3;
+    sys_enter_sendto, sys_exit_sendto => sys::WRITE, true, 0;
+    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, false, 2;
+    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, false, 0;
+    sys_enter_readv, sys_exit_readv => sys::READ, false, 0;
+    sys_enter_writev, sys_exit_writev => sys::WRITE, false, 0;
 }

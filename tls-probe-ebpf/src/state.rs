@@ -81,5 +81,28 @@ pub struct BusyWaits {
 pub struct FdUse {
     pub ts_ns: u64,
     pub tid: u32,
+    /// The thread with the latest socket syscall in flight on the fd (0: none), as long as
+    /// its `SOCK_IN` entry says the same; with when it entered, its `sys` kind, its buffer
+    /// (plain forms) and the SSL* of the handshake call it is inside (or 0).
+    pub busy_tid: u32,
+    pub busy_since: u64,
+    pub busy_buf: u64,
+    pub busy_ssl: u64,
+    pub busy_kind: u32,
+    /// `SOCKIO_GEN` when it entered.
+    pub busy_gen: u32,
+    /// The last `SockOverlapEvent` sent for the fd, and the overlaps left out since.
+    pub reported_ns: u64,
+    pub suppressed: u32,
     pub _pad: u32,
+}
+
+/// A thread's socket syscall in flight (outside a probed I/O call), from its enter to its
+/// exit tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockIn {
+    /// The `FD_USE` key: tgid << 32 | fd.
+    pub key: u64,
+    pub since: u64,
 }

@@ -272,9 +272,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ssl: (r.ssl != 0).then_some(r.ssl),
             }
         }
+        tls_probe_common::KIND_SOCK_OVERLAP => sock_overlap(bytes)?,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
+}
+
+fn sock_overlap(bytes: &[u8]) -> Result<EventKind, DecodeError> {
+    let r: tls_probe_common::SockOverlapEvent = read(bytes, tls_probe_common::KIND_SOCK_OVERLAP)?;
+    let sys_kind = |raw| match raw {
+        sys::WRITE => SysKind::Write,
+        _ => SysKind::Read,
+    };
+    let record = |t: u32| u8::try_from(t).ok().filter(|t| (20..=24).contains(t));
+    Ok(EventKind::SockOverlap(crate::event::SockOverlap {
+        fd: r.fd,
+        tid_a: r.tid_a,
+        a_since_ns: r.a_since_ns,
+        sys_a: sys_kind(r.sys_a),
+        sys_b: sys_kind(r.sys_b),
+        ssl_a: (r.ssl_a != 0).then_some(r.ssl_a),
+        ssl_b: (r.ssl_b != 0).then_some(r.ssl_b),
+        record_a: record(r.rec_a),
+        record_b: record(r.rec_b),
+        suppressed: r.suppressed,
+    }))
 }
 
 /// The OpenSSL error reasons tls-probe names.
@@ -383,6 +405,38 @@ mod tests {
         assert!(matches!(
             decode(&bytes_of(&rec)[..31]),
             Err(DecodeError::Short { kind: 15, .. })
+        ));
+    }
+
+    #[test]
+    fn socket_overlaps_decode_their_records_and_a_short_one_is_an_error() {
+        let rec = tls_probe_common::SockOverlapEvent {
+            hdr: hdr(tls_probe_common::KIND_SOCK_OVERLAP),
+            a_since_ns: 5,
+            ssl_a: 0,
+            ssl_b: 0x55aa,
+            fd: 7,
+            tid_a: 12,
+            sys_a: sys::READ,
+            sys_b: sys::WRITE,
+            rec_a: 0,
+            rec_b: 23,
+            suppressed: 3,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "socket_overlap");
+        let EventKind::SockOverlap(o) = ev.kind else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (o.fd, o.tid_a, o.sys_a, o.sys_b, o.ssl_a, o.ssl_b),
+            (7, 12, SysKind::Read, SysKind::Write, None, Some(0x55aa))
+        );
+        assert_eq!((o.record_a, o.record_b, o.suppressed), (None, Some(23), 3));
+        assert!(matches!(
+            decode(&bytes_of(&rec)[..79]),
+            Err(DecodeError::Short { kind: 20, .. })
         ));
     }
 

@@ -324,6 +324,31 @@ pub struct ServerHello {
     pub sent: bool,
 }
 
+/// Two threads of a process with a socket read or write in flight on one fd at the same
+/// moment, seen by the socket I/O tracepoints while its per-call probes were off: thread
+/// `tid` (the event's) entered its syscall at the event's `ts_ns` while thread `tid_a`'s,
+/// entered at `a_since_ns`, had not returned. Receives that peek or read the error queue
+/// are not counted: only syscalls that move TLS records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOverlap {
+    pub fd: i32,
+    pub tid_a: u32,
+    pub a_since_ns: u64,
+    pub sys_a: SysKind,
+    pub sys_b: SysKind,
+    /// The SSL* of the handshake call each thread was inside, if it was in one.
+    pub ssl_a: Option<u64>,
+    pub ssl_b: Option<u64>,
+    /// The content type (20 change_cipher_spec, 21 alert, 22 handshake, 23
+    /// application_data, 24 heartbeat) of the TLS record that a write's buffer starts with,
+    /// read from the record header; None for a read, or a buffer that starts with none.
+    pub record_a: Option<u8>,
+    pub record_b: Option<u8>,
+    /// Overlaps on the fd the kernel left out since the previous one (one record per fd
+    /// every 10 ms at most).
+    pub suppressed: u32,
+}
+
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -394,6 +419,8 @@ pub enum EventKind {
     AsyncPause {
         ssl: Option<u64>,
     },
+    /// Two threads with a read or write in flight on one fd at once.
+    SockOverlap(SockOverlap),
 }
 
 /// One decoded event, with who and when.
@@ -439,6 +466,7 @@ impl Event {
             EventKind::EpollBusy(w) => w.syscall.name(),
             EventKind::LibError { .. } => "ERR_set_error",
             EventKind::AsyncPause { .. } => "ASYNC_pause_job",
+            EventKind::SockOverlap(_) => "socket_overlap",
         }
     }
 

@@ -124,7 +124,8 @@ impl Tracker {
             | EventKind::Peer { .. }
             | EventKind::ServerHello(_)
             | EventKind::TaskExit { .. }
-            | EventKind::AsyncPause { .. } => {}
+            | EventKind::AsyncPause { .. }
+            | EventKind::SockOverlap(_) => {}
         }
     }
 

@@ -21,6 +21,7 @@ use scenario_common::{
 use serde_json::Value;
 
 const BAR_NS: u64 = 2_000_000_000;
+const SEC_NS: u64 = 1_000_000_000;
 const EXIT: Duration = Duration::from_secs(30);
 
 /// The `probes.processes` entry of `pid` in the last snapshot so far.
@@ -155,11 +156,32 @@ fn bad_write_retry_is_flagged_through_the_openssl_error() {
     assert!(errors >= 1, "no ERR_set_error event");
 }
 
+/// Seen at the socket at its first overlap (the reader blocked in read() while the writer
+/// enters write()), then per call in the window the shared-fd signal opens.
 #[test]
-fn concurrent_ssl_use_is_flagged_through_the_shared_fd() {
+fn concurrent_ssl_use_is_flagged_at_the_socket_then_seen_per_call() {
     let r = run("concurrent-ssl", 4.0, "concurrent_ssl_use");
     let f = flagged(&r, "concurrent_ssl_use", BAR_NS);
-    assert_eq!(f["ssl"], r.sc.ssl("reader"), "{f}");
+    assert_eq!(f["fd"], r.sc.fd("reader"), "{f}");
+    let e = &f["evidence"]["concurrent_ssl_use"];
+    // The connection was made before the release: at the socket unless the attach window
+    // saw its calls (then per call).
+    assert!(
+        matches!(e["seen_at"].as_str(), Some("at_socket" | "per_call")),
+        "{e}"
+    );
+    let last = r
+        .records
+        .iter()
+        .rev()
+        .find(|x| x["type"] == "finding" && x["data"]["finding"]["id"] == f["id"])
+        .map(|x| &x["data"]["finding"])
+        .expect("its last record");
+    let le = &last["evidence"]["concurrent_ssl_use"];
+    eprintln!("concurrent-ssl: first {e}\nlast {le}");
+    assert_eq!(last["ssl"], r.sc.ssl("reader"), "{last}");
+    assert!(le["per_call_overlaps"].as_u64() > Some(0), "{le}");
+    assert_eq!(le["connections"], 1, "one connection, however seen: {le}");
     let p = &summary(&r.records)["probes"]["processes"][0];
     assert_eq!(p["reason"], "shared_fd", "{p}");
 }
@@ -195,6 +217,9 @@ fn handshake_storm_is_flagged_without_per_call_probes() {
         "no low_session_resumption:\n{}",
         describe(&r.records)
     );
+    // It needs 100 handshakes in its 10 s window, not a sustained second: printed, and held
+    // to the run's length.
+    flagged(&r, "low_session_resumption", 8 * SEC_NS);
     // handshake_saturation needs its 1 s window saturated for 0.5 s by the engine's own rule
     // (saturation_min_duration_ns), in every mode, and a server with no idle time left:
     // under the cheap probes the storm's server is faster than under the per-call ones,

@@ -222,6 +222,10 @@ impl Engine {
             EventKind::ServerHello(h) => self.state.hs.server_hello(&self.cfg, (pid, h.ssl), h),
             // The session acts on a process's exit; its threads' state ages out as before.
             EventKind::TaskExit { .. } => {}
+            EventKind::SockOverlap(o) => {
+                self.thread((pid, tid), out);
+                self.dispatch(out, |r, cx| r.on_sock_overlap(cx, pid, tid, ts, o));
+            }
             EventKind::ThreadCpu { cpu_ns } => {
                 let t = self.thread((pid, tid), out);
                 match t.cpu_sample {

@@ -136,6 +136,20 @@ impl FindingStore {
             .any(|e| e.finding.kind == kind && pred(&e.finding))
     }
 
+    /// Open finding `id`.
+    pub fn open_finding(&self, id: u64) -> Option<&Finding> {
+        self.open.get(&id).map(|e| &e.finding)
+    }
+
+    /// The open findings of `kind` that satisfy `pred`, in id order.
+    pub fn open_of(&self, kind: FindingKind, pred: impl Fn(&Finding) -> bool) -> Vec<&Finding> {
+        self.open
+            .values()
+            .map(|e| &e.finding)
+            .filter(|f| f.kind == kind && pred(f))
+            .collect()
+    }
+
     /// The ids of the open findings of `kind` that satisfy `pred`, in order.
     pub fn open_ids(&self, kind: FindingKind, pred: impl Fn(&Finding) -> bool) -> Vec<u64> {
         self.open

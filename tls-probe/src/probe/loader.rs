@@ -12,7 +12,7 @@ use std::{collections::HashMap, num::NonZeroU32, thread::JoinHandle};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
         trace_point::{TracePointLink, TracePointLinkId},
@@ -257,6 +257,8 @@ pub struct Probes {
     sockio: Vec<(&'static str, TracePointLinkId)>,
     /// Their links being closed in the background, after they were switched off.
     sockio_detaching: Option<JoinHandle<()>>,
+    /// How many times they were attached: the kernel's `SOCKIO_GEN` while they are.
+    sockio_gen: u32,
 }
 
 /// Threads that close one batch of links. A link's unregister takes ~100 ms here, most of
@@ -319,6 +321,7 @@ impl Probes {
             detaching: Vec::new(),
             sockio: Vec::new(),
             sockio_detaching: None,
+            sockio_gen: 0,
         };
         probes.set_sockio(sockio)?;
         Ok(probes)
@@ -351,8 +354,15 @@ impl Probes {
                     .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
                 self.sockio.push((name, id));
             }
+            // Every enter has its exit from now on: syscalls entered from here are in
+            // flight until their exit is seen.
+            self.sockio_gen = self.sockio_gen.wrapping_add(1).max(1);
+            self.set_sockio_gen(self.sockio_gen);
             log::debug!("socket I/O tracepoints attached in {:?}", started.elapsed());
         } else if !on && !self.sockio.is_empty() {
+            // Before any link goes: an exit missed from here on must not leave a syscall
+            // looking in flight.
+            self.set_sockio_gen(0);
             let links: Vec<TracePointLink> = std::mem::take(&mut self.sockio)
                 .into_iter()
                 .filter_map(|(name, id)| {
@@ -368,6 +378,18 @@ impl Probes {
                 .ok();
         }
         Ok(true)
+    }
+
+    /// Writes the kernel's `SOCKIO_GEN` (see tls-probe-ebpf/src/maps.rs).
+    fn set_sockio_gen(&mut self, generation: u32) {
+        let set = self
+            .ebpf
+            .map_mut("SOCKIO_GEN")
+            .and_then(|m| Array::<_, u32>::try_from(m).ok())
+            .map(|mut a| a.set(0, &generation, 0));
+        if !matches!(set, Some(Ok(()))) {
+            log::warn!("setting SOCKIO_GEN to {generation} failed: overlaps on one fd go unseen");
+        }
     }
 
     /// Whether the socket I/O tracepoints are attached.

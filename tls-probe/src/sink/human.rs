@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use super::{Flush, Record, Sink};
 use crate::{
     engine::{Change, FindingChange},
-    event::{Event, EventKind, PeerSide, SslErrorCode},
+    event::{Event, EventKind, PeerSide, SslErrorCode, SysKind},
 };
 
 /// The terminal as a sink.
@@ -300,6 +300,21 @@ pub fn event_line(ev: &Event) -> String {
             }
             None => s.push_str("async job paused (WANT_ASYNC)"),
         },
+        EventKind::SockOverlap(o) => {
+            let sys = |k| match k {
+                SysKind::Read => "read",
+                SysKind::Write => "write",
+            };
+            let _ = write!(
+                s,
+                "fd={} {} entered while tid {}'s {} in flight for {}us",
+                o.fd,
+                sys(o.sys_b),
+                o.tid_a,
+                sys(o.sys_a),
+                ev.ts_ns.saturating_sub(o.a_since_ns) / 1000
+            );
+        }
     }
     s
 }

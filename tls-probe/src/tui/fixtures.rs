@@ -150,6 +150,24 @@ pub fn closed_retry() -> Finding {
     )
 }
 
+/// Reconnects from the peer of [`closed_retry`], linked to it.
+pub fn churn_after_retry() -> Finding {
+    finding(
+        4,
+        json!({"connection_churn": {
+            "peer": "127.0.0.1",
+            "connections_per_sec": 21.0,
+            "connections_total": 240,
+            "lifetime_p50_ns": 1_000_000,
+            "full_handshakes_total": 240,
+            "resumed_handshakes_total": 0,
+            "related_finding_ids": [3],
+            "bad_write_retries": 3,
+        }}),
+        json!({"peer": "127.0.0.1", "first_seen_ns": NOW_NS - 60 * S}),
+    )
+}
+
 fn thread(tid: u32, cpu: f64, wakeups: f64, no_progress: f64, calls: f64) -> Value {
     json!({
         "pid": PID, "tid": tid,

@@ -403,6 +403,29 @@ fn finding_detail_160x48() {
 }
 
 #[test]
+fn finding_detail_names_the_related_findings() {
+    let mut app = spin_app(true);
+    app.update(opened(churn_after_retry()));
+    let at = app
+        .findings()
+        .iter()
+        .position(|f| f.id == 4)
+        .expect("the churn finding is listed");
+    app.update(key(KeyCode::Home));
+    for _ in 0..at {
+        app.update(key(KeyCode::Down));
+    }
+    app.update(key(KeyCode::Enter));
+    assert_eq!(app.overlay(), Overlay::Finding { id: 4, scroll: 0 });
+    let s = screen(&app, 160, 48);
+    assert!(s.contains("Related"), "{s}");
+    assert!(
+        s.contains("#3") && s.contains("bad_write_retry (closed): 3 failed write retries"),
+        "{s}"
+    );
+}
+
+#[test]
 fn help_80x24() {
     let mut app = spin_app(true);
     app.update(key(KeyCode::Char('?')));

@@ -187,6 +187,7 @@ pub enum Event {
     EpollBusy(EpollBusy),
     LibError(LibError),
     AsyncPause(AsyncPause),
+    SockOverlap(SockOverlap),
 }
 
 macro_rules! event {
@@ -292,6 +293,18 @@ event!(LibError {
     fd: Option<i32>,
 });
 event!(AsyncPause { ssl: Option<u64> });
+event!(SockOverlap {
+    fd: i32,
+    tid_a: u32,
+    a_since_ns: Ns,
+    sys_a: SysKind,
+    sys_b: SysKind,
+    ssl_a: Option<u64>,
+    ssl_b: Option<u64>,
+    record_a: Option<u8>,
+    record_b: Option<u8>,
+    suppressed: u32,
+});
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -508,6 +521,7 @@ pub struct WriteRetryEvidence {
     pub len_bytes: Option<u64>,
     pub fate: Option<String>,
     pub peers: Vec<PeerCount>,
+    pub related_finding_ids: Vec<u64>,
 }
 
 /// How a finding's SSL* or fd was learned: the first three seen, the rest inferred.
@@ -545,13 +559,28 @@ pub struct PeerCount {
 #[serde(deny_unknown_fields)]
 pub struct ConcurrentEvidence {
     pub overlaps: u64,
+    pub per_call_overlaps: u64,
+    pub socket_overlaps: u64,
     pub connections: u64,
+    pub seen_at: OverlapSeen,
     pub tid_a: u32,
-    pub op_a: SslOp,
+    pub op_a: Option<SslOp>,
     pub tid_b: u32,
-    pub op_b: SslOp,
-    pub overlap_ns: Ns,
+    pub op_b: Option<SslOp>,
+    pub sys_a: Option<SysKind>,
+    pub sys_b: Option<SysKind>,
+    pub overlap_ns: Option<Ns>,
+    pub a_in_flight_ns: Option<Ns>,
     pub max_overlap_ns: Ns,
+    pub seen: Vec<String>,
+    pub inferred: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapSeen {
+    PerCall,
+    AtSocket,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -606,6 +635,7 @@ pub struct ChurnEvidence {
     pub full_handshakes_total: u64,
     pub resumed_handshakes_total: u64,
     pub related_finding_ids: Vec<u64>,
+    pub bad_write_retries: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

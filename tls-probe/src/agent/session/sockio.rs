@@ -9,7 +9,10 @@
 //! - handshakes happened in the last [`HANDSHAKE_HOLD_NS`]: inside a handshake call they
 //!   read the cleartext ServerHello (version, cipher, TLS 1.3 psk);
 //! - a process has more than one thread: two threads doing I/O on one fd is the cheap sign
-//!   of one SSL object used concurrently.
+//!   of one SSL object used concurrently, and two threads with a read or write in flight on
+//!   one TLS socket at the same moment is the evidence of it (concurrent_ssl_use, at its
+//!   first occurrence). Over budget they are sampled like the rest: an overlap is then seen
+//!   at once only inside a sample.
 //!
 //! Escalations always get them. For the other two reasons they stay on only while what
 //! they cost fits [`BUDGET_NS_PER_SEC`]: the agent counts the targets' reads and writes

@@ -6,9 +6,11 @@
 //! Per (pid, peer host), over the window: at least `churn_min_connections_per_sec` new
 //! connections a second, new connections in at least `sustained_buckets` buckets, and the
 //! median lifetime of its last connections under `churn_max_lifetime_ns`. Only where the
-//! peer is known (`Engine::set_peer`). The evidence lists the ids of open `bad_write_retry`
-//! findings of the same process that hit this peer (or name no peer). Its severity is graded
-//! by the handshake cost paid (see [`severity`]). It stays open while
+//! peer is known (`Engine::set_peer`). The evidence links the `bad_write_retry` findings of
+//! the same process whose connection to this peer (or to a peer not known) was torn down
+//! after the retry ([`linked`]): the retries that cost these reconnects; each of those
+//! links back to this finding. Its severity is graded by the handshake cost paid (see
+//! [`severity`]). It stays open while
 //! the rate is at least `keep_open_pct` of the threshold and closes `close_after_ns` after.
 
 use std::{collections::HashMap, fmt};
@@ -32,8 +34,12 @@ pub struct ChurnEvidence {
     pub lifetime_p50_ns: Option<u64>,
     pub full_handshakes_total: u64,
     pub resumed_handshakes_total: u64,
-    /// Open findings about the same process and peer, e.g. a bad_write_retry.
+    /// bad_write_retry findings of the same process whose connection to this peer was torn
+    /// down after the retry ([`linked`]); once linked, an id stays.
     pub related_finding_ids: Vec<u64>,
+    /// The failed write retries those findings counted: what tore the connections down.
+    #[serde(default)]
+    pub bad_write_retries: u64,
 }
 
 impl fmt::Display for ChurnEvidence {
@@ -47,15 +53,35 @@ impl fmt::Display for ChurnEvidence {
             write!(f, ", living {:.1} ms (median)", ns as f64 / 1e6)?;
         }
         if !self.related_finding_ids.is_empty() {
-            write!(f, ", related to finding {:?}", self.related_finding_ids)?;
+            write!(
+                f,
+                ", {} bad write retr{} tore connections down (finding {:?})",
+                self.bad_write_retries,
+                if self.bad_write_retries == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                self.related_finding_ids
+            )?;
         }
         Ok(())
     }
 }
 
+/// An open churn finding.
+struct Open {
+    id: u64,
+    /// When its condition last held.
+    held: u64,
+    /// The bad_write_retry findings linked so far, with their retries.
+    links: Vec<(u64, u64)>,
+}
+
 #[derive(Default)]
 pub(crate) struct ChurnRule {
-    open: HashMap<(u32, String), (u64, u64)>,
+    /// By (pid, peer host).
+    open: HashMap<(u32, String), Open>,
 }
 
 impl Rule for ChurnRule {
@@ -85,6 +111,7 @@ impl Rule for ChurnRule {
                             full_handshakes_total: s.full_total,
                             resumed_handshakes_total: s.resumed_total,
                             related_finding_ids: Vec::new(),
+                            bad_write_retries: 0,
                         },
                     ));
                 }
@@ -92,13 +119,33 @@ impl Rule for ChurnRule {
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, opens, mut ev) in found {
-            ev.related_finding_ids = cx.store.open_ids(FindingKind::BadWriteRetry, |f| {
-                f.pid == key.0 && hits_peer(f, &key.1)
-            });
+            let retries: Vec<(u64, u64)> = cx
+                .store
+                .open_of(FindingKind::BadWriteRetry, |f| linked(f, key.0, &key.1))
+                .into_iter()
+                .filter_map(|f| match &f.evidence {
+                    Evidence::BadWriteRetry(e) => Some((f.id, e.occurrences)),
+                    _ => None,
+                })
+                .collect();
+            let mut links = self
+                .open
+                .get(&key)
+                .map(|o| o.links.clone())
+                .unwrap_or_default();
+            for (id, n) in retries {
+                match links.iter_mut().find(|(i, _)| *i == id) {
+                    Some(l) => l.1 = n,
+                    None => links.push((id, n)),
+                }
+            }
+            ev.related_finding_ids = links.iter().map(|&(id, _)| id).collect();
+            ev.bad_write_retries = links.iter().map(|&(_, n)| n).sum();
             match self.open.get_mut(&key) {
-                Some((id, held)) => {
-                    *held = now;
-                    let id = *id;
+                Some(o) => {
+                    o.held = now;
+                    o.links = links;
+                    let id = o.id;
                     let expl = explanation(&ev);
                     let sev = severity(&ev);
                     cx.update(id, |f| {
@@ -125,12 +172,19 @@ impl Rule for ChurnRule {
                     );
                     f.peer = Some(key.1.clone());
                     let id = cx.open(f);
-                    self.open.insert(key, (id, now));
+                    self.open.insert(
+                        key,
+                        Open {
+                            id,
+                            held: now,
+                            links,
+                        },
+                    );
                 }
                 None => {}
             }
         }
-        self.open.retain(|_, (id, held)| {
+        self.open.retain(|_, Open { id, held, .. }| {
             let done = now.saturating_sub(*held) >= cfg.close_after_ns;
             if done {
                 cx.store.close(*id, now, cfg, cx.out);
@@ -140,12 +194,17 @@ impl Rule for ChurnRule {
     }
 }
 
-/// A bad_write_retry finding hit `host`: one of its peers, or its latest one, is that host;
-/// or it names no peer at all (peers unknown), so it may be this one.
-fn hits_peer(f: &Finding, host: &str) -> bool {
+/// A bad_write_retry finding is linked to the churn of (`pid`, `host`): same process, its
+/// connection was torn down after the retry (freed or closed), and one of its peers, or its
+/// latest one, is that host, or it names no peer at all (peers unknown), so it may be this
+/// one. The churn is the reconnects that follow.
+pub(super) fn linked(f: &Finding, pid: u32, host: &str) -> bool {
     let Evidence::BadWriteRetry(e) = &f.evidence else {
         return false;
     };
+    if f.pid != pid || e.connections_dropped_after == 0 {
+        return false;
+    }
     let mut peers = e
         .peers
         .iter()
@@ -197,9 +256,20 @@ fn explanation(ev: &ChurnEvidence) -> String {
             .unwrap_or_default(),
     );
     if !ev.related_finding_ids.is_empty() {
+        let n = ev.related_finding_ids.len();
         s.push_str(&format!(
-            " A bad_write_retry finding on the same process and peer (id {:?}) is the likely \
-             cause: the connection fails after the wrong retry and the client reconnects.",
+            " {n} of these connections {} torn down after a bad write retry ({} failed \
+             retr{}, bad_write_retry finding{} {:?}): the likely cause. OpenSSL fails a \
+             connection on a wrongly retried write, the client drops it and reconnects, and \
+             pays a new handshake each time.",
+            if n == 1 { "was" } else { "were" },
+            ev.bad_write_retries,
+            if ev.bad_write_retries == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            if n == 1 { "" } else { "s" },
             ev.related_finding_ids
         ));
     }

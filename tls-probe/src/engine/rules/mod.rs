@@ -25,7 +25,7 @@ use super::{
     store::FindingStore,
     window::BUCKETS,
 };
-use crate::event::{SslCall, SslErrorCode, SslOp};
+use crate::event::{SockOverlap, SslCall, SslErrorCode, SslOp};
 
 /// OpenSSL raised an error on a thread (the always-on `ERR_vset_error`/`ERR_put_error`
 /// probe), with the probed SSL call the thread was inside, if any.
@@ -258,6 +258,17 @@ pub(crate) trait Rule: Send {
     fn on_fd_close(&mut self, _cx: &mut Cx<'_>, _pid: u32, _tid: u32, _fd: i32, _ssl: Option<u64>) {
     }
     fn on_thread_end(&mut self, _cx: &mut Cx<'_>, _key: ThreadKey) {}
+    /// Thread `tid` entered a read or write on a socket while another thread's was in
+    /// flight on it (the socket I/O tracepoints, per-call probes off) at `ts`.
+    fn on_sock_overlap(
+        &mut self,
+        _cx: &mut Cx<'_>,
+        _pid: u32,
+        _tid: u32,
+        _ts: u64,
+        _o: &SockOverlap,
+    ) {
+    }
     /// Called once per window bucket of event time: evaluate rates, open and close.
     fn tick(&mut self, _cx: &mut Cx<'_>) {}
 }

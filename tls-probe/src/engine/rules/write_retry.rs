@@ -20,7 +20,10 @@
 //! arguments were seen, and its fate: the SSL error, the SSL_free and close() that drop the
 //! connection, and the handshake of the reconnect that follows on the same thread (a
 //! client's own, or on a server one from the same peer host). Each
-//! change is emitted at once. It closes `incident_quiet_ns` after its last occurrence.
+//! change is emitted at once. Once its connection was torn down, an open connection_churn
+//! finding of the same process and peer host (the reconnects that follow, see
+//! [`super::churn::linked`]) is linked in `related_finding_ids`, checked every window
+//! bucket. It closes `incident_quiet_ns` after its last occurrence.
 
 use std::{collections::HashMap, fmt};
 
@@ -34,7 +37,7 @@ use super::{
 };
 use crate::{
     engine::{
-        finding::{Evidence, Severity, Subject},
+        finding::{Evidence, FindingKind, Severity, Subject},
         handshake::stats::peer_host,
         state::ConnKey,
     },
@@ -100,6 +103,10 @@ pub struct WriteRetryEvidence {
     pub fate: Option<String>,
     /// The connection's peer, when known.
     pub peers: Vec<PeerCount>,
+    /// connection_churn findings of the process for this connection's peer host, once the
+    /// connection was torn down: the reconnects that followed. Once linked, an id stays.
+    #[serde(default)]
+    pub related_finding_ids: Vec<u64>,
 }
 
 impl fmt::Display for WriteRetryEvidence {
@@ -252,6 +259,7 @@ impl WriteRetryRule {
                         })
                         .into_iter()
                         .collect(),
+                    related_finding_ids: Vec::new(),
                 };
                 self.incidents.push(Incident {
                     finding: 0,
@@ -545,6 +553,26 @@ impl Rule for WriteRetryRule {
     fn tick(&mut self, cx: &mut Cx<'_>) {
         let quiet = cx.cfg.incident_quiet_ns;
         let now = cx.now;
+        for inc in &mut self.incidents {
+            if inc.ev.connections_dropped_after == 0 {
+                continue;
+            }
+            let Some(me) = cx.store.open_finding(inc.finding) else {
+                continue;
+            };
+            let churn = cx.store.open_ids(FindingKind::ConnectionChurn, |f| {
+                matches!(&f.evidence, Evidence::ConnectionChurn(c)
+                    if super::churn::linked(me, f.pid, &c.peer))
+            });
+            let new: Vec<u64> = churn
+                .into_iter()
+                .filter(|id| !inc.ev.related_finding_ids.contains(id))
+                .collect();
+            if !new.is_empty() {
+                inc.ev.related_finding_ids.extend(new);
+                emit(cx, inc, now);
+            }
+        }
         self.incidents.retain(|inc| {
             let keep = now.saturating_sub(inc.error_ns) < quiet;
             if !keep {
@@ -631,6 +659,14 @@ fn explain(comm: Option<&str>, inc: &Incident) -> String {
             ));
         }
         s.push('.');
+    }
+    if !ev.related_finding_ids.is_empty() {
+        s.push_str(&format!(
+            " The reconnects that follow are part of connection churn from this peer \
+             (connection_churn finding {:?}): every retry that fails costs a teardown and a \
+             new handshake.",
+            ev.related_finding_ids
+        ));
     }
     if ev.occurrences > 1 {
         s.push_str(&format!(" Seen {} times.", ev.occurrences));

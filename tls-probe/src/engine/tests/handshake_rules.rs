@@ -273,12 +273,84 @@ fn churn_from_one_peer_links_a_bad_write_retry() {
     assert!((15.0..25.0).contains(&e.connections_per_sec), "{e:?}");
     assert!(e.lifetime_p50_ns.is_some_and(|ns| ns < 100 * MS), "{e:?}");
     assert_eq!(e.related_finding_ids, vec![retry]);
+    assert_eq!(e.bad_write_retries, 1);
+    assert!(
+        f[0].explanation
+            .contains("1 of these connections was torn down after a bad write retry"),
+        "{}",
+        f[0].explanation
+    );
+    // And back: the retry's finding names the churn its reconnects are part of.
+    let churn = f[0].id;
+    let last = sim
+        .engine
+        .findings()
+        .into_iter()
+        .find(|x| x.id == retry)
+        .expect("the retry's finding");
+    let Evidence::BadWriteRetry(r) = &last.evidence else {
+        unreachable!()
+    };
+    assert_eq!(r.related_finding_ids, vec![churn], "{r:?}");
+    assert!(
+        last.explanation.contains("connection_churn finding"),
+        "{}",
+        last.explanation
+    );
+    let linked_at = sim
+        .changes_of(Change::Updated, FindingKind::BadWriteRetry)
+        .into_iter()
+        .find(|(_, x)| matches!(&x.evidence, Evidence::BadWriteRetry(r) if !r.related_finding_ids.is_empty()))
+        .map(|(t, _)| t)
+        .expect("an update that links the churn");
+    let opened_at = sim.changes_of(Change::Opened, FindingKind::ConnectionChurn)[0].0;
+    assert!(
+        linked_at >= opened_at && linked_at - opened_at <= 200 * MS,
+        "linked {} ms after the churn opened",
+        (linked_at - opened_at) / MS
+    );
     sim.idle(3 * SEC);
     assert_eq!(
         sim.changes_of(Change::Closed, FindingKind::ConnectionChurn)
             .len(),
         1
     );
+}
+
+/// A retry whose connection is still up is no cause of the churn: not linked either way.
+#[test]
+fn churn_does_not_link_a_retry_whose_connection_was_not_torn_down() {
+    let mut sim = Sim::new();
+    sim.engine.set_peer(PID, 9, "10.9.9.9:5000".to_owned());
+    sim.server_handshake(TID, 0x99, 9, false);
+    sim.write(
+        TID,
+        0x99,
+        9,
+        (0x1000, 100),
+        -1,
+        Some(SslErrorCode::WantWrite),
+    );
+    sim.write(TID, 0x99, 9, (0x2000, 100), -1, Some(SslErrorCode::Ssl));
+    Serve {
+        period_ns: 50 * MS,
+        blocked_ns: 40 * MS,
+        hs_ns: MS,
+        full: false,
+        peer: Some("10.9.9.9"),
+    }
+    .run(&mut sim, 2 * SEC);
+    let f = sim.opened(FindingKind::ConnectionChurn);
+    assert_eq!(f.len(), 1, "{:?}", sim.engine.findings());
+    let Evidence::ConnectionChurn(e) = &f[0].evidence else {
+        unreachable!()
+    };
+    assert!(e.related_finding_ids.is_empty(), "{e:?}");
+    for x in sim.engine.findings() {
+        if let Evidence::BadWriteRetry(r) = &x.evidence {
+            assert!(r.related_finding_ids.is_empty(), "{r:?}");
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! bad_write_retry, concurrent_ssl_use and want_async_stall edges.
 
 use super::*;
-use crate::engine::{Attribution, Evidence, FindingState, Severity};
+use crate::engine::{
+    Attribution, Evidence, FindingState, Severity, rules::concurrent::OverlapSeen,
+};
 
 const S1: u64 = 0x55d0_0000_1000;
 const S2: u64 = 0x55d0_0000_2000;
@@ -283,9 +285,14 @@ fn overlapping_calls_from_two_threads() {
     };
     assert_eq!(
         (e.tid_a, e.op_a, e.tid_b, e.op_b),
-        (TID + 1, SslOp::Write, TID, SslOp::Read)
+        (TID + 1, Some(SslOp::Write), TID, Some(SslOp::Read))
     );
-    assert_eq!((e.overlaps, e.connections, e.overlap_ns), (1, 1, 10 * US));
+    assert_eq!(
+        (e.overlaps, e.connections, e.overlap_ns),
+        (1, 1, Some(10 * US))
+    );
+    assert_eq!(e.seen_at, OverlapSeen::PerCall);
+    assert!(e.inferred.is_empty(), "{e:?}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod active;
 mod busy;
+mod concurrent;
 mod handshake;
 mod handshake_rules;
 mod handshake_side;

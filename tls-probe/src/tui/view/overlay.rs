@@ -9,7 +9,10 @@ use ratatui::{
 use serde_json::Value;
 
 use super::{Ctx, fmt};
-use crate::{engine::Finding, tui::keys::HELP};
+use crate::{
+    engine::{Evidence, Finding},
+    tui::keys::HELP,
+};
 
 fn boxed<'a>(frame: &mut Frame, area: Rect, cx: &Ctx<'_>, title: Line<'a>) -> (Rect, Block<'a>) {
     frame.render_widget(Clear, area);
@@ -151,7 +154,39 @@ fn detail_lines<'a>(f: &Finding, cx: &Ctx<'_>) -> Vec<Line<'a>> {
             Span::raw(v),
         ])
     }));
+    let related = related_ids(f);
+    if !related.is_empty() {
+        lines.extend([Line::raw(""), heading("Related")]);
+        let findings = &cx.app.model().findings;
+        lines.extend(related.into_iter().map(|id| {
+            let what = findings.get(&id).map_or_else(
+                || "no longer kept".to_owned(),
+                |r| {
+                    format!(
+                        "{} ({}): {}",
+                        r.kind,
+                        if r.is_open() { "open" } else { "closed" },
+                        fmt::key_number(&r.evidence)
+                    )
+                },
+            );
+            Line::from(vec![
+                Span::styled(format!("  #{id:<25}"), t.dim()),
+                Span::raw(what),
+            ])
+        }));
+    }
     lines
+}
+
+/// The findings this one links to: a bad_write_retry and the connection_churn its
+/// reconnects are part of, either way.
+fn related_ids(f: &Finding) -> Vec<u64> {
+    match &f.evidence {
+        Evidence::BadWriteRetry(e) => e.related_finding_ids.clone(),
+        Evidence::ConnectionChurn(e) => e.related_finding_ids.clone(),
+        _ => Vec::new(),
+    }
 }
 
 /// The evidence's fields by name, from its serialized form, so that every field the engine
