@@ -27,6 +27,10 @@ pub(super) struct Watch {
     /// Watched pids whose library was found but could not be attached: tried again only
     /// after an exec, not every second.
     failed: BTreeSet<u32>,
+    /// Pids seen to run a new program that are not attached yet: the exec'd program maps
+    /// its libssl a moment after the exec, and a look in between must not turn the exec into
+    /// a plain library load.
+    execed: BTreeSet<u32>,
 }
 
 impl Watch {
@@ -46,6 +50,7 @@ impl Watch {
             exes,
             exited: BTreeSet::new(),
             failed: BTreeSet::new(),
+            execed: BTreeSet::new(),
         }
     }
 
@@ -68,6 +73,7 @@ impl Watch {
         self.waiting.remove(&pid);
         self.exes.remove(&pid);
         self.failed.remove(&pid);
+        self.execed.remove(&pid);
     }
 }
 
@@ -142,6 +148,7 @@ impl Session {
             let exec = self.late.exec_seen(pid);
             if exec {
                 self.late.failed.remove(&pid);
+                self.late.execed.insert(pid);
             }
             // A full discovery reads the executable's symbols: only when something changed.
             let maps_libssl = discover::maps_libssl(pid);
@@ -165,7 +172,7 @@ impl Session {
                     self.late.waiting.remove(&pid);
                     self.skipped.remove(&pid);
                     let parent = discover::parent_pid(pid).unwrap_or(0);
-                    let cause = if exec {
+                    let cause = if self.late.execed.remove(&pid) {
                         AttachCause::Exec
                     } else {
                         AttachCause::LibraryLoaded
