@@ -12,7 +12,7 @@ use aya_ebpf::{
 use tls_probe_common::{KIND_TASK_EXIT, TaskExitEvent};
 
 use crate::{
-    maps::{EVENTS, GETERR_ARGS, IDLE_WAITS, INFLIGHT, SYSCALL_ARGS, TARGETS},
+    maps::{BIO_AWAIT, BIO_READ, EVENTS, GETERR_ARGS, IDLE_WAITS, INFLIGHT, SYSCALL_ARGS, TARGETS},
     util::{header, lost, now, wakeup_flags},
 };
 
@@ -29,6 +29,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     cleared += u32::from(SYSCALL_ARGS.remove(&tid).is_ok());
     cleared += u32::from(IDLE_WAITS.remove(&tid).is_ok());
     cleared += u32::from(GETERR_ARGS.remove(&tid).is_ok());
+    // Candidates only: not counted as left behind.
+    let _ = BIO_READ.remove(&tid);
+    let _ = BIO_AWAIT.remove(&tid);
     // SAFETY: the value is a plain u32, not kept.
     if unsafe { TARGETS.get(&tgid) }.is_none() {
         return 0;

@@ -6,7 +6,9 @@ use aya_ebpf::{
 };
 use tls_probe_common::counter;
 
-use crate::state::{BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SyscallArgs};
+use crate::state::{
+    BioAwait, BioRead, BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SslKey, SyscallArgs,
+};
 
 /// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
 /// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
@@ -55,3 +57,19 @@ pub static FD_USE: LruHashMap<u64, FdUse> = LruHashMap::with_max_entries(65536, 
 /// Userspace reads it; 4096 as `TARGETS`.
 #[map]
 pub static SHARED_FD: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// tid -> the thread's last socket read outside an SSL call whose bytes are a TLS record
+/// (see `crate::bio`). One per thread; LRU so threads that exited age out.
+#[map]
+pub static BIO_READ: LruHashMap<u32, BioRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// tid -> the last probed SSL call that made no socket syscall, until the thread's next
+/// socket write (see `crate::bio`). One per thread; LRU as `BIO_READ`.
+#[map]
+pub static BIO_AWAIT: LruHashMap<u32, BioAwait> = LruHashMap::with_max_entries(16384, 0);
+
+/// (tgid, SSL*) -> the socket fd last tied to it over memory BIOs: a tie is reported once,
+/// and again only when it changes. One per live memory-BIO connection; 65536 as `FD_USE`.
+/// Deleted on SSL_free.
+#[map]
+pub static SSL_FD: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);

@@ -13,6 +13,7 @@ use aya_ebpf::{
 use tls_probe_common::{ServerHelloEvent, hello_flag, kind, op, sys, target_flag};
 
 use crate::{
+    bio::{self, shape},
     maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD},
     state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight},
     util::{count_sockio, header, lost, now, sys_arg, sys_ret, target_flags, wakeup_flags},
@@ -24,12 +25,14 @@ const SHARED_FD_NS: u64 = 50_000_000;
 /// While a target's per-call uprobes are off: remembers which thread last did I/O on `fd`
 /// and counts I/O by another thread soon after (two threads on one socket: the cheap sign
 /// of concurrent SSL use). One LRU lookup and update per read/write of a target.
+/// Every such read or write also goes to the memory-BIO tie (`crate::bio`), first.
 #[inline(always)]
-fn note_fd_use(ctx: &TracePointContext) {
+fn outside_call(ctx: &TracePointContext, kind: u32, shape: u32) {
     let Some((tgid, tid, flags)) = target_flags() else {
         return;
     };
     count_sockio();
+    bio::sys_enter(ctx, kind, shape, tgid, tid);
     if flags & target_flag::HOT != 0 {
         return;
     }
@@ -206,10 +209,11 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
 }
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
+fn on_enter(ctx: &TracePointContext, kind: u32, shape: u32) -> u32 {
+    let plain_buf = shape == bio::shape::PLAIN;
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
-        note_fd_use(ctx);
+        outside_call(ctx, kind, shape);
         return 0;
     };
     // SAFETY: this thread's own entry, read once.
@@ -221,7 +225,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
         // away before it returned (e.g. a blocking SSL_read across the end of an
         // escalation window): stale. Drop it, or the thread would never be seen again.
         let _ = INFLIGHT.remove(&tid);
-        note_fd_use(ctx);
+        outside_call(ctx, kind, shape);
         return 0;
     }
     count_sockio();
@@ -249,6 +253,9 @@ fn on_enter(ctx: &TracePointContext, kind: u32, plain_buf: bool) -> u32 {
 fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
+        if kind == sys::READ {
+            bio::sys_exit_read(ctx, tid);
+        }
         return 0;
     };
     let ret = sys_ret(ctx, 0);
@@ -267,10 +274,10 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
 }
 
 macro_rules! sock_tracepoints {
-    ($($enter:ident, $exit:ident => $kind:expr, $plain:expr;)*) => {$(
+    ($($enter:ident, $exit:ident => $kind:expr, $shape:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $kind, $plain)
+            on_enter(&ctx, $kind, $shape)
         }
 
         #[tracepoint]
@@ -280,14 +287,14 @@ macro_rules! sock_tracepoints {
     )*};
 }
 
-// `plain`: the second and third arguments are a buffer and its length (not an iovec).
+// The shape of the buffer argument (`bio::shape`).
 sock_tracepoints! {
-    sys_enter_read, sys_exit_read => sys::READ, true;
-    sys_enter_write, sys_exit_write => sys::WRITE, true;
-    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, true;
-    sys_enter_sendto, sys_exit_sendto => sys::WRITE, true;
-    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, false;
-    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, false;
-    sys_enter_readv, sys_exit_readv => sys::READ, false;
-    sys_enter_writev, sys_exit_writev => sys::WRITE, false;
+    sys_enter_read, sys_exit_read => sys::READ, shape::PLAIN;
+    sys_enter_write, sys_exit_write => sys::WRITE, shape::PLAIN;
+    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, shape::PLAIN;
+    sys_enter_sendto, sys_exit_sendto => sys::WRITE, shape::PLAIN;
+    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, shape::MSGHDR;
+    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, shape::MSGHDR;
+    sys_enter_readv, sys_exit_readv => sys::READ, shape::IOVEC;
+    sys_enter_writev, sys_exit_writev => sys::WRITE, shape::IOVEC;
 }

@@ -15,6 +15,7 @@ use tls_probe_common::{
 };
 
 use crate::{
+    bio,
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
     twin::{attach_cookie, twin_uprobe, twin_uretprobe},
@@ -206,6 +207,11 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
     } else {
         0
     };
+    if st.sys_calls == 0 {
+        // No socket syscall inside: a memory BIO (or nothing to move). Its record comes
+        // after the tie it may make, so the agent knows the fd before it reads the call.
+        bio::after_call(tgid, tid, ts, st.ssl, st.op, bytes);
+    }
     let ev = SslCallEvent {
         hdr: header(kind::SSL_CALL, tgid, tid, ts),
         ssl: st.ssl,
@@ -288,9 +294,11 @@ fn free(ctx: &ProbeContext) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
+    let ssl = ctx.arg(0).unwrap_or(0);
+    bio::forget(tgid, ssl);
     let ev = SslFreeEvent {
         hdr: header(kind::SSL_FREE, tgid, tid, now()),
-        ssl: ctx.arg(0).unwrap_or(0),
+        ssl,
     };
     if EVENTS.output::<SslFreeEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::SSL_FREE);

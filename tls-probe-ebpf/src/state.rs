@@ -83,3 +83,38 @@ pub struct FdUse {
     pub tid: u32,
     pub _pad: u32,
 }
+
+/// A socket read made outside any SSL call, kept until the thread's next probed SSL call
+/// (memory BIOs: its bytes go into that call's read BIO). `ts_ns` 0: the read has not
+/// returned yet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioRead {
+    pub buf: u64,
+    pub ts_ns: u64,
+    pub ret: i64,
+    pub fd: i32,
+    pub record_type: u32,
+}
+
+/// A probed SSL call that made no socket syscall, waiting for the thread's next socket
+/// write to carry its output.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioAwait {
+    pub ssl: u64,
+    pub ts_ns: u64,
+    /// Application bytes the call wrote.
+    pub bytes: u64,
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// (tgid, SSL*): the key of the SSL* -> fd ties learned over memory BIOs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}

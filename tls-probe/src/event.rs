@@ -324,6 +324,16 @@ pub struct ServerHello {
     pub sent: bool,
 }
 
+/// How an SSL* over memory BIOs was tied to its socket (see [`EventKind::SslFd`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BioVia {
+    /// The thread's socket read just before the call fed its read BIO.
+    Read,
+    /// The thread's socket write just after the call sent its write BIO's output.
+    Write,
+}
+
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -394,6 +404,19 @@ pub enum EventKind {
     AsyncPause {
         ssl: Option<u64>,
     },
+    /// An SSL* whose calls make no socket syscall (memory BIOs: Python's asyncio, node)
+    /// tied to its socket: the thread's socket `read` (`via` read) just before the call `op`,
+    /// or its `write` just after it (`via` write), moved a TLS record of `record_type` (22
+    /// handshake, 23 application data) of `sys_bytes` bytes. Sent when the tie is new or
+    /// changes; the calls of `ssl` then carry `fd`.
+    SslFd {
+        ssl: u64,
+        fd: i32,
+        via: BioVia,
+        op: SslOp,
+        record_type: u8,
+        sys_bytes: i64,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -439,6 +462,10 @@ impl Event {
             EventKind::EpollBusy(w) => w.syscall.name(),
             EventKind::LibError { .. } => "ERR_set_error",
             EventKind::AsyncPause { .. } => "ASYNC_pause_job",
+            EventKind::SslFd { via, .. } => match via {
+                BioVia::Read => "read",
+                BioVia::Write => "write",
+            },
         }
     }
 

@@ -4,8 +4,10 @@
 //! nginx and most event loops store a pointer, not the fd, in `epoll_event.data`, so the
 //! tracker keeps every registration seen through `epoll_ctl` (or read from
 //! `/proc/PID/fdinfo` for the ones made before tls-probe attached) and maps `data` back.
-//! An SSL* is mapped to the fd of the socket syscalls made inside its calls; the mapping is
-//! kept for later calls that make no syscall and dropped on `SSL_free` and `close`.
+//! An SSL* is mapped to the fd of the socket syscalls made inside its calls, or, over memory
+//! BIOs, to the fd the kernel tied it to (`SslFd`, from the socket I/O just before or after
+//! its calls); the mapping is kept for later calls that make no syscall and dropped on
+//! `SSL_free` and `close`.
 //! Pure and deterministic: events in, the same events enriched out.
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,8 @@ pub struct Tracker {
     known_epfds: HashSet<(u32, i32)>,
     /// (pid, epfd) whose registrations predate attach and should be read from fdinfo.
     pending_seed: Vec<(u32, i32)>,
+    /// Memory-BIO ties that moved an SSL* to another fd while its old one was still open.
+    pub bio_disagreements: u64,
 }
 
 impl Tracker {
@@ -65,6 +69,17 @@ impl Tracker {
                 } else if call.fd.is_none() {
                     call.fd = self.fd_of(pid, call.ssl);
                 }
+            }
+            EventKind::SslFd { ssl, fd, .. } => {
+                let (ssl, fd) = (*ssl, *fd);
+                if self
+                    .fd_of(pid, ssl)
+                    .is_some_and(|old| old != fd && self.fd_ssl.get(&(pid, old)) == Some(&ssl))
+                {
+                    // Its old socket is still open: the ties disagree.
+                    self.bio_disagreements += 1;
+                }
+                self.map_ssl(pid, ssl, fd);
             }
             EventKind::SslFree { ssl } => {
                 if let Some(fd) = self.ssl_fd.remove(&(pid, *ssl)) {
@@ -292,6 +307,46 @@ mod tests {
         let mut after_free = call(0xb, None);
         t.process(&mut after_free);
         assert_eq!(call_fd(&after_free), None);
+    }
+
+    fn tie(ssl: u64, fd: i32) -> Event {
+        Event::new(
+            1,
+            10,
+            11,
+            EventKind::SslFd {
+                ssl,
+                fd,
+                via: crate::event::BioVia::Write,
+                op: SslOp::DoHandshake,
+                record_type: 0x16,
+                sys_bytes: 517,
+            },
+        )
+    }
+
+    #[test]
+    fn memory_bio_tie_gives_later_calls_their_fd_and_a_move_while_open_is_counted() {
+        let mut t = Tracker::new();
+        t.process(&mut tie(0xa, 7));
+        let mut later = call(0xa, None);
+        t.process(&mut later);
+        assert_eq!(call_fd(&later), Some(7));
+        assert_eq!(t.bio_disagreements, 0);
+        // fd 7 still open: a tie to 9 disagrees.
+        t.process(&mut tie(0xa, 9));
+        assert_eq!(t.bio_disagreements, 1);
+        assert_eq!(t.fd_of(10, 0xa), Some(9));
+        // After a close, a new tie is no disagreement.
+        t.process(&mut Event::new(
+            2,
+            10,
+            11,
+            EventKind::Close { fd: 9, ret: 0 },
+        ));
+        t.process(&mut tie(0xa, 12));
+        assert_eq!(t.bio_disagreements, 1);
+        assert_eq!(t.fd_of(10, 0xa), Some(12));
     }
 
     #[test]

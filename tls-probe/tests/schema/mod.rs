@@ -186,6 +186,7 @@ pub enum Event {
     EpollBusy(EpollBusy),
     LibError(LibError),
     AsyncPause(AsyncPause),
+    SslFd(SslFd),
 }
 
 macro_rules! event {
@@ -291,6 +292,21 @@ event!(LibError {
     fd: Option<i32>,
 });
 event!(AsyncPause { ssl: Option<u64> });
+event!(SslFd {
+    ssl: u64,
+    fd: i32,
+    via: BioVia,
+    op: SslOp,
+    record_type: u8,
+    sys_bytes: i64,
+});
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BioVia {
+    Read,
+    Write,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
