@@ -17,18 +17,23 @@
 //!   connection shutting down reads its peer's close_notify in SSL_shutdown, not probed, and
 //!   the loop's next SSL_read may be another connection's).
 //!
-//! Only the 5-byte record header is read.
+//! Only the 5-byte record header is read, and of a handshake record in a handshake call the
+//! ServerHello's header fields (as `crate::sockio` does for socket BIOs): version, cipher,
+//! extension types. Never the random, the session id or any payload.
 //!
 //! Cost: the socket I/O tracepoints (already on whenever they can tell anything) do one more
 //! per-thread map update per read of a target, and an SSL call that made no syscall one or
 //! two lookups. A tie is sent only when new or changed (`SSL_FD`).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
-use tls_probe_common::{KIND_SSL_FD, SslFdEvent, bio_via, op, sys};
+use tls_probe_common::{
+    KIND_SSL_FD, ServerHelloEvent, SslFdEvent, bio_via, hello_flag, kind, op, sys,
+};
 
 use crate::{
     maps::{BIO_AWAIT, BIO_READ, EVENTS, SSL_FD},
-    state::{BioAwait, BioRead, SslKey},
+    sockio::walk_server_hello,
+    state::{BIO_HELLO_SEEN, BioAwait, BioRead, SslKey},
     util::{header, lost, now, sys_arg, sys_ret, wakeup_flags},
 };
 
@@ -49,16 +54,57 @@ const REC_ALERT: u8 = 0x15;
 const REC_HANDSHAKE: u8 = 0x16;
 const REC_APP_DATA: u8 = 0x17;
 
-/// The content type of the TLS record header at `buf` (`len` bytes there), if it is one.
+/// The content type and length of the TLS record header at `buf` (`len` bytes there), if
+/// it is one.
 #[inline(always)]
-fn record_type(buf: u64, len: u64) -> Option<u8> {
+fn record_header(buf: u64, len: u64) -> Option<(u8, u64)> {
     if buf == 0 || len < 5 {
         return None;
     }
     // SAFETY: copies the 5-byte record header (type, version, length) of a user buffer;
     // fails cleanly if unmapped. Never the payload.
     let h = unsafe { bpf_probe_read_user(buf as *const [u8; 5]) }.ok()?;
-    ((REC_CCS..=REC_APP_DATA).contains(&h[0]) && h[1] == 3 && h[2] <= 4).then_some(h[0])
+    ((REC_CCS..=REC_APP_DATA).contains(&h[0]) && h[1] == 3 && h[2] <= 4)
+        .then_some((h[0], (u64::from(h[3]) << 8) | u64::from(h[4])))
+}
+
+/// The ServerHello in the handshake record at `buf` (`len` bytes there, a record of
+/// `rec_len`): (version, cipher, `hello_flag` bits).
+#[inline(always)]
+fn server_hello_at(buf: u64, len: u64, rec_len: u64) -> Option<(u16, u16, u32)> {
+    walk_server_hello(buf + 5, (len - 5).min(rec_len))
+}
+
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record's fields, each a plain value"
+)]
+fn emit_hello(
+    tgid: u32,
+    tid: u32,
+    ts: u64,
+    ssl: u64,
+    fd: i32,
+    version: u16,
+    cipher: u16,
+    flags: u32,
+) {
+    let ev = ServerHelloEvent {
+        hdr: header(kind::SERVER_HELLO, tgid, tid, ts),
+        ssl,
+        fd,
+        version,
+        cipher,
+        flags,
+        _pad: 0,
+    };
+    if EVENTS
+        .output::<ServerHelloEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
+        lost(kind::SERVER_HELLO);
+    }
 }
 
 #[inline(always)]
@@ -124,6 +170,9 @@ pub fn sys_enter(ctx: &TracePointContext, kind: u32, shape: u32, tgid: u32, tid:
             ret: 0,
             fd,
             record_type: 0,
+            hello_flags: 0,
+            hello_version: 0,
+            hello_cipher: 0,
         };
         let _ = BIO_READ.insert(&tid, &r, 0);
         return;
@@ -138,10 +187,11 @@ pub fn sys_enter(ctx: &TracePointContext, kind: u32, shape: u32, tgid: u32, tid:
         return;
     }
     let (buf, len) = first_buffer(ctx, shape);
-    let Some(ty) = record_type(buf, len) else {
+    let Some((ty, rec_len)) = record_header(buf, len) else {
         return;
     };
-    if fits(wait.op, ty) && (is_handshake(wait.op) || len > wait.bytes) {
+    let handshake = is_handshake(wait.op);
+    if fits(wait.op, ty) && (handshake || len > wait.bytes) {
         tie(
             tgid,
             tid,
@@ -153,6 +203,14 @@ pub fn sys_enter(ctx: &TracePointContext, kind: u32, shape: u32, tgid: u32, tid:
             ty,
             len as i64,
         );
+        // The server's first flight: its ServerHello.
+        if handshake
+            && ty == REC_HANDSHAKE
+            && let Some((version, cipher, flags)) = server_hello_at(buf, len, rec_len)
+        {
+            let flags = flags | hello_flag::SENT;
+            emit_hello(tgid, tid, ts, wait.ssl, fd, version, cipher, flags);
+        }
     }
 }
 
@@ -168,11 +226,20 @@ pub fn sys_exit_read(ctx: &TracePointContext, tid: u32) {
         return;
     }
     let ret = sys_ret(ctx, 0);
-    match record_type(r.buf, ret.max(0) as u64) {
-        Some(ty) => {
+    let len = ret.max(0) as u64;
+    match record_header(r.buf, len) {
+        Some((ty, rec_len)) => {
             r.ts_ns = now();
             r.ret = ret;
             r.record_type = u32::from(ty);
+            // The client reads the server's first flight, its ServerHello first.
+            if ty == REC_HANDSHAKE
+                && let Some((version, cipher, flags)) = server_hello_at(r.buf, len, rec_len)
+            {
+                r.hello_flags = flags | BIO_HELLO_SEEN;
+                r.hello_version = version;
+                r.hello_cipher = cipher;
+            }
         }
         None => {
             let _ = BIO_READ.remove(&tid);
@@ -197,6 +264,19 @@ pub fn after_call(tgid: u32, tid: u32, ts: u64, ssl: u64, call_op: u32, bytes: u
             let counts = handshake || (bytes > 0 && (bytes as i64) < r.ret);
             if ts.saturating_sub(r.ts_ns) <= FRESH_NS && fits(call_op, ty) && counts {
                 tie(tgid, tid, ts, ssl, r.fd, bio_via::READ, call_op, ty, r.ret);
+                if handshake && r.hello_flags & BIO_HELLO_SEEN != 0 {
+                    let flags = r.hello_flags & !BIO_HELLO_SEEN;
+                    emit_hello(
+                        tgid,
+                        tid,
+                        ts,
+                        ssl,
+                        r.fd,
+                        r.hello_version,
+                        r.hello_cipher,
+                        flags,
+                    );
+                }
             }
         }
     }

@@ -100,7 +100,7 @@ fn be16(b0: u8, b1: u8) -> u16 {
 /// Walks a ServerHello message starting at `msg` (its handshake header), of which `avail`
 /// bytes are in the buffer. Returns (version, cipher, flags) without the `SENT` bit.
 #[inline(always)]
-fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
+pub(crate) fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
     let h = read_bytes::<6>(msg)?;
     if h[0] != HANDSHAKE_SERVER_HELLO {
         return None;

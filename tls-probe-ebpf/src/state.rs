@@ -95,7 +95,15 @@ pub struct BioRead {
     pub ret: i64,
     pub fd: i32,
     pub record_type: u32,
+    /// A ServerHello the read carried (the client side), walked at the read's exit while
+    /// the buffer is fresh: `hello_flags` has `BIO_HELLO_SEEN` then.
+    pub hello_flags: u32,
+    pub hello_version: u16,
+    pub hello_cipher: u16,
 }
+
+/// In `BioRead::hello_flags`: a ServerHello was read (beside the `hello_flag` bits).
+pub const BIO_HELLO_SEEN: u32 = 1 << 31;
 
 /// A probed SSL call that made no socket syscall, waiting for the thread's next socket
 /// write to carry its output.

@@ -11,6 +11,8 @@
 
 mod common;
 mod schema;
+#[path = "common/scenario.rs"]
+mod scenario_common;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -263,4 +265,105 @@ fn asyncio_server_calls_carry_their_socket_fd_and_peer_in_full_mode() {
             "connection {i}'s peer"
         );
     }
+}
+
+/// The default mode: the handshake calls are always probed and the socket I/O tracepoints
+/// stay on for a process once one of its connections was tied (`memory_bio`), so the
+/// connections made long after attach, between escalation windows, still get their fd, their
+/// peer and their ServerHello (TLS version) in the connection table.
+#[test]
+fn asyncio_server_connections_get_fd_peer_and_version_in_auto_mode() {
+    const CONNS: u32 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, port) = asyncio_server(dir.path());
+    let probe = Attached::start(dir.path(), server.pid(), &["--mode", "auto"]);
+    let mut expected = Vec::new();
+    for batch in 0..2 {
+        if batch == 1 {
+            // After the attach grace and the attach window: only the memory-BIO reason
+            // keeps the tracepoints on.
+            common::wait_for(
+                "a snapshot with the socket I/O tracepoints on for memory_bio alone",
+                Duration::from_secs(30),
+                || {
+                    scenario_common::records_so_far(&probe)
+                        .iter()
+                        .rev()
+                        .find(|r| r["type"] == "snapshot")
+                        .filter(|r| {
+                            let io = &r["data"]["probes"]["socket_io"];
+                            io["attached"] == true && io["why"] == serde_json::json!(["memory_bio"])
+                        })
+                        .map(|_| ())
+                },
+            );
+        }
+        let mut client = asyncio_client(port, CONNS, 100, 0.02);
+        client.send_line("go");
+        client.read_until("the client's DONE line", |l| tagged(l, "DONE"));
+        assert!(
+            client
+                .wait_exit("the client", Duration::from_secs(30))
+                .success()
+        );
+        for c in conn_lines(&mut server, CONNS as usize, "the server") {
+            expected.push((
+                c["fd"].as_i64().unwrap(),
+                c["peer"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let records = probe.interrupt(Duration::from_secs(30));
+    check_schema(&records);
+
+    // The table: each connection with its fd, peer and version, as the server reports them.
+    let mut table = Vec::new();
+    for r in records.iter().filter(|r| r["type"] == "snapshot") {
+        for c in r["data"]["connections"].as_array().into_iter().flatten() {
+            table.push((
+                c["fd"].as_i64(),
+                c["peer"].as_str(),
+                c["tls_version"].as_str(),
+            ));
+        }
+    }
+    for (fd, peer) in &expected {
+        assert!(
+            table
+                .iter()
+                .any(|(f, p, v)| *f == Some(*fd) && *p == Some(peer) && *v == Some("TLS 1.3")),
+            "no connection with fd {fd}, peer {peer} and TLS 1.3 in the snapshots: {table:#?}"
+        );
+    }
+    // Every handshake call that carries an fd carries its connection's: the tie of its
+    // SSL* at that time (SSL*s are reused after SSL_free).
+    let mut tie_of = HashMap::new();
+    let mut tied_calls = 0;
+    for r in records.iter().filter(|r| r["type"] == "event") {
+        let e = &r["data"];
+        match e["kind"].as_str() {
+            Some("ssl_fd") => {
+                let fd = e["fd"].as_i64().unwrap();
+                assert!(
+                    expected.iter().any(|(f, _)| *f == fd),
+                    "a tie to fd {fd}, no connection's: {e}"
+                );
+                tie_of.insert(e["ssl"].as_u64().unwrap(), fd);
+            }
+            Some("ssl_free") => {
+                tie_of.remove(&e["ssl"].as_u64().unwrap());
+            }
+            Some("ssl_call") => {
+                if let Some(fd) = e["fd"].as_i64() {
+                    assert_eq!(tie_of.get(&e["ssl"].as_u64().unwrap()), Some(&fd), "{e}");
+                    tied_calls += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        tied_calls >= 2 * expected.len(),
+        "{tied_calls} calls with an fd"
+    );
 }

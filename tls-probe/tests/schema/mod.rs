@@ -126,6 +126,7 @@ pub enum SocketIoReason {
     PerCall,
     Threads,
     Handshakes,
+    MemoryBio,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -9,7 +9,11 @@
 //! - handshakes happened in the last [`HANDSHAKE_HOLD_NS`]: inside a handshake call they
 //!   read the cleartext ServerHello (version, cipher, TLS 1.3 psk);
 //! - a process has more than one thread: two threads doing I/O on one fd is the cheap sign
-//!   of one SSL object used concurrently.
+//!   of one SSL object used concurrently;
+//! - a process uses memory BIOs (asyncio, node: an SSL* was tied to its socket from the
+//!   socket I/O around its calls, `EventKind::SslFd`): they are what ties each new
+//!   connection to its fd and peer, so they must be on when its handshake runs, not only
+//!   after it was seen.
 //!
 //! Escalations always get them. For the other two reasons they stay on only while what
 //! they cost fits [`BUDGET_NS_PER_SEC`]: the agent counts the targets' reads and writes
@@ -56,11 +60,12 @@ pub struct Reasons {
     pub per_call: bool,
     pub threads: bool,
     pub handshakes: bool,
+    pub memory_bio: bool,
 }
 
 impl Reasons {
     fn any(self) -> bool {
-        self.per_call || self.threads || self.handshakes
+        self.per_call || self.threads || self.handshakes || self.memory_bio
     }
 
     fn names(self) -> Vec<String> {
@@ -68,6 +73,7 @@ impl Reasons {
             (self.per_call, "per_call"),
             (self.threads, "threads"),
             (self.handshakes, "handshakes"),
+            (self.memory_bio, "memory_bio"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -80,6 +86,8 @@ impl Reasons {
 pub(super) struct Gate {
     /// Processes with more than one thread, at the last tick.
     multi_threaded: BTreeSet<u32>,
+    /// Processes with an SSL* tied to its socket over memory BIOs.
+    memory_bio: BTreeSet<u32>,
     /// Event time of the newest handshake call.
     last_handshake_ns: Option<u64>,
     /// Since when (wall clock) they are on, or off.
@@ -126,10 +134,14 @@ pub fn wanted(
 
 impl Gate {
     pub fn observe(&mut self, ev: &Event) {
-        if let EventKind::SslCall(c) = &ev.kind
-            && c.op.is_handshake()
-        {
-            self.last_handshake_ns = Some(self.last_handshake_ns.unwrap_or(0).max(ev.ts_ns));
+        match &ev.kind {
+            EventKind::SslCall(c) if c.op.is_handshake() => {
+                self.last_handshake_ns = Some(self.last_handshake_ns.unwrap_or(0).max(ev.ts_ns));
+            }
+            EventKind::SslFd { .. } => {
+                self.memory_bio.insert(ev.pid);
+            }
+            _ => {}
         }
     }
 
@@ -144,6 +156,7 @@ impl Gate {
 
     pub fn remove(&mut self, pid: u32) {
         self.multi_threaded.remove(&pid);
+        self.memory_bio.remove(&pid);
     }
 
     /// Once a tick: the kernel's count of the targets' reads and writes.
@@ -194,6 +207,7 @@ impl Session {
             handshakes: gate
                 .last_handshake_ns
                 .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
+            memory_bio: gate.memory_bio.iter().any(|p| pids.contains(p)),
         };
         let first = *gate.first_step.get_or_insert(now);
         let want = now.saturating_sub(first) < ATTACH_GRACE_NS
@@ -239,6 +253,7 @@ mod tests {
         per_call: false,
         threads: false,
         handshakes: false,
+        memory_bio: false,
     };
     const HANDSHAKES: Reasons = Reasons {
         handshakes: true,
@@ -260,6 +275,10 @@ mod tests {
                 ..NONE
             },
             HANDSHAKES,
+            Reasons {
+                memory_bio: true,
+                ..NONE
+            },
         ] {
             assert!(wanted(r, None, Some(19 * S), None, 20 * S));
             assert!(wanted(r, None, Some(19 * S), Some(20_000.0), 20 * S));
@@ -308,5 +327,32 @@ mod tests {
         g.measure(4 * S, 61_000);
         assert_eq!(g.calls_per_sec, Some(30_000.0));
         assert!(g.last_count.is_none());
+    }
+}
+
+#[cfg(test)]
+mod memory_bio_tests {
+    use super::*;
+    use crate::event::{BioVia, SslOp};
+
+    #[test]
+    fn a_memory_bio_tie_makes_its_process_a_reason_until_it_goes() {
+        let mut g = Gate::default();
+        g.observe(&Event::new(
+            1,
+            42,
+            42,
+            EventKind::SslFd {
+                ssl: 0xa,
+                fd: 7,
+                via: BioVia::Read,
+                op: SslOp::DoHandshake,
+                record_type: 0x16,
+                sys_bytes: 517,
+            },
+        ));
+        assert!(g.memory_bio.contains(&42));
+        g.remove(42);
+        assert!(g.memory_bio.is_empty());
     }
 }
