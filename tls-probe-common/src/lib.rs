@@ -52,7 +52,29 @@ pub mod op {
     pub const SSL_CONNECT: u32 = 6;
     pub const SSL_PEEK: u32 = 7;
     pub const SSL_PEEK_EX: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// OpenSSL's handshake state machine (`s->handshake_func`), which SSL_do_handshake and,
+    /// while a handshake is not done, SSL_read/SSL_write run. Internal in libssl.so, but
+    /// exported by programs that link OpenSSL statically and export its symbols (node): the
+    /// one probe that sees node's handshakes, which it drives through SSL_read.
+    pub const OSSL_STATEM_ACCEPT: u32 = 9;
+    pub const OSSL_STATEM_CONNECT: u32 = 10;
+    pub const COUNT: u32 = 11;
+
+    /// Whether `op` is a handshake call (no application bytes).
+    #[inline(always)]
+    pub fn is_handshake(op: u32) -> bool {
+        op == SSL_DO_HANDSHAKE
+            || op == SSL_ACCEPT
+            || op == SSL_CONNECT
+            || op == OSSL_STATEM_ACCEPT
+            || op == OSSL_STATEM_CONNECT
+    }
+
+    /// Whether `op` is the state machine itself, which the application's call runs.
+    #[inline(always)]
+    pub fn is_statem(op: u32) -> bool {
+        op == OSSL_STATEM_ACCEPT || op == OSSL_STATEM_CONNECT
+    }
 }
 
 /// Symbol names, indexed by the `op` constants.
@@ -66,6 +88,8 @@ pub const SSL_OPS: [&str; op::COUNT as usize] = [
     "SSL_connect",
     "SSL_peek",
     "SSL_peek_ex",
+    "ossl_statem_accept",
+    "ossl_statem_connect",
 ];
 
 /// Attach cookies (`bpf_get_attach_cookie`): which function a uprobe hit is in. Each uprobe

@@ -108,19 +108,15 @@ fn emit_hello(
 }
 
 #[inline(always)]
-fn is_handshake(op: u32) -> bool {
-    op == op::SSL_DO_HANDSHAKE || op == op::SSL_ACCEPT || op == op::SSL_CONNECT
-}
-
-#[inline(always)]
 fn is_write(op: u32) -> bool {
     op == op::SSL_WRITE || op == op::SSL_WRITE_EX
 }
 
-/// Whether a record of type `ty` can carry what a call of `op` takes or makes.
+/// Whether a record of type `ty` can carry what a call takes or makes: a `handshake` call
+/// (or one the state machine ran inside), else an I/O call.
 #[inline(always)]
-fn fits(op: u32, ty: u8) -> bool {
-    if is_handshake(op) {
+fn fits(handshake: bool, ty: u8) -> bool {
+    if handshake {
         ty == REC_HANDSHAKE || ty == REC_CCS || ty == REC_ALERT
     } else {
         ty == REC_APP_DATA || ty == REC_ALERT
@@ -153,6 +149,13 @@ fn first_iovec(iov: u64) -> (u64, u64) {
     }
     // SAFETY: copies the caller's first struct iovec (base, len).
     unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.map_or((0, 0), |v| (v[0], v[1]))
+}
+
+/// Whether the buffer of the write syscall at its enter begins with a TLS record header.
+#[inline(always)]
+pub fn is_record(ctx: &TracePointContext, shape: u32) -> bool {
+    let (buf, len) = first_buffer(ctx, shape);
+    record_header(buf, len).is_some()
 }
 
 /// A socket read or write of a target thread, outside any probed SSL call, at its enter.
@@ -190,8 +193,8 @@ pub fn sys_enter(ctx: &TracePointContext, kind: u32, shape: u32, tgid: u32, tid:
     let Some((ty, rec_len)) = record_header(buf, len) else {
         return;
     };
-    let handshake = is_handshake(wait.op);
-    if fits(wait.op, ty) && (handshake || len > wait.bytes) {
+    let handshake = wait.handshake != 0;
+    if fits(handshake, ty) && (handshake || len > wait.bytes) {
         tie(
             tgid,
             tid,
@@ -248,12 +251,20 @@ pub fn sys_exit_read(ctx: &TracePointContext, tid: u32) {
 }
 
 /// A probed SSL call returned without a socket syscall inside: tie it to the thread's last
-/// TLS read, and wait for its output on the next write. `bytes`: the application bytes the
-/// call moved.
+/// TLS read, and wait for its output on the next write. `handshake`: a handshake call, or
+/// one the handshake state machine ran inside (node's SSL_read); `bytes`: the application
+/// bytes the call moved.
 #[inline(always)]
-pub fn after_call(tgid: u32, tid: u32, ts: u64, ssl: u64, call_op: u32, bytes: u64) {
-    let handshake = is_handshake(call_op);
-    let write = is_write(call_op);
+pub fn after_call(
+    tgid: u32,
+    tid: u32,
+    ts: u64,
+    ssl: u64,
+    call_op: u32,
+    handshake: bool,
+    bytes: u64,
+) {
+    let write = is_write(call_op) && !handshake;
     if !write {
         // SAFETY: copied out at once.
         if let Some(r) = (unsafe { BIO_READ.get(&tid) }).copied()
@@ -262,7 +273,7 @@ pub fn after_call(tgid: u32, tid: u32, ts: u64, ssl: u64, call_op: u32, bytes: u
             let _ = BIO_READ.remove(&tid);
             let ty = r.record_type as u8;
             let counts = handshake || (bytes > 0 && (bytes as i64) < r.ret);
-            if ts.saturating_sub(r.ts_ns) <= FRESH_NS && fits(call_op, ty) && counts {
+            if ts.saturating_sub(r.ts_ns) <= FRESH_NS && fits(handshake, ty) && counts {
                 tie(tgid, tid, ts, ssl, r.fd, bio_via::READ, call_op, ty, r.ret);
                 if handshake && r.hello_flags & BIO_HELLO_SEEN != 0 {
                     let flags = r.hello_flags & !BIO_HELLO_SEEN;
@@ -286,7 +297,7 @@ pub fn after_call(tgid: u32, tid: u32, ts: u64, ssl: u64, call_op: u32, bytes: u
             ts_ns: ts,
             bytes,
             op: call_op,
-            _pad: 0,
+            handshake: u32::from(handshake),
         };
         let _ = BIO_AWAIT.insert(&tid, &wait, 0);
     } else {
@@ -321,6 +332,13 @@ fn tie(tgid: u32, tid: u32, ts: u64, ssl: u64, fd: i32, via: u32, call_op: u32, 
     if EVENTS.output::<SslFdEvent>(&ev, wakeup_flags()).is_err() {
         lost(KIND_SSL_FD);
     }
+}
+
+/// Whether `ssl` is tied to a socket over memory BIOs.
+#[inline(always)]
+pub fn is_tied(tgid: u32, ssl: u64) -> bool {
+    // SAFETY: only the presence of the entry is read.
+    unsafe { SSL_FD.get(&SslKey { ssl, tgid, _pad: 0 }) }.is_some()
 }
 
 /// SSL_free: forget the tie.

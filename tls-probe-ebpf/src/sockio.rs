@@ -82,7 +82,7 @@ const MAX_EXTENSIONS: u32 = 12;
 
 #[inline(always)]
 fn is_handshake_op(op: u32) -> bool {
-    op == op::SSL_DO_HANDSHAKE || op == op::SSL_ACCEPT || op == op::SSL_CONNECT
+    op::is_handshake(op)
 }
 
 #[inline(always)]
@@ -218,8 +218,7 @@ fn on_enter(ctx: &TracePointContext, kind: u32, shape: u32) -> u32 {
     };
     // SAFETY: this thread's own entry, read once.
     let cur_op = unsafe { (*cur).op };
-    let io =
-        cur_op != op::SSL_DO_HANDSHAKE && cur_op != op::SSL_ACCEPT && cur_op != op::SSL_CONNECT;
+    let io = !op::is_handshake(cur_op);
     if io && target_flags().is_some_and(|(_, _, flags)| flags & target_flag::HOT == 0) {
         // An I/O call entered while the per-call probes were on, whose return probe went
         // away before it returned (e.g. a blocking SSL_read across the end of an
@@ -230,6 +229,18 @@ fn on_enter(ctx: &TracePointContext, kind: u32, shape: u32) -> u32 {
     }
     count_sockio();
     let fd = sys_arg(ctx, 0, u64::MAX) as i64;
+    // SAFETY: this thread's own entry, read once.
+    let in_handshake = unsafe { is_handshake_op((*cur).op) || (*cur).statem != 0 };
+    if kind == sys::WRITE && (in_handshake || (0..=2).contains(&fd)) && !bio::is_record(ctx, shape)
+    {
+        // Not the connection's socket: a callback the call ran wrote elsewhere (node's
+        // handshake-done callback runs inside the state machine: a log line, a wakeup of
+        // its event loop). A handshake writes whole records (a retry of a partial flight
+        // that does not is left out: its fd is known from the flight's first write); an
+        // I/O call's retry may write the rest of a record, so for those only stdout and
+        // stderr are left out.
+        return 0;
+    }
     // SAFETY: this thread's own entry.
     let cur = unsafe { &mut *cur };
     cur.fd = fd as i32;

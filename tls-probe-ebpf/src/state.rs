@@ -28,6 +28,8 @@ pub struct Inflight {
     /// 1 when the probes sit on the callee of the function in `op` (placement.rs in the
     /// agent): the return converts the callee's result to the function's.
     pub callee: u32,
+    /// 1 when OpenSSL's handshake state machine ran inside the call (node's SSL_read).
+    pub statem: u32,
 }
 
 pub const HELLO_BODY_NEXT: u32 = 1;
@@ -115,7 +117,8 @@ pub struct BioAwait {
     /// Application bytes the call wrote.
     pub bytes: u64,
     pub op: u32,
-    pub _pad: u32,
+    /// 1: a handshake call, or one the state machine ran inside.
+    pub handshake: u32,
 }
 
 /// (tgid, SSL*): the key of the SSL* -> fd ties learned over memory BIOs.

@@ -94,10 +94,16 @@ pub enum SslOp {
     Peek,
     #[serde(rename = "SSL_peek_ex")]
     PeekEx,
+    /// OpenSSL's handshake state machine, probed where the program exports it (node, whose
+    /// handshakes run inside SSL_read): one record per step the application's call ran.
+    #[serde(rename = "ossl_statem_accept")]
+    StatemAccept,
+    #[serde(rename = "ossl_statem_connect")]
+    StatemConnect,
 }
 
 impl SslOp {
-    pub const ALL: [SslOp; 9] = [
+    pub const ALL: [SslOp; 11] = [
         Self::Read,
         Self::ReadEx,
         Self::Write,
@@ -107,6 +113,8 @@ impl SslOp {
         Self::Connect,
         Self::Peek,
         Self::PeekEx,
+        Self::StatemAccept,
+        Self::StatemConnect,
     ];
 
     /// The symbol name, verbatim.
@@ -123,7 +131,14 @@ impl SslOp {
     }
 
     pub fn is_handshake(self) -> bool {
-        matches!(self, Self::DoHandshake | Self::Accept | Self::Connect)
+        matches!(
+            self,
+            Self::DoHandshake
+                | Self::Accept
+                | Self::Connect
+                | Self::StatemAccept
+                | Self::StatemConnect
+        )
     }
 
     /// True for the `_ex` variants, which return 1/0 and report bytes through a pointer.

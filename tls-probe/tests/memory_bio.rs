@@ -10,9 +10,9 @@
 //! so an SSL* is told to be connection i by the length of its SSL_write_ex calls.
 
 mod common;
-mod schema;
 #[path = "common/scenario.rs"]
 mod scenario_common;
+mod schema;
 
 use std::{
     collections::{BTreeMap, HashMap},

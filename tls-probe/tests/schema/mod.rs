@@ -336,6 +336,10 @@ pub enum SslOp {
     Peek,
     #[serde(rename = "SSL_peek_ex")]
     PeekEx,
+    #[serde(rename = "ossl_statem_accept")]
+    StatemAccept,
+    #[serde(rename = "ossl_statem_connect")]
+    StatemConnect,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
