@@ -98,6 +98,15 @@ impl TlsLibrary {
     pub fn has(&self, symbol: &str) -> bool {
         self.symbols.contains(symbol)
     }
+
+    /// OpenSSL linked into the program (node, a build against libssl.a), not a libssl
+    /// shared object.
+    pub fn is_linked_in(&self) -> bool {
+        !self
+            .path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libssl"))
+    }
 }
 
 /// Reads the function symbols a file defines whose names start with one of `prefixes`.

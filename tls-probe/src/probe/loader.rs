@@ -65,8 +65,12 @@ pub const HOT_SETS: [ProbeSet; 2] = [
 ];
 
 /// The libssl functions called about once per connection: always on. The state machine's
-/// entry points are internal to libssl.so (so absent, and not reported missing) but
-/// exported by node, whose handshakes run inside SSL_read: a few hits per handshake.
+/// entry points are for OpenSSL linked into the program, as in node, which exports them
+/// and whose handshakes run inside SSL_read: a few hits per handshake (and one per
+/// post-handshake message, such as a TLS 1.3 session ticket, that SSL_read hands it).
+/// A libssl shared object hides them (3.x) or is driven through SSL_do_handshake and
+/// friends by its programs (1.1 exports them): they are not attached there, nor reported
+/// missing.
 const HANDSHAKE_POINTS: &[(&str, u64)] = &[
     ("SSL_do_handshake", op::SSL_DO_HANDSHAKE as u64),
     ("SSL_accept", op::SSL_ACCEPT as u64),
@@ -476,7 +480,12 @@ impl Probes {
         lib: &TlsLibrary,
         missing: &mut Vec<&'static str>,
     ) -> Result<Option<(String, UProbeLinkId)>> {
-        let (points, skipped) = points_for(set, |s| lib.has(s), &lib.placement);
+        let linked_in = lib.is_linked_in();
+        let (points, skipped) = points_for(
+            set,
+            |s| lib.has(s) && (linked_in || !OPTIONAL.contains(&s)),
+            &lib.placement,
+        );
         for s in skipped {
             if !missing.contains(&s) {
                 missing.push(s);
