@@ -36,6 +36,8 @@ pub struct Tracker {
     pending_seed: Vec<(u32, i32)>,
     /// Memory-BIO ties that moved an SSL* to another fd while its old one was still open.
     pub bio_disagreements: u64,
+    /// (pid, tid) -> the one fd its last epoll wait reported ready, when it reported one.
+    last_ready: HashMap<(u32, u32), i32>,
 }
 
 impl Tracker {
@@ -61,13 +63,27 @@ impl Tracker {
 
     /// Enriches `ev` in place and updates the mappings.
     pub fn process(&mut self, ev: &mut Event) {
-        let pid = ev.pid;
+        let (pid, tid) = (ev.pid, ev.tid);
         match &mut ev.kind {
             EventKind::SslCall(call) => {
                 if let (true, Some(fd)) = (call.fd_seen, call.fd) {
                     self.map_ssl(pid, call.ssl, fd);
                 } else if call.fd.is_none() {
                     call.fd = self.fd_of(pid, call.ssl);
+                }
+                if call.fd.is_none()
+                    && call.sys_calls == 0
+                    && !call.op.is_handshake()
+                    && let Some(&fd) = self.last_ready.get(&(pid, tid))
+                    && !self.fd_ssl.contains_key(&(pid, fd))
+                {
+                    // Over memory BIOs, an I/O call on an SSL* tied to no socket yet (one
+                    // that was connected before attach and moves no bytes, so neither its
+                    // reads nor its writes tie it), made after a wait that reported one fd
+                    // ready, which no connection has: that fd. A later tie from the kernel
+                    // overrides it.
+                    self.map_ssl(pid, call.ssl, fd);
+                    call.fd = Some(fd);
                 }
             }
             EventKind::SslFd { ssl, fd, .. } => {
@@ -119,6 +135,11 @@ impl Tracker {
                         ready.fd = Some(reg.fd);
                         ready.interest = Some(reg.interest);
                     }
+                }
+                if let [crate::event::ReadyFd { fd: Some(fd), .. }] = wait.ready.as_slice() {
+                    self.last_ready.insert((pid, tid), *fd);
+                } else {
+                    self.last_ready.remove(&(pid, tid));
                 }
             }
             EventKind::EpollBusy(busy) => {
@@ -346,6 +367,29 @@ mod tests {
         ));
         t.process(&mut tie(0xa, 12));
         assert_eq!(t.bio_disagreements, 1);
+        assert_eq!(t.fd_of(10, 0xa), Some(12));
+    }
+
+    #[test]
+    fn an_untied_memory_bio_call_after_one_ready_fd_takes_it() {
+        let mut t = Tracker::new();
+        let data = 0x7f00_0000_0009;
+        t.process(&mut ctl(CtlOp::Add, 3, 9, 0x4, data));
+        t.process(&mut wait(3, data));
+        let mut spin = call(0xa, None);
+        t.process(&mut spin);
+        assert_eq!(call_fd(&spin), Some(9));
+        // Another SSL* after the same wait: the fd is taken.
+        let mut other = call(0xb, None);
+        t.process(&mut other);
+        assert_eq!(call_fd(&other), None);
+        // A wait with nothing resolvable ready: no guess.
+        t.process(&mut wait(3, 0x1234));
+        let mut later = call(0xc, None);
+        t.process(&mut later);
+        assert_eq!(call_fd(&later), None);
+        // A kernel tie overrides the guess.
+        t.process(&mut tie(0xa, 12));
         assert_eq!(t.fd_of(10, 0xa), Some(12));
     }
 

@@ -367,3 +367,46 @@ fn asyncio_server_connections_get_fd_peer_and_version_in_auto_mode() {
         "{tied_calls} calls with an fd"
     );
 }
+
+/// A WANT loop in asyncio (tests/peers/asyncio_tls.py `spin`: a writer callback left armed
+/// while SSLObject.read() wants READ): in the default mode the kernel's aggregated waits
+/// make the process suspicious, the escalation window sees the wake-ups of the socket and
+/// the SSL_read_ex calls on the SSL*, which (connected before attach, moving no bytes) is
+/// tied to the one fd those wake-ups report; spin_loop names that socket, its peer and the
+/// thread, and the readiness mismatch.
+#[test]
+fn asyncio_want_loop_is_a_spin_loop_on_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = asyncio_server(dir.path());
+    let mut client =
+        Proc::spawn(
+            Command::new("python3")
+                .arg(SCRIPT)
+                .args(["spin", &port.to_string(), "30"]),
+        );
+    let ready = client.read_until("the spinning client's READY line", |l| tagged(l, "READY"));
+    let (pid, fd) = (client.pid(), ready["fd"].as_i64().unwrap());
+    let probe = Attached::start(dir.path(), pid, &["--mode", "auto"]);
+    let finding = common::wait_for("a spin_loop finding", Duration::from_secs(20), || {
+        scenario_common::opened(&scenario_common::records_so_far(&probe), "spin_loop")
+            .first()
+            .map(|f| (*f).clone())
+    });
+    let records = probe.interrupt(Duration::from_secs(30));
+    check_schema(&records);
+    assert_eq!(finding["fd"].as_i64(), Some(fd), "{finding}");
+    assert_eq!(finding["tid"], ready["tid"], "{finding}");
+    let spin = &finding["evidence"]["spin_loop"];
+    assert_eq!(spin["ssl_error"], "want_read", "{finding}");
+    assert_eq!(spin["ready_events"], "EPOLLOUT", "{finding}");
+    assert_eq!(
+        spin["mismatch"], "EPOLLOUT is armed while SSL wants READ",
+        "{finding}"
+    );
+    assert!(finding["peer"].is_string(), "{finding}");
+    let others: Vec<_> = scenario_common::changes(&records)
+        .into_iter()
+        .filter(|c| c["finding"]["kind"] != "spin_loop")
+        .collect();
+    assert!(others.is_empty(), "{}", scenario_common::describe(&records));
+}

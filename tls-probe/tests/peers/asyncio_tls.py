@@ -15,6 +15,14 @@ Usage:
       connections each doing request/response as fast as the server answers, for SECONDS.
       Prints "DONE {json}" with the exchanges per second.
 
+  asyncio_tls.py spin PORT SECONDS
+      A WANT loop in a hand-rolled asyncio TLS client (ssl.SSLObject over MemoryBIOs on the
+      loop's own readiness callbacks, as libraries that wrap a raw socket do): after the
+      handshake it waits for a reply that never comes (it sent nothing), with a writer
+      callback left registered. Each EPOLLOUT wake-up calls SSLObject.read(), which raises
+      SSLWantReadError: the loop spins at full speed without progress. Prints
+      "READY {pid, tid, fd}" once spinning, "DONE {wakeups, want_read}" after SECONDS.
+
 Every line is flushed at once.
 """
 
@@ -115,6 +123,62 @@ def load(port, conns, seconds):
     say("DONE", {"exchanges": sum(counts), "per_s": sum(counts) / seconds})
 
 
+def spin(port, seconds):
+    loop = asyncio.new_event_loop()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing)
+    counts = {"wakeups": 0, "want_read": 0}
+    done = loop.create_future()
+
+    def flush():
+        data = outgoing.read()
+        if data:
+            sock.send(data)
+
+    def pump_in():
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        incoming.write(data)
+
+    def handshake():
+        pump_in()
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            flush()
+            return
+        flush()
+        loop.remove_reader(sock)
+        say("READY", {"pid": os.getpid(), "tid": threading.get_native_id(), "fd": sock.fileno()})
+        # The bug: waiting for the reply with a writer callback (the socket is always
+        # writable) instead of a reader.
+        loop.add_writer(sock, want_reply)
+
+    def want_reply():
+        counts["wakeups"] += 1
+        try:
+            obj.read(4096)
+        except ssl.SSLWantReadError:
+            counts["want_read"] += 1
+
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    flush()
+    loop.add_reader(sock, handshake)
+    loop.call_later(seconds, done.set_result, None)
+    loop.run_until_complete(done)
+    say("DONE", counts)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "server":
@@ -122,6 +186,8 @@ def main():
     elif mode == "client":
         pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
         asyncio.run(client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), pause))
+    elif mode == "spin":
+        spin(int(sys.argv[2]), float(sys.argv[3]))
     elif mode == "load":
         load(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     else:
