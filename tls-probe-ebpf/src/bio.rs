@@ -31,7 +31,7 @@ use tls_probe_common::{
 };
 
 use crate::{
-    maps::{BIO_AWAIT, BIO_READ, EVENTS, SSL_FD},
+    maps::{BIO_AWAIT, BIO_READ, EVENTS, LOOP_WORK, SSL_FD},
     sockio::walk_server_hello,
     state::{BIO_HELLO_SEEN, BioAwait, BioRead, SslKey},
     util::{header, lost, now, sys_arg, sys_ret, wakeup_flags},
@@ -162,6 +162,9 @@ pub fn is_record(ctx: &TracePointContext, shape: u32) -> bool {
 #[inline(always)]
 pub fn sys_enter(ctx: &TracePointContext, kind: u32, shape: u32, tgid: u32, tid: u32) {
     let fd = sys_arg(ctx, 0, u64::MAX) as i32;
+    if kind == sys::WRITE {
+        worked(tid);
+    }
     if kind == sys::READ {
         // Only plain reads: what asyncio (recv_into) and node (read) use.
         if shape != shape::PLAIN {
@@ -232,6 +235,7 @@ pub fn sys_exit_read(ctx: &TracePointContext, tid: u32) {
     let len = ret.max(0) as u64;
     match record_header(r.buf, len) {
         Some((ty, rec_len)) => {
+            worked(tid);
             r.ts_ns = now();
             r.ret = ret;
             r.record_type = u32::from(ty);
@@ -332,6 +336,12 @@ fn tie(tgid: u32, tid: u32, ts: u64, ssl: u64, fd: i32, via: u32, call_op: u32, 
     if EVENTS.output::<SslFdEvent>(&ev, wakeup_flags()).is_err() {
         lost(KIND_SSL_FD);
     }
+}
+
+/// The thread did work since its last epoll wait (`LOOP_WORK`).
+#[inline(always)]
+pub fn worked(tid: u32) {
+    let _ = LOOP_WORK.insert(&tid, &1, 0);
 }
 
 /// Whether `ssl` is tied to a socket over memory BIOs.

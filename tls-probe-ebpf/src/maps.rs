@@ -68,6 +68,14 @@ pub static BIO_READ: LruHashMap<u32, BioRead> = LruHashMap::with_max_entries(163
 #[map]
 pub static BIO_AWAIT: LruHashMap<u32, BioAwait> = LruHashMap::with_max_entries(16384, 0);
 
+/// tid -> 1 when the thread had work since its last epoll wait: that wait reported fds
+/// ready, or since then a socket read returned bytes, a socket write was made outside any
+/// SSL call, or a probed SSL call made progress. An empty zero-timeout wait after that is
+/// the loop's turn (asyncio polls so whenever it has callbacks ready), not a busy poll.
+/// LRU as `BIO_READ`.
+#[map]
+pub static LOOP_WORK: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// (tgid, SSL*) -> the socket fd last tied to it over memory BIOs: a tie is reported once,
 /// and again only when it changes. One per live memory-BIO connection; 65536 as `FD_USE`.
 /// Deleted on SSL_free.

@@ -217,6 +217,9 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
     } else {
         st.fd
     };
+    if bytes > 0 || (op::is_handshake(st.op) && ret == 1) {
+        bio::worked(tid);
+    }
     if st.sys_calls == 0 {
         // No socket syscall inside: a memory BIO (or nothing to move). Its record comes
         // after the tie it may make, so the agent knows the fd before it reads the call.

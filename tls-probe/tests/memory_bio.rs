@@ -410,3 +410,34 @@ fn asyncio_want_loop_is_a_spin_loop_on_its_socket() {
         .collect();
     assert!(others.is_empty(), "{}", scenario_common::describe(&records));
 }
+/// A healthy asyncio server under load (8 keep-alive clients doing request/response as
+/// fast as it answers), in the default mode: no finding at all, and every connection in
+/// the table with its fd.
+#[test]
+fn healthy_asyncio_server_under_load_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = asyncio_server(dir.path());
+    let probe = Attached::start(dir.path(), _server.pid(), &["--mode", "auto"]);
+    let out = Command::new("python3")
+        .arg(SCRIPT)
+        .args(["load", &port.to_string(), "8", "8"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running the load");
+    assert!(out.status.success());
+    let done = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| tagged(l, "DONE"))
+        .expect("the load's DONE line");
+    assert!(done["exchanges"].as_u64() > Some(1000), "{done}");
+    let records = probe.interrupt(Duration::from_secs(30));
+    check_schema(&records);
+    assert!(
+        scenario_common::changes(&records).is_empty(),
+        "a healthy server ({} exchanges/s): {}",
+        done["per_s"],
+        scenario_common::describe(&records)
+    );
+    let table = snapshot_conns(&records);
+    assert!(table.len() >= 8, "{table:?}");
+}

@@ -388,3 +388,38 @@ fn node_server_under_s_time_new_saturates_its_main_thread() {
         describe(&records)
     );
 }
+
+/// A healthy node https server under load (8 keep-alive clients, requests as fast as it
+/// answers), in the default mode: no finding at all.
+#[test]
+fn healthy_node_server_under_load_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    cert(dir.path());
+    let (server, port) = node_server(dir.path(), 0);
+    let probe = Attached::start(dir.path(), server.pid(), &["--mode", "auto"]);
+    let mut client = node_client(port, 8, 1500);
+    client.send_line("go");
+    client.read_until("the client's DONE line", |l| tagged(l, "DONE"));
+    assert!(
+        client
+            .wait_exit("the client", Duration::from_secs(60))
+            .success()
+    );
+    let records = probe.interrupt(Duration::from_secs(30));
+    check_schema(&records);
+    assert!(
+        scenario_common::changes(&records).is_empty(),
+        "a healthy server: {}",
+        describe(&records)
+    );
+    let served = records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "snapshot")
+        .map(|s| s["data"]["processes"][0]["handshakes"]["completed_total"].clone());
+    assert_eq!(
+        served.and_then(|v| v.as_u64()),
+        Some(8),
+        "8 connections' handshakes"
+    );
+}
