@@ -183,6 +183,11 @@ fn asyncio_client_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     );
     let records = probe.finish(Duration::from_secs(30));
     check_schema(&records);
+    let summary = &records.last().unwrap()["data"];
+    assert_eq!(
+        summary["memory_bio_disagreements"], 0,
+        "the ties never disagreed"
+    );
 
     let fd_of_conn: BTreeMap<u64, i64> = conns
         .iter()
@@ -233,6 +238,11 @@ fn asyncio_server_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     let server_conns = conn_lines(&mut server, CONNS as usize, "the server");
     let records = probe.interrupt(Duration::from_secs(30));
     check_schema(&records);
+    let summary = &records.last().unwrap()["data"];
+    assert_eq!(
+        summary["memory_bio_disagreements"], 0,
+        "the ties never disagreed"
+    );
 
     // Connection i: the client's local address is the server's peer for it.
     let mut fd_of_conn = BTreeMap::new();

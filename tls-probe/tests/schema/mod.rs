@@ -884,6 +884,7 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    pub memory_bio_disagreements: u64,
     pub probes: Option<ProbeStatus>,
     pub processes: Vec<ProcessSnapshot>,
     pub findings: Vec<Finding>,
