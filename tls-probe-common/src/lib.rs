@@ -52,7 +52,29 @@ pub mod op {
     pub const SSL_CONNECT: u32 = 6;
     pub const SSL_PEEK: u32 = 7;
     pub const SSL_PEEK_EX: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// OpenSSL's handshake state machine (`s->handshake_func`), which SSL_do_handshake and,
+    /// while a handshake is not done, SSL_read/SSL_write run. Internal in libssl.so, but
+    /// exported by programs that link OpenSSL statically and export its symbols (node): the
+    /// one probe that sees node's handshakes, which it drives through SSL_read.
+    pub const OSSL_STATEM_ACCEPT: u32 = 9;
+    pub const OSSL_STATEM_CONNECT: u32 = 10;
+    pub const COUNT: u32 = 11;
+
+    /// Whether `op` is a handshake call (no application bytes).
+    #[inline(always)]
+    pub fn is_handshake(op: u32) -> bool {
+        op == SSL_DO_HANDSHAKE
+            || op == SSL_ACCEPT
+            || op == SSL_CONNECT
+            || op == OSSL_STATEM_ACCEPT
+            || op == OSSL_STATEM_CONNECT
+    }
+
+    /// Whether `op` is the state machine itself, which the application's call runs.
+    #[inline(always)]
+    pub fn is_statem(op: u32) -> bool {
+        op == OSSL_STATEM_ACCEPT || op == OSSL_STATEM_CONNECT
+    }
 }
 
 /// Symbol names, indexed by the `op` constants.
@@ -66,6 +88,8 @@ pub const SSL_OPS: [&str; op::COUNT as usize] = [
     "SSL_connect",
     "SSL_peek",
     "SSL_peek_ex",
+    "ossl_statem_accept",
+    "ossl_statem_connect",
 ];
 
 /// Attach cookies (`bpf_get_attach_cookie`): which function a uprobe hit is in. Each uprobe
@@ -557,6 +581,42 @@ pub struct AsyncPauseEvent {
     pub ssl: u64,
 }
 const _: () = assert!(core::mem::size_of::<AsyncPauseEvent>() == 32);
+
+/// `kind` of a [`SslFdEvent`] (12).
+pub const KIND_SSL_FD: u32 = 12;
+
+/// How a [`SslFdEvent`] tied an SSL* to a socket over memory BIOs.
+pub mod bio_via {
+    /// The thread's last socket read outside any SSL call (its bytes a TLS record) was
+    /// followed by this SSL call making no socket syscall: the bytes went in through the
+    /// read BIO (`BIO_write`), as asyncio and node do.
+    pub const READ: u32 = 1;
+    /// This SSL call made no socket syscall, and the thread's next socket write (its bytes a
+    /// TLS record of the kind the call makes) carried its output out of the write BIO.
+    pub const WRITE: u32 = 2;
+}
+
+/// An SSL* whose calls make no socket syscall (memory BIOs: asyncio, node) tied to the
+/// socket its bytes go through, from the socket syscalls its thread makes just before or
+/// just after the call. Sent when the kernel learns a new or changed tie, not per call.
+/// Only the 5-byte TLS record header of the syscall's buffer is read, never the payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslFdEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+    /// The byte count of the socket syscall (its return for a read, its length for a write).
+    pub sys_bytes: i64,
+    pub fd: i32,
+    /// One of the `bio_via` constants.
+    pub via: u32,
+    /// The `op` of the SSL call.
+    pub op: u32,
+    /// The TLS record header's content type (0x16 handshake, 0x17 application data, ...).
+    pub record_type: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SslFdEvent>() == 56);
 
 /// OpenSSL's library and reason codes the agent names.
 pub mod ossl {

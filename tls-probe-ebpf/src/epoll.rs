@@ -8,7 +8,7 @@ use tls_probe_common::{
 };
 
 use crate::{
-    maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, SYSCALL_ARGS},
+    maps::{BUSY_WAITS, EVENTS, FD_USE, IDLE_WAITS, LOOP_WORK, SYSCALL_ARGS},
     state::{BusyWaits, IdleWaits, SyscallArgs},
     util::{bump, header, lost, now, sys_arg, sys_ret, target, target_flags, wakeup_flags},
 };
@@ -299,7 +299,30 @@ fn wait_exit(ctx: &TracePointContext, syscall: u32) -> u32 {
     let _ = SYSCALL_ARGS.remove(&tid);
     let ret = sys_ret(ctx, 0);
     let ts = now();
+    // Whether the loop had work since its previous wait (that wait reported fds ready, or
+    // it moved bytes since), and from now on whether this one reports any.
+    let worked = match LOOP_WORK.get_ptr_mut(&tid) {
+        Some(w) => {
+            // SAFETY: this thread's own entry, updated in place.
+            let w = unsafe { &mut *w };
+            let had = *w != 0;
+            *w = u32::from(ret > 0);
+            had
+        }
+        None => {
+            if ret > 0 {
+                let _ = LOOP_WORK.insert(&tid, &1, 0);
+            }
+            false
+        }
+    };
     if ret == 0 && st.args[3] == 0 {
+        if worked {
+            // The loop had work since its last wait and polls once more before running the
+            // callbacks that work queued (asyncio does whenever callbacks are ready): its
+            // turn, not a busy poll.
+            return 0;
+        }
         // Timeout 0, nothing ready: a busy poll. Count it, don't stream it.
         aggregate_idle(tgid, tid, &st, ts, syscall);
         return 0;

@@ -12,7 +12,10 @@ use aya_ebpf::{
 use tls_probe_common::{KIND_TASK_EXIT, TaskExitEvent};
 
 use crate::{
-    maps::{EVENTS, GETERR_ARGS, IDLE_WAITS, INFLIGHT, SOCK_IN, SYSCALL_ARGS, TARGETS},
+    maps::{
+        BIO_AWAIT, BIO_READ, EVENTS, GETERR_ARGS, IDLE_WAITS, INFLIGHT, LOOP_WORK, SOCK_IN,
+        SYSCALL_ARGS, TARGETS,
+    },
     util::{header, lost, now, wakeup_flags},
 };
 
@@ -31,6 +34,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     cleared += u32::from(GETERR_ARGS.remove(&tid).is_ok());
     // A socket syscall it died in (not counted: a blocked read is no probed call).
     let _ = SOCK_IN.remove(&tid);
+    // Candidates only: not counted as left behind.
+    let _ = BIO_READ.remove(&tid);
+    let _ = BIO_AWAIT.remove(&tid);
+    let _ = LOOP_WORK.remove(&tid);
     // SAFETY: the value is a plain u32, not kept.
     if unsafe { TARGETS.get(&tgid) }.is_none() {
         return 0;

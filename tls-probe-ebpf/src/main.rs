@@ -9,6 +9,8 @@
 #[cfg(target_arch = "bpf")]
 mod asyncjob;
 #[cfg(target_arch = "bpf")]
+mod bio;
+#[cfg(target_arch = "bpf")]
 mod crypto;
 #[cfg(target_arch = "bpf")]
 mod epoll;

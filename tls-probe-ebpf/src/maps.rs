@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use tls_probe_common::counter;
 
-use crate::state::{BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SockIn, SyscallArgs};
+use crate::state::{
+    BioAwait, BioRead, BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SockIn, SslKey,
+    SyscallArgs,
+};
 
 /// All events to userspace. 8 MiB holds ~80k SSL call records or ~14k full epoll records:
 /// about 0.1 s of the worst scenario rate (a spin loop at ~500k wake-ups/s) if the reader
@@ -68,3 +71,27 @@ pub static SOCK_IN: HashMap<u32, SockIn> = HashMap::with_max_entries(16384, 0);
 /// it is not taken as in flight.
 #[map]
 pub static SOCKIO_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// tid -> the thread's last socket read outside an SSL call whose bytes are a TLS record
+/// (see `crate::bio`). One per thread; LRU so threads that exited age out.
+#[map]
+pub static BIO_READ: LruHashMap<u32, BioRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// tid -> the last probed SSL call that made no socket syscall, until the thread's next
+/// socket write (see `crate::bio`). One per thread; LRU as `BIO_READ`.
+#[map]
+pub static BIO_AWAIT: LruHashMap<u32, BioAwait> = LruHashMap::with_max_entries(16384, 0);
+
+/// tid -> 1 when the thread had work since its last epoll wait: that wait reported fds
+/// ready, or since then a socket read returned bytes, a socket write was made outside any
+/// SSL call, or a probed SSL call made progress. An empty zero-timeout wait after that is
+/// the loop's turn (asyncio polls so whenever it has callbacks ready), not a busy poll.
+/// LRU as `BIO_READ`.
+#[map]
+pub static LOOP_WORK: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// (tgid, SSL*) -> the socket fd last tied to it over memory BIOs: a tie is reported once,
+/// and again only when it changes. One per live memory-BIO connection; 65536 as `FD_USE`.
+/// Deleted on SSL_free.
+#[map]
+pub static SSL_FD: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);

@@ -19,6 +19,7 @@ use tls_probe_common::{
 };
 
 use crate::{
+    bio::{self, shape},
     maps::{EVENTS, FD_USE, INFLIGHT, SHARED_FD, SOCK_IN, SOCKIO_GEN},
     state::{FdUse, HELLO_BODY_NEXT, HELLO_DONE, Inflight, SockIn},
     util::{count_sockio, header, lost, now, sys_arg, sys_ret, target_flags, wakeup_flags},
@@ -33,12 +34,13 @@ const MSG_ERRQUEUE: u64 = 0x2000;
 /// The largest TLS record body: 2^14 bytes of plaintext plus expansion.
 const MAX_RECORD: u16 = 18_432;
 
-/// One socket syscall as it enters: its kind, whether its second and third arguments are
-/// a buffer and its length, and which argument holds the receive flags (0: none).
+/// One socket syscall as it enters: its kind, the shape of its buffer argument
+/// (`bio::shape`: a buffer and its length, an iovec or a msghdr), and which argument holds
+/// the receive flags (0: none).
 #[derive(Clone, Copy)]
 struct SysIo {
     kind: u32,
-    plain: bool,
+    shape: u32,
     flags_arg: usize,
 }
 
@@ -144,6 +146,8 @@ fn note_fd_use(ctx: &TracePointContext, io: SysIo, ssl: u64, share: bool) {
     };
     if share {
         count_sockio();
+        // Outside any SSL call: first, the memory-BIO tie (`crate::bio`).
+        bio::sys_enter(ctx, io.kind, io.shape, tgid, tid);
     }
     if flags & target_flag::HOT != 0 {
         return;
@@ -155,7 +159,11 @@ fn note_fd_use(ctx: &TracePointContext, io: SysIo, ssl: u64, share: bool) {
     let moves_records =
         io.flags_arg == 0 || sys_arg(ctx, io.flags_arg, 0) & (MSG_PEEK | MSG_ERRQUEUE) == 0;
     let tracked = generation != 0 && moves_records;
-    let buf = if io.plain { sys_arg(ctx, 1, 0) } else { 0 };
+    let buf = if io.shape == shape::PLAIN {
+        sys_arg(ctx, 1, 0)
+    } else {
+        0
+    };
     if tracked {
         let _ = SOCK_IN.insert(&tid, &SockIn { key, since: ts }, 0);
     }
@@ -256,7 +264,7 @@ const MAX_EXTENSIONS: u32 = 12;
 
 #[inline(always)]
 fn is_handshake_op(op: u32) -> bool {
-    op == op::SSL_DO_HANDSHAKE || op == op::SSL_ACCEPT || op == op::SSL_CONNECT
+    op::is_handshake(op)
 }
 
 #[inline(always)]
@@ -274,7 +282,7 @@ fn be16(b0: u8, b1: u8) -> u16 {
 /// Walks a ServerHello message starting at `msg` (its handshake header), of which `avail`
 /// bytes are in the buffer. Returns (version, cipher, flags) without the `SENT` bit.
 #[inline(always)]
-fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
+pub(crate) fn walk_server_hello(msg: u64, avail: u64) -> Option<(u16, u16, u32)> {
     let h = read_bytes::<6>(msg)?;
     if h[0] != HANDSHAKE_SERVER_HELLO {
         return None;
@@ -384,7 +392,7 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, io: SysIo) -> u32 {
-    let (kind, plain_buf) = (io.kind, io.plain);
+    let (kind, plain_buf) = (io.kind, io.shape == shape::PLAIN);
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
         note_fd_use(ctx, io, 0, true);
@@ -392,8 +400,7 @@ fn on_enter(ctx: &TracePointContext, io: SysIo) -> u32 {
     };
     // SAFETY: this thread's own entry, read once.
     let cur_op = unsafe { (*cur).op };
-    let io_call =
-        cur_op != op::SSL_DO_HANDSHAKE && cur_op != op::SSL_ACCEPT && cur_op != op::SSL_CONNECT;
+    let io_call = !op::is_handshake(cur_op);
     if io_call && target_flags().is_some_and(|(_, _, flags)| flags & target_flag::HOT == 0) {
         // An I/O call entered while the per-call probes were on, whose return probe went
         // away before it returned (e.g. a blocking SSL_read across the end of an
@@ -403,12 +410,26 @@ fn on_enter(ctx: &TracePointContext, io: SysIo) -> u32 {
         return 0;
     }
     count_sockio();
+    let fd = sys_arg(ctx, 0, u64::MAX) as i64;
+    // SAFETY: this thread's own entry, read once.
+    let in_handshake = unsafe { is_handshake_op((*cur).op) || (*cur).statem != 0 };
+    if kind == sys::WRITE
+        && (in_handshake || (0..=2).contains(&fd))
+        && !bio::is_record(ctx, io.shape)
+    {
+        // Not the connection's socket: a callback the call ran wrote elsewhere (node's
+        // handshake-done callback runs inside the state machine: a log line, a wakeup of
+        // its event loop). A handshake writes whole records (a retry of a partial flight
+        // that does not is left out: its fd is known from the flight's first write); an
+        // I/O call's retry may write the rest of a record, so for those only stdout and
+        // stderr are left out.
+        return 0;
+    }
     if !io_call {
         // Inside a handshake call: in flight on its fd too (a handshake is an SSL call).
         // SAFETY: this thread's own entry, read once.
         note_fd_use(ctx, io, unsafe { (*cur).ssl }, false);
     }
-    let fd = sys_arg(ctx, 0, u64::MAX) as i64;
     // SAFETY: this thread's own entry.
     let cur = unsafe { &mut *cur };
     cur.fd = fd as i32;
@@ -433,6 +454,9 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     end_sock_in(tid);
     let Some(cur) = INFLIGHT.get_ptr_mut(&tid) else {
+        if kind == sys::READ {
+            bio::sys_exit_read(ctx, tid);
+        }
         return 0;
     };
     let ret = sys_ret(ctx, 0);
@@ -451,10 +475,10 @@ fn on_exit(ctx: &TracePointContext, kind: u32) -> u32 {
 }
 
 macro_rules! sock_tracepoints {
-    ($($enter:ident, $exit:ident => $kind:expr, $plain:expr, $flags_arg:expr;)*) => {$(
+    ($($enter:ident, $exit:ident => $kind:expr, $shape:expr, $flags_arg:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, SysIo { kind: $kind, plain: $plain, flags_arg: $flags_arg })
+            on_enter(&ctx, SysIo { kind: $kind, shape: $shape, flags_arg: $flags_arg })
         }
 
         #[tracepoint]
@@ -464,16 +488,15 @@ macro_rules! sock_tracepoints {
     )*};
 }
 
-// `plain`: the second and third arguments are a buffer and its length (not an iovec).
-// Then the argument that holds a receive's flags (0: none): recvfrom(fd, buf, len, flags,
-// ...), recvmsg(fd, msg, flags).
+// The shape of the buffer argument (`bio::shape`), then the argument that holds a
+// receive's flags (0: none): recvfrom(fd, buf, len, flags, ...), recvmsg(fd, msg, flags).
 sock_tracepoints! {
-    sys_enter_read, sys_exit_read => sys::READ, true, 0;
-    sys_enter_write, sys_exit_write => sys::WRITE, true, 0;
-    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, true, 3;
-    sys_enter_sendto, sys_exit_sendto => sys::WRITE, true, 0;
-    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, false, 2;
-    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, false, 0;
-    sys_enter_readv, sys_exit_readv => sys::READ, false, 0;
-    sys_enter_writev, sys_exit_writev => sys::WRITE, false, 0;
+    sys_enter_read, sys_exit_read => sys::READ, shape::PLAIN, 0;
+    sys_enter_write, sys_exit_write => sys::WRITE, shape::PLAIN, 0;
+    sys_enter_recvfrom, sys_exit_recvfrom => sys::READ, shape::PLAIN, 3;
+    sys_enter_sendto, sys_exit_sendto => sys::WRITE, shape::PLAIN, 0;
+    sys_enter_recvmsg, sys_exit_recvmsg => sys::READ, shape::MSGHDR, 2;
+    sys_enter_sendmsg, sys_exit_sendmsg => sys::WRITE, shape::MSGHDR, 0;
+    sys_enter_readv, sys_exit_readv => sys::READ, shape::IOVEC, 0;
+    sys_enter_writev, sys_exit_writev => sys::WRITE, shape::IOVEC, 0;
 }

@@ -15,6 +15,7 @@ use tls_probe_common::{
 };
 
 use crate::{
+    bio,
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
     twin::{attach_cookie, twin_uprobe, twin_uretprobe},
@@ -77,7 +78,8 @@ fn cold_exit(ctx: &RetProbeContext) -> u32 {
     exit(ctx, false)
 }
 
-/// SSL_do_handshake/SSL_accept/SSL_connect, SSL_free: entry.
+/// SSL_do_handshake/SSL_accept/SSL_connect, ossl_statem_accept/ossl_statem_connect (where
+/// exported), SSL_free: entry.
 #[inline(always)]
 fn cold_enter(ctx: &ProbeContext) -> u32 {
     match attach_cookie(ctx) {
@@ -94,7 +96,7 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
     let Some((_, tid, flags)) = target_flags() else {
         return 0;
     };
-    let is_io = op != op::SSL_DO_HANDSHAKE && op != op::SSL_ACCEPT && op != op::SSL_CONNECT;
+    let is_io = !op::is_handshake(op);
     // The per-call probes are switched off in the kernel first (`HOT` cleared) and their
     // links closed in the background, which takes ~100 ms each: until then they still trap.
     if is_io && flags & target_flag::HOT == 0 {
@@ -108,10 +110,14 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         // call is the one the application made. Only that nesting exists in libssl: any
         // other entry is stale (its return was never seen, e.g. the return probe was
         // attached or detached while the call ran) and must not swallow this call.
-        let nests =
-            op == op::SSL_DO_HANDSHAKE && (cur.op == op::SSL_ACCEPT || cur.op == op::SSL_CONNECT);
+        // So is the state machine run by the application's call on the same SSL*
+        // (SSL_do_handshake, or SSL_read driving node's handshakes).
+        let nests = (op == op::SSL_DO_HANDSHAKE
+            && (cur.op == op::SSL_ACCEPT || cur.op == op::SSL_CONNECT))
+            || op::is_statem(op);
         if cur.ssl == ssl && nests {
             cur.depth += 1;
+            cur.statem |= op::is_statem(op) as u32;
             return 0;
         }
         // Otherwise start afresh.
@@ -138,6 +144,7 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         hello: 0,
         hello_len: 0,
         callee: callee as u32,
+        statem: 0,
     };
     if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
@@ -197,15 +204,28 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
         } else {
             0
         }
-    } else if ret > 0
-        && st.op != op::SSL_DO_HANDSHAKE
-        && st.op != op::SSL_ACCEPT
-        && st.op != op::SSL_CONNECT
-    {
+    } else if ret > 0 && !op::is_handshake(st.op) {
         ret as u64
     } else {
         0
     };
+    // An SSL* tied to a socket over memory BIOs does no socket I/O inside its calls: a
+    // syscall seen there is a callback's or OpenSSL's own (node's handshake callbacks,
+    // libcrypto reading /dev/urandom to reseed), not its socket.
+    let fd = if st.fd >= 0 && bio::is_tied(tgid, st.ssl) {
+        -1
+    } else {
+        st.fd
+    };
+    if bytes > 0 || (op::is_handshake(st.op) && ret == 1) {
+        bio::worked(tid);
+    }
+    if st.sys_calls == 0 {
+        // No socket syscall inside: a memory BIO (or nothing to move). Its record comes
+        // after the tie it may make, so the agent knows the fd before it reads the call.
+        let handshake = op::is_handshake(st.op) || st.statem != 0;
+        bio::after_call(tgid, tid, ts, st.ssl, st.op, handshake, bytes);
+    }
     let ev = SslCallEvent {
         hdr: header(kind::SSL_CALL, tgid, tid, ts),
         ssl: st.ssl,
@@ -216,7 +236,7 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
         start_ns: st.start_ns,
         duration_ns: ts - st.start_ns,
         sys_last_ret: st.sys_last_ret,
-        fd: st.fd,
+        fd,
         op: st.op,
         sys_calls: st.sys_calls,
         sys_last_kind: st.sys_last_kind,
@@ -288,9 +308,11 @@ fn free(ctx: &ProbeContext) -> u32 {
     let Some((tgid, tid)) = target() else {
         return 0;
     };
+    let ssl = ctx.arg(0).unwrap_or(0);
+    bio::forget(tgid, ssl);
     let ev = SslFreeEvent {
         hdr: header(kind::SSL_FREE, tgid, tid, now()),
-        ssl: ctx.arg(0).unwrap_or(0),
+        ssl,
     };
     if EVENTS.output::<SslFreeEvent>(&ev, wakeup_flags()).is_err() {
         lost(kind::SSL_FREE);

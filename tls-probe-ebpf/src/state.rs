@@ -28,6 +28,8 @@ pub struct Inflight {
     /// 1 when the probes sit on the callee of the function in `op` (placement.rs in the
     /// agent): the return converts the callee's result to the function's.
     pub callee: u32,
+    /// 1 when OpenSSL's handshake state machine ran inside the call (node's SSL_read).
+    pub statem: u32,
 }
 
 pub const HELLO_BODY_NEXT: u32 = 1;
@@ -105,4 +107,48 @@ pub struct SockIn {
     /// The `FD_USE` key: tgid << 32 | fd.
     pub key: u64,
     pub since: u64,
+}
+
+/// A socket read made outside any SSL call, kept until the thread's next probed SSL call
+/// (memory BIOs: its bytes go into that call's read BIO). `ts_ns` 0: the read has not
+/// returned yet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioRead {
+    pub buf: u64,
+    pub ts_ns: u64,
+    pub ret: i64,
+    pub fd: i32,
+    pub record_type: u32,
+    /// A ServerHello the read carried (the client side), walked at the read's exit while
+    /// the buffer is fresh: `hello_flags` has `BIO_HELLO_SEEN` then.
+    pub hello_flags: u32,
+    pub hello_version: u16,
+    pub hello_cipher: u16,
+}
+
+/// In `BioRead::hello_flags`: a ServerHello was read (beside the `hello_flag` bits).
+pub const BIO_HELLO_SEEN: u32 = 1 << 31;
+
+/// A probed SSL call that made no socket syscall, waiting for the thread's next socket
+/// write to carry its output.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioAwait {
+    pub ssl: u64,
+    pub ts_ns: u64,
+    /// Application bytes the call wrote.
+    pub bytes: u64,
+    pub op: u32,
+    /// 1: a handshake call, or one the state machine ran inside.
+    pub handshake: u32,
+}
+
+/// (tgid, SSL*): the key of the SSL* -> fd ties learned over memory BIOs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
 }

@@ -154,7 +154,8 @@ pub struct DemoArgs {
     /// The scenario to run: healthy, spin-loop, busy-poll, bad-write-retry,
     /// handshake-storm, resumed-handshakes, concurrent-ssl or mixed (the default: a spin
     /// loop, a handshake storm and healthy connections in one process), async-stall,
-    /// async-quick, async-no-jobs. --duration defaults to 20 s.
+    /// async-quick, async-no-jobs, asyncio-spin (a Python asyncio program: needs python3).
+    /// --duration defaults to 20 s.
     pub scenario: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,

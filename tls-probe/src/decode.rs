@@ -17,8 +17,8 @@ use tls_probe_common::{
 };
 
 use crate::event::{
-    CtlOp, EpollBusy, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind, PeerSide,
-    ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
+    BioVia, CtlOp, EpollBusy, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind,
+    PeerSide, ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub enum DecodeError {
     UnknownPeerSyscall(u32),
     #[error("unknown address family {0}")]
     UnknownFamily(u16),
+    #[error("unknown memory-BIO tie {0}")]
+    UnknownVia(u32),
 }
 
 /// Reads a `T` from the front of `bytes`, which must be at least `size_of::<T>()` long.
@@ -224,6 +226,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sent: r.flags & hello_flag::SENT != 0,
             })
         }
+        tls_probe_common::KIND_SSL_FD => {
+            let r: tls_probe_common::SslFdEvent = read(bytes, hdr.kind)?;
+            EventKind::SslFd {
+                ssl: r.ssl,
+                fd: r.fd,
+                via: match r.via {
+                    tls_probe_common::bio_via::READ => BioVia::Read,
+                    tls_probe_common::bio_via::WRITE => BioVia::Write,
+                    other => return Err(DecodeError::UnknownVia(other)),
+                },
+                op: ssl_op(r.op)?,
+                record_type: r.record_type,
+                sys_bytes: r.sys_bytes,
+            }
+        }
         tls_probe_common::KIND_TASK_EXIT => {
             let r: tls_probe_common::TaskExitEvent = read(bytes, hdr.kind)?;
             EventKind::TaskExit {
@@ -365,6 +382,39 @@ mod tests {
         assert_eq!(c.sys_last_ret, Some(-11));
         assert!(!c.made_progress());
         assert_eq!(c.key_ops, 2);
+    }
+
+    #[test]
+    fn memory_bio_tie_decodes_and_a_bad_via_is_an_error() {
+        let mut rec = tls_probe_common::SslFdEvent {
+            hdr: hdr(tls_probe_common::KIND_SSL_FD),
+            ssl: 0x55aa,
+            sys_bytes: 517,
+            fd: 7,
+            via: tls_probe_common::bio_via::WRITE,
+            op: tls_probe_common::op::SSL_DO_HANDSHAKE,
+            record_type: 0x16,
+            _pad: [0; 3],
+        };
+        let ev = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(ev.probe, "write");
+        assert_eq!(
+            ev.kind,
+            EventKind::SslFd {
+                ssl: 0x55aa,
+                fd: 7,
+                via: BioVia::Write,
+                op: SslOp::DoHandshake,
+                record_type: 0x16,
+                sys_bytes: 517,
+            }
+        );
+        rec.via = 9;
+        assert_eq!(decode(&bytes_of(&rec)), Err(DecodeError::UnknownVia(9)));
+        assert!(matches!(
+            decode(&bytes_of(&rec)[..40]),
+            Err(DecodeError::Short { kind: 12, .. })
+        ));
     }
 
     #[test]

@@ -94,10 +94,16 @@ pub enum SslOp {
     Peek,
     #[serde(rename = "SSL_peek_ex")]
     PeekEx,
+    /// OpenSSL's handshake state machine, probed where the program exports it (node, whose
+    /// handshakes run inside SSL_read): one record per step the application's call ran.
+    #[serde(rename = "ossl_statem_accept")]
+    StatemAccept,
+    #[serde(rename = "ossl_statem_connect")]
+    StatemConnect,
 }
 
 impl SslOp {
-    pub const ALL: [SslOp; 9] = [
+    pub const ALL: [SslOp; 11] = [
         Self::Read,
         Self::ReadEx,
         Self::Write,
@@ -107,6 +113,8 @@ impl SslOp {
         Self::Connect,
         Self::Peek,
         Self::PeekEx,
+        Self::StatemAccept,
+        Self::StatemConnect,
     ];
 
     /// The symbol name, verbatim.
@@ -123,7 +131,14 @@ impl SslOp {
     }
 
     pub fn is_handshake(self) -> bool {
-        matches!(self, Self::DoHandshake | Self::Accept | Self::Connect)
+        matches!(
+            self,
+            Self::DoHandshake
+                | Self::Accept
+                | Self::Connect
+                | Self::StatemAccept
+                | Self::StatemConnect
+        )
     }
 
     /// True for the `_ex` variants, which return 1/0 and report bytes through a pointer.
@@ -349,6 +364,16 @@ pub struct SockOverlap {
     pub suppressed: u32,
 }
 
+/// How an SSL* over memory BIOs was tied to its socket (see [`EventKind::SslFd`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BioVia {
+    /// The thread's socket read just before the call fed its read BIO.
+    Read,
+    /// The thread's socket write just after the call sent its write BIO's output.
+    Write,
+}
+
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -421,6 +446,19 @@ pub enum EventKind {
     },
     /// Two threads with a read or write in flight on one fd at once.
     SockOverlap(SockOverlap),
+    /// An SSL* whose calls make no socket syscall (memory BIOs: Python's asyncio, node)
+    /// tied to its socket: the thread's socket `read` (`via` read) just before the call `op`,
+    /// or its `write` just after it (`via` write), moved a TLS record of `record_type` (22
+    /// handshake, 23 application data) of `sys_bytes` bytes. Sent when the tie is new or
+    /// changes; the calls of `ssl` then carry `fd`.
+    SslFd {
+        ssl: u64,
+        fd: i32,
+        via: BioVia,
+        op: SslOp,
+        record_type: u8,
+        sys_bytes: i64,
+    },
 }
 
 /// One decoded event, with who and when.
@@ -467,6 +505,10 @@ impl Event {
             EventKind::LibError { .. } => "ERR_set_error",
             EventKind::AsyncPause { .. } => "ASYNC_pause_job",
             EventKind::SockOverlap(_) => "socket_overlap",
+            EventKind::SslFd { via, .. } => match via {
+                BioVia::Read => "read",
+                BioVia::Write => "write",
+            },
         }
     }
 

@@ -4,8 +4,10 @@
 //! nginx and most event loops store a pointer, not the fd, in `epoll_event.data`, so the
 //! tracker keeps every registration seen through `epoll_ctl` (or read from
 //! `/proc/PID/fdinfo` for the ones made before tls-probe attached) and maps `data` back.
-//! An SSL* is mapped to the fd of the socket syscalls made inside its calls; the mapping is
-//! kept for later calls that make no syscall and dropped on `SSL_free` and `close`.
+//! An SSL* is mapped to the fd of the socket syscalls made inside its calls, or, over memory
+//! BIOs, to the fd the kernel tied it to (`SslFd`, from the socket I/O just before or after
+//! its calls); the mapping is kept for later calls that make no syscall and dropped on
+//! `SSL_free` and `close`.
 //! Pure and deterministic: events in, the same events enriched out.
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,10 @@ pub struct Tracker {
     known_epfds: HashSet<(u32, i32)>,
     /// (pid, epfd) whose registrations predate attach and should be read from fdinfo.
     pending_seed: Vec<(u32, i32)>,
+    /// Memory-BIO ties that moved an SSL* to another fd while its old one was still open.
+    pub bio_disagreements: u64,
+    /// (pid, tid) -> the one fd its last epoll wait reported ready, when it reported one.
+    last_ready: HashMap<(u32, u32), i32>,
 }
 
 impl Tracker {
@@ -57,7 +63,7 @@ impl Tracker {
 
     /// Enriches `ev` in place and updates the mappings.
     pub fn process(&mut self, ev: &mut Event) {
-        let pid = ev.pid;
+        let (pid, tid) = (ev.pid, ev.tid);
         match &mut ev.kind {
             EventKind::SslCall(call) => {
                 if let (true, Some(fd)) = (call.fd_seen, call.fd) {
@@ -65,6 +71,31 @@ impl Tracker {
                 } else if call.fd.is_none() {
                     call.fd = self.fd_of(pid, call.ssl);
                 }
+                if call.fd.is_none()
+                    && call.sys_calls == 0
+                    && !call.op.is_handshake()
+                    && let Some(&fd) = self.last_ready.get(&(pid, tid))
+                    && !self.fd_ssl.contains_key(&(pid, fd))
+                {
+                    // Over memory BIOs, an I/O call on an SSL* tied to no socket yet (one
+                    // that was connected before attach and moves no bytes, so neither its
+                    // reads nor its writes tie it), made after a wait that reported one fd
+                    // ready, which no connection has: that fd. A later tie from the kernel
+                    // overrides it.
+                    self.map_ssl(pid, call.ssl, fd);
+                    call.fd = Some(fd);
+                }
+            }
+            EventKind::SslFd { ssl, fd, .. } => {
+                let (ssl, fd) = (*ssl, *fd);
+                if self
+                    .fd_of(pid, ssl)
+                    .is_some_and(|old| old != fd && self.fd_ssl.get(&(pid, old)) == Some(&ssl))
+                {
+                    // Its old socket is still open: the ties disagree.
+                    self.bio_disagreements += 1;
+                }
+                self.map_ssl(pid, ssl, fd);
             }
             EventKind::SslFree { ssl } => {
                 if let Some(fd) = self.ssl_fd.remove(&(pid, *ssl)) {
@@ -104,6 +135,11 @@ impl Tracker {
                         ready.fd = Some(reg.fd);
                         ready.interest = Some(reg.interest);
                     }
+                }
+                if let [crate::event::ReadyFd { fd: Some(fd), .. }] = wait.ready.as_slice() {
+                    self.last_ready.insert((pid, tid), *fd);
+                } else {
+                    self.last_ready.remove(&(pid, tid));
                 }
             }
             EventKind::EpollBusy(busy) => {
@@ -293,6 +329,69 @@ mod tests {
         let mut after_free = call(0xb, None);
         t.process(&mut after_free);
         assert_eq!(call_fd(&after_free), None);
+    }
+
+    fn tie(ssl: u64, fd: i32) -> Event {
+        Event::new(
+            1,
+            10,
+            11,
+            EventKind::SslFd {
+                ssl,
+                fd,
+                via: crate::event::BioVia::Write,
+                op: SslOp::DoHandshake,
+                record_type: 0x16,
+                sys_bytes: 517,
+            },
+        )
+    }
+
+    #[test]
+    fn memory_bio_tie_gives_later_calls_their_fd_and_a_move_while_open_is_counted() {
+        let mut t = Tracker::new();
+        t.process(&mut tie(0xa, 7));
+        let mut later = call(0xa, None);
+        t.process(&mut later);
+        assert_eq!(call_fd(&later), Some(7));
+        assert_eq!(t.bio_disagreements, 0);
+        // fd 7 still open: a tie to 9 disagrees.
+        t.process(&mut tie(0xa, 9));
+        assert_eq!(t.bio_disagreements, 1);
+        assert_eq!(t.fd_of(10, 0xa), Some(9));
+        // After a close, a new tie is no disagreement.
+        t.process(&mut Event::new(
+            2,
+            10,
+            11,
+            EventKind::Close { fd: 9, ret: 0 },
+        ));
+        t.process(&mut tie(0xa, 12));
+        assert_eq!(t.bio_disagreements, 1);
+        assert_eq!(t.fd_of(10, 0xa), Some(12));
+    }
+
+    #[test]
+    fn an_untied_memory_bio_call_after_one_ready_fd_takes_it() {
+        let mut t = Tracker::new();
+        let data = 0x7f00_0000_0009;
+        t.process(&mut ctl(CtlOp::Add, 3, 9, 0x4, data));
+        t.process(&mut wait(3, data));
+        let mut spin = call(0xa, None);
+        t.process(&mut spin);
+        assert_eq!(call_fd(&spin), Some(9));
+        // Another SSL* after the same wait: the fd is taken.
+        let mut other = call(0xb, None);
+        t.process(&mut other);
+        assert_eq!(call_fd(&other), None);
+        // A wait with nothing resolvable ready: no guess.
+        t.process(&mut wait(3, 0x1234));
+        let mut later = call(0xc, None);
+        t.process(&mut later);
+        assert_eq!(call_fd(&later), None);
+        // A kernel tie overrides the guess.
+        t.process(&mut tie(0xa, 12));
+        assert_eq!(t.fd_of(10, 0xa), Some(12));
     }
 
     #[test]

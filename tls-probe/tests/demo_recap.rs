@@ -119,6 +119,11 @@ fn spin_loop() {
 }
 
 #[test]
+fn asyncio_spin() {
+    check(ScenarioName::AsyncioSpin, 4);
+}
+
+#[test]
 fn busy_poll() {
     check(ScenarioName::BusyPoll, 4);
 }

@@ -316,10 +316,10 @@ fn two_instances_on_one_process_see_the_same_calls() {
 }
 
 /// node links OpenSSL statically and exports SSL_*; its TLS goes through memory BIOs, so
-/// no socket syscall happens inside SSL_read/SSL_write: the fd is unknown (null), never a
-/// wrong one.
+/// no socket syscall happens inside SSL_read/SSL_write: each SSL* is tied to its socket
+/// from the socket I/O around its calls, never to a wrong one.
 #[test]
-fn node_static_openssl_per_ssl_calls_with_unknown_fd() {
+fn node_static_openssl_per_ssl_calls_over_memory_bios() {
     let dir = tempfile::tempdir().unwrap();
     let (key, crt) = cert(dir.path());
     // One process: a TLS echo server and a client that sends a line per stdin line.
@@ -374,13 +374,34 @@ srv.listen(0, '127.0.0.1', () => {
     let ssls: std::collections::BTreeSet<u64> =
         writes.iter().map(|c| c["ssl"].as_u64().unwrap()).collect();
     assert_eq!(ssls.len(), 2, "client and server SSL*: {ssls:?}");
+    // Memory BIOs: no socket syscall inside the calls, yet each SSL* is tied to its own
+    // socket from the socket I/O its thread makes around them (tests/memory_bio.rs and
+    // tests/node.rs check the fds against the ones the programs report).
+    let mut fd_of = std::collections::BTreeMap::new();
     for c in &calls {
-        assert_eq!(
-            c["fd"],
-            Value::Null,
-            "memory BIOs: the fd is unknown, not {c}"
-        );
         assert_eq!(c["sys_calls"], 0, "{c}");
+        if let Some(fd) = c["fd"].as_i64() {
+            let ssl = c["ssl"].as_u64().unwrap();
+            let prev = fd_of.insert(ssl, fd);
+            assert!(
+                prev.is_none_or(|p| p == fd),
+                "SSL* {ssl:#x} on two fds: {c}"
+            );
+        }
+    }
+    // Attached after the handshakes: an SSL*'s first write comes before its first tie
+    // (the socket write that follows it); every other write carries its fd.
+    let without: Vec<_> = writes.iter().filter(|w| !w["fd"].is_i64()).collect();
+    assert!(without.len() <= 2, "writes without their fd: {without:#?}");
+    assert_eq!(fd_of.len(), 2, "{fd_of:?}");
+    let fds: std::collections::BTreeSet<i64> = fd_of.values().copied().collect();
+    assert_eq!(fds.len(), 2, "client and server on two sockets: {fd_of:?}");
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with("socket:"),
+            "fd {fd} is {link:?}"
+        );
     }
 }
 

@@ -211,6 +211,25 @@ pub fn guide(name: ScenarioName) -> Guide {
                 ],
             )],
         },
+        ScenarioName::AsyncioSpin => Guide {
+            runs: "a Python asyncio client over memory BIOs (ssl.SSLObject) leaves a writer \
+                   callback armed while SSLObject.read() wants READ, on a connection whose \
+                   server thread never answers",
+            findings: &[Expected {
+                kind: "spin_loop",
+                on: On::Roles(&["client"]),
+                shows: "within ~2 s: the socket's EPOLLOUT wake-ups and the SSL_read_ex calls \
+                        on the SSL* tied to it, which move no bytes",
+            }],
+            no_finding: None,
+            counts: &[(
+                "client",
+                &[
+                    ("wakeups", "epoll wake-ups"),
+                    ("want_read", "SSLObject.read() answered WANT_READ"),
+                ],
+            )],
+        },
         ScenarioName::BusyPoll => Guide {
             runs: "a client calls epoll_wait with a zero timeout in a tight loop, on an idle \
                    connection",

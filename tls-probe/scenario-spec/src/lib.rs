@@ -38,10 +38,13 @@ pub enum ScenarioName {
     AsyncQuick,
     /// async-stall with a one-job pool: a second connection answers WANT_ASYNC_JOB.
     AsyncNoJobs,
+    /// A Python asyncio client over memory BIOs (ssl.SSLObject) with a writer callback left
+    /// armed while SSLObject.read() wants READ: runs python3.
+    AsyncioSpin,
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 11] = [
+    pub const ALL: [ScenarioName; 12] = [
         Self::Healthy,
         Self::SpinLoop,
         Self::BusyPoll,
@@ -53,6 +56,7 @@ impl ScenarioName {
         Self::AsyncStall,
         Self::AsyncQuick,
         Self::AsyncNoJobs,
+        Self::AsyncioSpin,
     ];
 
     /// The command-line name, e.g. "spin-loop".
@@ -69,6 +73,7 @@ impl ScenarioName {
             Self::AsyncStall => "async-stall",
             Self::AsyncQuick => "async-quick",
             Self::AsyncNoJobs => "async-no-jobs",
+            Self::AsyncioSpin => "asyncio-spin",
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod async_engine;
 mod async_stall;
+mod asyncio_spin;
 mod concurrent;
 mod conn;
 mod echo;
@@ -68,6 +69,10 @@ pub fn run(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
                 args.duration
             )
         })?;
+    if args.name == ScenarioName::AsyncioSpin {
+        // Execs python3: returns only on failure.
+        match asyncio_spin::exec(duration, args.wait_stdin)? {}
+    }
     execute(args.name, duration, args.wait_stdin, Output::Print)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -113,6 +118,10 @@ fn setup(name: ScenarioName, runner: &mut Runner) -> anyhow::Result<()> {
         ScenarioName::AsyncStall => async_stall::run(runner, async_stall::Flavor::Stall),
         ScenarioName::AsyncQuick => async_stall::run(runner, async_stall::Flavor::Quick),
         ScenarioName::AsyncNoJobs => async_stall::run(runner, async_stall::Flavor::NoJobs),
+        ScenarioName::AsyncioSpin => anyhow::bail!(
+            "asyncio-spin is a Python program (it execs python3): run it as \
+             `tls-probe-scenarios asyncio-spin`, not in-process"
+        ),
     }
 }
 

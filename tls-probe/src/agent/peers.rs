@@ -112,11 +112,10 @@ impl Lookups {
     /// known already), or an fd closed.
     pub fn observe(&mut self, ev: &Event, known: impl Fn(u32, i32) -> bool) {
         match &ev.kind {
-            EventKind::SslCall(c) => {
-                if let Some(fd) = c.fd
-                    && !self.tried.contains(&(ev.pid, fd))
-                    && !known(ev.pid, fd)
-                {
+            EventKind::SslCall(crate::event::SslCall { fd: Some(fd), .. })
+            | EventKind::SslFd { fd, .. } => {
+                let fd = *fd;
+                if !self.tried.contains(&(ev.pid, fd)) && !known(ev.pid, fd) {
                     self.tried.insert((ev.pid, fd));
                     self.pending.entry(ev.pid).or_default().insert(fd);
                 }

@@ -263,7 +263,7 @@ impl State {
         call: &SslCall,
         code: Option<SslErrorCode>,
     ) -> Option<i32> {
-        let (pid, ssl) = key;
+        let pid = key.0;
         let mut created = false;
         let conn = self.conns.entry(key).or_insert_with(|| {
             created = true;
@@ -273,24 +273,8 @@ impl State {
         conn.last_seen_ns = conn.last_seen_ns.max(now);
         let progress = call.made_progress();
         conn.record(call, code);
-        if let Some(fd) = call.fd
-            && conn.fd != Some(fd)
-        {
-            if let Some(old) = conn.fd
-                && self.fds.get(&(pid, old)) == Some(&ssl)
-            {
-                self.fds.remove(&(pid, old));
-            }
-            conn.fd = Some(fd);
-            conn.closed = false;
-            if let Some(prev) = self.fds.insert((pid, fd), ssl)
-                && prev != ssl
-                && let Some(c) = self.conns.get_mut(&(pid, prev))
-                && c.fd == Some(fd)
-            {
-                // The fd was reused without a close seen: the old connection lost it.
-                c.fd = None;
-            }
+        if let Some(fd) = call.fd {
+            self.map_fd(key, fd);
         }
         let fd = self.conns.get(&key).and_then(|c| c.fd);
 
@@ -315,6 +299,32 @@ impl State {
             }
         }
         fd
+    }
+
+    /// Maps the connection `key` (if known) to `fd`, taking the fd from any other.
+    pub fn map_fd(&mut self, key: ConnKey, fd: i32) {
+        let (pid, ssl) = key;
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.fd == Some(fd) {
+            return;
+        }
+        if let Some(old) = conn.fd
+            && self.fds.get(&(pid, old)) == Some(&ssl)
+        {
+            self.fds.remove(&(pid, old));
+        }
+        conn.fd = Some(fd);
+        conn.closed = false;
+        if let Some(prev) = self.fds.insert((pid, fd), ssl)
+            && prev != ssl
+            && let Some(c) = self.conns.get_mut(&(pid, prev))
+            && c.fd == Some(fd)
+        {
+            // The fd was reused without a close seen: the old connection lost it.
+            c.fd = None;
+        }
     }
 
     /// Handshake accounting of a completed call, with the peer of the connection's fd.

@@ -77,7 +77,7 @@ pub struct TlsLibrary {
     pub display_path: String,
     /// "3", "1.1", ... from the soname, when it has one.
     pub version: Option<String>,
-    /// The SSL_* symbols the file defines.
+    /// The SSL_* (and ossl_statem_*) symbols the file defines.
     pub symbols: BTreeSet<String>,
     /// The libcrypto holding the key operations (EVP_DigestSign, ...) that tell a full
     /// handshake from a resumed one: the libcrypto the process maps, or the same file when
@@ -105,6 +105,15 @@ pub const KEY_OPS: [&str; 3] = ["EVP_DigestSign", "EVP_DigestVerify", "EVP_PKEY_
 impl TlsLibrary {
     pub fn has(&self, symbol: &str) -> bool {
         self.symbols.contains(symbol)
+    }
+
+    /// OpenSSL linked into the program (node, a build against libssl.a), not a libssl
+    /// shared object.
+    pub fn is_linked_in(&self) -> bool {
+        !self
+            .path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libssl"))
     }
 }
 
@@ -135,7 +144,8 @@ fn symbols_with(path: &Path, prefixes: &[&str]) -> Result<BTreeSet<String>, Disc
 
 /// Builds a [`TlsLibrary`] for an explicit path (`--libssl`, or a path found in maps).
 pub fn library_at(path: &Path, display_path: &str) -> Result<TlsLibrary, DiscoverError> {
-    let symbols = symbols_with(path, &["SSL_"])?;
+    // `ossl_statem_`: the handshake state machine, exported by node (see the loader).
+    let symbols = symbols_with(path, &["SSL_", "ossl_statem_"])?;
     if !symbols.contains(REQUIRED_SYMBOL) {
         return Err(DiscoverError::NoSslSymbols {
             path: path.to_owned(),

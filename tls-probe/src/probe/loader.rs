@@ -64,12 +64,23 @@ pub const HOT_SETS: [ProbeSet; 2] = [
     },
 ];
 
-/// The libssl functions called about once per connection: always on.
+/// The libssl functions called about once per connection: always on. The state machine's
+/// entry points are for OpenSSL linked into the program, as in node, which exports them
+/// and whose handshakes run inside SSL_read: a few hits per handshake (and one per
+/// post-handshake message, such as a TLS 1.3 session ticket, that SSL_read hands it).
+/// A libssl shared object hides them (3.x) or is driven through SSL_do_handshake and
+/// friends by its programs (1.1 exports them): they are not attached there, nor reported
+/// missing.
 const HANDSHAKE_POINTS: &[(&str, u64)] = &[
     ("SSL_do_handshake", op::SSL_DO_HANDSHAKE as u64),
     ("SSL_accept", op::SSL_ACCEPT as u64),
     ("SSL_connect", op::SSL_CONNECT as u64),
+    ("ossl_statem_accept", op::OSSL_STATEM_ACCEPT as u64),
+    ("ossl_statem_connect", op::OSSL_STATEM_CONNECT as u64),
 ];
+
+/// Points attached where the library has them, and not reported missing where it has not.
+const OPTIONAL: [&str; 2] = ["ossl_statem_accept", "ossl_statem_connect"];
 pub const COLD_SETS: [ProbeSet; 2] = [
     ProbeSet {
         program: program::SSL_COLD_EXIT,
@@ -81,6 +92,8 @@ pub const COLD_SETS: [ProbeSet; 2] = [
             ("SSL_do_handshake", op::SSL_DO_HANDSHAKE as u64),
             ("SSL_accept", op::SSL_ACCEPT as u64),
             ("SSL_connect", op::SSL_CONNECT as u64),
+            ("ossl_statem_accept", op::OSSL_STATEM_ACCEPT as u64),
+            ("ossl_statem_connect", op::OSSL_STATEM_CONNECT as u64),
             ("SSL_free", cookie::SSL_FREE),
         ],
     },
@@ -157,7 +170,7 @@ pub fn points_for(
     for &(symbol, cookie) in set.points {
         let is_error_fn = cookie == cookie::ERR_VSET_ERROR || cookie == cookie::ERR_PUT_ERROR;
         if !has(symbol) || (is_error_fn && error_fn) {
-            if !is_error_fn {
+            if !is_error_fn && !OPTIONAL.contains(&symbol) {
                 missing.push(symbol);
             }
             continue;
@@ -493,7 +506,12 @@ impl Probes {
         lib: &TlsLibrary,
         missing: &mut Vec<&'static str>,
     ) -> Result<Option<(String, UProbeLinkId)>> {
-        let (points, skipped) = points_for(set, |s| lib.has(s), &lib.placement);
+        let linked_in = lib.is_linked_in();
+        let (points, skipped) = points_for(
+            set,
+            |s| lib.has(s) && (linked_in || !OPTIONAL.contains(&s)),
+            &lib.placement,
+        );
         for s in skipped {
             if !missing.contains(&s) {
                 missing.push(s);

@@ -315,6 +315,24 @@ pub fn event_line(ev: &Event) -> String {
                 ev.ts_ns.saturating_sub(o.a_since_ns) / 1000
             );
         }
+        EventKind::SslFd {
+            ssl,
+            fd,
+            via,
+            op,
+            record_type,
+            sys_bytes,
+        } => {
+            let when = match via {
+                crate::event::BioVia::Read => "before",
+                crate::event::BioVia::Write => "after",
+            };
+            let _ = write!(
+                s,
+                "ssl={ssl:#x} fd={fd} memory BIO: {sys_bytes} bytes (record type {record_type}) {when} {}",
+                op.symbol()
+            );
+        }
     }
     s
 }

@@ -201,6 +201,10 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    /// Memory-BIO ties that moved an SSL* to another socket while its first was still open:
+    /// the two signals disagreed (0 when they always agree).
+    #[serde(default)]
+    pub memory_bio_disagreements: u64,
     /// The probes' mode and cost at the end, and each process's escalations.
     #[serde(default)]
     pub probes: Option<crate::engine::ProbeStatus>,

@@ -126,6 +126,7 @@ pub enum SocketIoReason {
     PerCall,
     Threads,
     Handshakes,
+    MemoryBio,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,6 +189,7 @@ pub enum Event {
     LibError(LibError),
     AsyncPause(AsyncPause),
     SockOverlap(SockOverlap),
+    SslFd(SslFd),
 }
 
 macro_rules! event {
@@ -305,6 +307,21 @@ event!(SockOverlap {
     record_b: Option<u8>,
     suppressed: u32,
 });
+event!(SslFd {
+    ssl: u64,
+    fd: i32,
+    via: BioVia,
+    op: SslOp,
+    record_type: u8,
+    sys_bytes: i64,
+});
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BioVia {
+    Read,
+    Write,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -333,6 +350,10 @@ pub enum SslOp {
     Peek,
     #[serde(rename = "SSL_peek_ex")]
     PeekEx,
+    #[serde(rename = "ossl_statem_accept")]
+    StatemAccept,
+    #[serde(rename = "ossl_statem_connect")]
+    StatemConnect,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -894,6 +915,7 @@ pub struct Summary {
     pub lost: Lost,
     pub uprobe_hits: u64,
     pub tracepoint_hits: u64,
+    pub memory_bio_disagreements: u64,
     pub probes: Option<ProbeStatus>,
     pub processes: Vec<ProcessSnapshot>,
     pub findings: Vec<Finding>,

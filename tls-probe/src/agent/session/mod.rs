@@ -541,6 +541,7 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
+            memory_bio_disagreements: self.tracker.bio_disagreements,
             probes: Some(self.probe_status()),
             processes: snapshot.processes,
             findings: self.engine.findings(),

@@ -12,7 +12,11 @@
 //!   of one SSL object used concurrently, and two threads with a read or write in flight on
 //!   one TLS socket at the same moment is the evidence of it (concurrent_ssl_use, at its
 //!   first occurrence). Over budget they are sampled like the rest: an overlap is then seen
-//!   at once only inside a sample.
+//!   at once only inside a sample;
+//! - a process uses memory BIOs (asyncio, node: an SSL* was tied to its socket from the
+//!   socket I/O around its calls, `EventKind::SslFd`): they are what ties each new
+//!   connection to its fd and peer, so they must be on when its handshake runs, not only
+//!   after it was seen.
 //!
 //! Escalations always get them. For the other two reasons they stay on only while what
 //! they cost fits [`BUDGET_NS_PER_SEC`]: the agent counts the targets' reads and writes
@@ -55,11 +59,12 @@ pub struct Reasons {
     pub per_call: bool,
     pub threads: bool,
     pub handshakes: bool,
+    pub memory_bio: bool,
 }
 
 impl Reasons {
     fn any(self) -> bool {
-        self.per_call || self.threads || self.handshakes
+        self.per_call || self.threads || self.handshakes || self.memory_bio
     }
 
     fn names(self) -> Vec<String> {
@@ -67,6 +72,7 @@ impl Reasons {
             (self.per_call, "per_call"),
             (self.threads, "threads"),
             (self.handshakes, "handshakes"),
+            (self.memory_bio, "memory_bio"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -79,6 +85,8 @@ impl Reasons {
 pub(super) struct Gate {
     /// Processes with more than one thread, at the last tick.
     multi_threaded: BTreeSet<u32>,
+    /// Processes with an SSL* tied to its socket over memory BIOs.
+    memory_bio: BTreeSet<u32>,
     /// Event time of the newest handshake call.
     last_handshake_ns: Option<u64>,
     /// Since when (wall clock) they are on, or off.
@@ -123,10 +131,14 @@ pub fn wanted(
 
 impl Gate {
     pub fn observe(&mut self, ev: &Event) {
-        if let EventKind::SslCall(c) = &ev.kind
-            && c.op.is_handshake()
-        {
-            self.last_handshake_ns = Some(self.last_handshake_ns.unwrap_or(0).max(ev.ts_ns));
+        match &ev.kind {
+            EventKind::SslCall(c) if c.op.is_handshake() => {
+                self.last_handshake_ns = Some(self.last_handshake_ns.unwrap_or(0).max(ev.ts_ns));
+            }
+            EventKind::SslFd { .. } => {
+                self.memory_bio.insert(ev.pid);
+            }
+            _ => {}
         }
     }
 
@@ -141,6 +153,7 @@ impl Gate {
 
     pub fn remove(&mut self, pid: u32) {
         self.multi_threaded.remove(&pid);
+        self.memory_bio.remove(&pid);
     }
 
     /// Once a tick: the kernel's count of the targets' reads and writes.
@@ -191,6 +204,7 @@ impl Session {
             handshakes: gate
                 .last_handshake_ns
                 .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
+            memory_bio: gate.memory_bio.iter().any(|p| pids.contains(p)),
         };
         let want = wanted(
             gate.reasons,
@@ -234,6 +248,7 @@ mod tests {
         per_call: false,
         threads: false,
         handshakes: false,
+        memory_bio: false,
     };
     const HANDSHAKES: Reasons = Reasons {
         handshakes: true,
@@ -255,6 +270,10 @@ mod tests {
                 ..NONE
             },
             HANDSHAKES,
+            Reasons {
+                memory_bio: true,
+                ..NONE
+            },
         ] {
             assert!(wanted(r, None, Some(19 * S), None, 20 * S));
             assert!(wanted(r, None, Some(19 * S), Some(20_000.0), 20 * S));
@@ -303,5 +322,32 @@ mod tests {
         g.measure(4 * S, 61_000);
         assert_eq!(g.calls_per_sec, Some(30_000.0));
         assert!(g.last_count.is_none());
+    }
+}
+
+#[cfg(test)]
+mod memory_bio_tests {
+    use super::*;
+    use crate::event::{BioVia, SslOp};
+
+    #[test]
+    fn a_memory_bio_tie_makes_its_process_a_reason_until_it_goes() {
+        let mut g = Gate::default();
+        g.observe(&Event::new(
+            1,
+            42,
+            42,
+            EventKind::SslFd {
+                ssl: 0xa,
+                fd: 7,
+                via: BioVia::Read,
+                op: SslOp::DoHandshake,
+                record_type: 0x16,
+                sys_bytes: 517,
+            },
+        ));
+        assert!(g.memory_bio.contains(&42));
+        g.remove(42);
+        assert!(g.memory_bio.is_empty());
     }
 }

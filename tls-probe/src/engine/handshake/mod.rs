@@ -228,8 +228,8 @@ impl HsState {
         }
         let side = outbound
             .or(match call.op {
-                SslOp::Connect => Some(true),
-                SslOp::Accept => Some(false),
+                SslOp::Connect | SslOp::StatemConnect => Some(true),
+                SslOp::Accept | SslOp::StatemAccept => Some(false),
                 _ => None,
             })
             .or_else(|| self.hellos.get(&key).map(|h| !h.1));
