@@ -106,6 +106,13 @@ fn parse_listen_overflows(text: &str) -> Option<u64> {
     None
 }
 
+/// Read-like and write-like syscalls `pid` has made so far (`syscr + syscw` of
+/// /proc/PID/io), or None when unreadable.
+pub fn io_syscalls(pid: u32) -> Option<u64> {
+    let io = Process::new(i32::try_from(pid).ok()?).ok()?.io().ok()?;
+    Some(io.syscr + io.syscw)
+}
+
 /// CPU time (user + system) of every thread of `pid`, as `ThreadCpu` events.
 pub fn thread_cpu(pid: u32, ts_ns: u64) -> Vec<Event> {
     let Some(tasks) = i32::try_from(pid)

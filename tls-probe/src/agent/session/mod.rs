@@ -166,9 +166,12 @@ impl Session {
             }
         }
         check_privileges()?;
-        // Full mode keeps the socket I/O tracepoints on; the other modes' gate attaches them
-        // when it wants them (sockio.rs).
-        let mut probes = Probes::load(cfg.hot || (cfg.auto && cfg.window_at_start))?;
+        // Full mode keeps the socket I/O tracepoints on. The other modes' gate attaches them
+        // when it wants them (sockio.rs), and for a grace after attach when the targets are
+        // quiet enough that they cost nothing much: connections made then get their fds.
+        let quiet =
+            !cfg.hot && sockio::quiet_at_attach(&libs.iter().map(|l| l.0).collect::<Vec<_>>());
+        let mut probes = Probes::load(cfg.hot || quiet || (cfg.auto && cfg.window_at_start))?;
         let ring = probes.take_events()?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as
         // the AsyncFd that owns the RingBuf lives.
@@ -233,7 +236,8 @@ impl Session {
             skipped,
             late: late::Watch::new(waiting),
             auto: cfg.auto.then(auto::Auto::new),
-            gate: (!cfg.hot).then(sockio::Gate::default),
+            gate: (!cfg.hot)
+                .then(|| sockio::Gate::new(quiet.then(|| now + sockio::ATTACH_GRACE_NS))),
             last_ring: None,
             last_stats: ProbeStats::default(),
             peers: peers::Lookups::default(),

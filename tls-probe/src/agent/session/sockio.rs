@@ -25,9 +25,12 @@
 //! again. A handshake flood (a few reads and writes per millisecond-long handshake) keeps
 //! them; a keep-alive server doing tens of thousands of requests a second samples.
 //!
-//! At attach they are off until one of the reasons holds: the controller decides every
-//! 100 ms, from the first step after attach (in light mode too). A healthy single-threaded
-//! server that makes no new handshakes never pays for them.
+//! At attach they are on for [`ATTACH_GRACE_NS`] when the targets are quiet (their reads
+//! and writes, from /proc/PID/io over [`QUIET_SAMPLE`] before the probes load, fit the
+//! budget): connections made then get their fds, memory-BIO ones included, for next to
+//! nothing. A busy target gets no grace: they are off until one of the reasons holds, and a
+//! healthy busy server that makes no new handshakes never pays for them. The controller
+//! decides every 100 ms from the first step after attach (in light mode too).
 
 use std::collections::BTreeSet;
 
@@ -35,7 +38,7 @@ use anyhow::Result;
 
 use super::Session;
 use crate::{
-    agent::stats::TRACEPOINT_HIT_NS,
+    agent::{proc, stats::TRACEPOINT_HIT_NS},
     engine::SocketIoStatus,
     event::{Event, EventKind},
 };
@@ -53,6 +56,33 @@ pub const BUDGET_NS_PER_SEC: f64 = 10_000_000.0;
 pub const SAMPLE_ON_NS: u64 = 1_000_000_000;
 /// ...at the start of every period this long.
 pub const SAMPLE_PERIOD_NS: u64 = 10_000_000_000;
+/// How long they stay on after attach for quiet targets.
+pub const ATTACH_GRACE_NS: u64 = 3_000_000_000;
+/// How long the targets' reads and writes are counted before the probes load.
+pub const QUIET_SAMPLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether `pids` together make so few reads and writes that the tracepoints fit the
+/// budget: counted from /proc/PID/io over [`QUIET_SAMPLE`]. Unreadable counts are taken as
+/// quiet.
+pub fn quiet_at_attach(pids: &[u32]) -> bool {
+    let total = || -> Option<u64> { pids.iter().map(|&p| proc::io_syscalls(p)).sum() };
+    let Some(before) = total() else {
+        return true;
+    };
+    let start = std::time::Instant::now();
+    std::thread::sleep(QUIET_SAMPLE);
+    let Some(after) = total() else {
+        return true;
+    };
+    let rate = after.saturating_sub(before) as f64 / start.elapsed().as_secs_f64();
+    fits_budget(rate)
+}
+
+/// Whether `calls_per_sec` reads and writes (two tracepoint hits each) fit the budget.
+fn fits_budget(calls_per_sec: f64) -> bool {
+    calls_per_sec * 2.0 * TRACEPOINT_HIT_NS <= BUDGET_NS_PER_SEC
+}
+
 /// Why the tracepoints are wanted now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reasons {
@@ -99,6 +129,8 @@ pub(super) struct Gate {
     reasons: Reasons,
     /// Wall time at which a process last had its per-call probes on.
     last_hot: Option<u64>,
+    /// Quiet targets at attach: on until then, unless measured over budget.
+    grace_until: Option<u64>,
 }
 
 /// The decision itself: whether the tracepoints should be on at `now`, given why they are
@@ -116,7 +148,7 @@ pub fn wanted(
     if !reasons.any() {
         return false;
     }
-    let over = calls_per_sec.is_some_and(|r| r * 2.0 * TRACEPOINT_HIT_NS > BUDGET_NS_PER_SEC);
+    let over = calls_per_sec.is_some_and(|r| !fits_budget(r));
     if !over {
         return true;
     }
@@ -130,6 +162,15 @@ pub fn wanted(
 }
 
 impl Gate {
+    /// A gate whose tracepoints are on (attached at load) until `grace_until`, if any.
+    pub fn new(grace_until: Option<u64>) -> Self {
+        Self {
+            grace_until,
+            on_since: grace_until.map(|_| proc::monotonic_ns()),
+            ..Self::default()
+        }
+    }
+
     pub fn observe(&mut self, ev: &Event) {
         match &ev.kind {
             EventKind::SslCall(c) if c.op.is_handshake() => {
@@ -171,9 +212,7 @@ impl Gate {
     }
 
     pub fn status(&self) -> SocketIoStatus {
-        let over = self
-            .calls_per_sec
-            .is_some_and(|r| r * 2.0 * TRACEPOINT_HIT_NS > BUDGET_NS_PER_SEC);
+        let over = self.calls_per_sec.is_some_and(|r| !fits_budget(r));
         SocketIoStatus {
             attached: self.on_since.is_some(),
             why: self.reasons.names(),
@@ -206,13 +245,16 @@ impl Session {
                 .is_some_and(|t| engine_now.saturating_sub(t) < HANDSHAKE_HOLD_NS),
             memory_bio: gate.memory_bio.iter().any(|p| pids.contains(p)),
         };
-        let want = wanted(
-            gate.reasons,
-            gate.on_since,
-            gate.off_since,
-            gate.calls_per_sec,
-            now,
-        );
+        let grace =
+            gate.grace_until.is_some_and(|t| now < t) && gate.calls_per_sec.is_none_or(fits_budget);
+        let want = grace
+            || wanted(
+                gate.reasons,
+                gate.on_since,
+                gate.off_since,
+                gate.calls_per_sec,
+                now,
+            );
         if want != on {
             log::debug!(
                 "socket I/O tracepoints {} ({:?}, {:?} reads and writes/s)",
@@ -305,6 +347,12 @@ mod tests {
             Some(24_000.0),
             40 * S
         ));
+    }
+
+    #[test]
+    fn the_budget_is_25000_reads_and_writes_a_second() {
+        assert!(fits_budget(0.0) && fits_budget(25_000.0));
+        assert!(!fits_budget(25_001.0) && !fits_budget(240_000.0));
     }
 
     #[test]
