@@ -107,10 +107,9 @@ impl Agent {
             },
         )
         .with_context(|| agent.failure("tls-probe attach"))?;
-        // The steady state is measured, not attach's transients: auto turns the per-call
-        // probes on for a first window at attach, and every mode starts with the socket
-        // I/O tracepoints on until the first decisions (light and auto switch them off on
-        // a single-threaded keep-alive server). Start from the third snapshot (2 s in) that
+        // The steady state is measured, not attach's transients: a mode may start with the
+        // socket I/O tracepoints on (full mode, or a grace when the target was quiet at
+        // attach), and auto may open a window on a signal. Start from the third snapshot (2 s in) that
         // shows the per-call probes off and no link still being closed in the background
         // (until then they still trap).
         let guard = &mut agent.guard;

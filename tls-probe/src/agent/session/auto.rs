@@ -224,8 +224,9 @@ pub(super) fn mode_descriptions() -> BTreeMap<String, String> {
             "light, plus the per-call uprobes (SSL_read/SSL_write/SSL_peek and their _ex, \
              SSL_get_error) on a process for 1.5 s windows when the cheap signals look \
              suspicious (repeated wake-ups for one fd, an OpenSSL error in libssl, two \
-             threads on one fd, an async job pausing again and again) and once at attach, backing off after windows that confirm \
-             nothing",
+             threads on one fd, an async job pausing again and again; never just because it \
+             attached, but once as it starts under `tls-probe run`), backing off after \
+             windows that confirm nothing",
         ),
         (
             "full",
