@@ -13,23 +13,20 @@ mod common;
 #[path = "common/scenario.rs"]
 mod scenario_common;
 mod schema;
+#[path = "common/ties.rs"]
+mod ties;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use common::{Attached, Proc, cert};
 use serde_json::Value;
+use ties::{
+    assert_no_disagreements, check_call_fds, check_schema, check_table, conn_lines, own_side,
+    server_side, snapshot_conns, ssl_calls, tagged,
+};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/asyncio_tls.py");
 const MSG_BASE: u64 = 100;
-
-fn tagged(line: &str, tag: &str) -> Option<Value> {
-    serde_json::from_str(line.strip_prefix(tag)?.strip_prefix(' ')?).ok()
-}
 
 /// The asyncio echo server, listening: (process, port).
 fn asyncio_server(dir: &Path) -> (Proc, u16) {
@@ -60,22 +57,6 @@ fn asyncio_client(port: u16, conns: u32, rounds: u32, pause_s: f64) -> Proc {
     p
 }
 
-/// Reads `n` "CONN {json}" lines.
-fn conn_lines(p: &mut Proc, n: usize, who: &str) -> Vec<Value> {
-    (0..n)
-        .map(|_| p.read_until(&format!("{who}'s CONN line"), |l| tagged(l, "CONN")))
-        .collect()
-}
-
-/// Every `ssl_call` event.
-fn ssl_calls(records: &[Value]) -> Vec<&Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "event" && r["data"]["kind"] == "ssl_call")
-        .map(|r| &r["data"])
-        .collect()
-}
-
 /// SSL* -> connection index, from the lengths of its SSL_write_ex calls.
 fn conn_of_ssl(calls: &[&Value], conns: u64) -> HashMap<u64, u64> {
     let mut map = HashMap::new();
@@ -97,65 +78,6 @@ fn conn_of_ssl(calls: &[&Value], conns: u64) -> HashMap<u64, u64> {
         "one SSL* per connection, told apart by write size: {map:?}"
     );
     map
-}
-
-/// Checks the fd of every SSL call against the fd the program reported for its connection:
-/// no call may carry another fd, and at least `min_share` of them must carry the right one.
-/// Returns (right, total).
-fn check_call_fds(
-    calls: &[&Value],
-    conn_of: &HashMap<u64, u64>,
-    fd_of_conn: &BTreeMap<u64, i64>,
-    min_share: f64,
-) -> (usize, usize) {
-    let mut right = 0;
-    let mut missing = Vec::new();
-    for c in calls {
-        let ssl = c["ssl"].as_u64().unwrap();
-        let i = conn_of
-            .get(&ssl)
-            .unwrap_or_else(|| panic!("a call on an SSL* of no known connection: {c}"));
-        let want = fd_of_conn[i];
-        match c["fd"].as_i64() {
-            Some(fd) if fd == want => right += 1,
-            Some(fd) => panic!("connection {i} has fd {want}, but a call carries fd {fd}: {c}"),
-            None => missing.push(*c),
-        }
-    }
-    let share = right as f64 / calls.len() as f64;
-    assert!(
-        share >= min_share,
-        "{right} of {} calls carry their socket's fd ({:.1}%, want {:.0}%); without: {missing:#?}",
-        calls.len(),
-        share * 100.0,
-        min_share * 100.0
-    );
-    (right, calls.len())
-}
-
-/// (fd, peer) of each SSL* over every snapshot that listed it with an fd.
-fn snapshot_conns(records: &[Value]) -> HashMap<u64, (i64, Option<String>)> {
-    let mut seen = HashMap::new();
-    for r in records.iter().filter(|r| r["type"] == "snapshot") {
-        for c in r["data"]["connections"].as_array().into_iter().flatten() {
-            if let (Some(ssl), Some(fd)) = (c["ssl"].as_u64(), c["fd"].as_i64()) {
-                let peer = c["peer"].as_str().map(str::to_owned);
-                let e = seen.entry(ssl).or_insert((fd, None));
-                assert_eq!(e.0, fd, "a connection changed fd between snapshots: {c}");
-                if peer.is_some() {
-                    e.1 = peer;
-                }
-            }
-        }
-    }
-    seen
-}
-
-/// Every record as the schema documents it (deny_unknown_fields).
-fn check_schema(records: &[Value]) {
-    for (i, r) in records.iter().enumerate() {
-        schema::check_line(i + 1, &r.to_string());
-    }
 }
 
 fn memory_bio_ties(records: &[Value]) -> Vec<&Value> {
@@ -183,19 +105,12 @@ fn asyncio_client_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     );
     let records = probe.finish(Duration::from_secs(30));
     check_schema(&records);
-    let summary = &records.last().unwrap()["data"];
-    assert_eq!(
-        summary["memory_bio_disagreements"], 0,
-        "the ties never disagreed"
-    );
+    assert_no_disagreements(&records);
 
-    let fd_of_conn: BTreeMap<u64, i64> = conns
-        .iter()
-        .map(|c| (c["i"].as_u64().unwrap(), c["fd"].as_i64().unwrap()))
-        .collect();
+    let conns = own_side(&conns);
     let calls = ssl_calls(&records);
     let conn_of = conn_of_ssl(&calls, u64::from(CONNS));
-    let (right, total) = check_call_fds(&calls, &conn_of, &fd_of_conn, 0.99);
+    let (right, total) = check_call_fds(&calls, &conn_of, &conns, 0.99);
     assert!(total > 4 * 80 * 2, "{total} SSL calls");
     eprintln!("client: {right} of {total} SSL calls carry their socket's fd");
 
@@ -205,19 +120,11 @@ fn asyncio_client_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     assert!(ties.len() >= CONNS as usize, "{ties:#?}");
     for t in &ties {
         let i = conn_of[&t["ssl"].as_u64().unwrap()];
-        assert_eq!(t["fd"].as_i64(), Some(fd_of_conn[&i]), "{t}");
+        assert_eq!(t["fd"].as_i64(), Some(conns[&i].0), "{t}");
     }
 
     // The connection table: fd and peer (the server) as the program reports them.
-    let table = snapshot_conns(&records);
-    for (ssl, i) in &conn_of {
-        let (fd, peer) = table
-            .get(ssl)
-            .unwrap_or_else(|| panic!("connection {i} ({ssl:#x}) in no snapshot with an fd"));
-        assert_eq!(*fd, fd_of_conn[i], "connection {i}");
-        let want = conns[*i as usize]["peer"].as_str().unwrap();
-        assert_eq!(peer.as_deref(), Some(want), "connection {i}'s peer");
-    }
+    check_table(&records, &conn_of, &conns);
 }
 
 #[test]
@@ -238,43 +145,17 @@ fn asyncio_server_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     let server_conns = conn_lines(&mut server, CONNS as usize, "the server");
     let records = probe.interrupt(Duration::from_secs(30));
     check_schema(&records);
-    let summary = &records.last().unwrap()["data"];
-    assert_eq!(
-        summary["memory_bio_disagreements"], 0,
-        "the ties never disagreed"
-    );
+    assert_no_disagreements(&records);
 
     // Connection i: the client's local address is the server's peer for it.
-    let mut fd_of_conn = BTreeMap::new();
-    let mut peer_of_conn = BTreeMap::new();
-    for c in &client_conns {
-        let i = c["i"].as_u64().unwrap();
-        let local = c["local"].as_str().unwrap();
-        let s = server_conns
-            .iter()
-            .find(|s| s["peer"] == local)
-            .unwrap_or_else(|| panic!("no server connection from {local}: {server_conns:#?}"));
-        fd_of_conn.insert(i, s["fd"].as_i64().unwrap());
-        peer_of_conn.insert(i, local.to_owned());
-    }
+    let conns = server_side(&client_conns, &server_conns);
     let calls = ssl_calls(&records);
     let conn_of = conn_of_ssl(&calls, u64::from(CONNS));
-    let (right, total) = check_call_fds(&calls, &conn_of, &fd_of_conn, 0.99);
+    let (right, total) = check_call_fds(&calls, &conn_of, &conns, 0.99);
     assert!(total > 4 * 80 * 2, "{total} SSL calls");
     eprintln!("server: {right} of {total} SSL calls carry their socket's fd");
 
-    let table = snapshot_conns(&records);
-    for (ssl, i) in &conn_of {
-        let (fd, peer) = table
-            .get(ssl)
-            .unwrap_or_else(|| panic!("connection {i} ({ssl:#x}) in no snapshot with an fd"));
-        assert_eq!(*fd, fd_of_conn[i], "connection {i}");
-        assert_eq!(
-            peer.as_deref(),
-            Some(peer_of_conn[i].as_str()),
-            "connection {i}'s peer"
-        );
-    }
+    check_table(&records, &conn_of, &conns);
 }
 
 /// The default mode: the handshake calls are always probed and the socket I/O tracepoints

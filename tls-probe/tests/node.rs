@@ -9,9 +9,11 @@ mod common;
 #[path = "common/scenario.rs"]
 mod scenario_common;
 mod schema;
+#[path = "common/ties.rs"]
+mod ties;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -20,18 +22,12 @@ use std::{
 use common::{Attached, Proc, cert, cert_bits, wait_for};
 use scenario_common::{describe, opened, records_so_far};
 use serde_json::Value;
+use ties::{
+    assert_no_disagreements, check_call_fds, check_schema, check_table, conn_lines, own_side,
+    server_side, ssl_calls, tagged,
+};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node_tls.js");
-
-fn tagged(line: &str, tag: &str) -> Option<Value> {
-    serde_json::from_str(line.strip_prefix(tag)?.strip_prefix(' ')?).ok()
-}
-
-fn check_schema(records: &[Value]) {
-    for (i, r) in records.iter().enumerate() {
-        schema::check_line(i + 1, &r.to_string());
-    }
-}
 
 /// The node https server with the key and certificate in `dir`: (process, port).
 fn node_server(dir: &Path, delay_ms: u32) -> (Proc, u16) {
@@ -60,20 +56,6 @@ fn node_client(port: u16, conns: u32, rounds: u32) -> Proc {
     p
 }
 
-fn conn_lines(p: &mut Proc, n: usize, who: &str) -> Vec<Value> {
-    (0..n)
-        .map(|_| p.read_until(&format!("{who}'s CONN line"), |l| tagged(l, "CONN")))
-        .collect()
-}
-
-fn ssl_calls(records: &[Value]) -> Vec<&Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "event" && r["data"]["kind"] == "ssl_call")
-        .map(|r| &r["data"])
-        .collect()
-}
-
 /// SSL* -> connection index: connection i's requests (client) and answers (server) are i
 /// bytes longer than connection 0's, so its shortest SSL_write is.
 fn conn_of_ssl(calls: &[&Value], conns: u64) -> HashMap<u64, u64> {
@@ -95,50 +77,6 @@ fn conn_of_ssl(calls: &[&Value], conns: u64) -> HashMap<u64, u64> {
     map
 }
 
-/// No call with another fd than its connection's; at least 99% with it. (right, total).
-fn check_call_fds(
-    calls: &[&Value],
-    conn_of: &HashMap<u64, u64>,
-    fd_of_conn: &BTreeMap<u64, i64>,
-) -> (usize, usize) {
-    let mut right = 0;
-    let mut missing = Vec::new();
-    for c in calls {
-        let i = conn_of
-            .get(&c["ssl"].as_u64().unwrap())
-            .unwrap_or_else(|| panic!("a call on an SSL* of no known connection: {c}"));
-        let want = fd_of_conn[i];
-        match c["fd"].as_i64() {
-            Some(fd) if fd == want => right += 1,
-            Some(fd) => panic!("connection {i} has fd {want}, but a call carries fd {fd}: {c}"),
-            None => missing.push(*c),
-        }
-    }
-    assert!(
-        right as f64 >= 0.99 * calls.len() as f64,
-        "{right} of {} calls carry their socket's fd; without: {missing:#?}",
-        calls.len()
-    );
-    (right, calls.len())
-}
-
-/// (fd, peer) of each SSL* in the snapshots that listed it with an fd.
-fn snapshot_conns(records: &[Value]) -> HashMap<u64, (i64, Option<String>)> {
-    let mut seen = HashMap::new();
-    for r in records.iter().filter(|r| r["type"] == "snapshot") {
-        for c in r["data"]["connections"].as_array().into_iter().flatten() {
-            if let (Some(ssl), Some(fd)) = (c["ssl"].as_u64(), c["fd"].as_i64()) {
-                let e = seen.entry(ssl).or_insert((fd, None));
-                assert_eq!(e.0, fd, "a connection changed fd between snapshots: {c}");
-                if let Some(p) = c["peer"].as_str() {
-                    e.1 = Some(p.to_owned());
-                }
-            }
-        }
-    }
-    seen
-}
-
 #[test]
 fn node_client_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     const CONNS: u32 = 3;
@@ -157,29 +95,15 @@ fn node_client_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     );
     let records = probe.finish(Duration::from_secs(30));
     check_schema(&records);
-    let summary = &records.last().unwrap()["data"];
-    assert_eq!(
-        summary["memory_bio_disagreements"], 0,
-        "the ties never disagreed"
-    );
+    assert_no_disagreements(&records);
 
-    let fd_of_conn: BTreeMap<u64, i64> = conns
-        .iter()
-        .map(|c| (c["i"].as_u64().unwrap(), c["fd"].as_i64().unwrap()))
-        .collect();
+    let conns = own_side(&conns);
     let calls = ssl_calls(&records);
     let conn_of = conn_of_ssl(&calls, u64::from(CONNS));
-    let (right, total) = check_call_fds(&calls, &conn_of, &fd_of_conn);
+    let (right, total) = check_call_fds(&calls, &conn_of, &conns, 0.99);
     assert!(total > 3 * 60 * 2, "{total} SSL calls");
     eprintln!("node client: {right} of {total} SSL calls carry their socket's fd");
-    let table = snapshot_conns(&records);
-    for (ssl, i) in &conn_of {
-        let (fd, peer) = table
-            .get(ssl)
-            .unwrap_or_else(|| panic!("connection {i} ({ssl:#x}) in no snapshot with an fd"));
-        assert_eq!(*fd, fd_of_conn[i]);
-        assert_eq!(peer.as_deref(), conns[*i as usize]["peer"].as_str(), "{i}");
-    }
+    check_table(&records, &conn_of, &conns);
 }
 
 #[test]
@@ -201,37 +125,15 @@ fn node_server_calls_carry_their_socket_fd_and_peer_in_full_mode() {
     let server_conns = conn_lines(&mut server, CONNS as usize, "the server");
     let records = probe.interrupt(Duration::from_secs(30));
     check_schema(&records);
-    let summary = &records.last().unwrap()["data"];
-    assert_eq!(
-        summary["memory_bio_disagreements"], 0,
-        "the ties never disagreed"
-    );
+    assert_no_disagreements(&records);
 
-    let mut fd_of_conn = BTreeMap::new();
-    let mut peer_of_conn = BTreeMap::new();
-    for c in &client_conns {
-        let i = c["i"].as_u64().unwrap();
-        let local = c["local"].as_str().unwrap();
-        let s = server_conns
-            .iter()
-            .find(|s| s["peer"] == local)
-            .unwrap_or_else(|| panic!("no server connection from {local}: {server_conns:#?}"));
-        fd_of_conn.insert(i, s["fd"].as_i64().unwrap());
-        peer_of_conn.insert(i, local.to_owned());
-    }
+    let conns = server_side(&client_conns, &server_conns);
     let calls = ssl_calls(&records);
     let conn_of = conn_of_ssl(&calls, u64::from(CONNS));
-    let (right, total) = check_call_fds(&calls, &conn_of, &fd_of_conn);
+    let (right, total) = check_call_fds(&calls, &conn_of, &conns, 0.99);
     assert!(total > 3 * 60 * 2, "{total} SSL calls");
     eprintln!("node server: {right} of {total} SSL calls carry their socket's fd");
-    let table = snapshot_conns(&records);
-    for (ssl, i) in &conn_of {
-        let (fd, peer) = table
-            .get(ssl)
-            .unwrap_or_else(|| panic!("connection {i} ({ssl:#x}) in no snapshot with an fd"));
-        assert_eq!(*fd, fd_of_conn[i]);
-        assert_eq!(peer.as_deref(), Some(peer_of_conn[i].as_str()), "{i}");
-    }
+    check_table(&records, &conn_of, &conns);
 }
 
 /// The default mode: node's handshakes are seen through the state machine's probes (the
