@@ -20,7 +20,7 @@ mod schema;
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
     time::Duration,
@@ -28,30 +28,13 @@ use std::{
 
 use common::{Proc, cert, summary, wait_for};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
-use scenario_common::{attach_mode, describe, monotonic_ns, opened, records_so_far};
+use scenario_common::{
+    attach_mode, build_c_peer, describe, monotonic_ns, opened, random_between, records_so_far,
+};
 use serde_json::Value;
 
 const SEC: u64 = 1_000_000_000;
 const EXIT: Duration = Duration::from_secs(30);
-
-/// shared_client.c built with gcc against the system's libssl.
-fn build_client(dir: &Path) -> PathBuf {
-    let exe = dir.join("shared_client");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/shared_client.c");
-    let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-Werror", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .expect("running gcc (needed to build tests/peers/shared_client.c)");
-    assert!(
-        out.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
 
 /// A TLS echo server on a free port of 127.0.0.1 (no session tickets: nothing arrives on
 /// the connection that the client did not ask for). Runs until the test process exits.
@@ -84,23 +67,13 @@ fn echo_server(dir: &Path) -> u16 {
     port
 }
 
-/// A number in [lo, hi) from the clock: the moment of the overlap is not chosen by the test.
-fn random_between(lo: u64, hi: u64) -> u64 {
-    let seed = monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32);
-    // splitmix64, once.
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    lo + (z ^ (z >> 31)) % (hi - lo)
-}
-
 struct Client {
     proc: Proc,
 }
 
 impl Client {
     fn start(dir: &Path, port: u16) -> Self {
-        let exe = build_client(dir);
+        let exe = build_c_peer(dir, "shared_client", &["-pthread"]);
         let mut proc = Proc::spawn(Command::new(exe).arg(port.to_string()));
         proc.read_until("READY", |l| (l == "READY").then_some(()));
         Self { proc }

@@ -11,7 +11,6 @@ mod schema;
 
 use std::{
     net::TcpStream,
-    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -19,28 +18,10 @@ use std::{
 
 use common::{Proc, cert, wait_for};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use scenario_common::{attach_mode, describe, opened, records_so_far};
+use scenario_common::{attach_mode, build_c_peer, describe, opened, records_so_far};
 use serde_json::Value;
 
 const EXIT: Duration = Duration::from_secs(30);
-
-fn build_server(dir: &Path) -> PathBuf {
-    let exe = dir.join("retry_server");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/retry_server.c");
-    let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .expect("running gcc (needed to build tests/peers/retry_server.c)");
-    assert!(
-        out.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
 
 /// The last record of finding `id`.
 fn last_state(records: &[Value], id: &Value) -> Value {
@@ -56,7 +37,11 @@ fn last_state(records: &[Value], id: &Value) -> Value {
 fn retries_that_tear_connections_down_are_linked_to_the_churn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, crt) = cert(dir.path());
-    let mut server = Proc::spawn(Command::new(build_server(dir.path())).arg(&crt).arg(&key));
+    let mut server = Proc::spawn(
+        Command::new(build_c_peer(dir.path(), "retry_server", &[]))
+            .arg(&crt)
+            .arg(&key),
+    );
     let port: u16 = server.read_until("PORT", |l| l.strip_prefix("PORT ")?.parse().ok());
     let a = attach_mode(dir.path(), server.pid(), "auto");
     let mut b = SslConnector::builder(SslMethod::tls()).expect("SslConnector");

@@ -22,6 +22,39 @@ use crate::common::{
     Attached, Proc, TLS_PROBE, cert_bits, free_port, scenarios, wait_for, wait_listening,
 };
 
+/// `tests/peers/NAME.c` built with gcc against the system's libssl (and `extra` flags, e.g.
+/// `-pthread`), into `dir/NAME`.
+pub fn build_c_peer(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/peers/{name}.c"));
+    let out = Command::new("gcc")
+        .args(["-O1", "-Wall", "-Werror"])
+        .args(extra)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .unwrap_or_else(|e| panic!("running gcc (needed to build {}): {e}", src.display()));
+    assert!(
+        out.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// A number in [lo, hi) from the clock: the moment a test's pathology happens is not chosen
+/// by the test.
+pub fn random_between(lo: u64, hi: u64) -> u64 {
+    let seed = monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32);
+    // splitmix64, once.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    lo + (z ^ (z >> 31)) % (hi - lo)
+}
+
 /// CLOCK_MONOTONIC now, in ns: the clock of every `ts_ns` tls-probe writes.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
