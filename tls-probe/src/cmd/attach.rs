@@ -129,10 +129,8 @@ pub fn run_session(
             let stopped = dash.stopped();
             let quit = async {
                 stopped.await;
-                // The terminal is back; detaching can take seconds on a busy target.
-                eprintln!(
-                    "tls-probe: the dashboard closed; finishing (detaching can take seconds)"
-                );
+                // The terminal is back; the summary follows once the last records are read.
+                eprintln!("tls-probe: the dashboard closed; finishing");
             };
             session.add_viewer(TuiSink::new(dash), quit)?;
         }
