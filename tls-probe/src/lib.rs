@@ -3,23 +3,23 @@
 //! The data takes one path:
 //!
 //! ```text
-//! probe (load + attach the eBPF programs, read the ring buffer)
-//!   -> decode  (wire bytes -> event::Event; the only place that reads repr(C) records)
-//!   -> track   (fills in fds: epoll data -> fd, SSL* -> fd)
-//!   -> engine  (pure: events in, metrics and findings out)
-//!   -> sink    (NDJSON file, human lines, Prometheus endpoint, TUI)
+//! probe  (load + attach the eBPF programs, read the ring buffer)             this crate
+//!   -> decode  (wire bytes -> event::Event; the only reader of repr(C) records) tls-probe-core
+//!   -> track   (fills in fds: epoll data -> fd, SSL* -> fd)                   tls-probe-core
+//!   -> engine  (pure: events in, metrics and findings out)                    tls-probe-core
+//!   -> sink    (NDJSON file, human lines, Prometheus endpoint, TUI)           this crate
 //!
-//! replay  (an NDJSON export -> its records; events -> track -> engine again, for `report`)
+//! replay  (an NDJSON export -> its records; its events through the same
+//!          tls_probe_core::Pipeline the live session drives, for `report`)
 //! ```
 
 pub mod agent;
 pub mod cli;
 pub mod cmd;
-pub mod decode;
-pub mod engine;
-pub mod event;
 pub mod probe;
-pub mod replay;
 pub mod sink;
-pub mod track;
 pub mod tui;
+
+// The pure core (tls-probe/core): decode, track, engine, the record schema and the pipeline.
+// Re-exported under their old paths so that the agent and the sinks read `crate::engine`.
+pub use tls_probe_core::{Pipeline, decode, engine, event, pipeline, replay, track};

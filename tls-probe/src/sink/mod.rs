@@ -7,10 +7,10 @@ pub mod human;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ndjson;
-pub mod record;
 pub mod tui;
 
 use anyhow::Result;
+pub use tls_probe_core::record;
 
 pub use self::record::{
     ClockAnchor, Lost, LostRecord, OwnedRecord, Record, SCHEMA_VERSION, Start, StopReason, Summary,

@@ -82,7 +82,7 @@ impl Session {
         };
         // Event time, not the wall clock: a window must cover 1.5 s of what the probes
         // saw, however far the reader is behind them. Before any, nothing to decide.
-        let now = self.engine.now_ns();
+        let now = self.pipeline.engine().now_ns();
         if now == 0 {
             return Ok(());
         }
@@ -93,7 +93,7 @@ impl Session {
             let shared = self.probes.shared_fd_uses(pid);
             let prev = auto.shared_prev.insert(pid, shared).unwrap_or(shared);
             sig.shared_fd = shared.saturating_sub(prev);
-            let open = match self.engine.open_call_findings(pid) {
+            let open = match self.pipeline.engine().open_call_findings(pid) {
                 (0, _) => OpenFindings::None,
                 (_, true) => OpenFindings::KeptByKernel,
                 (_, false) => OpenFindings::NeedPerCall,
@@ -111,7 +111,7 @@ impl Session {
         let Some(auto) = self.auto.as_mut() else {
             return Ok(());
         };
-        let now = match self.engine.now_ns() {
+        let now = match self.pipeline.engine().now_ns() {
             0 => proc::monotonic_ns(),
             t => t,
         };

@@ -33,8 +33,9 @@ mod tree;
 
 use super::{handoff, peers, privileges::check_privileges, proc, stats::Meter};
 use crate::{
+    Pipeline,
     decode::decode,
-    engine::{Config as EngineConfig, Engine, FindingChange},
+    engine::Config as EngineConfig,
     event::Event,
     probe::{Counters, LinkKind, Probes, TlsLibrary, discover},
     sink::{
@@ -43,7 +44,6 @@ use crate::{
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
     },
-    track::Tracker,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -80,9 +80,8 @@ pub struct Session {
     probes: Probes,
     events: Option<AsyncFd<RingBuf<MapData>>>,
     targets: Vec<Target>,
-    tracker: Tracker,
-    engine: Engine,
-    changes: Vec<FindingChange>,
+    /// Tracker + engine: the step `report` replays too.
+    pipeline: Pipeline,
     sinks: Sinks,
     counts: BTreeMap<&'static str, u64>,
     total: u64,
@@ -219,9 +218,7 @@ impl Session {
             probes,
             events: Some(events),
             targets,
-            tracker: Tracker::new(),
-            engine: Engine::new(EngineConfig::default()),
-            changes: Vec::new(),
+            pipeline: Pipeline::new(EngineConfig::default()),
             sinks,
             counts: BTreeMap::new(),
             total: 0,
@@ -244,7 +241,7 @@ impl Session {
             cfg,
         };
         for t in &session.targets {
-            session.engine.set_comm(t.pid, &t.comm);
+            session.pipeline.set_comm(t.pid, &t.comm);
         }
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
@@ -254,7 +251,7 @@ impl Session {
         // Registrations made before we attached are only in /proc.
         for pid in session.probes.pids() {
             for epfd in proc::epoll_fds(pid) {
-                session.tracker.mark_seeded(pid, epfd);
+                session.pipeline.tracker_mut().mark_seeded(pid, epfd);
                 for ev in proc::epoll_registrations(pid, epfd, now) {
                     session.handle(ev)?;
                 }
@@ -307,33 +304,42 @@ impl Session {
         {
             self.target_exited(ev.pid, ev.ts_ns)?;
         }
-        self.tracker.process(&mut ev);
-        let engine = &self.engine;
-        self.peers
-            .observe(&ev, |pid, fd| engine.peer_known(pid, fd));
-        if let Some(auto) = &mut self.auto {
-            auto.observe(&ev);
-        }
-        if let Some(gate) = &mut self.gate {
-            gate.observe(&ev);
-        }
-        let probe = if ev.probe == peers::PROBE {
-            peers::PROBE
-        } else {
-            Event::probe_name(&ev.kind)
-        };
-        *self.counts.entry(probe).or_default() += 1;
-        self.total += 1;
-        if self.sinks.wants_events() {
-            self.sinks.record(Record::Event(&ev))?;
-        }
-        self.engine.ingest(&ev, &mut self.changes);
+        let Self {
+            pipeline,
+            peers,
+            auto,
+            gate,
+            counts,
+            total,
+            sinks,
+            ..
+        } = self;
+        pipeline.push(&mut ev, |ev, engine| {
+            peers.observe(ev, |pid, fd| engine.peer_known(pid, fd));
+            if let Some(auto) = auto {
+                auto.observe(ev);
+            }
+            if let Some(gate) = gate {
+                gate.observe(ev);
+            }
+            let probe = if ev.probe == peers::PROBE {
+                peers::PROBE
+            } else {
+                Event::probe_name(&ev.kind)
+            };
+            *counts.entry(probe).or_default() += 1;
+            *total += 1;
+            if sinks.wants_events() {
+                sinks.record(Record::Event(ev))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
         self.emit_changes()
     }
 
     /// The engine's snapshot, with what the probes are doing.
     fn snapshot(&self) -> crate::engine::Snapshot {
-        let mut snapshot = self.engine.snapshot();
+        let mut snapshot = self.pipeline.snapshot();
         snapshot.probes = Some(self.probe_status());
         snapshot
     }
@@ -341,7 +347,7 @@ impl Session {
     /// Hands the finding changes the engine produced to the sinks.
     fn emit_changes(&mut self) -> Result<()> {
         let mut first = Ok(());
-        for change in self.changes.drain(..) {
+        for change in self.pipeline.take_changes() {
             if let Err(e) = self.sinks.record(Record::Finding(&change))
                 && first.is_ok()
             {
@@ -376,7 +382,7 @@ impl Session {
         for ev in batch {
             self.handle(ev)?;
         }
-        for (pid, epfd) in self.tracker.take_pending_seeds() {
+        for (pid, epfd) in self.pipeline.tracker_mut().take_pending_seeds() {
             for ev in proc::epoll_registrations(pid, epfd, proc::monotonic_ns()) {
                 self.handle(ev)?;
             }
@@ -526,12 +532,12 @@ impl Session {
         // Drain fully: the batch limit in `drain` only keeps the loop responsive.
         while self.drain(events.get_mut())? {}
         let end = proc::monotonic_ns();
-        self.engine.advance(end, &mut self.changes);
+        self.pipeline.advance(end);
         self.emit_changes()?;
         self.report_lost(end)?;
         self.send_stats(end);
         let c = self.last_counters;
-        let snapshot = self.engine.snapshot();
+        let snapshot = self.pipeline.snapshot();
         let summary = Summary {
             stop_reason: reason,
             end_ns: end,
@@ -545,10 +551,10 @@ impl Session {
             lost: self.lost,
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
-            memory_bio_disagreements: self.tracker.bio_disagreements,
+            memory_bio_disagreements: self.pipeline.tracker().bio_disagreements,
             probes: Some(self.probe_status()),
             processes: snapshot.processes,
-            findings: self.engine.findings(),
+            findings: self.pipeline.findings(),
         };
         self.sinks.record(Record::Summary(&summary))?;
         self.sinks.flush(Flush::Tick)?;

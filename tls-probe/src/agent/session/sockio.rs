@@ -228,7 +228,7 @@ impl Session {
     pub(super) fn sockio_step(&mut self, now: u64) -> Result<()> {
         let pids = self.probes.pids();
         let on = self.probes.sockio_on();
-        let engine_now = self.engine.now_ns();
+        let engine_now = self.pipeline.engine().now_ns();
         let Some(gate) = &mut self.gate else {
             return Ok(());
         };

@@ -73,7 +73,7 @@ impl Session {
                 Some((ts, at)) if now.saturating_sub(at) < 100_000_000 => ts,
                 _ => now,
             };
-            self.engine.advance(to, &mut self.changes);
+            self.pipeline.advance(to);
         }
         self.emit_changes()?;
         self.sinks.record(Record::Snapshot(&self.snapshot()))?;

@@ -96,7 +96,7 @@ impl Session {
         now: u64,
     ) -> Result<()> {
         let pid = target.pid;
-        self.engine.set_comm(pid, &target.comm);
+        self.pipeline.set_comm(pid, &target.comm);
         self.auto_add(pid)?;
         self.targets.retain(|t| t.pid != pid);
         self.targets.push(target.clone());
@@ -108,7 +108,7 @@ impl Session {
         };
         self.sinks.record(Record::TargetAttach(&rec))?;
         for epfd in proc::epoll_fds(pid) {
-            self.tracker.mark_seeded(pid, epfd);
+            self.pipeline.tracker_mut().mark_seeded(pid, epfd);
             for ev in proc::epoll_registrations(pid, epfd, now) {
                 self.handle(ev)?;
             }

@@ -13,9 +13,9 @@ use std::{collections::BTreeMap, io::BufRead};
 use serde::Serialize;
 
 use crate::{
-    engine::{Config, Engine, Finding, FindingChange, Snapshot},
-    sink::{Lost, OwnedRecord, SCHEMA_VERSION, Start, Summary, TargetExit},
-    track::Tracker,
+    engine::{Config, Finding, FindingChange, Snapshot},
+    pipeline::Pipeline,
+    record::{Lost, OwnedRecord, SCHEMA_VERSION, Start, Summary, TargetExit},
 };
 
 /// Why reading stopped early.
@@ -72,29 +72,33 @@ impl Recording {
     }
 }
 
+/// The live run's pipeline again, and every change it made.
 struct Replayer {
-    tracker: Tracker,
-    engine: Engine,
+    pipeline: Pipeline,
     changes: Vec<FindingChange>,
 }
 
 impl Replayer {
     fn new(start: &Start) -> Self {
-        let mut engine = Engine::new(Config::default());
+        let mut pipeline = Pipeline::new(Config::default());
         for t in &start.targets {
-            engine.set_comm(t.pid, &t.comm);
+            pipeline.set_comm(t.pid, &t.comm);
         }
         Self {
-            tracker: Tracker::new(),
-            engine,
+            pipeline,
             changes: Vec::new(),
         }
     }
 
-    fn finish(self) -> Replayed {
+    fn collect(&mut self) {
+        self.changes.extend(self.pipeline.take_changes());
+    }
+
+    fn finish(mut self) -> Replayed {
+        self.collect();
         Replayed {
-            findings: self.engine.findings(),
-            snapshot: self.engine.snapshot(),
+            findings: self.pipeline.findings(),
+            snapshot: self.pipeline.snapshot(),
             changes: self.changes,
         }
     }
@@ -209,8 +213,10 @@ fn apply(
         OwnedRecord::Event(mut ev) => {
             rec.events += 1;
             if let Some(r) = replay.as_mut() {
-                r.tracker.process(&mut ev);
-                r.engine.ingest(&ev, &mut r.changes);
+                let pushed: Result<(), std::convert::Infallible> =
+                    r.pipeline.push(&mut ev, |_, _| Ok(()));
+                let Ok(()) = pushed;
+                r.collect();
             }
         }
         OwnedRecord::Finding(change) => {
@@ -218,7 +224,8 @@ fn apply(
         }
         OwnedRecord::Snapshot(snapshot) => {
             if let Some(r) = replay.as_mut() {
-                r.engine.advance(snapshot.now_ns, &mut r.changes);
+                r.pipeline.advance(snapshot.now_ns);
+                r.collect();
             }
             rec.last_snapshot = Some(snapshot);
         }
@@ -226,7 +233,7 @@ fn apply(
         OwnedRecord::TargetAttach(attach) => {
             // A process that joined later: named in the replay, listed with the others.
             if let Some(r) = replay.as_mut() {
-                r.engine.set_comm(attach.target.pid, &attach.target.comm);
+                r.pipeline.set_comm(attach.target.pid, &attach.target.comm);
             }
             if let Some(start) = rec.start.as_mut() {
                 start.targets.push(attach.target);
@@ -235,7 +242,8 @@ fn apply(
         OwnedRecord::TargetExit(exit) => rec.exits.push(exit),
         OwnedRecord::Summary(summary) => {
             if let Some(r) = replay.as_mut() {
-                r.engine.advance(summary.end_ns, &mut r.changes);
+                r.pipeline.advance(summary.end_ns);
+                r.collect();
             }
             rec.lost = summary.lost;
             rec.summary = Some(*summary);
