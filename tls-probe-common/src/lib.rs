@@ -7,22 +7,94 @@
 //! and `read_unaligned`; nothing here is a domain type.
 #![no_std]
 
-/// Bumped whenever a struct below changes layout.
+/// Bumped whenever a struct below changes layout. The eBPF object carries it (symbol
+/// `TLS_PROBE_WIRE_VERSION`) and the agent refuses an object built against another.
 pub const WIRE_VERSION: u32 = 1;
 
-/// Which record follows the header.
-pub mod kind {
-    pub const SSL_CALL: u32 = 1;
-    pub const SSL_ERROR: u32 = 2;
-    pub const SSL_FREE: u32 = 3;
-    pub const EPOLL_WAIT: u32 = 4;
-    pub const EPOLL_CTL: u32 = 5;
-    pub const CLOSE: u32 = 6;
-    pub const EPOLL_IDLE: u32 = 7;
-    pub const PEER: u32 = 8;
-    pub const SERVER_HELLO: u32 = 9;
-    pub const EPOLL_BUSY: u32 = 10;
-    pub const LIB_ERROR: u32 = 11;
+// The programs read x86_64 user-space layouts: the packed 12-byte `struct epoll_event`, the
+// `epoll_wait` syscall (arm64 has only `epoll_pwait`), x86_64 `pt_regs` for uprobe
+// arguments, and the agent decodes x86-64 instructions to place its probes. Another target
+// architecture would build and then misread every wait: refuse it here instead.
+#[cfg(all(feature = "user", not(target_arch = "x86_64")))]
+compile_error!(
+    "tls-probe supports x86_64 only: its probes read x86_64 layouts (packed epoll_event, pt_regs, the epoll_wait syscall)"
+);
+
+/// Which record follows the header: the header's `kind` field. Each record struct names its
+/// kind through [`WireRecord`], so the eBPF side writes and the decoder reads a struct and
+/// its kind together; the numbers never appear apart from this enum.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    SslCall = 1,
+    SslError = 2,
+    SslFree = 3,
+    EpollWait = 4,
+    EpollCtl = 5,
+    Close = 6,
+    EpollIdle = 7,
+    Peer = 8,
+    ServerHello = 9,
+    EpollBusy = 10,
+    LibError = 11,
+    SslFd = 12,
+    TaskExit = 14,
+    AsyncPause = 15,
+    SockOverlap = 20,
+}
+
+impl Kind {
+    /// Every kind, in number order.
+    pub const ALL: [Kind; 15] = [
+        Kind::SslCall,
+        Kind::SslError,
+        Kind::SslFree,
+        Kind::EpollWait,
+        Kind::EpollCtl,
+        Kind::Close,
+        Kind::EpollIdle,
+        Kind::Peer,
+        Kind::ServerHello,
+        Kind::EpollBusy,
+        Kind::LibError,
+        Kind::SslFd,
+        Kind::TaskExit,
+        Kind::AsyncPause,
+        Kind::SockOverlap,
+    ];
+
+    pub const fn from_u32(raw: u32) -> Option<Kind> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == raw {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+// Each kind has its own ring-buffer loss counter (`counter::LOST_RINGBUF + kind`).
+const _: () = {
+    let mut i = 0;
+    while i < Kind::ALL.len() {
+        assert!((Kind::ALL[i] as u32) < counter::LOST_KINDS);
+        i += 1;
+    }
+};
+
+/// A record struct that follows an [`EventHeader`] whose `kind` is [`WireRecord::KIND`].
+pub trait WireRecord: Copy {
+    const KIND: Kind;
+}
+
+macro_rules! wire_records {
+    ($($ty:ty => $kind:ident),* $(,)?) => {
+        $(impl WireRecord for $ty {
+            const KIND: Kind = Kind::$kind;
+        })*
+    };
 }
 
 /// Which syscall a [`PeerEvent`] came from: the side of the connection is in the name.
@@ -483,9 +555,6 @@ pub struct ServerHelloEvent {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServerHelloEvent>() == 48);
-/// `kind` of a [`TaskExitEvent`] (pre-assigned: 14).
-pub const KIND_TASK_EXIT: u32 = 14;
-
 /// A thread of a traced process exited (`sched:sched_process_exit`). `cleared` counts the
 /// per-thread kernel entries it left behind (an SSL call, a syscall's arguments, pending
 /// idle waits, an SSL_get_error call) that the exit program deleted: non-zero when the
@@ -566,9 +635,6 @@ const _: () = assert!(core::mem::size_of::<LibErrorEvent>() == 48);
 /// `op` of a record made outside any probed SSL call.
 pub const NO_OP: u32 = u32::MAX;
 
-/// `kind` of an [`AsyncPauseEvent`] (pre-assigned: 15).
-pub const KIND_ASYNC_PAUSE: u32 = 15;
-
 /// An OpenSSL async job paused (`ASYNC_pause_job`, libcrypto): in async mode
 /// (`SSL_MODE_ASYNC`) the SSL call running the job returns -1 and `SSL_get_error` answers
 /// SSL_ERROR_WANT_ASYNC. Fires once per such answer, and never in a program that does not
@@ -581,9 +647,6 @@ pub struct AsyncPauseEvent {
     pub ssl: u64,
 }
 const _: () = assert!(core::mem::size_of::<AsyncPauseEvent>() == 32);
-
-/// `kind` of a [`SslFdEvent`] (12).
-pub const KIND_SSL_FD: u32 = 12;
 
 /// How a [`SslFdEvent`] tied an SSL* to a socket over memory BIOs.
 pub mod bio_via {
@@ -629,9 +692,6 @@ pub mod ossl {
     pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
 }
 
-/// `kind` of a [`SockOverlapEvent`] (pre-assigned: 20).
-pub const KIND_SOCK_OVERLAP: u32 = 20;
-
 /// Two threads of a process with a socket syscall in flight on one fd at the same time:
 /// thread `hdr.tid` entered a read or write on `fd` (at `hdr.ts_ns`) while thread `tid_a`
 /// was between the enter and the exit of one on it (since `a_since_ns`). Seen by the
@@ -665,6 +725,28 @@ const _: () = assert!(core::mem::size_of::<SockOverlapEvent>() == 80);
 
 /// At most one [`SockOverlapEvent`] per fd this often.
 pub const SOCK_OVERLAP_GAP_NS: u64 = 10_000_000;
+
+wire_records! {
+    SslCallEvent => SslCall,
+    SslErrorEvent => SslError,
+    SslFreeEvent => SslFree,
+    EpollCtlEvent => EpollCtl,
+    CloseEvent => Close,
+    EpollIdleEvent => EpollIdle,
+    PeerEvent => Peer,
+    ServerHelloEvent => ServerHello,
+    EpollBusyEvent => EpollBusy,
+    LibErrorEvent => LibError,
+    SslFdEvent => SslFd,
+    TaskExitEvent => TaskExit,
+    AsyncPauseEvent => AsyncPause,
+    SockOverlapEvent => SockOverlap,
+}
+
+/// Every size class of a wait record is one kind.
+impl<const N: usize> WireRecord for EpollWaitRecord<N> {
+    const KIND: Kind = Kind::EpollWait;
+}
 
 #[cfg(feature = "user")]
 mod pod {

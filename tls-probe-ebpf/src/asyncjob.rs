@@ -4,7 +4,7 @@
 //! that keeps pausing (a stuck offload engine) shows here at once, with the SSL* of the
 //! handshake call it runs in, and the agent turns on the per-call probes to see the rest.
 
-use tls_probe_common::{AsyncPauseEvent, KIND_ASYNC_PAUSE};
+use tls_probe_common::AsyncPauseEvent;
 
 use crate::{
     maps::{EVENTS, INFLIGHT},
@@ -21,14 +21,14 @@ pub fn paused() -> u32 {
     // SAFETY: the pointer is to this thread's own entry, read at once.
     let ssl = INFLIGHT.get_ptr(&tid).map_or(0, |c| unsafe { (*c).ssl });
     let ev = AsyncPauseEvent {
-        hdr: header(KIND_ASYNC_PAUSE, tgid, tid, now()),
+        hdr: header::<AsyncPauseEvent>(tgid, tid, now()),
         ssl,
     };
     if EVENTS
         .output::<AsyncPauseEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(KIND_ASYNC_PAUSE);
+        lost::<AsyncPauseEvent>();
     }
     0
 }

@@ -26,9 +26,7 @@
 //! two lookups. A tie is sent only when new or changed (`SSL_FD`).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
-use tls_probe_common::{
-    KIND_SSL_FD, ServerHelloEvent, SslFdEvent, bio_via, hello_flag, kind, op, sys,
-};
+use tls_probe_common::{ServerHelloEvent, SslFdEvent, bio_via, hello_flag, op, sys};
 
 use crate::{
     maps::{BIO_AWAIT, BIO_READ, EVENTS, LOOP_WORK, SSL_FD},
@@ -91,7 +89,7 @@ fn emit_hello(
     flags: u32,
 ) {
     let ev = ServerHelloEvent {
-        hdr: header(kind::SERVER_HELLO, tgid, tid, ts),
+        hdr: header::<ServerHelloEvent>(tgid, tid, ts),
         ssl,
         fd,
         version,
@@ -103,7 +101,7 @@ fn emit_hello(
         .output::<ServerHelloEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(kind::SERVER_HELLO);
+        lost::<ServerHelloEvent>();
     }
 }
 
@@ -324,7 +322,7 @@ fn tie(tgid: u32, tid: u32, ts: u64, ssl: u64, fd: i32, via: u32, call_op: u32, 
     }
     let _ = SSL_FD.insert(&key, &fd, 0);
     let ev = SslFdEvent {
-        hdr: header(KIND_SSL_FD, tgid, tid, ts),
+        hdr: header::<SslFdEvent>(tgid, tid, ts),
         ssl,
         sys_bytes: n,
         fd,
@@ -334,7 +332,7 @@ fn tie(tgid: u32, tid: u32, ts: u64, ssl: u64, fd: i32, via: u32, call_op: u32, 
         _pad: [0; 3],
     };
     if EVENTS.output::<SslFdEvent>(&ev, wakeup_flags()).is_err() {
-        lost(KIND_SSL_FD);
+        lost::<SslFdEvent>();
     }
 }
 

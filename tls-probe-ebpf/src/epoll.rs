@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use tls_probe_common::{
     BUSY_FLUSH_COUNT, BUSY_FLUSH_NS, BUSY_QUICK_NS, BUSY_REPEAT_STREAK, CloseEvent,
     EPOLL_WAIT_SMALL_ENTRIES, EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitRecord,
-    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, kind, target_flag,
+    IDLE_FLUSH_COUNT, IDLE_FLUSH_NS, MAX_READY, ReadyEntry, epoll_sys, target_flag,
 };
 
 use crate::{
@@ -72,7 +72,7 @@ fn flush_idle(tgid: u32, tid: u32, ts: u64) {
     };
     let _ = IDLE_WAITS.remove(&tid);
     let ev = EpollIdleEvent {
-        hdr: header(kind::EPOLL_IDLE, tgid, tid, ts),
+        hdr: header::<EpollIdleEvent>(tgid, tid, ts),
         first_ns: idle.first_ns,
         blocked_ns: idle.blocked_ns,
         count: idle.count,
@@ -84,7 +84,7 @@ fn flush_idle(tgid: u32, tid: u32, ts: u64) {
         .output::<EpollIdleEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(kind::EPOLL_IDLE);
+        lost::<EpollIdleEvent>();
     }
 }
 
@@ -129,7 +129,7 @@ fn emit_wait<const N: usize>(
     syscall: u32,
 ) {
     let Some(mut entry) = EVENTS.reserve::<EpollWaitRecord<N>>(0) else {
-        lost(kind::EPOLL_WAIT);
+        lost::<EpollWaitRecord<N>>();
         return;
     };
     let p = entry.as_mut_ptr();
@@ -141,7 +141,7 @@ fn emit_wait<const N: usize>(
     // SAFETY: `p` is a reserved, 8-byte aligned record in the ring buffer; every field is
     // written before submit except the entries past `n_entries`, which userspace never reads.
     unsafe {
-        (*p).hdr = header(kind::EPOLL_WAIT, tgid, tid, ts);
+        (*p).hdr = header::<EpollWaitRecord<N>>(tgid, tid, ts);
         (*p).start_ns = st.start_ns;
         (*p).duration_ns = ts - st.start_ns;
         (*p).timeout_ns = st.args[3] as i64;
@@ -259,7 +259,7 @@ fn flush_busy(tgid: u32, tid: u32, ts: u64, epfd: i32, syscall: u32) {
         return;
     }
     let ev = EpollBusyEvent {
-        hdr: header(kind::EPOLL_BUSY, tgid, tid, ts),
+        hdr: header::<EpollBusyEvent>(tgid, tid, ts),
         first_ns: b.first_ns,
         blocked_ns: b.blocked_ns,
         last_data: b.prev_data,
@@ -282,7 +282,7 @@ fn flush_busy(tgid: u32, tid: u32, ts: u64, epfd: i32, syscall: u32) {
         .output::<EpollBusyEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(kind::EPOLL_BUSY);
+        lost::<EpollBusyEvent>();
     }
 }
 
@@ -422,7 +422,7 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
     let _ = SYSCALL_ARGS.remove(&tid);
     let ret = sys_ret(&ctx, 0);
     let ev = EpollCtlEvent {
-        hdr: header(kind::EPOLL_CTL, tgid, tid, now()),
+        hdr: header::<EpollCtlEvent>(tgid, tid, now()),
         data: st.args[3],
         ret,
         epfd: st.args[0] as u32 as i32,
@@ -431,7 +431,7 @@ pub fn sys_exit_epoll_ctl(ctx: TracePointContext) -> u32 {
         events: st.args[2] as u32,
     };
     if EVENTS.output::<EpollCtlEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::EPOLL_CTL);
+        lost::<EpollCtlEvent>();
     }
     0
 }
@@ -446,13 +446,13 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     // The fd number may go to another thread's new socket next: not a shared fd.
     let _ = FD_USE.remove(&(((tgid as u64) << 32) | fd as u32 as u64));
     let ev = CloseEvent {
-        hdr: header(kind::CLOSE, tgid, tid, now()),
+        hdr: header::<CloseEvent>(tgid, tid, now()),
         ret: 0,
         fd,
         _pad: 0,
     };
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::CLOSE);
+        lost::<CloseEvent>();
     }
     0
 }

@@ -4,7 +4,7 @@
 //! (lib, reason) and, when the thread is inside a probed SSL call, that call's SSL* and fd.
 
 use aya_ebpf::programs::ProbeContext;
-use tls_probe_common::{LibErrorEvent, NO_OP, kind};
+use tls_probe_common::{LibErrorEvent, NO_OP};
 
 use crate::{
     maps::{EVENTS, INFLIGHT},
@@ -28,7 +28,7 @@ pub fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
         .get_ptr(&tid)
         .map_or((0, NO_OP, -1), |c| unsafe { ((*c).ssl, (*c).op, (*c).fd) });
     let ev = LibErrorEvent {
-        hdr: header(kind::LIB_ERROR, tgid, tid, now()),
+        hdr: header::<LibErrorEvent>(tgid, tid, now()),
         lib,
         reason,
         ssl,
@@ -36,7 +36,7 @@ pub fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
         fd,
     };
     if EVENTS.output::<LibErrorEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::LIB_ERROR);
+        lost::<LibErrorEvent>();
     }
     0
 }

@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use tls_probe_common::{KIND_TASK_EXIT, TaskExitEvent};
+use tls_probe_common::TaskExitEvent;
 
 use crate::{
     maps::{
@@ -45,12 +45,12 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: reads one byte of the tracepoint record, inside its fixed fields.
     let group_dead = unsafe { ctx.read_at::<u8>(GROUP_DEAD_OFFSET) }.unwrap_or(0);
     let ev = TaskExitEvent {
-        hdr: header(KIND_TASK_EXIT, tgid, tid, now()),
+        hdr: header::<TaskExitEvent>(tgid, tid, now()),
         cleared,
         group_dead: u32::from(group_dead != 0),
     };
     if EVENTS.output::<TaskExitEvent>(&ev, wakeup_flags()).is_err() {
-        lost(KIND_TASK_EXIT);
+        lost::<TaskExitEvent>();
     }
     0
 }

@@ -6,7 +6,7 @@
 //! syscall's arguments left behind by an exit that was not seen.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use tls_probe_common::{EventHeader, PeerEvent, counter, family, kind, peer_sys};
+use tls_probe_common::{EventHeader, PeerEvent, counter, family, peer_sys};
 
 use crate::{
     maps::{EVENTS, SYSCALL_ARGS},
@@ -79,7 +79,7 @@ fn emit(hdr: EventHeader, fd: i32, sys: u32, (fam, port, addr): (u16, u16, [u8; 
         addr,
     };
     if EVENTS.output::<PeerEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::PEER);
+        lost::<PeerEvent>();
     }
 }
 
@@ -126,7 +126,7 @@ fn accept_exit(ctx: &TracePointContext, sys: u32) -> u32 {
         st.args[2]
     };
     if let Some(peer) = read_sockaddr(st.args[0], usable) {
-        emit(header(kind::PEER, tgid, tid, now()), ret as i32, sys, peer);
+        emit(header::<PeerEvent>(tgid, tid, now()), ret as i32, sys, peer);
     }
     0
 }
@@ -201,7 +201,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     addr[8..].copy_from_slice(&st.args[2].to_le_bytes());
     let packed = st.args[0];
     emit(
-        header(kind::PEER, tgid, tid, now()),
+        header::<PeerEvent>(tgid, tid, now()),
         packed as u32 as i32,
         peer_sys::CONNECT,
         ((packed >> 32) as u16, (packed >> 48) as u16, addr),

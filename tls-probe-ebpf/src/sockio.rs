@@ -14,8 +14,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tls_probe_common::{
-    KIND_SOCK_OVERLAP, SOCK_OVERLAP_GAP_NS, ServerHelloEvent, SockOverlapEvent, hello_flag, kind,
-    op, sys, target_flag,
+    SOCK_OVERLAP_GAP_NS, ServerHelloEvent, SockOverlapEvent, hello_flag, op, sys, target_flag,
 };
 
 use crate::{
@@ -98,7 +97,7 @@ fn overlap(u: &mut FdUse, b: Entering) {
         return;
     }
     let ev = SockOverlapEvent {
-        hdr: header(KIND_SOCK_OVERLAP, b.tgid, b.tid, b.ts),
+        hdr: header::<SockOverlapEvent>(b.tgid, b.tid, b.ts),
         a_since_ns: u.busy_since,
         ssl_a: u.busy_ssl,
         ssl_b: b.ssl,
@@ -123,7 +122,7 @@ fn overlap(u: &mut FdUse, b: Entering) {
         .output::<SockOverlapEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(KIND_SOCK_OVERLAP);
+        lost::<SockOverlapEvent>();
     }
     u.reported_ns = b.ts;
     u.suppressed = 0;
@@ -374,7 +373,7 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
     cur.hello = HELLO_DONE;
     let id = bpf_get_current_pid_tgid();
     let ev = ServerHelloEvent {
-        hdr: header(kind::SERVER_HELLO, (id >> 32) as u32, id as u32, now()),
+        hdr: header::<ServerHelloEvent>((id >> 32) as u32, id as u32, now()),
         ssl: cur.ssl,
         fd: cur.fd,
         version,
@@ -386,7 +385,7 @@ fn server_hello(cur: &mut Inflight, buf: u64, len: u64, sent: bool) {
         .output::<ServerHelloEvent>(&ev, wakeup_flags())
         .is_err()
     {
-        lost(kind::SERVER_HELLO);
+        lost::<ServerHelloEvent>();
     }
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tls_probe_common::{
-    SslCallEvent, SslErrorEvent, SslFreeEvent, cookie, counter, kind, op, target_flag,
+    SslCallEvent, SslErrorEvent, SslFreeEvent, cookie, counter, op, target_flag,
 };
 
 use crate::{
@@ -227,7 +227,7 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
         bio::after_call(tgid, tid, ts, st.ssl, st.op, handshake, bytes);
     }
     let ev = SslCallEvent {
-        hdr: header(kind::SSL_CALL, tgid, tid, ts),
+        hdr: header::<SslCallEvent>(tgid, tid, ts),
         ssl: st.ssl,
         buf: st.buf,
         len: st.len,
@@ -244,7 +244,7 @@ fn exit(ctx: &RetProbeContext, callee: bool) -> u32 {
         _pad: 0,
     };
     if EVENTS.output::<SslCallEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::SSL_CALL);
+        lost::<SslCallEvent>();
     }
     0
 }
@@ -291,14 +291,14 @@ fn get_error_exit(ctx: &RetProbeContext) -> u32 {
     let _ = GETERR_ARGS.remove(&tid);
     let code: u64 = ctx.ret();
     let ev = SslErrorEvent {
-        hdr: header(kind::SSL_ERROR, tgid, tid, now()),
+        hdr: header::<SslErrorEvent>(tgid, tid, now()),
         ssl: args.ssl,
         ret_arg: args.ret,
         code: code as u32 as i32,
         _pad: 0,
     };
     if EVENTS.output::<SslErrorEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::SSL_ERROR);
+        lost::<SslErrorEvent>();
     }
     0
 }
@@ -311,11 +311,11 @@ fn free(ctx: &ProbeContext) -> u32 {
     let ssl = ctx.arg(0).unwrap_or(0);
     bio::forget(tgid, ssl);
     let ev = SslFreeEvent {
-        hdr: header(kind::SSL_FREE, tgid, tid, now()),
+        hdr: header::<SslFreeEvent>(tgid, tid, now()),
         ssl,
     };
     if EVENTS.output::<SslFreeEvent>(&ev, wakeup_flags()).is_err() {
-        lost(kind::SSL_FREE);
+        lost::<SslFreeEvent>();
     }
     0
 }

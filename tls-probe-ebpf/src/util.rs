@@ -4,7 +4,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::TracePointContext,
 };
-use tls_probe_common::{EventHeader, counter};
+use tls_probe_common::{EventHeader, WireRecord, counter};
 
 use crate::maps::{COUNTERS, TARGETS};
 
@@ -25,9 +25,9 @@ pub fn now() -> u64 {
 }
 
 #[inline(always)]
-pub fn header(kind: u32, tgid: u32, tid: u32, ts_ns: u64) -> EventHeader {
+pub fn header<T: WireRecord>(tgid: u32, tid: u32, ts_ns: u64) -> EventHeader {
     EventHeader {
-        kind,
+        kind: T::KIND as u32,
         pid: tgid,
         tid,
         _pad: 0,
@@ -58,8 +58,8 @@ pub fn count_sockio() {
 
 /// Counts a record of `kind` that did not fit in the ring buffer.
 #[inline(always)]
-pub fn lost(kind: u32) {
-    bump(counter::LOST_RINGBUF + kind);
+pub fn lost<T: WireRecord>() {
+    bump(counter::LOST_RINGBUF + T::KIND as u32);
 }
 
 /// The current (tgid, tid, target flags) if the process is a target.

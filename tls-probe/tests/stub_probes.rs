@@ -304,7 +304,7 @@ fn lost_events_are_counted_exactly() {
             delivered += 1;
         }
     }
-    let lost = probes.counters().unwrap().lost_by_kind[tls_probe_common::kind::SSL_CALL as usize];
+    let lost = probes.counters().unwrap().lost_by_kind[tls_probe_common::Kind::SslCall as usize];
     assert!(
         lost > 0,
         "expected the ring buffer to overflow; delivered {delivered}"

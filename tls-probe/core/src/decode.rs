@@ -12,8 +12,9 @@ use std::{
 use thiserror::Error;
 use tls_probe_common::{
     CloseEvent, EPOLL_WAIT_HEAD, EpollBusyEvent, EpollCtlEvent, EpollIdleEvent, EpollWaitEvent,
-    EventHeader, LibErrorEvent, MAX_READY, PeerEvent, ReadyEntry, ServerHelloEvent, SslCallEvent,
-    SslErrorEvent, SslFreeEvent, epoll_sys, family, hello_flag, kind, peer_sys, sys,
+    EventHeader, Kind, LibErrorEvent, MAX_READY, PeerEvent, ReadyEntry, ServerHelloEvent,
+    SslCallEvent, SslErrorEvent, SslFreeEvent, WireRecord, epoll_sys, family, hello_flag, peer_sys,
+    sys,
 };
 
 use crate::event::{
@@ -39,8 +40,14 @@ pub enum DecodeError {
     UnknownVia(u32),
 }
 
-/// Reads a `T` from the front of `bytes`, which must be at least `size_of::<T>()` long.
-fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+/// Reads a record `T` from the front of `bytes`, which must be at least `size_of::<T>()`
+/// long.
+fn read<T: WireRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
+    read_raw(bytes, T::KIND as u32)
+}
+
+/// Reads any plain struct (the header too); `kind` only names it in the error.
+fn read_raw<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -67,7 +74,7 @@ fn epoll_syscall(raw: u32) -> Result<EpollSyscall, DecodeError> {
 fn epoll_wait(bytes: &[u8]) -> Result<EpollWait, DecodeError> {
     if bytes.len() < EPOLL_WAIT_HEAD {
         return Err(DecodeError::Short {
-            kind: kind::EPOLL_WAIT,
+            kind: Kind::EpollWait as u32,
             need: EPOLL_WAIT_HEAD,
             got: bytes.len(),
         });
@@ -76,7 +83,7 @@ fn epoll_wait(bytes: &[u8]) -> Result<EpollWait, DecodeError> {
     let mut full = [0u8; size_of::<EpollWaitEvent>()];
     let n = bytes.len().min(full.len());
     full[..n].copy_from_slice(&bytes[..n]);
-    let r: EpollWaitEvent = read(&full, kind::EPOLL_WAIT)?;
+    let r: EpollWaitEvent = read(&full)?;
     let fits = (n - EPOLL_WAIT_HEAD) / size_of::<ReadyEntry>();
     let filled = (r.n_entries as usize).min(MAX_READY).min(fits);
     Ok(EpollWait {
@@ -135,10 +142,11 @@ fn peer(r: &PeerEvent) -> Result<(&'static str, EventKind), DecodeError> {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let hdr: EventHeader = read(bytes, 0)?;
-    let kind = match hdr.kind {
-        kind::SSL_CALL => {
-            let r: SslCallEvent = read(bytes, hdr.kind)?;
+    let hdr: EventHeader = read_raw(bytes, 0)?;
+    let kind = Kind::from_u32(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
+    let kind = match kind {
+        Kind::SslCall => {
+            let r: SslCallEvent = read(bytes)?;
             let has_sys = r.sys_calls > 0;
             EventKind::SslCall(SslCall {
                 op: ssl_op(r.op)?,
@@ -161,21 +169,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 key_ops: r.key_ops,
             })
         }
-        kind::SSL_ERROR => {
-            let r: SslErrorEvent = read(bytes, hdr.kind)?;
+        Kind::SslError => {
+            let r: SslErrorEvent = read(bytes)?;
             EventKind::SslError(SslError {
                 ssl: r.ssl,
                 ret_arg: r.ret_arg,
                 code: SslErrorCode::from_raw(r.code),
             })
         }
-        kind::SSL_FREE => {
-            let r: SslFreeEvent = read(bytes, hdr.kind)?;
+        Kind::SslFree => {
+            let r: SslFreeEvent = read(bytes)?;
             EventKind::SslFree { ssl: r.ssl }
         }
-        kind::EPOLL_WAIT => EventKind::EpollWait(epoll_wait(bytes)?),
-        kind::EPOLL_IDLE => {
-            let r: EpollIdleEvent = read(bytes, hdr.kind)?;
+        Kind::EpollWait => EventKind::EpollWait(epoll_wait(bytes)?),
+        Kind::EpollIdle => {
+            let r: EpollIdleEvent = read(bytes)?;
             EventKind::EpollIdle(EpollIdle {
                 syscall: epoll_syscall(r.syscall)?,
                 epfd: r.epfd,
@@ -184,8 +192,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 blocked_ns: r.blocked_ns,
             })
         }
-        kind::EPOLL_CTL => {
-            let r: EpollCtlEvent = read(bytes, hdr.kind)?;
+        Kind::EpollCtl => {
+            let r: EpollCtlEvent = read(bytes)?;
             EventKind::EpollCtl(EpollCtl {
                 op: match r.op {
                     libc::EPOLL_CTL_ADD => CtlOp::Add,
@@ -200,22 +208,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ret: r.ret,
             })
         }
-        kind::CLOSE => {
-            let r: CloseEvent = read(bytes, hdr.kind)?;
+        Kind::Close => {
+            let r: CloseEvent = read(bytes)?;
             EventKind::Close {
                 fd: r.fd,
                 ret: r.ret,
             }
         }
-        kind::PEER => {
-            let r: PeerEvent = read(bytes, hdr.kind)?;
+        Kind::Peer => {
+            let r: PeerEvent = read(bytes)?;
             let (probe, kind) = peer(&r)?;
             let mut ev = Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind);
-            probe.clone_into(&mut ev.probe);
+            ev.probe = std::borrow::Cow::Borrowed(probe);
             return Ok(ev);
         }
-        kind::SERVER_HELLO => {
-            let r: ServerHelloEvent = read(bytes, hdr.kind)?;
+        Kind::ServerHello => {
+            let r: ServerHelloEvent = read(bytes)?;
             EventKind::ServerHello(crate::event::ServerHello {
                 ssl: r.ssl,
                 fd: (r.fd >= 0).then_some(r.fd),
@@ -226,8 +234,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sent: r.flags & hello_flag::SENT != 0,
             })
         }
-        tls_probe_common::KIND_SSL_FD => {
-            let r: tls_probe_common::SslFdEvent = read(bytes, hdr.kind)?;
+        Kind::SslFd => {
+            let r: tls_probe_common::SslFdEvent = read(bytes)?;
             EventKind::SslFd {
                 ssl: r.ssl,
                 fd: r.fd,
@@ -241,15 +249,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sys_bytes: r.sys_bytes,
             }
         }
-        tls_probe_common::KIND_TASK_EXIT => {
-            let r: tls_probe_common::TaskExitEvent = read(bytes, hdr.kind)?;
+        Kind::TaskExit => {
+            let r: tls_probe_common::TaskExitEvent = read(bytes)?;
             EventKind::TaskExit {
                 cleared: r.cleared,
                 group_dead: r.group_dead != 0,
             }
         }
-        kind::EPOLL_BUSY => {
-            let r: EpollBusyEvent = read(bytes, hdr.kind)?;
+        Kind::EpollBusy => {
+            let r: EpollBusyEvent = read(bytes)?;
             EventKind::EpollBusy(EpollBusy {
                 syscall: epoll_syscall(r.syscall)?,
                 epfd: r.epfd,
@@ -268,8 +276,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
             })
         }
-        kind::LIB_ERROR => {
-            let r: LibErrorEvent = read(bytes, hdr.kind)?;
+        Kind::LibError => {
+            let r: LibErrorEvent = read(bytes)?;
             let op = match r.op {
                 tls_probe_common::NO_OP => None,
                 raw => Some(ssl_op(raw)?),
@@ -283,20 +291,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fd: (op.is_some() && r.fd >= 0).then_some(r.fd),
             }
         }
-        tls_probe_common::KIND_ASYNC_PAUSE => {
-            let r: tls_probe_common::AsyncPauseEvent = read(bytes, hdr.kind)?;
+        Kind::AsyncPause => {
+            let r: tls_probe_common::AsyncPauseEvent = read(bytes)?;
             EventKind::AsyncPause {
                 ssl: (r.ssl != 0).then_some(r.ssl),
             }
         }
-        tls_probe_common::KIND_SOCK_OVERLAP => sock_overlap(bytes)?,
-        other => return Err(DecodeError::UnknownKind(other)),
+        Kind::SockOverlap => sock_overlap(bytes)?,
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
 }
 
 fn sock_overlap(bytes: &[u8]) -> Result<EventKind, DecodeError> {
-    let r: tls_probe_common::SockOverlapEvent = read(bytes, tls_probe_common::KIND_SOCK_OVERLAP)?;
+    let r: tls_probe_common::SockOverlapEvent = read(bytes)?;
     let sys_kind = |raw| match raw {
         sys::WRITE => SysKind::Write,
         _ => SysKind::Read,
@@ -353,7 +360,7 @@ mod tests {
     #[test]
     fn ssl_call_ex_with_fd_and_eagain() {
         let rec = SslCallEvent {
-            hdr: hdr(kind::SSL_CALL),
+            hdr: hdr(Kind::SslCall as u32),
             ssl: 0x5555,
             buf: 0x7777,
             len: 4096,
@@ -387,7 +394,7 @@ mod tests {
     #[test]
     fn memory_bio_tie_decodes_and_a_bad_via_is_an_error() {
         let mut rec = tls_probe_common::SslFdEvent {
-            hdr: hdr(tls_probe_common::KIND_SSL_FD),
+            hdr: hdr(Kind::SslFd as u32),
             ssl: 0x55aa,
             sys_bytes: 517,
             fd: 7,
@@ -420,7 +427,7 @@ mod tests {
     #[test]
     fn task_exit_decodes_and_a_short_one_is_an_error() {
         let rec = tls_probe_common::TaskExitEvent {
-            hdr: hdr(tls_probe_common::KIND_TASK_EXIT),
+            hdr: hdr(Kind::TaskExit as u32),
             cleared: 2,
             group_dead: 1,
         };
@@ -443,7 +450,7 @@ mod tests {
     #[test]
     fn async_pause_decodes_with_or_without_its_ssl_and_a_short_one_is_an_error() {
         let mut rec = tls_probe_common::AsyncPauseEvent {
-            hdr: hdr(tls_probe_common::KIND_ASYNC_PAUSE),
+            hdr: hdr(Kind::AsyncPause as u32),
             ssl: 0x55aa,
         };
         let ev = decode(&bytes_of(&rec)).unwrap();
@@ -461,7 +468,7 @@ mod tests {
     #[test]
     fn socket_overlaps_decode_their_records_and_a_short_one_is_an_error() {
         let rec = tls_probe_common::SockOverlapEvent {
-            hdr: hdr(tls_probe_common::KIND_SOCK_OVERLAP),
+            hdr: hdr(Kind::SockOverlap as u32),
             a_since_ns: 5,
             ssl_a: 0,
             ssl_b: 0x55aa,
@@ -493,7 +500,7 @@ mod tests {
     #[test]
     fn ssl_call_without_syscall_has_no_fd() {
         let rec = SslCallEvent {
-            hdr: hdr(kind::SSL_CALL),
+            hdr: hdr(Kind::SslCall as u32),
             fd: -1,
             op: op::SSL_WRITE,
             ret: 10,
@@ -511,7 +518,7 @@ mod tests {
     #[test]
     fn epoll_wait_entries_are_bounded_by_n_entries() {
         let mut rec = EpollWaitEvent {
-            hdr: hdr(kind::EPOLL_WAIT),
+            hdr: hdr(Kind::EpollWait as u32),
             ret: 3,
             n_entries: 2,
             timeout_ns: -1,
@@ -541,7 +548,7 @@ mod tests {
     #[test]
     fn a_small_record_holds_only_its_size_class() {
         let mut rec = EpollWaitEvent {
-            hdr: hdr(kind::EPOLL_WAIT),
+            hdr: hdr(Kind::EpollWait as u32),
             ret: 1,
             n_entries: 1,
             ..Default::default()
@@ -571,7 +578,7 @@ mod tests {
     #[test]
     fn idle_aggregates_decode() {
         let rec = EpollIdleEvent {
-            hdr: hdr(kind::EPOLL_IDLE),
+            hdr: hdr(Kind::EpollIdle as u32),
             first_ns: 10,
             blocked_ns: 500,
             count: 4096,
@@ -593,7 +600,7 @@ mod tests {
     #[test]
     fn n_entries_past_the_array_is_clamped() {
         let rec = EpollWaitEvent {
-            hdr: hdr(kind::EPOLL_WAIT),
+            hdr: hdr(Kind::EpollWait as u32),
             n_entries: 1000,
             ..Default::default()
         };
@@ -607,14 +614,14 @@ mod tests {
     fn short_and_unknown_records_are_errors() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
         let rec = SslCallEvent {
-            hdr: hdr(kind::SSL_CALL),
+            hdr: hdr(Kind::SslCall as u32),
             ..Default::default()
         };
         let b = bytes_of(&rec);
         assert_eq!(
             decode(&b[..50]),
             Err(DecodeError::Short {
-                kind: kind::SSL_CALL,
+                kind: Kind::SslCall as u32,
                 need: size_of::<SslCallEvent>(),
                 got: 50
             })
@@ -624,7 +631,7 @@ mod tests {
             Err(DecodeError::UnknownKind(99))
         );
         let bad_op = SslCallEvent {
-            hdr: hdr(kind::SSL_CALL),
+            hdr: hdr(Kind::SslCall as u32),
             op: 77,
             ..Default::default()
         };
@@ -633,7 +640,7 @@ mod tests {
 
     fn peer_rec(syscall: u32, fam: u16, port: u16, addr: &[u8]) -> PeerEvent {
         let mut r = PeerEvent {
-            hdr: hdr(kind::PEER),
+            hdr: hdr(Kind::Peer as u32),
             fd: 12,
             syscall,
             family: fam,
@@ -698,7 +705,7 @@ mod tests {
         assert_eq!(
             decode(&b[..40]),
             Err(DecodeError::Short {
-                kind: kind::PEER,
+                kind: Kind::Peer as u32,
                 need: size_of::<PeerEvent>(),
                 got: 40
             })
@@ -715,7 +722,7 @@ mod tests {
     #[test]
     fn error_codes_are_named() {
         let rec = SslErrorEvent {
-            hdr: hdr(kind::SSL_ERROR),
+            hdr: hdr(Kind::SslError as u32),
             ssl: 1,
             ret_arg: -1,
             code: 2,
@@ -731,7 +738,7 @@ mod tests {
     #[test]
     fn server_hellos_decode_flags() {
         let rec = ServerHelloEvent {
-            hdr: hdr(kind::SERVER_HELLO),
+            hdr: hdr(Kind::ServerHello as u32),
             ssl: 0x5555,
             fd: 7,
             version: 0x0304,
@@ -766,7 +773,7 @@ mod tests {
         assert_eq!(
             decode(&bytes_of(&rec)[..40]),
             Err(DecodeError::Short {
-                kind: kind::SERVER_HELLO,
+                kind: Kind::ServerHello as u32,
                 need: size_of::<ServerHelloEvent>(),
                 got: 40
             })
