@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    println!("cargo:rustc-check-cfg=cfg(ebpf_object_skipped)");
     if skip {
+        // Unit tests that read the object are ignored, with this as the reason.
+        println!("cargo:rustc-cfg=ebpf_object_skipped");
         // Leave a placeholder so include_bytes_aligned! compiles; loading it fails clearly.
         let out = PathBuf::from(env::var("OUT_DIR")?).join("tls-probe");
         if !out.exists() {

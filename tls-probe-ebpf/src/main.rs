@@ -46,3 +46,11 @@ fn main() {}
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// The wire ABI this object speaks: the agent reads it from the object before loading and
+/// refuses an object built against other record layouts (`tls_probe_common::WIRE_VERSION`).
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "tls_probe_wire")]
+#[unsafe(no_mangle)]
+#[used]
+static TLS_PROBE_WIRE_VERSION: u32 = tls_probe_common::WIRE_VERSION;

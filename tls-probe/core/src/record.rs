@@ -75,6 +75,10 @@ pub struct Start {
     /// How the uprobes are linked on this kernel (absent in recordings made before).
     #[serde(default)]
     pub uprobe_links: UprobeLinks,
+    /// Optional tracepoints this kernel lacks, skipped (e.g. `sys_enter_epoll_pwait2` before
+    /// Linux 5.11). Empty on a kernel that has them all, and in older recordings.
+    #[serde(default)]
+    pub missing_tracepoints: Vec<String>,
     /// Whether the export holds every decoded event (`--events`), so that it can be replayed.
     pub events: bool,
     pub clock: ClockAnchor,

@@ -22,10 +22,15 @@ use aya::{
 };
 use tls_probe_common::{cookie, counter, op, program, target_flag};
 
-use super::{TlsLibrary, placement::Placement};
+use super::{
+    TlsLibrary, embedded,
+    inventory::{self, Need},
+    placement::Placement,
+};
 
 /// The embedded eBPF object, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls-probe"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls-probe"));
 
 /// A uprobe program and the functions of one library it is attached to, each with the
 /// attach cookie that tells the program which function a hit is in. One set is one link:
@@ -144,7 +149,7 @@ impl LinkKind {
     }
 
     /// Every program this kind of link loads.
-    fn programs(self) -> Vec<String> {
+    pub(super) fn programs(self) -> Vec<String> {
         HOT_SETS
             .iter()
             .chain(&COLD_SETS)
@@ -194,49 +199,6 @@ pub fn points_for(
     (points, missing)
 }
 
-/// Syscall tracepoints: (program == event name) in the `syscalls` category.
-pub const TRACEPOINTS: &[&str] = &[
-    "sys_enter_epoll_wait",
-    "sys_exit_epoll_wait",
-    "sys_enter_epoll_pwait",
-    "sys_exit_epoll_pwait",
-    "sys_enter_epoll_pwait2",
-    "sys_exit_epoll_pwait2",
-    "sys_enter_epoll_ctl",
-    "sys_exit_epoll_ctl",
-    "sys_enter_close",
-    "sys_enter_accept4",
-    "sys_exit_accept4",
-    "sys_enter_accept",
-    "sys_exit_accept",
-    "sys_enter_connect",
-    "sys_exit_connect",
-];
-
-/// Socket I/O tracepoints (tls-probe-ebpf/src/sockio.rs): the fd of an SSL call, the
-/// ServerHello inside a handshake call, and two threads on one fd. They fire on every
-/// read and write of every process, the most frequent syscalls of a busy server, so outside
-/// full mode they are attached only while they can tell something (see
-/// [`Probes::set_sockio`]).
-pub const SOCKIO_TRACEPOINTS: &[&str] = &[
-    "sys_enter_read",
-    "sys_exit_read",
-    "sys_enter_write",
-    "sys_exit_write",
-    "sys_enter_recvfrom",
-    "sys_exit_recvfrom",
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    "sys_enter_recvmsg",
-    "sys_exit_recvmsg",
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    "sys_enter_readv",
-    "sys_exit_readv",
-    "sys_enter_writev",
-    "sys_exit_writev",
-];
-
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -272,6 +234,8 @@ pub struct Probes {
     sockio_detaching: Option<JoinHandle<()>>,
     /// How many times they were attached: the kernel's `SOCKIO_GEN` while they are.
     sockio_gen: u32,
+    /// Optional tracepoints this kernel lacks (see [`inventory`]).
+    missing_tracepoints: Vec<&'static str>,
 }
 
 /// Threads that close one batch of links. A link's unregister takes ~100 ms here, most of
@@ -286,7 +250,10 @@ impl Probes {
     /// trapping every read and write of the targets for the second the kernel takes to
     /// unregister them, right after attach.
     pub fn load(sockio: bool) -> Result<Self> {
+        let uname = nix::sys::utsname::uname().context("uname")?;
+        inventory::check_kernel(&uname.release().to_string_lossy())?;
         ensure_tracefs()?;
+        embedded::check_wire_version(EBPF_OBJECT)?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
             anyhow!(
                 "loading the eBPF programs failed: {e}; tls-probe needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and uprobes"
@@ -308,25 +275,38 @@ impl Probes {
             prog.load()
                 .with_context(|| format!("loading eBPF program {name}"))?;
         }
-        for name in TRACEPOINTS {
-            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        let mut missing_tracepoints = Vec::new();
+        for tp in inventory::ALWAYS {
+            let prog: &mut TracePoint = program(&mut ebpf, tp.name)?;
             prog.load()
-                .with_context(|| format!("loading eBPF program {name}"))?;
-            prog.attach("syscalls", name)
-                .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
+                .with_context(|| format!("loading eBPF program {}", tp.name))?;
+            match prog.attach(tp.category, tp.name) {
+                Ok(_) => {}
+                Err(e) => match tp.need {
+                    Need::Optional(lost) if !inventory::exists(tp) => {
+                        log::warn!(
+                            "this kernel has no tracepoint {}:{}: not seen: {lost}",
+                            tp.category,
+                            tp.name
+                        );
+                        missing_tracepoints.push(tp.name);
+                    }
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "attaching to tracepoint {}:{} (needed; tls-probe supports Linux {} and newer)",
+                            tp.category,
+                            tp.name,
+                            inventory::MIN_KERNEL
+                        )));
+                    }
+                },
+            }
         }
-        for name in SOCKIO_TRACEPOINTS {
-            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        for tp in inventory::SOCKIO {
+            let prog: &mut TracePoint = program(&mut ebpf, tp.name)?;
             prog.load()
-                .with_context(|| format!("loading eBPF program {name}"))?;
+                .with_context(|| format!("loading eBPF program {}", tp.name))?;
         }
-        // Thread exit (tls-probe-ebpf/src/lifecycle.rs): clears per-thread state, reports
-        // the exit of a traced process at once.
-        let prog: &mut TracePoint = program(&mut ebpf, "sched_process_exit")?;
-        prog.load()
-            .context("loading eBPF program sched_process_exit")?;
-        prog.attach("sched", "sched_process_exit")
-            .context("attaching to tracepoint sched:sched_process_exit")?;
         let mut probes = Self {
             ebpf,
             links,
@@ -335,12 +315,13 @@ impl Probes {
             sockio: Vec::new(),
             sockio_detaching: None,
             sockio_gen: 0,
+            missing_tracepoints,
         };
         probes.set_sockio(sockio)?;
         Ok(probes)
     }
 
-    /// Attaches or detaches the socket I/O tracepoints ([`SOCKIO_TRACEPOINTS`]). Detaching
+    /// Attaches or detaches the socket I/O tracepoints ([`inventory::SOCKIO`]). Detaching
     /// happens in the background; until it is done they keep firing, harmlessly.
     /// Returns whether they are as asked now: switching them on waits (returns false) while
     /// their previous links are still being closed.
@@ -360,12 +341,12 @@ impl Probes {
                 let _ = h.join();
             }
             let started = std::time::Instant::now();
-            for name in SOCKIO_TRACEPOINTS {
-                let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
-                let id = prog
-                    .attach("syscalls", name)
-                    .with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
-                self.sockio.push((name, id));
+            for tp in inventory::SOCKIO {
+                let prog: &mut TracePoint = program(&mut self.ebpf, tp.name)?;
+                let id = prog.attach(tp.category, tp.name).with_context(|| {
+                    format!("attaching to tracepoint {}:{}", tp.category, tp.name)
+                })?;
+                self.sockio.push((tp.name, id));
             }
             // Every enter has its exit from now on: syscalls entered from here are in
             // flight until their exit is seen.
@@ -493,6 +474,11 @@ impl Probes {
     }
 
     /// How this kernel's uprobe links are made (in the `start` record).
+    /// Optional tracepoints this kernel lacks, skipped at load.
+    pub fn missing_tracepoints(&self) -> &[&'static str] {
+        &self.missing_tracepoints
+    }
+
     pub fn link_kind(&self) -> LinkKind {
         self.links
     }

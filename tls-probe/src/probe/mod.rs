@@ -2,6 +2,8 @@
 //! programs, and read their ring buffer and counters.
 
 pub mod discover;
+pub mod embedded;
+pub mod inventory;
 pub mod loader;
 pub mod placement;
 

@@ -122,6 +122,7 @@ mod tests {
             probe_mode: "full".into(),
             probe_modes: Default::default(),
             uprobe_links: Default::default(),
+            missing_tracepoints: Vec::new(),
             events: false,
             clock: ClockAnchor {
                 monotonic_ns: 7,

@@ -74,6 +74,7 @@ pub struct Start {
     pub probe_mode: ProbeMode,
     pub probe_modes: BTreeMap<String, String>,
     pub uprobe_links: UprobeLinks,
+    pub missing_tracepoints: Vec<String>,
     pub events: bool,
     pub clock: Clock,
 }

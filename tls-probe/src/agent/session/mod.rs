@@ -208,6 +208,11 @@ impl Session {
                 LinkKind::Multi => UprobeLinks::UprobeMulti,
                 LinkKind::PerFunction => UprobeLinks::PerFunction,
             },
+            missing_tracepoints: probes
+                .missing_tracepoints()
+                .iter()
+                .map(|&name| name.to_owned())
+                .collect(),
             events: cfg.events,
             clock: ClockAnchor {
                 monotonic_ns: now,
