@@ -5,7 +5,13 @@
 //! sink and the replay path all consume them. They serialize as the `data` of an
 //! `{"type":"event"}` NDJSON line and deserialize back for `tls-probe report`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+
+/// The ready entries of one wait: up to 4 inline (most waits return a handful), more on the
+/// heap.
+pub type ReadyList = smallvec::SmallVec<[ReadyFd; 4]>;
 
 /// An `SSL_ERROR_*` code, named as users read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -246,8 +252,9 @@ pub struct EpollWait {
     pub duration_ns: u64,
     /// The ready count, or -errno.
     pub ret: i64,
-    /// Up to `MAX_READY` ready entries as the user received them.
-    pub ready: Vec<ReadyFd>,
+    /// Up to `MAX_READY` ready entries as the user received them; a few inline, so that a
+    /// wait costs no allocation on the decode -> engine path.
+    pub ready: ReadyList,
 }
 
 /// Immediate empty waits (timeout 0, nothing ready) of one thread, aggregated in the
@@ -469,7 +476,9 @@ pub struct Event {
     pub pid: u32,
     pub tid: u32,
     /// The symbol or syscall verbatim: "SSL_read_ex", "SSL_get_error", "epoll_wait", ...
-    pub probe: String,
+    /// Borrowed from a static name when decoded (no allocation per event); owned when read
+    /// back from an export.
+    pub probe: Cow<'static, str>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -517,7 +526,7 @@ impl Event {
             ts_ns,
             pid,
             tid,
-            probe: Self::probe_name(&kind).to_owned(),
+            probe: Cow::Borrowed(Self::probe_name(&kind)),
             kind,
         }
     }

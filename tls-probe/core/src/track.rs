@@ -289,7 +289,7 @@ mod tests {
                 start_ns: 0,
                 duration_ns: 1,
                 ret: 1,
-                ready: vec![ReadyFd {
+                ready: smallvec::smallvec![ReadyFd {
                     events: 4,
                     data,
                     fd: None,

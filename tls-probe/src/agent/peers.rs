@@ -50,7 +50,7 @@ pub fn peer_events(pid: u32, ts_ns: u64, only: Option<&BTreeSet<i32>>) -> Vec<Ev
         .into_iter()
         .map(|(fd, addr, side)| {
             let mut ev = Event::new(ts_ns, pid, 0, EventKind::Peer { fd, addr, side });
-            ev.probe = PROBE.to_owned();
+            ev.probe = PROBE.into();
             ev
         })
         .collect()

@@ -133,7 +133,7 @@ impl Sim {
             start_ns,
             duration_ns: blocked_ns,
             ret: ready.len() as i64,
-            ready,
+            ready: ready.into(),
         };
         self.feed(tid, EventKind::EpollWait(w));
     }
