@@ -10,7 +10,7 @@
 //! `SSL_free` and `close`.
 //! Pure and deterministic: events in, the same events enriched out.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::event::{CtlOp, Event, EventKind};
 
@@ -23,21 +23,21 @@ struct Registration {
 #[derive(Default, Debug)]
 pub struct Tracker {
     /// (pid, epfd, data) -> registration.
-    by_data: HashMap<(u32, i32, u64), Registration>,
+    by_data: FxHashMap<(u32, i32, u64), Registration>,
     /// (pid, epfd, fd) -> data, to undo a registration on MOD/DEL/close.
-    by_fd: HashMap<(u32, i32, i32), u64>,
+    by_fd: FxHashMap<(u32, i32, i32), u64>,
     /// (pid, SSL*) -> fd.
-    ssl_fd: HashMap<(u32, u64), i32>,
+    ssl_fd: FxHashMap<(u32, u64), i32>,
     /// (pid, fd) -> SSL*, to drop the mapping on close.
-    fd_ssl: HashMap<(u32, i32), u64>,
+    fd_ssl: FxHashMap<(u32, i32), u64>,
     /// (pid, epfd) seen in a wait: their registrations are known or were asked for.
-    known_epfds: HashSet<(u32, i32)>,
+    known_epfds: FxHashSet<(u32, i32)>,
     /// (pid, epfd) whose registrations predate attach and should be read from fdinfo.
     pending_seed: Vec<(u32, i32)>,
     /// Memory-BIO ties that moved an SSL* to another fd while its old one was still open.
     pub bio_disagreements: u64,
     /// (pid, tid) -> the one fd its last epoll wait reported ready, when it reported one.
-    last_ready: HashMap<(u32, u32), i32>,
+    last_ready: FxHashMap<(u32, u32), i32>,
 }
 
 impl Tracker {

@@ -1,7 +1,7 @@
 //! What the engine remembers: connections keyed by (pid, SSL*) and mapped to their fd,
 //! threads with their event loop, processes with their totals.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     config::Config,
@@ -176,18 +176,18 @@ pub(crate) struct Peer {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub conns: HashMap<ConnKey, Conn>,
+    pub conns: FxHashMap<ConnKey, Conn>,
     /// (pid, fd) -> SSL* of the live connection using that fd.
-    pub fds: HashMap<(u32, i32), u64>,
-    pub threads: HashMap<ThreadKey, Thread>,
-    pub procs: HashMap<u32, Process>,
-    pub comms: HashMap<u32, String>,
+    pub fds: FxHashMap<(u32, i32), u64>,
+    pub threads: FxHashMap<ThreadKey, Thread>,
+    pub procs: FxHashMap<u32, Process>,
+    pub comms: FxHashMap<u32, String>,
     /// (pid, fd) -> peer address, from `peer` events or `set_peer`; dropped when the fd
     /// closes.
-    pub peers: HashMap<(u32, i32), Peer>,
+    pub peers: FxHashMap<(u32, i32), Peer>,
     /// pid -> time of its latest probe event (agent samples from /proc not counted): when
     /// the process went silent (stopped working, or exited).
-    pub last_event_ns: HashMap<u32, u64>,
+    pub last_event_ns: FxHashMap<u32, u64>,
     /// Handshakes, time shares, connections per peer, listen overflows.
     pub hs: HsState,
     pub evicted_connections_total: u64,
@@ -382,7 +382,7 @@ impl State {
 
     /// Drops processes that have no connection or thread left and have been idle.
     pub fn retire_procs(&mut self, now: u64, idle_ns: u64) {
-        let live: std::collections::HashSet<u32> = self
+        let live: FxHashSet<u32> = self
             .conns
             .keys()
             .map(|k| k.0)
@@ -403,7 +403,7 @@ fn is_peek(op: SslOp) -> bool {
 }
 
 fn stale<K: Copy + Ord, V>(
-    map: &HashMap<K, V>,
+    map: &FxHashMap<K, V>,
     now: u64,
     idle_ns: u64,
     keep: usize,

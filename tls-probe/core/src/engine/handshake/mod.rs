@@ -44,7 +44,7 @@ pub mod names;
 mod snapshot;
 pub(crate) mod stats;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 pub use self::snapshot::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
@@ -100,14 +100,14 @@ pub(crate) struct Hello {
 /// Handshake accounting of every process and thread.
 #[derive(Default)]
 pub(crate) struct HsState {
-    conns: HashMap<ConnKey, HsConn>,
-    pub threads: HashMap<ThreadKey, HsSide>,
-    pub procs: HashMap<u32, HsProc>,
+    conns: FxHashMap<ConnKey, HsConn>,
+    pub threads: FxHashMap<ThreadKey, HsSide>,
+    pub procs: FxHashMap<u32, HsProc>,
     /// TcpExtListenOverflows: the first sample, the latest, and when it last rose.
     pub overflows: Option<ListenOverflows>,
     /// (pid, SSL*) -> its last ServerHello, until SSL_free. Kept apart from `conns`
     /// because the hello comes inside the call whose record follows it.
-    hellos: HashMap<ConnKey, (Hello, bool)>,
+    hellos: FxHashMap<ConnKey, (Hello, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,10 @@
 //! What handshake accounting counts: per-bucket counters for rates and time shares, totals
 //! and histograms per thread and per process, and connections per peer.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 
 use crate::engine::window::{Counts, Window};
 
@@ -193,7 +194,7 @@ pub(crate) struct HsProc {
     /// Lifetime of connections whose start was seen: first handshake call to SSL_free.
     pub lifetime: Histogram<u64>,
     pub connections_ended: u64,
-    pub peers: HashMap<String, PeerStats>,
+    pub peers: FxHashMap<String, PeerStats>,
     /// Connections from peers not tracked because `max_peers` were tracked already.
     pub untracked_peer_connections: u64,
 }
@@ -205,7 +206,7 @@ impl HsProc {
             long: Window::new(now, long_ns),
             lifetime: histogram(),
             connections_ended: 0,
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             untracked_peer_connections: 0,
         }
     }

@@ -8,8 +8,9 @@
 //! mode normally answers WANT_ASYNC once or twice per operation for a few microseconds to
 //! milliseconds, which stays far below these thresholds.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{CallDone, ConnEnd, Cx, Rule};
@@ -77,7 +78,7 @@ impl Streak {
 
 #[derive(Default)]
 pub(crate) struct AsyncStallRule {
-    streaks: HashMap<ConnKey, Streak>,
+    streaks: FxHashMap<ConnKey, Streak>,
 }
 
 impl Rule for AsyncStallRule {

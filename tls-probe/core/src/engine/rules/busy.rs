@@ -15,8 +15,9 @@
 //! Immediate empty waits (zero timeout, nothing ready) reach the engine aggregated by the
 //! kernel, thousands to one event; each counts as one such wake-up.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Cx, LoopWakeup, Rule};
@@ -102,7 +103,7 @@ struct Track {
 
 #[derive(Default)]
 pub(crate) struct BusyRule {
-    tracks: HashMap<ThreadKey, Track>,
+    tracks: FxHashMap<ThreadKey, Track>,
 }
 
 impl Rule for BusyRule {

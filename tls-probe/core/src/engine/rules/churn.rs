@@ -13,8 +13,9 @@
 //! [`severity`]). It stays open while
 //! the rate is at least `keep_open_pct` of the threshold and closes `close_after_ns` after.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Cx, Rule};
@@ -81,7 +82,7 @@ struct Open {
 #[derive(Default)]
 pub(crate) struct ChurnRule {
     /// By (pid, peer host).
-    open: HashMap<(u32, String), Open>,
+    open: FxHashMap<(u32, String), Open>,
 }
 
 impl Rule for ChurnRule {

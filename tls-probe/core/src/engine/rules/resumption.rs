@@ -10,8 +10,9 @@
 //! cost. The finding stays open while the rate stays under `resumption_min_pct` + 10
 //! points, and closes `close_after_ns` after it stopped.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Cx, Rule};
@@ -56,7 +57,7 @@ struct Track {
 
 #[derive(Default)]
 pub(crate) struct ResumptionRule {
-    tracks: HashMap<u32, Track>,
+    tracks: FxHashMap<u32, Track>,
 }
 
 impl Rule for ResumptionRule {

@@ -19,8 +19,9 @@
 //! wall time (a loop busy with cheap resumed handshakes needs keep-alive, not a session
 //! cache, and is not reported by this rule).
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Cx, Rule};
@@ -87,7 +88,7 @@ struct Track {
 
 #[derive(Default)]
 pub(crate) struct SaturationRule {
-    tracks: HashMap<ThreadKey, Track>,
+    tracks: FxHashMap<ThreadKey, Track>,
 }
 
 impl Rule for SaturationRule {

@@ -11,8 +11,9 @@
 //!
 //! One finding per connection; it closes `incident_quiet_ns` after its last occurrence.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tls_probe_common::ossl;
 
@@ -77,7 +78,7 @@ struct Incident {
 #[derive(Default)]
 pub(crate) struct ShutdownRule {
     /// The last other libssl error per thread: (name, ts).
-    last_error: HashMap<ThreadKey, (String, u64)>,
+    last_error: FxHashMap<ThreadKey, (String, u64)>,
     incidents: Vec<Incident>,
 }
 

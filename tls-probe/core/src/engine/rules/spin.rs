@@ -9,8 +9,9 @@
 //! least `spin_min_no_progress_pct` of the connection's wake-ups, and were seen in at least
 //! `sustained_buckets` of the window's buckets.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{BusyWaits, ConnEnd, ConnWakeup, Cx, Rule, want_word};
@@ -112,7 +113,7 @@ struct Track {
 
 #[derive(Default)]
 pub(crate) struct SpinRule {
-    tracks: HashMap<ConnKey, Track>,
+    tracks: FxHashMap<ConnKey, Track>,
 }
 
 impl Rule for SpinRule {

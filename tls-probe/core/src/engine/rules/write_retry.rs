@@ -25,8 +25,9 @@
 //! [`super::churn::linked`]) is linked in `related_finding_ids`, checked every window
 //! bucket. It closes `incident_quiet_ns` after its last occurrence.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tls_probe_common::ossl;
 
@@ -176,10 +177,10 @@ impl Incident {
 #[derive(Default)]
 pub(crate) struct WriteRetryRule {
     /// Connections whose last write answered WANT_*: what it passed.
-    wanting: HashMap<ConnKey, LastWrite>,
+    wanting: FxHashMap<ConnKey, LastWrite>,
     incidents: Vec<Incident>,
     /// Moved-buffer retries accepted per process, reported with the next finding.
-    accepted: HashMap<u32, u64>,
+    accepted: FxHashMap<u32, u64>,
 }
 
 /// A retry as one signal saw it.

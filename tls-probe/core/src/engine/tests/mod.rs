@@ -4,6 +4,7 @@
 mod active;
 mod busy;
 mod concurrent;
+mod determinism;
 mod handshake;
 mod handshake_rules;
 mod handshake_side;

@@ -24,8 +24,9 @@
 //! One finding per process, like bad_write_retry and for the same reasons: sharing SSL
 //! objects between threads is a design property of the program, and connections churn.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 mod socket;
@@ -169,10 +170,10 @@ struct Incident {
 
 #[derive(Default)]
 pub(crate) struct ConcurrentRule {
-    recent: HashMap<ConnKey, Recent>,
-    incidents: HashMap<u32, Incident>,
+    recent: FxHashMap<ConnKey, Recent>,
+    incidents: FxHashMap<u32, Incident>,
     /// The finding each connection was last counted in.
-    counted: HashMap<Conn, u64>,
+    counted: FxHashMap<Conn, u64>,
 }
 
 impl ConcurrentRule {
