@@ -20,7 +20,10 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Cx, LoopWakeup, Rule};
+use super::{
+    Cx, LoopWakeup, Rule,
+    life::{Life, Step},
+};
 use crate::engine::{
     epoll_bits,
     finding::{Evidence, FindingKind, Severity, Subject},
@@ -97,8 +100,7 @@ struct Track {
     last_idle_ns: u64,
     timeout_ns: Option<i64>,
     idle_ready: Option<ReadySlot>,
-    finding: Option<u64>,
-    last_held_ns: u64,
+    life: Life,
 }
 
 #[derive(Default)]
@@ -118,8 +120,7 @@ impl Rule for BusyRule {
                 last_idle_ns: cx.now,
                 timeout_ns: None,
                 idle_ready: None,
-                finding: None,
-                last_held_ns: cx.now,
+                life: Life::default(),
             }),
             None => return,
         };
@@ -139,10 +140,8 @@ impl Rule for BusyRule {
     }
 
     fn on_thread_end(&mut self, cx: &mut Cx<'_>, key: ThreadKey) {
-        if let Some(t) = self.tracks.remove(&key)
-            && let Some(id) = t.finding
-        {
-            cx.close(id);
+        if let Some(mut t) = self.tracks.remove(&key) {
+            t.life.end(cx);
         }
     }
 
@@ -161,8 +160,11 @@ impl Rule for BusyRule {
                 && progress <= cfg.busy_max_progress_pct;
             let holds = idle >= min * keep && progress <= cfg.busy_max_progress_pct / keep;
             let going = s.latest.idle > 0;
-            match t.finding {
-                None if opens => {
+            // While the pathology goes on (its latest bucket saw it), the finding holds and
+            // material changes are emitted. Once it has stopped, the close timer runs and the
+            // finding keeps the numbers it had, not the window's decay.
+            match t.life.step(cx, opens, holds && going) {
+                Step::Open => {
                     let (pid, tid) = key;
                     let spinning = cx.store.any_open(FindingKind::SpinLoop, |f| {
                         f.pid == pid && f.tid == Some(tid)
@@ -178,31 +180,16 @@ impl Rule for BusyRule {
                         let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                         let mut f = cx.finding(subject, t.started_ns, sev, ev, expl, advice());
                         f.last_seen_ns = t.last_idle_ns;
-                        t.finding = Some(cx.open(f));
-                        t.last_held_ns = now;
+                        t.life.open(cx, f);
                     }
                 }
-                // While the pathology goes on (its latest bucket saw it), the finding holds
-                // and material changes are emitted. Once it has stopped, the close timer
-                // runs and the finding keeps the numbers it had, not the window's decay.
-                Some(id) if holds && going => {
+                Step::Hold(id) => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
-                    let last = t.last_idle_ns;
-                    cx.update(id, |f| {
-                        f.severity = sev;
-                        f.evidence = ev;
-                        f.explanation = expl;
-                        f.last_seen_ns = last;
-                    });
-                    t.last_held_ns = now;
+                    cx.refresh(id, sev, ev, expl, t.last_idle_ns);
                 }
-                Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
-                    cx.close(id);
-                    t.finding = None;
-                }
-                _ => {}
+                Step::Idle => {}
             }
-            t.finding.is_some() || !t.window.is_quiet(now)
+            t.life.is_open() || !t.window.is_quiet(now)
         });
     }
 }

@@ -11,6 +11,7 @@ pub mod attribution;
 pub mod busy;
 pub mod churn;
 pub mod concurrent;
+mod life;
 pub mod resumption;
 pub mod saturation;
 pub mod shutdown;

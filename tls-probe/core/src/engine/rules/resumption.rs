@@ -15,7 +15,10 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Cx, Rule};
+use super::{
+    Cx, Rule,
+    life::{Life, Step},
+};
 use crate::engine::{
     finding::{Evidence, Severity, Subject},
     window::pct,
@@ -51,8 +54,7 @@ impl fmt::Display for ResumptionEvidence {
 
 #[derive(Default)]
 struct Track {
-    finding: Option<u64>,
-    last_held_ns: u64,
+    life: Life,
 }
 
 #[derive(Default)]
@@ -91,8 +93,8 @@ impl Rule for ResumptionRule {
                 && ev.returning_pct >= cfg.resumption_min_returning_pct;
             let holds = rated > 0 && ev.resumption_pct < cfg.resumption_min_pct + HYSTERESIS_PCT;
             let t = self.tracks.entry(pid).or_default();
-            match t.finding {
-                None if opens => {
+            match t.life.step(cx, opens, holds) {
+                Step::Open => {
                     let subject = Subject {
                         pid,
                         ..Subject::default()
@@ -106,28 +108,19 @@ impl Rule for ResumptionRule {
                         expl,
                         advice(),
                     );
-                    t.finding = Some(cx.open(f));
-                    t.last_held_ns = now;
+                    t.life.open(cx, f);
                 }
-                Some(id) if holds => {
+                Step::Hold(id) => {
                     let expl = explanation(&ev);
-                    cx.update(id, |f| {
-                        f.evidence = Evidence::LowSessionResumption(ev);
-                        f.explanation = expl;
-                        f.last_seen_ns = now;
-                    });
-                    t.last_held_ns = now;
+                    let ev = Evidence::LowSessionResumption(ev);
+                    cx.refresh(id, Severity::Warning, ev, expl, now);
                 }
-                Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
-                    cx.close(id);
-                    t.finding = None;
-                }
-                _ => {}
+                Step::Idle => {}
             }
         }
         let procs = &cx.state.hs.procs;
         self.tracks
-            .retain(|pid, t| t.finding.is_some() || procs.contains_key(pid));
+            .retain(|pid, t| t.life.is_open() || procs.contains_key(pid));
     }
 }
 

@@ -24,7 +24,10 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Cx, Rule};
+use super::{
+    Cx, Rule,
+    life::{Life, Step},
+};
 use crate::engine::{
     finding::{Evidence, Severity, Subject},
     handshake::{side_snapshot, time_share},
@@ -82,8 +85,7 @@ impl fmt::Display for SaturationEvidence {
 #[derive(Default)]
 struct Track {
     since_ns: Option<u64>,
-    finding: Option<u64>,
-    last_held_ns: u64,
+    life: Life,
 }
 
 #[derive(Default)]
@@ -93,8 +95,8 @@ pub(crate) struct SaturationRule {
 
 impl Rule for SaturationRule {
     fn on_thread_end(&mut self, cx: &mut Cx<'_>, key: ThreadKey) {
-        if let Some(id) = self.tracks.remove(&key).and_then(|t| t.finding) {
-            cx.close(id);
+        if let Some(mut t) = self.tracks.remove(&key) {
+            t.life.end(cx);
         }
     }
 
@@ -150,12 +152,13 @@ impl Rule for SaturationRule {
             } else {
                 Severity::Warning
             };
-            match t.finding {
-                None => {
-                    let Some(since) = t.since_ns else { continue };
-                    if now - since < cfg.saturation_min_duration_ns {
-                        continue;
-                    }
+            // It opens once the thresholds have held for saturation_min_duration_ns.
+            let lasted = t
+                .since_ns
+                .filter(|&since| now - since >= cfg.saturation_min_duration_ns);
+            match t.life.step(cx, lasted.is_some(), holds) {
+                Step::Open => {
+                    let Some(since) = lasted else { continue };
                     let subject = Subject {
                         pid: key.0,
                         tid: Some(key.1),
@@ -170,29 +173,18 @@ impl Rule for SaturationRule {
                         expl,
                         advice(),
                     );
-                    t.finding = Some(cx.open(f));
-                    t.last_held_ns = now;
+                    t.life.open(cx, f);
                 }
-                Some(id) if holds => {
+                Step::Hold(id) => {
                     let expl = explanation(key.1, &ev);
-                    cx.update(id, |f| {
-                        f.severity = severity;
-                        f.evidence = Evidence::HandshakeSaturation(ev);
-                        f.explanation = expl;
-                        f.last_seen_ns = now;
-                    });
-                    t.last_held_ns = now;
+                    cx.refresh(id, severity, Evidence::HandshakeSaturation(ev), expl, now);
                 }
-                Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
-                    cx.close(id);
-                    t.finding = None;
-                }
-                Some(_) => {}
+                Step::Idle => {}
             }
         }
         let threads = &cx.state.hs.threads;
         self.tracks
-            .retain(|k, t| t.finding.is_some() || threads.contains_key(k));
+            .retain(|k, t| t.life.is_open() || threads.contains_key(k));
     }
 }
 

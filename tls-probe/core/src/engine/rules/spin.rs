@@ -14,7 +14,11 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{BusyWaits, ConnEnd, ConnWakeup, Cx, Rule, want_word};
+use super::{
+    BusyWaits, ConnEnd, ConnWakeup, Cx, Rule,
+    life::{Life, Step},
+    want_word,
+};
 use crate::{
     engine::{
         epoll_bits::{self, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT},
@@ -107,8 +111,7 @@ struct Track {
     inferred_total: u64,
     started_ns: u64,
     last_wasted_ns: u64,
-    finding: Option<u64>,
-    last_held_ns: u64,
+    life: Life,
 }
 
 #[derive(Default)]
@@ -133,8 +136,7 @@ impl Rule for SpinRule {
                 inferred_total: 0,
                 started_ns: cx.now,
                 last_wasted_ns: cx.now,
-                finding: None,
-                last_held_ns: cx.now,
+                life: Life::default(),
             }),
             None => return,
         };
@@ -166,7 +168,7 @@ impl Rule for SpinRule {
                 (Some(a), Some(b)) => a == b,
                 _ => t.ready.is_some_and(|r| r.events == w.ready.events),
             };
-            if t.finding.is_none() || key.0 != w.pid || t.tid != w.tid || !same_fd {
+            if !t.life.is_open() || key.0 != w.pid || t.tid != w.tid || !same_fd {
                 continue;
             }
             let c = t.window.current(cx.now);
@@ -181,10 +183,8 @@ impl Rule for SpinRule {
     fn on_conn_end(&mut self, cx: &mut Cx<'_>, key: ConnKey, _how: ConnEnd) {
         // Freed or closed: this connection cannot spin any more. A new connection reusing
         // the SSL* or the fd starts from nothing.
-        if let Some(t) = self.tracks.remove(&key)
-            && let Some(id) = t.finding
-        {
-            cx.close(id);
+        if let Some(mut t) = self.tracks.remove(&key) {
+            t.life.end(cx);
         }
     }
 
@@ -203,8 +203,11 @@ impl Rule for SpinRule {
                 && no_progress >= cfg.spin_min_no_progress_pct;
             let holds = wasted >= min * keep && no_progress >= cfg.spin_min_no_progress_pct * keep;
             let going = s.latest.wasted > 0;
-            match t.finding {
-                None if opens => {
+            // While the pathology goes on (its latest bucket saw it), the finding holds and
+            // material changes are emitted. Once it has stopped, the close timer runs and the
+            // finding keeps the numbers it had, not the window's decay.
+            match t.life.step(cx, opens, holds && going) {
+                Step::Open => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let subject = Subject {
                         pid: key.0,
@@ -214,13 +217,9 @@ impl Rule for SpinRule {
                     };
                     let mut f = cx.finding(subject, t.started_ns, sev, ev, expl, advice());
                     f.last_seen_ns = t.last_wasted_ns;
-                    t.finding = Some(cx.open(f));
-                    t.last_held_ns = now;
+                    t.life.open(cx, f);
                 }
-                // While the pathology goes on (its latest bucket saw it), the finding holds
-                // and material changes are emitted. Once it has stopped, the close timer
-                // runs and the finding keeps the numbers it had, not the window's decay.
-                Some(id) if holds && going => {
+                Step::Hold(id) => {
                     let (sev, ev, expl) = describe(cx, key, t, &s, secs);
                     let (tid, fd, last) = (t.tid, t.fd, t.last_wasted_ns);
                     cx.update(id, |f| {
@@ -231,15 +230,10 @@ impl Rule for SpinRule {
                         f.fd = fd.or(f.fd);
                         f.last_seen_ns = last;
                     });
-                    t.last_held_ns = now;
                 }
-                Some(id) if now.saturating_sub(t.last_held_ns) >= cfg.close_after_ns => {
-                    cx.close(id);
-                    t.finding = None;
-                }
-                _ => {}
+                Step::Idle => {}
             }
-            t.finding.is_some() || !t.window.is_quiet(now)
+            t.life.is_open() || !t.window.is_quiet(now)
         });
     }
 }

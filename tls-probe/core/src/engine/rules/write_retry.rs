@@ -552,7 +552,6 @@ impl Rule for WriteRetryRule {
     }
 
     fn tick(&mut self, cx: &mut Cx<'_>) {
-        let quiet = cx.cfg.incident_quiet_ns;
         let now = cx.now;
         for inc in &mut self.incidents {
             if inc.ev.connections_dropped_after == 0 {
@@ -574,13 +573,8 @@ impl Rule for WriteRetryRule {
                 emit(cx, inc, now);
             }
         }
-        self.incidents.retain(|inc| {
-            let keep = now.saturating_sub(inc.error_ns) < quiet;
-            if !keep {
-                cx.close(inc.finding);
-            }
-            keep
-        });
+        self.incidents
+            .retain(|inc| cx.keep_incident(inc.finding, inc.error_ns));
     }
 }
 

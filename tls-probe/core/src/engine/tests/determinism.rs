@@ -5,9 +5,12 @@
 
 use super::*;
 
+/// What a change is about: the change, the kind, the thread, the fd and the finding's id.
+type Seen = (Change, FindingKind, Option<u32>, Option<i32>, u64);
+
 /// Twelve threads that each poll with a zero timeout, and twelve connections that each
 /// spin, all at once: every finding opens in the same few ticks.
-fn many_at_once() -> Vec<(Change, FindingKind, Option<u32>, Option<i32>, u64)> {
+fn many_at_once() -> Vec<Seen> {
     let mut sim = Sim::new();
     sim.every(200 * US, 3 * SEC, |s| {
         for i in 0..12 {

@@ -351,15 +351,8 @@ impl Rule for ConcurrentRule {
     }
 
     fn tick(&mut self, cx: &mut Cx<'_>) {
-        let quiet = cx.cfg.incident_quiet_ns;
-        let now = cx.now;
-        self.incidents.retain(|_, inc| {
-            let keep = now.saturating_sub(inc.last_ns) < quiet;
-            if !keep {
-                cx.close(inc.finding);
-            }
-            keep
-        });
+        self.incidents
+            .retain(|_, inc| cx.keep_incident(inc.finding, inc.last_ns));
     }
 }
 
