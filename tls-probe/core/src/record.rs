@@ -66,9 +66,7 @@ pub struct Start {
     pub schema_version: u32,
     pub tool_version: String,
     pub targets: Vec<Target>,
-    /// "full": every SSL call probed from the start; "light": the per-call probes are off;
-    /// "auto": they go on for a suspicious process, for a while.
-    pub probe_mode: String,
+    pub probe_mode: ProbeMode,
     /// What each mode traces, by mode name.
     #[serde(default)]
     pub probe_modes: BTreeMap<String, String>,
@@ -82,6 +80,123 @@ pub struct Start {
     /// Whether the export holds every decoded event (`--events`), so that it can be replayed.
     pub events: bool,
     pub clock: ClockAnchor,
+}
+
+/// How much is probed: the `--mode` a run was started with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// The per-call probes go on for a suspicious process, for a while (the default).
+    #[default]
+    Auto,
+    /// Every SSL call is probed from the start.
+    Full,
+    /// The per-call probes are off.
+    Light,
+}
+
+impl ProbeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Full => "full",
+            Self::Light => "light",
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a process's per-call probes were turned on in auto mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationReason {
+    /// Only in recordings made before attach stopped opening a window; read so that
+    /// `report` still takes them.
+    Attach,
+    /// The window a command started under tls-probe (`run`) gets as it starts.
+    Start,
+    /// One fd reported ready again and again (the kernel's aggregated waits).
+    RepeatedWakeups,
+    /// An OpenSSL error raised in libssl.
+    SslError,
+    /// Two threads doing I/O on one fd.
+    SharedFd,
+    /// An async job pausing again and again.
+    AsyncPause,
+}
+
+/// Why the socket I/O tracepoints are wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketIoWhy {
+    /// Full mode: always.
+    FullMode,
+    /// A process is escalated: the fds of its SSL calls.
+    PerCall,
+    /// A target has several threads: two threads on one fd.
+    Threads,
+    /// Handshakes in the last 2 s: the ServerHello.
+    Handshakes,
+    /// SSL calls that do no socket I/O of their own (memory BIOs): their fds.
+    MemoryBio,
+}
+
+/// The probes' mode, per process whether the per-call probes are on, and an estimate of
+/// their cost. Filled in by the agent, not derived from events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub mode: ProbeMode,
+    pub uprobe_hits_per_sec: f64,
+    pub tracepoint_hits_per_sec: f64,
+    /// The measured cost of one hit on this kind of machine.
+    pub uprobe_hit_cost_ns: f64,
+    pub tracepoint_hit_cost_ns: f64,
+    /// Hits per second times their cost: CPU time the probes take from the targets, per
+    /// second of wall time.
+    pub estimated_cost_ns_per_sec: f64,
+    /// The same as a share of the targets' CPU time (None before two samples).
+    pub estimated_cost_pct: Option<f64>,
+    pub processes: Vec<ProcessProbes>,
+    /// The socket I/O tracepoints (read/write/send/recv and their vector forms), which
+    /// outside full mode are attached only while they can tell something.
+    #[serde(default)]
+    pub socket_io: Option<SocketIoStatus>,
+    /// Probes switched off are still being detached in the background (the kernel takes
+    /// ~0.1 s per uprobe and tracepoint): until then they trap and cost a hit each.
+    #[serde(default)]
+    pub closing_links: bool,
+}
+
+/// Whether the socket I/O tracepoints are attached, why, and at what rate they fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketIoStatus {
+    pub attached: bool,
+    /// Why they are wanted.
+    pub why: Vec<SocketIoWhy>,
+    /// Over their budget (1% of a core) they are attached 1 s in every 10.
+    pub sampled: bool,
+    /// The targets' reads and writes a second, measured the last time they were attached.
+    pub calls_per_sec: Option<f64>,
+}
+
+/// One process's per-call probes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessProbes {
+    pub pid: u32,
+    /// The per-call uprobes are attached now.
+    pub per_call: bool,
+    /// `auto` only: why they were last turned on, how often, how often that confirmed a
+    /// finding, for how long in all, and the hold-off before the next window.
+    pub reason: Option<EscalationReason>,
+    pub escalations_total: u64,
+    pub confirmed_total: u64,
+    pub escalated_ns_total: u64,
+    pub holdoff_ns: u64,
 }
 
 /// How the uprobes are linked: what attaching and detaching them costs.
@@ -211,7 +326,7 @@ pub struct Summary {
     pub memory_bio_disagreements: u64,
     /// The probes' mode and cost at the end, and each process's escalations.
     #[serde(default)]
-    pub probes: Option<crate::engine::ProbeStatus>,
+    pub probes: Option<ProbeStatus>,
     /// Per-process totals at the end.
     pub processes: Vec<ProcessSnapshot>,
     /// Every finding of the run, in its final state.

@@ -37,20 +37,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-/// Why a process's per-call probes were turned on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// Only in recordings made before attach stopped opening a window; read so that
-    /// `report` still takes them.
-    Attach,
-    /// The window a command started under tls-probe (`run`) gets as it starts.
-    Start,
-    RepeatedWakeups,
-    SslError,
-    SharedFd,
-    AsyncPause,
-}
+/// Why a process's per-call probes were turned on: the records' type, so that snapshots and
+/// summaries carry it as it is.
+pub use crate::sink::record::EscalationReason as Reason;
 
 /// Thresholds and durations, in ns and per second.
 #[derive(Clone, Debug)]

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{ProbeStats, Record, Sink};
+#[cfg(test)]
+use crate::sink::record::ProbeMode;
 use crate::tui::{Dashboard, HeaderInfo, TargetInfo};
 
 /// Feeds a running [`Dashboard`]; dropping the sink stops the dashboard and restores the
@@ -34,7 +36,7 @@ impl Sink for TuiSink {
         match rec {
             Record::Start(start) => {
                 self.header.targets = start.targets.iter().map(target_info).collect();
-                self.header.probe_mode = start.probe_mode.clone();
+                self.header.probe_mode = start.probe_mode.to_string();
                 self.header.attached_ns = start.clock.monotonic_ns;
                 self.send_header();
                 for t in start
@@ -119,7 +121,7 @@ mod tests {
                 library_version: Some("3.0.11".into()),
                 missing_symbols: vec!["SSL_read_ex".into()],
             }],
-            probe_mode: "full".into(),
+            probe_mode: ProbeMode::Full,
             probe_modes: Default::default(),
             uprobe_links: Default::default(),
             missing_tracepoints: Vec::new(),

@@ -18,6 +18,7 @@ use ratatui::{
 
 pub use self::theme::Theme;
 use super::{App, Overlay, Panel};
+use crate::sink::record::ProbeMode;
 
 /// At least this wide, panels go side by side and tables show every column.
 const WIDE: u16 = 120;
@@ -161,7 +162,7 @@ fn header(frame: &mut Frame, area: Rect, cx: &Ctx<'_>) {
     first.extend([sep(), label("mode "), Span::raw(h.probe_mode.clone())]);
     // In auto mode, which processes have their per-call probes on now.
     if let Some(p) = m.snapshot.as_ref().and_then(|s| s.probes.as_ref())
-        && p.mode == "auto"
+        && p.mode == ProbeMode::Auto
     {
         let on = p.processes.iter().filter(|p| p.per_call).count();
         first.push(if on > 0 {

@@ -25,63 +25,7 @@ pub struct Snapshot {
     pub listen_overflows_total: Option<u64>,
     /// What is probed and what it costs, as the agent reports it (None in a replay).
     #[serde(default)]
-    pub probes: Option<ProbeStatus>,
-}
-
-/// The probes' mode, per process whether the per-call probes are on, and an estimate of
-/// their cost. Filled in by the agent, not derived from events.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProbeStatus {
-    /// `auto`, `full` or `light`.
-    pub mode: String,
-    pub uprobe_hits_per_sec: f64,
-    pub tracepoint_hits_per_sec: f64,
-    /// The measured cost of one hit on this kind of machine.
-    pub uprobe_hit_cost_ns: f64,
-    pub tracepoint_hit_cost_ns: f64,
-    /// Hits per second times their cost: CPU time the probes take from the targets, per
-    /// second of wall time.
-    pub estimated_cost_ns_per_sec: f64,
-    /// The same as a share of the targets' CPU time (None before two samples).
-    pub estimated_cost_pct: Option<f64>,
-    pub processes: Vec<ProcessProbes>,
-    /// The socket I/O tracepoints (read/write/send/recv and their vector forms), which
-    /// outside full mode are attached only while they can tell something.
-    #[serde(default)]
-    pub socket_io: Option<SocketIoStatus>,
-    /// Probes switched off are still being detached in the background (the kernel takes
-    /// ~0.1 s per uprobe and tracepoint): until then they trap and cost a hit each.
-    #[serde(default)]
-    pub closing_links: bool,
-}
-
-/// Whether the socket I/O tracepoints are attached, why, and at what rate they fire.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SocketIoStatus {
-    pub attached: bool,
-    /// Why they are wanted: `full_mode`, `per_call` (a process is escalated), `threads`
-    /// (a target has several threads), `handshakes` (handshakes in the last 2 s).
-    pub why: Vec<String>,
-    /// Over their budget (1% of a core) they are attached 1 s in every 10.
-    pub sampled: bool,
-    /// The targets' reads and writes a second, measured the last time they were attached.
-    pub calls_per_sec: Option<f64>,
-}
-
-/// One process's per-call probes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProcessProbes {
-    pub pid: u32,
-    /// The per-call uprobes are attached now.
-    pub per_call: bool,
-    /// `auto` only: why they were last turned on (`attach`, `repeated_wakeups`,
-    /// `ssl_error`, `shared_fd`, `async_pause`), how often, how often that confirmed a finding, for how
-    /// long in all, and the hold-off before the next window.
-    pub reason: Option<String>,
-    pub escalations_total: u64,
-    pub confirmed_total: u64,
-    pub escalated_ns_total: u64,
-    pub holdoff_ns: u64,
+    pub probes: Option<crate::record::ProbeStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

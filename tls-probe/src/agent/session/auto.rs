@@ -10,12 +10,12 @@ use tls_probe_common::ossl;
 use super::Session;
 use crate::{
     agent::{
-        escalate::{Action, AsyncStreaks, Controller, OpenFindings, Policy, Reason, Signals},
+        escalate::{Action, AsyncStreaks, Controller, OpenFindings, Policy, Signals},
         proc,
         stats::{TRACEPOINT_HIT_NS, UPROBE_HIT_NS},
     },
-    engine::{ProbeStatus, ProcessProbes, SocketIoStatus},
     event::{Event, EventKind},
+    sink::record::{ProbeStatus, ProcessProbes, SocketIoStatus, SocketIoWhy},
 };
 
 /// The controller and the signals counted since its last step.
@@ -161,7 +161,7 @@ impl Session {
         pids.sort_unstable();
         pids.dedup();
         ProbeStatus {
-            mode: self.start.probe_mode.clone(),
+            mode: self.start.probe_mode,
             uprobe_hits_per_sec: s.uprobe_hits_per_sec,
             tracepoint_hits_per_sec: s.tracepoint_hits_per_sec,
             uprobe_hit_cost_ns: UPROBE_HIT_NS,
@@ -176,7 +176,7 @@ impl Session {
                     ProcessProbes {
                         pid,
                         per_call: self.probes.is_hot(pid),
-                        reason: e.and_then(|e| e.reason).map(reason_name),
+                        reason: e.and_then(|e| e.reason),
                         escalations_total: e.map_or(0, |e| e.escalations_total),
                         confirmed_total: e.map_or(0, |e| e.confirmed_total),
                         escalated_ns_total: e.map_or(0, |e| e.escalated_ns_total),
@@ -187,7 +187,7 @@ impl Session {
             socket_io: Some(self.gate.as_ref().map_or_else(
                 || SocketIoStatus {
                     attached: true,
-                    why: vec!["full_mode".to_owned()],
+                    why: vec![SocketIoWhy::FullMode],
                     sampled: false,
                     calls_per_sec: None,
                 },
@@ -196,18 +196,6 @@ impl Session {
             closing_links: self.probes.closing_links(),
         }
     }
-}
-
-fn reason_name(r: Reason) -> String {
-    match r {
-        Reason::Attach => "attach",
-        Reason::Start => "start",
-        Reason::RepeatedWakeups => "repeated_wakeups",
-        Reason::SslError => "ssl_error",
-        Reason::SharedFd => "shared_fd",
-        Reason::AsyncPause => "async_pause",
-    }
-    .to_owned()
 }
 
 /// What each mode traces, for the `start` record.

@@ -43,6 +43,7 @@ use crate::{
         StopReason, Summary, Target, UprobeLinks,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
+        record::ProbeMode,
     },
 };
 
@@ -196,13 +197,12 @@ impl Session {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             targets: targets.clone(),
             probe_mode: if cfg.auto {
-                "auto"
+                ProbeMode::Auto
             } else if cfg.hot {
-                "full"
+                ProbeMode::Full
             } else {
-                "light"
-            }
-            .to_owned(),
+                ProbeMode::Light
+            },
             probe_modes: auto::mode_descriptions(),
             uprobe_links: match probes.link_kind() {
                 LinkKind::Multi => UprobeLinks::UprobeMulti,

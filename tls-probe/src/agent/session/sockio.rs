@@ -39,8 +39,8 @@ use anyhow::Result;
 use super::Session;
 use crate::{
     agent::{proc, stats::TRACEPOINT_HIT_NS},
-    engine::SocketIoStatus,
     event::{Event, EventKind},
+    sink::record::{SocketIoStatus, SocketIoWhy},
 };
 
 /// How long after the last handshake call the tracepoints stay wanted.
@@ -97,16 +97,16 @@ impl Reasons {
         self.per_call || self.threads || self.handshakes || self.memory_bio
     }
 
-    fn names(self) -> Vec<String> {
+    fn names(self) -> Vec<SocketIoWhy> {
         [
-            (self.per_call, "per_call"),
-            (self.threads, "threads"),
-            (self.handshakes, "handshakes"),
-            (self.memory_bio, "memory_bio"),
+            (self.per_call, SocketIoWhy::PerCall),
+            (self.threads, SocketIoWhy::Threads),
+            (self.handshakes, SocketIoWhy::Handshakes),
+            (self.memory_bio, SocketIoWhy::MemoryBio),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
-        .map(|(_, n)| n.to_owned())
+        .map(|(_, why)| why)
         .collect()
     }
 }
