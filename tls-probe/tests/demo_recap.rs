@@ -18,13 +18,20 @@ use tls_probe_scenario_spec::{
 };
 
 /// Runs `tls-probe demo NAME --duration SECS -o FILE`; returns the recap's verdict lines
-/// and the finding records.
-fn demo(name: ScenarioName, secs: u32) -> (Vec<String>, Vec<serde_json::Value>, String) {
+/// and the finding records. With `replay`, the export holds every event (`--events`) and
+/// `tls-probe report` must replay it to the live run's findings: the same ids, in the same
+/// order, with the same numbers.
+fn demo(
+    name: ScenarioName,
+    secs: u32,
+    replay: bool,
+) -> (Vec<String>, Vec<serde_json::Value>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = dir.path().join("demo.ndjson");
     let out = Command::new(TLS_PROBE)
         .args(["demo", name.as_str(), "--duration", &secs.to_string(), "-o"])
         .arg(&output)
+        .args(replay.then_some("--events"))
         .env("TLS_PROBE_SCENARIOS", scenarios())
         .output()
         .expect("running tls-probe demo");
@@ -44,6 +51,29 @@ fn demo(name: ScenarioName, secs: u32) -> (Vec<String>, Vec<serde_json::Value>, 
         "targets_exited",
         "{stderr}"
     );
+    if replay {
+        let rep = Command::new(TLS_PROBE)
+            .args(["report", "--json"])
+            .arg(&output)
+            .output()
+            .expect("running tls-probe report");
+        assert!(
+            rep.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rep.stderr)
+        );
+        let rep: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+        assert_eq!(rep["findings_from"], "replay");
+        let live = &summary(&records)["findings"];
+        assert!(
+            live.as_array().is_some_and(|f| f.len() >= 2),
+            "{name}: too few findings to compare: {live:#}"
+        );
+        assert_eq!(
+            &rep["findings"], live,
+            "{name}: the replay of the recording differs from the live run"
+        );
+    }
     let findings = records
         .into_iter()
         .filter(|r| r["type"] == "finding")
@@ -52,7 +82,11 @@ fn demo(name: ScenarioName, secs: u32) -> (Vec<String>, Vec<serde_json::Value>, 
 }
 
 fn check(name: ScenarioName, secs: u32) {
-    let (verdicts, findings, stderr) = demo(name, secs);
+    check_with(name, secs, false);
+}
+
+fn check_with(name: ScenarioName, secs: u32, replay: bool) {
+    let (verdicts, findings, stderr) = demo(name, secs, replay);
     let parts = guide::parts(name);
     let mut want = Vec::new();
     for part in &parts {
@@ -149,9 +183,11 @@ fn concurrent_ssl() {
 }
 
 /// The default demo: three parts in one process, so the storm's server shares the CPU.
+/// Recorded with every event, and replayed by `report` to the same findings in the same
+/// order (the engine is deterministic; the live session and `report` drive one pipeline).
 #[test]
 fn mixed() {
-    check(ScenarioName::Mixed, 15);
+    check_with(ScenarioName::Mixed, 15, true);
 }
 
 #[test]
