@@ -140,7 +140,7 @@ pub fn run_session(
 
 /// The dashboard on this terminal; on failure, says why and goes on with lines.
 fn open_dashboard() -> Option<Dashboard> {
-    match tui::start_dashboard(DashboardOptions::default()) {
+    match tui::start_dashboard(DashboardOptions::new(crate::agent::proc::monotonic_ns)) {
         Ok(dash) => Some(dash),
         Err(e) => {
             eprintln!("tls-probe: cannot open the dashboard ({e}); printing findings as lines");

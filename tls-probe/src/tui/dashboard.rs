@@ -41,13 +41,18 @@ pub struct DashboardOptions {
     pub color: Option<bool>,
     /// Time between frames (the dashboard also draws on every key).
     pub frame_interval: Duration,
+    /// The clock of the records' `*_ns` times (CLOCK_MONOTONIC), which the caller owns: the
+    /// dashboard shows ages against it.
+    pub clock: fn() -> u64,
 }
 
-impl Default for DashboardOptions {
-    fn default() -> Self {
+impl DashboardOptions {
+    /// Colour as `NO_COLOR` says, four frames a second.
+    pub fn new(clock: fn() -> u64) -> Self {
         Self {
             color: None,
             frame_interval: Duration::from_millis(250),
+            clock,
         }
     }
 }
@@ -95,8 +100,8 @@ pub fn start_dashboard(opts: DashboardOptions) -> io::Result<Dashboard> {
             let mut app = App::new(color);
             let run_opts = RunOptions {
                 frame_interval: opts.frame_interval,
+                clock: opts.clock,
                 halt: Some(terminal::halted()),
-                ..RunOptions::default()
             };
             let result = rt.block_on(run(guard.terminal(), &mut app, &mut rx, &run_opts));
             stop.store(true, Ordering::Relaxed);

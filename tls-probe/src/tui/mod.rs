@@ -118,16 +118,6 @@ pub struct RunOptions {
     pub halt: Option<&'static AtomicBool>,
 }
 
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self {
-            frame_interval: Duration::from_millis(250),
-            clock: crate::agent::proc::monotonic_ns,
-            halt: None,
-        }
-    }
-}
-
 /// Most messages applied between two frames; the rest wait for the next turn of the loop,
 /// so that a burst cannot starve the frames or the keys.
 const MAX_BATCH: usize = 512;
