@@ -27,6 +27,7 @@ mod finding;
 mod handshake;
 mod ingest;
 mod iteration;
+mod keys;
 pub mod rules;
 mod snapshot;
 mod state;

@@ -3,6 +3,7 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+pub(crate) use super::keys::{ConnKey, ThreadKey};
 use super::{
     config::Config,
     handshake::HsState,
@@ -10,11 +11,6 @@ use super::{
     window::{Counts, Window},
 };
 use crate::event::{SslCall, SslErrorCode, SslOp};
-
-/// (pid, SSL*).
-pub(crate) type ConnKey = (u32, u64);
-/// (pid, tid).
-pub(crate) type ThreadKey = (u32, u32);
 
 /// Calls and results of one op on one connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

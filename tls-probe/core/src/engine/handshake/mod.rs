@@ -53,7 +53,7 @@ pub(crate) use self::snapshot::{new_connections, side_snapshot, time_share};
 use self::stats::{HsProc, HsSide, PeerStats, peer_host};
 use super::{
     config::Config,
-    state::{ConnKey, ThreadKey},
+    keys::{ConnKey, ThreadKey},
 };
 use crate::event::{ServerHello, SslCall, SslErrorCode, SslOp};
 
