@@ -17,7 +17,7 @@ use crate::{
 pub enum Needs {
     /// The toolchains, bpf-linker and the packages the build links against.
     Build,
-    /// All of the above, the test tools and OpenSSL 1.1.1 for tests/openssl11.rs.
+    /// All of the above, the test tools and OpenSSL 1.1.1 for tests/it/openssl11.rs.
     Everything,
 }
 
@@ -39,11 +39,11 @@ const TEST_PACKAGES: &[&str] = &[
     "strace",
     "nginx-light",
     "wrk",
-    // xtask/src/openssl11.rs: fetching and building OpenSSL 1.1.1 for tests/openssl11.rs.
+    // xtask/src/openssl11.rs: fetching and building OpenSSL 1.1.1 for tests/it/openssl11.rs.
     "curl",
     "perl",
     "make",
-    // tests/discovery.rs: OpenSSL linked statically (node's, and a C client built with gcc
+    // tests/it/discovery.rs: OpenSSL linked statically (node's, and a C client built with gcc
     // against libssl.a).
     "nodejs",
     "gcc",
@@ -112,7 +112,7 @@ fn plan(needs: Needs) -> Vec<(String, String, u32)> {
     if needs == Needs::Everything && crate::openssl11::missing() {
         todo.push((
             "OpenSSL 1.1.1 shared libraries, built from source".to_owned(),
-            "tests/openssl11.rs probes a client linked to libssl.so.1.1".to_owned(),
+            "tests/it/openssl11.rs probes a client linked to libssl.so.1.1".to_owned(),
             240,
         ));
     }

@@ -5,10 +5,6 @@
 //! and clients that reuse their session, nearly all resume and no low_session_resumption
 //! is raised.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
@@ -17,6 +13,8 @@ use std::{
 use common::Attached;
 use scenario_common::{Nginx, NginxConf, describe, opened};
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common};
 
 /// Seconds of flood. Saturation needs 3 s of it without a break, so the margin is wide for
 /// a loaded 2-core machine.

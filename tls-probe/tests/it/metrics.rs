@@ -2,8 +2,6 @@
 //! watches the spin-loop scenario, and parsed as the Prometheus text format. Privileged: run
 //! with `--test-threads=1`.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -18,6 +16,8 @@ use nix::{
     unistd::Pid,
 };
 use prometheus_parse::{Sample, Scrape, Value};
+
+use crate::common;
 
 /// `GET /metrics`; None while nothing listens yet.
 fn scrape(port: u16) -> Option<(String, String)> {

@@ -3,11 +3,6 @@
 //! later; `--no-children` traces the master alone. Every line is checked against the
 //! schema, `target_attach` included.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -20,6 +15,8 @@ use common::{Proc, TLS_PROBE, read_ndjson, wait_for};
 use nix::sys::signal::Signal;
 use scenario_common::{Nginx, NginxConf, children_of, signal, wrk, wrk_rate};
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common, schema};
 
 /// nginx with a master and two workers, serving a small page over TLS.
 struct NginxTree;

@@ -2,12 +2,12 @@
 //! (dlopen of libssl) only when told to, and a shell that execs `openssl s_client`. Both are
 //! attached with `--wait-for-library` and join the run as `target_attach` records.
 
-mod common;
-
 use std::{path::Path, process::Command, time::Duration};
 
 use common::{Attached, Proc, cert, free_port, s_server_rev, wait_for, wait_listening};
 use serde_json::Value;
+
+use crate::common;
 
 /// Waits until the output being written holds a line satisfying `f`; returns it parsed.
 fn wait_line(path: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {

@@ -2,12 +2,12 @@
 //! sits at a path that exists only inside the namespace, so discovery must resolve it
 //! through /proc/PID/root, and the uprobes must still fire.
 
-mod common;
-
 use std::{path::Path, process::Command, time::Duration};
 
 use common::{Attached, Proc, s_server_rev, wait_for};
 use serde_json::Value;
+
+use crate::common;
 
 #[test]
 fn libssl_seen_only_inside_a_mount_namespace() {

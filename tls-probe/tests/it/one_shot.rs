@@ -10,11 +10,6 @@
 //! just before the retry. How long the record took to reach the file is printed (run with
 //! `--nocapture`), not asserted: the machine is shared and noisy.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-
 use std::{
     net::{TcpListener, TcpStream},
     path::Path,
@@ -31,6 +26,8 @@ use scenario_common::{
     records_so_far,
 };
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common, schema};
 
 const SEC: u64 = 1_000_000_000;
 const EXIT: Duration = Duration::from_secs(30);

@@ -1,4 +1,4 @@
-//! What tests/memory_bio.rs (asyncio) and tests/node.rs share: the test programs print a
+//! What tests/it/memory_bio.rs (asyncio) and tests/it/node.rs share: the test programs print a
 //! `CONN {json}` line per connection (its index `i`, `fd`, `local` and `peer` address), and
 //! these check tls-probe's output against them, call by call and in the connection table.
 

@@ -7,8 +7,6 @@
 //!
 //! Each runs the real workload program under real probes, for a few seconds of load.
 
-mod common;
-
 use std::process::Command;
 
 use common::{TLS_PROBE, read_ndjson, scenarios, summary};
@@ -16,6 +14,8 @@ use tls_probe_scenario_spec::{
     ScenarioName,
     guide::{self, On},
 };
+
+use crate::common;
 
 /// Runs `tls-probe demo NAME --duration SECS -o FILE`; returns the recap's verdict lines
 /// and the finding records. With `replay`, the export holds every event (`--events`) and

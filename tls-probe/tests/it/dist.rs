@@ -4,11 +4,11 @@
 //!
 //! Runs `cargo xtask dist --skip-setup` (a release build: minutes the first time).
 
-mod common;
-
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use common::{Attached, Proc, events, s_server_rev};
+
+use crate::common;
 
 /// Builds the tarball and unpacks it into `dir`; returns the unpacked directory.
 fn unpacked(dir: &std::path::Path) -> PathBuf {

@@ -1,6 +1,6 @@
 //! Helpers for tests that run targets under `tls-probe attach` and read the findings it
 //! writes: the project's scenario programs, and a real server (nginx) with its load
-//! (wrk, a slow uploader). Declared by each test file that uses it, next to `mod common`.
+//! (wrk, a slow uploader). A submodule of `common`.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 

@@ -2,10 +2,6 @@
 //! the server accepts and every one its clients open yields one `peer` event, with the fd
 //! its SSL calls then use.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
@@ -14,6 +10,8 @@ use std::{
 use common::{Attached, events};
 use scenario_common::{Scenario, describe, opened};
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common};
 
 /// The fds each thread's SSL calls used: tid -> fds.
 fn ssl_fds(records: &[Value]) -> HashMap<u64, HashSet<i64>> {

@@ -6,11 +6,7 @@
 //! Each scenario is attached to first and released only once a snapshot shows the probes in
 //! place with the per-call probes off (there is no window at attach): what is measured is
 //! the trigger. "Start" is the CLOCK_MONOTONIC time of the release;
-//! "flagged at" is the opened finding's `last_seen_ns`, as in tests/findings.rs.
-
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
+//! "flagged at" is the opened finding's `last_seen_ns`, as in tests/it/findings.rs.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +15,8 @@ use scenario_common::{
     Nginx, Scenario, attach_mode, changes, describe, opened, records_so_far, require, wrk, wrk_rate,
 };
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common};
 
 const BAR_NS: u64 = 2_000_000_000;
 const SEC_NS: u64 = 1_000_000_000;

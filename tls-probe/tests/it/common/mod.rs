@@ -1,7 +1,10 @@
 //! Shared helpers for the privileged integration tests: run tls-probe as a user would,
 //! start real peers, and read the NDJSON it writes. Waits have deadlines, never fixed sleeps.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(dead_code, reason = "helpers kept for the tests that will need them")]
+
+pub mod scenario;
+pub mod ties;
 
 use std::{
     io::{BufRead, BufReader, Write},

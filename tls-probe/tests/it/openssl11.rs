@@ -10,8 +10,6 @@
 //! `<target dir>/openssl-1.1.1` (xtask/src/openssl11.rs). Without it these tests fail and
 //! say so; they never skip.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -23,6 +21,8 @@ use common::{Attached, Proc, TLS_PROBE, events, read_ndjson, s_server_rev, wait_
 use object::{Object as _, ObjectSymbol as _};
 use serde_json::Value;
 use tls_probe::probe::{discover::KEY_OPS, find_tls_library};
+
+use crate::common;
 
 /// Where `cargo xtask setup` puts the build: the target directory holding this test's
 /// binaries (`<target>/debug/tls-probe`).

@@ -9,10 +9,6 @@
 //! occurrence before it opened (both on the clock of every `ts_ns`). Measured numbers are
 //! printed; run with `--nocapture` to see them.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-
 use std::{
     process::Child,
     time::{Duration, Instant},
@@ -24,6 +20,8 @@ use scenario_common::{
     records_so_far, require, secs, slow_upload, upload_rate, wrk, wrk_rate,
 };
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common};
 
 /// How soon after its start a pathology must be flagged.
 const BAR_NS: u64 = 2_000_000_000;

@@ -5,9 +5,6 @@
 //! Each test starts `tls-probe-scenarios NAME --wait-stdin`, reads READY (its threads, fds
 //! and SSL*s), attaches, releases it, waits for DONE and reads the NDJSON.
 
-mod common;
-mod schema;
-
 use std::{
     collections::{HashMap, HashSet},
     process::Command,
@@ -17,6 +14,8 @@ use std::{
 use common::{Attached, Proc, TLS_PROBE, scenarios, summary};
 use serde_json::Value;
 use tls_probe_scenario_spec::report::{self, Done, Ready, ThreadInfo};
+
+use crate::{common, schema};
 
 struct Run {
     ready: Ready,

@@ -3,9 +3,6 @@
 //! export to the same findings, truncation, signals, a full disk, a closed pipe, and the
 //! refusals that protect existing files. Privileged: run with `--test-threads=1`.
 
-mod common;
-mod schema;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -20,6 +17,8 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
+
+use crate::{common, schema};
 
 /// `tls-probe-scenarios spin-loop --wait-stdin`, held at READY until `go`.
 fn spin_loop(secs: u32) -> (Proc, u32) {

@@ -5,8 +5,6 @@
 //! `TLS_PROBE_STUB_TARGET` is set), attaches `tls-probe --libssl /proc/PID/exe` to it, and
 //! tells it to make a known sequence of calls. Every field of every event is known.
 
-mod common;
-
 use std::{
     ffi::{c_int, c_void},
     hint::black_box,
@@ -16,6 +14,8 @@ use std::{
 };
 
 use common::{Attached, Proc, events, summary};
+
+use crate::common;
 
 /// The socket the stub SSL object "uses": its reads get EAGAIN, its writes succeed.
 static mut STUB_FD: c_int = -1;

@@ -12,11 +12,6 @@
 //! the CLOCK_MONOTONIC time the client took just before its SSL_write. How long the record
 //! took to reach the file is printed (`--nocapture`) and held to 2 s.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-
 use std::{
     io::{Read, Write},
     net::TcpListener,
@@ -32,6 +27,8 @@ use scenario_common::{
     attach_mode, build_c_peer, describe, monotonic_ns, opened, random_between, records_so_far,
 };
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common, schema};
 
 const SEC: u64 = 1_000_000_000;
 const EXIT: Duration = Duration::from_secs(30);

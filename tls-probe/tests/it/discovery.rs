@@ -2,8 +2,6 @@
 //! handshake is seen), `attach --comm NAME`, two tls-probe instances on one process,
 //! OpenSSL linked statically into node, and bad input (exit code, message, no panic).
 
-mod common;
-
 use std::{
     path::Path,
     process::{Command, Output, Stdio},
@@ -15,6 +13,8 @@ use common::{
     wait_listening,
 };
 use serde_json::Value;
+
+use crate::common;
 
 /// Runs tls-probe with `args`, stdin closed, and returns what it did.
 fn tls_probe(args: &[&str]) -> Output {
@@ -375,8 +375,8 @@ srv.listen(0, '127.0.0.1', () => {
         writes.iter().map(|c| c["ssl"].as_u64().unwrap()).collect();
     assert_eq!(ssls.len(), 2, "client and server SSL*: {ssls:?}");
     // Memory BIOs: no socket syscall inside the calls, yet each SSL* is tied to its own
-    // socket from the socket I/O its thread makes around them (tests/memory_bio.rs and
-    // tests/node.rs check the fds against the ones the programs report).
+    // socket from the socket I/O its thread makes around them (tests/it/memory_bio.rs and
+    // tests/it/node.rs check the fds against the ones the programs report).
     let mut fd_of = std::collections::BTreeMap::new();
     for c in &calls {
         assert_eq!(c["sys_calls"], 0, "{c}");

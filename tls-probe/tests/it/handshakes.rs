@@ -2,14 +2,12 @@
 //! server under `handshake-storm` (no resumption) and `resumed-handshakes` (tickets and a
 //! session cache), read from tls-probe's snapshots and findings.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-
 use std::time::Duration;
 
 use scenario_common::{Scenario, attach, describe, opened};
 use serde_json::Value;
+
+use crate::common::scenario as scenario_common;
 
 struct Run {
     records: Vec<Value>,

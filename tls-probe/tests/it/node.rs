@@ -5,13 +5,6 @@
 //! client (tests/peers/node_tls.js) report their own sockets' fds and peers; the tests
 //! compare.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-#[path = "common/ties.rs"]
-mod ties;
-
 use std::{
     collections::HashMap,
     path::Path,
@@ -25,6 +18,11 @@ use serde_json::Value;
 use ties::{
     assert_no_disagreements, check_call_fds, check_schema, check_table, conn_lines, own_side,
     server_side, ssl_calls, tagged,
+};
+
+use crate::{
+    common,
+    common::{scenario as scenario_common, ties},
 };
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node_tls.js");

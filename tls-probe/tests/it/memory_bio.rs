@@ -9,13 +9,6 @@
 //! Connection i of the client writes messages of 100 + i bytes (and the server echoes them),
 //! so an SSL* is told to be connection i by the length of its SSL_write_ex calls.
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-#[path = "common/ties.rs"]
-mod ties;
-
 use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use common::{Attached, Proc, cert};
@@ -23,6 +16,11 @@ use serde_json::Value;
 use ties::{
     assert_no_disagreements, check_call_fds, check_schema, check_table, conn_lines, own_side,
     server_side, snapshot_conns, ssl_calls, tagged,
+};
+
+use crate::{
+    common,
+    common::{scenario as scenario_common, ties},
 };
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/asyncio_tls.py");

@@ -4,11 +4,6 @@
 //! bad_write_retry finding, the reconnects a connection_churn one, and each names the
 //! other (`related_finding_ids`).
 
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario_common;
-mod schema;
-
 use std::{
     net::TcpStream,
     process::Command,
@@ -20,6 +15,8 @@ use common::{Proc, cert, wait_for};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use scenario_common::{attach_mode, build_c_peer, describe, opened, records_so_far};
 use serde_json::Value;
+
+use crate::{common, common::scenario as scenario_common, schema};
 
 const EXIT: Duration = Duration::from_secs(30);
 

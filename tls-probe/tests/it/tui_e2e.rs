@@ -6,8 +6,6 @@
 //! so that after `q` the pane shows the exit code, the normal screen and whether the
 //! terminal is back in cooked mode.
 
-mod common;
-
 use std::{
     path::Path,
     process::{Command, Output},
@@ -19,6 +17,8 @@ use std::{
 use common::{Proc, TLS_PROBE, cert, read_ndjson, scenarios, summary};
 use serde_json::Value;
 use tls_probe_scenario_spec::report;
+
+use crate::common;
 
 /// A tmux server of our own (its own socket), killed on drop, also when a test fails.
 struct Tmux {

@@ -2,12 +2,12 @@
 //! calls SSL_read_ex/SSL_write_ex on an epoll selector) and with `openssl s_client -nbio`
 //! (which calls plain SSL_read/SSL_write). tls-probe attaches to the live client.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
 use common::{Attached, Proc, events, s_server_rev, summary};
 use serde_json::Value;
+
+use crate::common;
 
 #[test]
 fn python_client_want_reads_fd_and_epoll_wakeups() {
