@@ -116,9 +116,13 @@ fn s_client_nbio_plain_ssl_read_want_read_and_fd() {
         let hex = l.strip_prefix("CONNECTED(")?.strip_suffix(')')?;
         i64::from_str_radix(hex, 16).ok()
     });
+    // One line at a time: the next goes once the server's reversed echo of this one is back.
     for i in 0..10 {
         client.send_line(&format!("hello {i}"));
-        std::thread::sleep(Duration::from_millis(30));
+        let echo = format!("{i} olleh");
+        client.read_until(&format!("the echo {echo:?}"), |l| {
+            l.contains(&echo).then_some(())
+        });
     }
     client.close_stdin();
     client.wait_exit("s_client to exit on EOF", Duration::from_secs(20));

@@ -169,7 +169,8 @@ fn spawn_target(mode: &str, extra_env: &[(&str, &str)]) -> (Proc, i32, u32) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "stub_target_process",
+        // Its path in the test binary (tests/it/main.rs declares this module).
+        "stub_probes::stub_target_process",
         "--ignored",
         "--nocapture",
         "--test-threads=1",
