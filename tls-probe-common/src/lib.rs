@@ -9,7 +9,7 @@
 
 /// Bumped whenever a struct below changes layout. The eBPF object carries it (symbol
 /// `TLS_PROBE_WIRE_VERSION`) and the agent refuses an object built against another.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 // The programs read x86_64 user-space layouts: the packed 12-byte `struct epoll_event`, the
 // `epoll_wait` syscall (arm64 has only `epoll_pwait`), x86_64 `pt_regs` for uprobe
@@ -38,6 +38,7 @@ pub enum Kind {
     EpollBusy = 10,
     LibError = 11,
     SslFd = 12,
+    SslSetFd = 13,
     TaskExit = 14,
     AsyncPause = 15,
     SockOverlap = 20,
@@ -45,7 +46,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in number order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::SslCall,
         Kind::SslError,
         Kind::SslFree,
@@ -58,6 +59,7 @@ impl Kind {
         Kind::EpollBusy,
         Kind::LibError,
         Kind::SslFd,
+        Kind::SslSetFd,
         Kind::TaskExit,
         Kind::AsyncPause,
         Kind::SockOverlap,
@@ -173,6 +175,8 @@ pub mod cookie {
     pub const SSL_GET_ERROR: u64 = 0x100;
     /// `SSL_free`, in [`program::SSL_COLD_ENTER`].
     pub const SSL_FREE: u64 = 0x101;
+    /// `SSL_set_fd(ssl, fd)`, in [`program::SSL_COLD_ENTER`].
+    pub const SSL_SET_FD: u64 = 0x102;
     /// A libcrypto private-key or signature operation, in [`program::CRYPTO_ENTER`].
     pub const KEY_OP: u64 = 0x200;
     /// `ERR_vset_error(lib, reason, ...)` (OpenSSL 3): the reason is argument 1.
@@ -386,6 +390,20 @@ pub struct SslFreeEvent {
     pub ssl: u64,
 }
 const _: () = assert!(core::mem::size_of::<SslFreeEvent>() == 32);
+
+/// `SSL_set_fd(ssl, fd)` was called: the application gave the SSL* its socket (a socket
+/// BIO). Once per connection, for the programs that attach sockets this way (nginx,
+/// haproxy, curl, Python's `ssl` sockets), so that their connections have an fd from the
+/// start without the socket I/O tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslSetFdEvent {
+    pub hdr: EventHeader,
+    pub ssl: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslSetFdEvent>() == 40);
 
 /// One entry of the user's `epoll_event` array (which is packed on x86_64).
 #[repr(C)]
@@ -738,6 +756,7 @@ wire_records! {
     EpollBusyEvent => EpollBusy,
     LibErrorEvent => LibError,
     SslFdEvent => SslFd,
+    SslSetFdEvent => SslSetFd,
     TaskExitEvent => TaskExit,
     AsyncPauseEvent => AsyncPause,
     SockOverlapEvent => SockOverlap,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tls_probe_common::{
-    SslCallEvent, SslErrorEvent, SslFreeEvent, cookie, counter, op, target_flag,
+    SslCallEvent, SslErrorEvent, SslFreeEvent, SslSetFdEvent, cookie, counter, op, target_flag,
 };
 
 use crate::{
@@ -84,6 +84,7 @@ fn cold_exit(ctx: &RetProbeContext) -> u32 {
 fn cold_enter(ctx: &ProbeContext) -> u32 {
     match attach_cookie(ctx) {
         cookie::SSL_FREE => free(ctx),
+        cookie::SSL_SET_FD => set_fd(ctx),
         op => enter(ctx, op as u32, false),
     }
 }
@@ -299,6 +300,24 @@ fn get_error_exit(ctx: &RetProbeContext) -> u32 {
     };
     if EVENTS.output::<SslErrorEvent>(&ev, wakeup_flags()).is_err() {
         lost::<SslErrorEvent>();
+    }
+    0
+}
+
+/// `SSL_set_fd(ssl, fd)`: the connection's socket, from the start.
+#[inline(always)]
+fn set_fd(ctx: &ProbeContext) -> u32 {
+    let Some((tgid, tid)) = target() else {
+        return 0;
+    };
+    let ev = SslSetFdEvent {
+        hdr: header::<SslSetFdEvent>(tgid, tid, now()),
+        ssl: ctx.arg(0).unwrap_or(0),
+        fd: ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32,
+        _pad: 0,
+    };
+    if EVENTS.output::<SslSetFdEvent>(&ev, wakeup_flags()).is_err() {
+        lost::<SslSetFdEvent>();
     }
     0
 }

@@ -249,6 +249,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sys_bytes: r.sys_bytes,
             }
         }
+        Kind::SslSetFd => {
+            let r: tls_probe_common::SslSetFdEvent = read(bytes)?;
+            EventKind::SslSetFd {
+                ssl: r.ssl,
+                fd: r.fd,
+            }
+        }
         Kind::TaskExit => {
             let r: tls_probe_common::TaskExitEvent = read(bytes)?;
             EventKind::TaskExit {

@@ -458,6 +458,11 @@ pub enum EventKind {
     /// or its `write` just after it (`via` write), moved a TLS record of `record_type` (22
     /// handshake, 23 application data) of `sys_bytes` bytes. Sent when the tie is new or
     /// changes; the calls of `ssl` then carry `fd`.
+    /// `SSL_set_fd(ssl, fd)`: the application gave the SSL* its socket.
+    SslSetFd {
+        ssl: u64,
+        fd: i32,
+    },
     SslFd {
         ssl: u64,
         fd: i32,
@@ -514,6 +519,7 @@ impl Event {
             EventKind::LibError { .. } => "ERR_set_error",
             EventKind::AsyncPause { .. } => "ASYNC_pause_job",
             EventKind::SockOverlap(_) => "socket_overlap",
+            EventKind::SslSetFd { .. } => "SSL_set_fd",
             EventKind::SslFd { via, .. } => match via {
                 BioVia::Read => "read",
                 BioVia::Write => "write",

@@ -97,6 +97,12 @@ impl Tracker {
                 }
                 self.map_ssl(pid, ssl, fd);
             }
+            // The application's own word: no disagreement to count.
+            EventKind::SslSetFd { ssl, fd } => {
+                if *fd >= 0 {
+                    self.map_ssl(pid, *ssl, *fd);
+                }
+            }
             EventKind::SslFree { ssl } => {
                 if let Some(fd) = self.ssl_fd.remove(&(pid, *ssl)) {
                     self.fd_ssl.remove(&(pid, fd));

@@ -113,7 +113,8 @@ impl Lookups {
     pub fn observe(&mut self, ev: &Event, known: impl Fn(u32, i32) -> bool) {
         match &ev.kind {
             EventKind::SslCall(crate::event::SslCall { fd: Some(fd), .. })
-            | EventKind::SslFd { fd, .. } => {
+            | EventKind::SslFd { fd, .. }
+            | EventKind::SslSetFd { fd, .. } => {
                 let fd = *fd;
                 if !self.tried.contains(&(ev.pid, fd)) && !known(ev.pid, fd) {
                     self.tried.insert((ev.pid, fd));

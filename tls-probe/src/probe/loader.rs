@@ -100,6 +100,7 @@ pub const COLD_SETS: [ProbeSet; 2] = [
             ("ossl_statem_accept", op::OSSL_STATEM_ACCEPT as u64),
             ("ossl_statem_connect", op::OSSL_STATEM_CONNECT as u64),
             ("SSL_free", cookie::SSL_FREE),
+            ("SSL_set_fd", cookie::SSL_SET_FD),
         ],
     },
 ];

@@ -188,6 +188,9 @@ pub fn event_line(ev: &Event) -> String {
         EventKind::SslFree { ssl } => {
             let _ = write!(s, "ssl={ssl:#x}");
         }
+        EventKind::SslSetFd { ssl, fd } => {
+            let _ = write!(s, "ssl={ssl:#x} fd={fd}");
+        }
         EventKind::EpollWait(w) => {
             let timeout = w
                 .timeout_ns

@@ -200,8 +200,13 @@ impl Engine {
                 self.thread((pid, tid), out).async_pause = Some((*ssl, ts));
             }
             EventKind::AsyncPause { ssl: None } => {}
-            // A memory-BIO connection's socket, learned after some of its calls.
-            EventKind::SslFd { ssl, fd, .. } => self.state.map_fd((pid, *ssl), *fd),
+            // A connection's socket: given by SSL_set_fd, or (memory BIOs) learned after
+            // some of its calls.
+            EventKind::SslFd { ssl, fd, .. } | EventKind::SslSetFd { ssl, fd } => {
+                if *fd >= 0 {
+                    self.state.map_fd((pid, *ssl), *fd);
+                }
+            }
             EventKind::Close { fd, ret } => {
                 if *ret >= 0 {
                     // Before the fd is unmapped: rules still read its connection and peer.

@@ -191,6 +191,7 @@ pub enum Event {
     AsyncPause(AsyncPause),
     SockOverlap(SockOverlap),
     SslFd(SslFd),
+    SslSetFd(SslSetFd),
 }
 
 macro_rules! event {
@@ -308,6 +309,7 @@ event!(SockOverlap {
     record_b: Option<u8>,
     suppressed: u32,
 });
+event!(SslSetFd { ssl: u64, fd: i32 });
 event!(SslFd {
     ssl: u64,
     fd: i32,
