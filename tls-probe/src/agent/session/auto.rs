@@ -204,7 +204,7 @@ pub(super) fn mode_descriptions() -> BTreeMap<String, String> {
         (
             "light",
             "syscall tracepoints (epoll waits aggregated in the kernel, epoll_ctl, close, \
-             accept/connect, socket I/O), uprobes on the handshake calls, SSL_free, libcrypto \
+             accept/connect, socket I/O), uprobes on the handshake calls, SSL_set_fd, SSL_free, libcrypto \
              key operations, ERR_set_error and ASYNC_pause_job: no per-call uprobe",
         ),
         (
