@@ -192,8 +192,12 @@ pub fn points_for(
             }
             continue;
         }
+        let location = match placement.entry_of(symbol) {
+            Some(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+            None => UProbeAttachLocation::Symbol(symbol),
+        };
         points.push(UProbeAttachPoint {
-            location: UProbeAttachLocation::Symbol(symbol),
+            location,
             cookie: Some(cookie),
         });
     }

@@ -15,6 +15,10 @@
 //! offset in its page (the same in every process: libraries are mapped page-aligned), which
 //! the cookie carries, and converts the result as the wrapper does. Where the code does not
 //! have that shape (another build, LTO), the probes stay on the functions' entries.
+//!
+//! Entry-only probes that read their first argument (`SSL_free`, once per connection) move
+//! past a leading NULL check (`test %rdi,%rdi; je`) to the `push` that follows: the
+//! argument is still in `%rdi` there, and a NULL free, which the check skips, says nothing.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -56,12 +60,22 @@ pub struct Placement {
     /// The per-call functions left on their entries whose first instruction is emulated
     /// already (a `push`, as in node's OpenSSL, built with frame pointers).
     pub emulated_entries: Vec<&'static str>,
+    /// Entry-only probes moved past their NULL check: (function, file offset of the push).
+    pub past_null_check: Vec<(&'static str, u64)>,
 }
 
 impl Placement {
     /// The site that covers `symbol`, if it was moved.
     pub fn site_of(&self, symbol: &str) -> Option<&CalleeSite> {
         self.sites.iter().find(|s| s.functions.contains(&symbol))
+    }
+
+    /// Where the entry-only probe of `symbol` goes when it was moved past its NULL check.
+    pub fn entry_of(&self, symbol: &str) -> Option<u64> {
+        self.past_null_check
+            .iter()
+            .find(|(name, _)| *name == symbol)
+            .map(|&(_, offset)| offset)
     }
 
     /// Reads `path` and places what can be placed; nothing when the file cannot be read or
@@ -147,11 +161,47 @@ impl Placement {
                 })
             })
             .collect();
+        let past_null_check = NULL_CHECKED
+            .iter()
+            .filter_map(|&name| {
+                let va = code.symbol(name)?;
+                let at = past_null_check(&code.bytes_at(va)?, va)?;
+                Some((name, code.file_offset(at)?))
+            })
+            .collect();
         Self {
             sites,
             emulated_entries,
+            past_null_check,
         }
     }
+}
+
+/// Entry-only probes read at the first argument, whose functions start with a NULL check.
+const NULL_CHECKED: [&str; 1] = ["SSL_free"];
+
+/// `[endbr64;] test %rdi,%rdi; je/jne ...; push r64`: the push's address (`%rdi` is
+/// untouched up to there; the branch skips a NULL argument).
+fn past_null_check(bytes: &[u8], va: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, &bytes[..bytes.len().min(24)], va, DecoderOptions::NONE);
+    let mut ins = decoder.decode();
+    if ins.mnemonic() == Mnemonic::Endbr64 {
+        ins = decoder.decode();
+    }
+    if ins.code() != Code::Test_rm64_r64
+        || ins.op0_register() != Register::RDI
+        || ins.op1_register() != Register::RDI
+    {
+        return None;
+    }
+    let branch = decoder.decode();
+    if branch.flow_control() != FlowControl::ConditionalBranch
+        || !matches!(branch.mnemonic(), Mnemonic::Je | Mnemonic::Jne)
+    {
+        return None;
+    }
+    let push = decoder.decode();
+    (push.mnemonic() == Mnemonic::Push && push.code() == Code::Push_r64).then(|| push.ip())
 }
 
 /// The call a wrapper makes with its own arguments.
@@ -361,6 +411,43 @@ mod tests {
         );
         // sub $0x18,%rsp: single-stepped, not moved there.
         assert_eq!(emulated_start(&[0x48, 0x83, 0xec, 0x18], 0x3000), None);
+    }
+
+    #[test]
+    fn ssl_free_is_probed_past_its_null_check() {
+        // libssl 3.0's SSL_free: test %rdi,%rdi; je +0x397; push %r13.
+        let code = [
+            0x48, 0x85, 0xff, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x41, 0x55,
+        ];
+        assert_eq!(past_null_check(&code, 0x3b350), Some(0x3b359));
+        // endbr64 first.
+        let mut with_endbr = vec![0xf3, 0x0f, 0x1e, 0xfa];
+        with_endbr.extend_from_slice(&code);
+        assert_eq!(past_null_check(&with_endbr, 0x1000), Some(0x100d));
+        // A check of another register, or no push after it: left at the entry.
+        let rsi = [
+            0x48, 0x85, 0xf6, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x41, 0x55,
+        ];
+        assert_eq!(past_null_check(&rsi, 0x3b350), None);
+        let no_push = [
+            0x48, 0x85, 0xff, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x48, 0x89,
+        ];
+        assert_eq!(past_null_check(&no_push, 0x3b350), None);
+    }
+
+    #[test]
+    fn this_machines_libssl_3_gets_ssl_free_past_its_check() {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let placement = Placement::of_file(path);
+        let data = fs::read(path).expect("Debian's libssl3 is installed on these machines");
+        let file = object::File::parse(&*data).unwrap();
+        let code = Text::new(&file);
+        let entry = code.file_offset(code.symbol("SSL_free").unwrap()).unwrap();
+        let moved = placement.entry_of("SSL_free").expect("SSL_free moved");
+        assert!(
+            moved > entry && moved - entry <= 16,
+            "{entry:#x} -> {moved:#x}"
+        );
     }
 
     #[test]
