@@ -16,9 +16,12 @@
 //! the cookie carries, and converts the result as the wrapper does. Where the code does not
 //! have that shape (another build, LTO), the probes stay on the functions' entries.
 //!
-//! Entry-only probes that read their first argument (`SSL_free`, once per connection) move
-//! past a leading NULL check (`test %rdi,%rdi; je`) to the `push` that follows: the
-//! argument is still in `%rdi` there, and a NULL free, which the check skips, says nothing.
+//! The other functions probed at their entry (`SSL_get_error`, the handshake calls,
+//! `SSL_set_fd`, `SSL_free`) move to the first emulated instruction on their straight-line
+//! start when the instructions before it only read: `SSL_get_error` starts `xor %eax,%eax;
+//! test %esi,%esi; jle`, so its probes sit on the `jle`. Every call passes there, the
+//! arguments are still in their registers, and the return address is still on top of the
+//! stack, so a return probe works there too.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -60,8 +63,9 @@ pub struct Placement {
     /// The per-call functions left on their entries whose first instruction is emulated
     /// already (a `push`, as in node's OpenSSL, built with frame pointers).
     pub emulated_entries: Vec<&'static str>,
-    /// Entry-only probes moved past their NULL check: (function, file offset of the push).
-    pub past_null_check: Vec<(&'static str, u64)>,
+    /// Functions whose entry (and return) probes moved to the first emulated instruction of
+    /// their start: (function, file offset of that instruction).
+    pub moved_entries: Vec<(&'static str, u64)>,
 }
 
 impl Placement {
@@ -70,9 +74,10 @@ impl Placement {
         self.sites.iter().find(|s| s.functions.contains(&symbol))
     }
 
-    /// Where the entry-only probe of `symbol` goes when it was moved past its NULL check.
+    /// Where the entry probe of `symbol` goes when it was moved off a single-stepped first
+    /// instruction.
     pub fn entry_of(&self, symbol: &str) -> Option<u64> {
-        self.past_null_check
+        self.moved_entries
             .iter()
             .find(|(name, _)| *name == symbol)
             .map(|&(_, offset)| offset)
@@ -161,47 +166,81 @@ impl Placement {
                 })
             })
             .collect();
-        let past_null_check = NULL_CHECKED
+        let moved_entries = MOVABLE
             .iter()
             .filter_map(|&name| {
                 let va = code.symbol(name)?;
-                let at = past_null_check(&code.bytes_at(va)?, va)?;
+                let at = first_emulated(&code.bytes_at(va)?, va)?;
                 Some((name, code.file_offset(at)?))
+            })
+            .filter(|&(name, offset)| {
+                code.symbol(name).and_then(|va| code.file_offset(va)) != Some(offset)
             })
             .collect();
         Self {
             sites,
             emulated_entries,
-            past_null_check,
+            moved_entries,
         }
     }
 }
 
-/// Entry-only probes read at the first argument, whose functions start with a NULL check.
-const NULL_CHECKED: [&str; 1] = ["SSL_free"];
+/// The functions probed at their entry, outside the per-call I/O pairs, that may move.
+const MOVABLE: [&str; 6] = [
+    "SSL_get_error",
+    "SSL_do_handshake",
+    "SSL_accept",
+    "SSL_connect",
+    "SSL_set_fd",
+    "SSL_free",
+];
 
-/// `[endbr64;] test %rdi,%rdi; je/jne ...; push r64`: the push's address (`%rdi` is
-/// untouched up to there; the branch skips a NULL argument).
-fn past_null_check(bytes: &[u8], va: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(64, &bytes[..bytes.len().min(24)], va, DecoderOptions::NONE);
-    let mut ins = decoder.decode();
-    if ins.mnemonic() == Mnemonic::Endbr64 {
-        ins = decoder.decode();
+/// The first instruction the kernel emulates (`push`, a conditional or direct jump, a
+/// direct call, `nop`) on the straight-line start of the function at `va`, provided every
+/// instruction before it only reads: no branch, no write to memory, to the stack pointer or
+/// to an argument register. There, every call passes, its arguments are where they were at
+/// the entry, and the return address is still on top of the stack.
+fn first_emulated(bytes: &[u8], va: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, &bytes[..bytes.len().min(32)], va, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    for _ in 0..6 {
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            return None;
+        }
+        let emulated = (ins.mnemonic() == Mnemonic::Push && ins.code() == Code::Push_r64)
+            || ins.mnemonic() == Mnemonic::Nop
+            || ins.code() == Code::Call_rel32_64
+            || matches!(ins.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64)
+            || ins.flow_control() == FlowControl::ConditionalBranch && ins.is_jcc_short_or_near();
+        if emulated {
+            return Some(ins.ip());
+        }
+        if ins.flow_control() != FlowControl::Next {
+            return None;
+        }
+        let used = info.info(&ins);
+        if used
+            .used_memory()
+            .iter()
+            .any(|m| !matches!(m.access(), OpAccess::Read | OpAccess::NoMemAccess))
+        {
+            return None;
+        }
+        for r in used.used_registers() {
+            let writes = !matches!(r.access(), OpAccess::Read | OpAccess::CondRead);
+            let full = r.register().full_register();
+            if writes
+                && matches!(
+                    full,
+                    Register::RSP | Register::RDI | Register::RSI | Register::RDX | Register::RCX
+                )
+            {
+                return None;
+            }
+        }
     }
-    if ins.code() != Code::Test_rm64_r64
-        || ins.op0_register() != Register::RDI
-        || ins.op1_register() != Register::RDI
-    {
-        return None;
-    }
-    let branch = decoder.decode();
-    if branch.flow_control() != FlowControl::ConditionalBranch
-        || !matches!(branch.mnemonic(), Mnemonic::Je | Mnemonic::Jne)
-    {
-        return None;
-    }
-    let push = decoder.decode();
-    (push.mnemonic() == Mnemonic::Push && push.code() == Code::Push_r64).then(|| push.ip())
+    None
 }
 
 /// The call a wrapper makes with its own arguments.
@@ -414,29 +453,36 @@ mod tests {
     }
 
     #[test]
-    fn ssl_free_is_probed_past_its_null_check() {
-        // libssl 3.0's SSL_free: test %rdi,%rdi; je +0x397; push %r13.
-        let code = [
+    fn entry_probes_move_to_the_first_emulated_instruction_of_a_reading_start() {
+        // SSL_free: test %rdi,%rdi; je.
+        let free = [
             0x48, 0x85, 0xff, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x41, 0x55,
         ];
-        assert_eq!(past_null_check(&code, 0x3b350), Some(0x3b359));
-        // endbr64 first.
-        let mut with_endbr = vec![0xf3, 0x0f, 0x1e, 0xfa];
-        with_endbr.extend_from_slice(&code);
-        assert_eq!(past_null_check(&with_endbr, 0x1000), Some(0x100d));
-        // A check of another register, or no push after it: left at the entry.
-        let rsi = [
-            0x48, 0x85, 0xf6, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x41, 0x55,
-        ];
-        assert_eq!(past_null_check(&rsi, 0x3b350), None);
-        let no_push = [
-            0x48, 0x85, 0xff, 0x0f, 0x84, 0x97, 0x03, 0x00, 0x00, 0x48, 0x89,
-        ];
-        assert_eq!(past_null_check(&no_push, 0x3b350), None);
+        assert_eq!(first_emulated(&free, 0x3b350), Some(0x3b353));
+        // SSL_get_error: xor %eax,%eax; test %esi,%esi; jle.
+        let get_error = [0x31, 0xc0, 0x85, 0xf6, 0x7e, 0x0a, 0x31, 0xd2];
+        assert_eq!(first_emulated(&get_error, 0x38400), Some(0x38404));
+        // SSL_accept: cmpq $0x0,0x30(%rdi); je.
+        let accept = [0x48, 0x83, 0x7f, 0x30, 0x00, 0x74, 0x09];
+        assert_eq!(first_emulated(&accept, 0x38ea0), Some(0x38ea5));
+        // A push first: where it is.
+        assert_eq!(first_emulated(&[0x41, 0x55], 0x1000), Some(0x1000));
+        // sub $0x18,%rsp moves the return address off the top: not moved.
+        assert_eq!(
+            first_emulated(&[0x48, 0x83, 0xec, 0x18, 0x55], 0x3000),
+            None
+        );
+        // mov %rsi,%rdi overwrites an argument first: not moved.
+        assert_eq!(first_emulated(&[0x48, 0x89, 0xf7, 0x55], 0x3000), None);
+        // A store first: not moved.
+        assert_eq!(
+            first_emulated(&[0x48, 0x89, 0x44, 0x24, 0x08, 0x55], 0x3000),
+            None
+        );
     }
 
     #[test]
-    fn this_machines_libssl_3_gets_ssl_free_past_its_check() {
+    fn this_machines_libssl_3_moves_ssl_free_and_ssl_get_error_off_their_first_instruction() {
         let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
         let placement = Placement::of_file(path);
         let data = fs::read(path).expect("Debian's libssl3 is installed on these machines");
