@@ -124,7 +124,8 @@ fn steps(filter: &[String], integration: bool, skip_setup: bool) -> Vec<Step> {
     if integration {
         steps.push(Step {
             name: "integration tests (privileged)",
-            // `--test '*'`: the integration binary (tests/it/); `--tests` would run the unit tests again.
+            // `--test '*'`: the integration binaries (tests/it/, tests/stubs/); `--tests`
+            // would run the unit tests again.
             // One at a time: each test attaches real probes. `--no-fail-fast` here and above:
             // report every failing test binary, not only the first.
             command: with_filter(

@@ -27,5 +27,4 @@ mod process_tree;
 mod real_peers;
 mod retry_churn;
 mod scenarios;
-mod stub_probes;
 mod tui_e2e;

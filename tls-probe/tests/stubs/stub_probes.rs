@@ -169,7 +169,7 @@ fn spawn_target(mode: &str, extra_env: &[(&str, &str)]) -> (Proc, i32, u32) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        // Its path in the test binary (tests/it/main.rs declares this module).
+        // Its path in the test binary (tests/stubs/main.rs declares this module).
         "stub_probes::stub_target_process",
         "--ignored",
         "--nocapture",
