@@ -142,7 +142,7 @@ impl Session {
 
     /// What is probed now and what it costs, for the snapshot and the summary.
     pub(super) fn probe_status(&self) -> ProbeStatus {
-        let s = &self.last_stats;
+        let s = &self.out.last_stats;
         let escalation: BTreeMap<u32, _> = self
             .auto
             .as_ref()
@@ -161,7 +161,7 @@ impl Session {
         pids.sort_unstable();
         pids.dedup();
         ProbeStatus {
-            mode: self.start.probe_mode,
+            mode: self.out.start.probe_mode,
             uprobe_hits_per_sec: s.uprobe_hits_per_sec,
             tracepoint_hits_per_sec: s.tracepoint_hits_per_sec,
             uprobe_hit_cost_ns: UPROBE_HIT_NS,

@@ -103,7 +103,7 @@ impl Session {
             .map(|t| t.comm.clone())
             .unwrap_or_default();
         let exit = TargetExit { pid, comm, ts_ns };
-        self.sinks.record(Record::TargetExit(&exit))
+        self.out.sinks.record(Record::TargetExit(&exit))
     }
 
     /// Detaches the processes that exited. Call last in the tick.
@@ -139,7 +139,7 @@ impl Session {
                         comm: discover::comm(pid),
                         ts_ns: now,
                     };
-                    self.sinks.record(Record::TargetExit(&exit))?;
+                    self.out.sinks.record(Record::TargetExit(&exit))?;
                 }
                 self.late.forget(pid);
                 self.skipped.remove(&pid);

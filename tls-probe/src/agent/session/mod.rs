@@ -27,6 +27,7 @@ const RING_POLL: Duration = Duration::from_millis(20);
 
 mod auto;
 mod late;
+mod pump;
 mod sockio;
 mod tick;
 mod tree;
@@ -37,10 +38,10 @@ use crate::{
     decode::decode,
     engine::Config as EngineConfig,
     event::Event,
-    probe::{Counters, LinkKind, Probes, TlsLibrary, discover},
+    probe::{LinkKind, Probes, TlsLibrary, discover},
     sink::{
-        ClockAnchor, Flush, Lost, ProbeStats, Record, SCHEMA_VERSION, Sink, Sinks, Start,
-        StopReason, Summary, Target, UprobeLinks,
+        ClockAnchor, Flush, ProbeStats, Record, SCHEMA_VERSION, Sink, Sinks, Start, StopReason,
+        Summary, Target, UprobeLinks,
         human::HumanSink,
         ndjson::{NdjsonSink, NdjsonWriter},
         record::ProbeMode,
@@ -83,42 +84,38 @@ pub struct Session {
     targets: Vec<Target>,
     /// Tracker + engine: the step `report` replays too.
     pipeline: Pipeline,
-    sinks: Sinks,
-    counts: BTreeMap<&'static str, u64>,
-    total: u64,
-    lost: Lost,
-    /// The losses the last `lost` record reported.
-    lost_reported: Lost,
-    last_counters: Counters,
+    /// The ring buffer's side: how far behind, what came, what was lost.
+    pump: pump::Pump,
+    /// Where records go.
+    out: Output,
     started_ns: u64,
-    /// The last drain stopped at its batch limit: records older than now are still unread,
-    /// so the engine's clock must not be moved to now (it would close findings mid-spin).
-    behind: bool,
-    /// The first record, for a sink that joins later.
-    start: Start,
-    meter: Meter,
-    /// Resolves when the viewer's user quits; None without a viewer.
-    viewer: Option<Quit>,
     /// Descendants not traced (no TLS library, or the attach failed): not tried again.
     skipped: BTreeSet<u32>,
     /// Processes watched for a TLS library loaded after attach, and for exec.
     late: late::Watch,
-    /// The newest probe record read from the ring buffer (its ts), and when it was read
-    /// (CLOCK_MONOTONIC): while records keep coming, the engine's clock follows them rather
-    /// than the wall clock, which runs ahead of the records still unread.
-    last_ring: Option<(u64, u64)>,
     /// `--mode auto`'s controller; None in the other modes.
     auto: Option<auto::Auto>,
     /// Outside full mode: when the socket I/O tracepoints are on.
     gate: Option<sockio::Gate>,
-    /// The probes' rates at the last tick.
-    last_stats: ProbeStats,
     /// Peers of connections made before attach, looked up in /proc.
     peers: peers::Lookups,
 }
 
 /// What [`Session::add_viewer`] waits on.
 pub type Quit = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Where a run's records go, and what they need to be written.
+struct Output {
+    sinks: Sinks,
+    /// The first record, for a sink that joins later.
+    start: Start,
+    /// Rates from the kernel's counters, for the sinks that show them live.
+    meter: Meter,
+    /// The probes' rates at the last tick.
+    last_stats: ProbeStats,
+    /// Resolves when the viewer's user quits; None without a viewer.
+    viewer: Option<Quit>,
+}
 
 impl Session {
     /// [`Session::attach_with`] the human lines on the terminal and, when given, the NDJSON
@@ -224,32 +221,31 @@ impl Session {
             events: Some(events),
             targets,
             pipeline: Pipeline::new(EngineConfig::default()),
-            sinks,
-            counts: BTreeMap::new(),
-            total: 0,
-            lost: Lost::default(),
-            lost_reported: Lost::default(),
-            behind: false,
-            last_counters: Counters::default(),
+            pump: pump::Pump::default(),
+            out: Output {
+                sinks,
+                start,
+                meter: Meter::default(),
+                last_stats: ProbeStats::default(),
+                viewer: None,
+            },
             started_ns: now,
-            start,
-            meter: Meter::default(),
-            viewer: None,
             skipped,
             late: late::Watch::new(waiting),
             auto: cfg.auto.then(auto::Auto::new),
             gate: (!cfg.hot)
                 .then(|| sockio::Gate::new(quiet.then(|| now + sockio::ATTACH_GRACE_NS))),
-            last_ring: None,
-            last_stats: ProbeStats::default(),
             peers: peers::Lookups::default(),
             cfg,
         };
         for t in &session.targets {
             session.pipeline.set_comm(t.pid, &t.comm);
         }
-        session.sinks.record(Record::Start(&session.start))?;
-        session.sinks.flush(Flush::Tick)?;
+        session
+            .out
+            .sinks
+            .record(Record::Start(&session.out.start))?;
+        session.out.sinks.flush(Flush::Tick)?;
         for pid in session.probes.pids() {
             session.auto_add(pid)?;
         }
@@ -282,11 +278,11 @@ impl Session {
         mut sink: impl Sink + 'static,
         quit: impl Future<Output = ()> + 'static,
     ) -> Result<()> {
-        self.sinks.quiet();
-        sink.record(Record::Start(&self.start))?;
+        self.out.sinks.quiet();
+        sink.record(Record::Start(&self.out.start))?;
         sink.record(Record::Snapshot(&self.snapshot()))?;
-        self.sinks.push(Box::new(sink));
-        self.viewer = Some(Box::pin(quit));
+        self.out.sinks.push(Box::new(sink));
+        self.out.viewer = Some(Box::pin(quit));
         Ok(())
     }
 
@@ -314,9 +310,8 @@ impl Session {
             peers,
             auto,
             gate,
-            counts,
-            total,
-            sinks,
+            pump,
+            out,
             ..
         } = self;
         pipeline.push(&mut ev, |ev, engine| {
@@ -327,15 +322,9 @@ impl Session {
             if let Some(gate) = gate {
                 gate.observe(ev);
             }
-            let probe = if ev.probe == peers::PROBE {
-                peers::PROBE
-            } else {
-                Event::probe_name(&ev.kind)
-            };
-            *counts.entry(probe).or_default() += 1;
-            *total += 1;
-            if sinks.wants_events() {
-                sinks.record(Record::Event(ev))?;
+            pump.count(pump::probe_of(ev));
+            if out.sinks.wants_events() {
+                out.sinks.record(Record::Event(ev))?;
             }
             Ok::<(), anyhow::Error>(())
         })?;
@@ -353,7 +342,7 @@ impl Session {
     fn emit_changes(&mut self) -> Result<()> {
         let mut first = Ok(());
         for change in self.pipeline.take_changes() {
-            if let Err(e) = self.sinks.record(Record::Finding(&change))
+            if let Err(e) = self.out.sinks.record(Record::Finding(&change))
                 && first.is_ok()
             {
                 first = Err(e);
@@ -371,7 +360,7 @@ impl Session {
             match decode(&item) {
                 Ok(ev) => batch.push(ev),
                 Err(err) => {
-                    self.lost.decode += 1;
+                    self.pump.undecodable();
                     log::debug!("bad record: {err}");
                 }
             }
@@ -381,8 +370,7 @@ impl Session {
             }
         }
         if let Some(newest) = batch.iter().map(|e| e.ts_ns).max() {
-            let seen = self.last_ring.map_or(0, |(ts, _)| ts);
-            self.last_ring = Some((newest.max(seen), proc::monotonic_ns()));
+            self.pump.read(newest, proc::monotonic_ns());
         }
         for ev in batch {
             self.handle(ev)?;
@@ -395,7 +383,7 @@ impl Session {
         for ev in self.peers.resolve_due(proc::monotonic_ns()) {
             self.handle(ev)?;
         }
-        self.sinks.flush(Flush::Batch)?;
+        self.out.sinks.flush(Flush::Batch)?;
         Ok(full)
     }
 
@@ -407,8 +395,9 @@ impl Session {
     /// is sent.
     pub async fn run(mut self) -> Result<Summary> {
         let mut events = self.events.take().context("run called twice")?;
-        let viewer = self.viewer.is_some();
+        let viewer = self.out.viewer.is_some();
         let mut quit: Quit = self
+            .out
             .viewer
             .take()
             .unwrap_or_else(|| Box::pin(std::future::pending()));
@@ -441,8 +430,8 @@ impl Session {
                         let mut guard = guard.context("waiting for the ring buffer")?;
                         // The kernel signals new data only once the reader has caught up:
                         // after a full batch, stay ready and come back for the rest.
-                        self.behind = self.drain(guard.get_inner_mut())?;
-                        if !self.behind {
+                        self.pump.behind = self.drain(guard.get_inner_mut())?;
+                        if !self.pump.behind {
                             guard.clear_ready();
                         } else {
                             // Still behind: the ring buffer stays ready, and this task would
@@ -454,8 +443,8 @@ impl Session {
                         }
                     }
                     _ = poll.tick() => {
-                        self.behind = self.drain(events.get_mut())?;
-                        if self.behind {
+                        self.pump.behind = self.drain(events.get_mut())?;
+                        if self.pump.behind {
                             poll.reset_immediately();
                         }
                     }
@@ -491,7 +480,7 @@ impl Session {
                 Ok(summary)
             }
             Err(e) => {
-                let _ = self.sinks.flush(Flush::Tick);
+                let _ = self.out.sinks.flush(Flush::Tick);
                 self.detach_all();
                 Err(e)
             }
@@ -541,19 +530,15 @@ impl Session {
         self.emit_changes()?;
         self.report_lost(end)?;
         self.send_stats(end);
-        let c = self.last_counters;
+        let c = *self.pump.counters();
         let snapshot = self.pipeline.snapshot();
         let summary = Summary {
             stop_reason: reason,
             end_ns: end,
             duration_ns: end.saturating_sub(self.started_ns),
-            events: self.total,
-            events_by_probe: self
-                .counts
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
-            lost: self.lost,
+            events: self.pump.total(),
+            events_by_probe: self.pump.by_probe(),
+            lost: self.pump.lost(),
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
             memory_bio_disagreements: self.pipeline.tracker().bio_disagreements,
@@ -561,8 +546,8 @@ impl Session {
             processes: snapshot.processes,
             findings: self.pipeline.findings(),
         };
-        self.sinks.record(Record::Summary(&summary))?;
-        self.sinks.flush(Flush::Tick)?;
+        self.out.sinks.record(Record::Summary(&summary))?;
+        self.out.sinks.flush(Flush::Tick)?;
         Ok(summary)
     }
 }

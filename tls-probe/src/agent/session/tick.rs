@@ -7,28 +7,16 @@ use super::Session;
 use crate::{
     agent::{proc, stats::Sample},
     event::{Event, EventKind},
-    sink::{Flush, LostRecord, Record},
+    sink::{Flush, Record},
 };
 
 impl Session {
     /// Reads the kernel's loss counters; sends a `lost` record when anything new was lost.
     pub(super) fn report_lost(&mut self, now: u64) -> Result<()> {
-        if let Ok(c) = self.probes.counters() {
-            self.last_counters = c;
+        match self.pump.losses(self.probes.counters().ok(), now) {
+            Some(rec) => self.out.sinks.record(Record::Lost(&rec)),
+            None => Ok(()),
         }
-        self.lost.ringbuf = self.last_counters.lost_ringbuf;
-        self.lost.inflight = self.last_counters.lost_inflight;
-        let new = self.lost.since(&self.lost_reported);
-        if new.sum() == 0 {
-            return Ok(());
-        }
-        self.lost_reported = self.lost;
-        let rec = LostRecord {
-            ts_ns: now,
-            new,
-            total: self.lost,
-        };
-        self.sinks.record(Record::Lost(&rec))
     }
 
     /// Once a second: losses, target liveness, new descendants, thread CPU, the engine's
@@ -37,7 +25,7 @@ impl Session {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
         if let Some(gate) = &mut self.gate {
-            gate.measure(now, self.last_counters.sockio_calls);
+            gate.measure(now, self.pump.counters().sockio_calls);
         }
         for pid in self.probes.pids() {
             if self.has_exited(pid) || !proc::alive(pid) {
@@ -66,19 +54,15 @@ impl Session {
         }
         // While unread records older than now wait in the ring buffer, event time is behind
         // the wall clock: advancing to now would close findings that are still going on.
-        if !self.behind {
-            // Records read in the last 100 ms: more are on their way, as old as those; the
-            // clock goes to the newest read. Otherwise the probes are quiet: to now.
-            let to = match self.last_ring {
-                Some((ts, at)) if now.saturating_sub(at) < 100_000_000 => ts,
-                _ => now,
-            };
+        // Records read in the last 100 ms: more are on their way, as old as those; the clock
+        // goes to the newest read. Otherwise the probes are quiet: to now.
+        if let Some(to) = self.pump.engine_time(now) {
             self.pipeline.advance(to);
         }
         self.emit_changes()?;
-        self.sinks.record(Record::Snapshot(&self.snapshot()))?;
+        self.out.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
-        self.sinks.flush(Flush::Tick)?;
+        self.out.sinks.flush(Flush::Tick)?;
         self.sockio_step(now)?;
         self.detach_exited();
         Ok(!self.probes.pids().is_empty() || self.late.waiting())
@@ -87,11 +71,11 @@ impl Session {
     /// Rates since the last call, to the sinks that show them live. Call after
     /// `report_lost`, which reads the kernel's counters.
     pub(super) fn send_stats(&mut self, now: u64) {
-        let c = &self.last_counters;
+        let c = self.pump.counters();
         let sample = Sample {
             ts_ns: now,
-            events: self.total,
-            lost_total: self.lost.sum(),
+            events: self.pump.total(),
+            lost_total: self.pump.lost().sum(),
             uprobe_hits: c.uprobe_hits,
             tracepoint_hits: c.tracepoint_hits,
             cpu_ns: self
@@ -101,8 +85,8 @@ impl Session {
                 .filter_map(|pid| Some((pid, proc::process_cpu_ns(pid)?)))
                 .collect(),
         };
-        let stats = self.meter.next(sample);
-        self.sinks.stats(&stats);
-        self.last_stats = stats;
+        let stats = self.out.meter.next(sample);
+        self.out.sinks.stats(&stats);
+        self.out.last_stats = stats;
     }
 }

@@ -106,7 +106,7 @@ impl Session {
             ts_ns: now,
             cause,
         };
-        self.sinks.record(Record::TargetAttach(&rec))?;
+        self.out.sinks.record(Record::TargetAttach(&rec))?;
         for epfd in proc::epoll_fds(pid) {
             self.pipeline.tracker_mut().mark_seeded(pid, epfd);
             for ev in proc::epoll_registrations(pid, epfd, now) {
