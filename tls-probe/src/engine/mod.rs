@@ -48,7 +48,7 @@ pub use handshake::{
 };
 pub use rules::{attribution::Attribution, write_retry::PeerCount};
 pub use snapshot::{
-    ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
+    BudgetStatus, ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
     SocketIoStatus, ThreadSnapshot, WaitSnapshot,
 };
 

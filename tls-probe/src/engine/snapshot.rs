@@ -53,6 +53,20 @@ pub struct ProbeStatus {
     /// ~0.1 s per uprobe and tracepoint): until then they trap and cost a hit each.
     #[serde(default)]
     pub closing_links: bool,
+    /// `watch`: the host-wide probe cost budget and what it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// `watch`'s host-wide budget: the estimate of all probes' cost against the limit, and the
+/// processes sampled to stay under it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub limit_ns_per_sec: f64,
+    pub estimated_cost_ns_per_sec: f64,
+    pub over: bool,
+    /// Traced 1 s in every 10, the busiest first.
+    pub sampled_pids: Vec<u32>,
 }
 
 /// Whether the socket I/O tracepoints are attached, why, and at what rate they fire.
@@ -82,6 +96,9 @@ pub struct ProcessProbes {
     pub confirmed_total: u64,
     pub escalated_ns_total: u64,
     pub holdoff_ns: u64,
+    /// `watch`: over the host-wide budget, this process is traced 1 s in every 10.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

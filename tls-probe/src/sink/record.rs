@@ -102,6 +102,12 @@ pub struct Target {
     pub library_version: Option<String>,
     /// Optional symbols the library lacks, skipped.
     pub missing_symbols: Vec<String>,
+    /// The executable (`/proc/PID/exe`, as the process sees it) and the cgroup (from
+    /// `/proc/PID/cgroup`: a container's own), for `watch`; absent when unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// CLOCK_MONOTONIC ns (the clock of every `*_ns` timestamp) and Unix ns at the same instant:
@@ -171,6 +177,8 @@ pub enum AttachCause {
     LibraryLoaded,
     /// A watched or traced process ran a new program (exec) with a TLS library.
     Exec,
+    /// `watch`: a process new on the host, running OpenSSL when first seen.
+    Discovered,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -243,6 +251,8 @@ mod tests {
                 library_path: "/lib/libssl.so.3".into(),
                 library_version: Some("3".into()),
                 missing_symbols: Vec::new(),
+                executable: None,
+                cgroup: None,
             },
             parent_pid: 7,
             ts_ns: 9,

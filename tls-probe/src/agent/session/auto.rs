@@ -181,6 +181,7 @@ impl Session {
                         confirmed_total: e.map_or(0, |e| e.confirmed_total),
                         escalated_ns_total: e.map_or(0, |e| e.escalated_ns_total),
                         holdoff_ns: e.map_or(0, |e| e.holdoff_ns),
+                        sampled: self.host.as_ref().is_some_and(|h| h.budget.is_sampled(pid)),
                     }
                 })
                 .collect(),
@@ -194,6 +195,7 @@ impl Session {
                 |g| g.status(),
             )),
             closing_links: self.probes.closing_links(),
+            budget: self.host.as_ref().map(|h| h.status()),
         }
     }
 }

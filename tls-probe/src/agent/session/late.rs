@@ -69,6 +69,13 @@ impl Watch {
             .is_some_and(|before| before != now)
     }
 
+    /// Remembers the program `pid` runs now, so that its next exec is seen.
+    pub(super) fn note_exe(&mut self, pid: u32) {
+        if let Some(exe) = discover::exe_identity(pid) {
+            self.exes.insert(pid, exe);
+        }
+    }
+
     fn forget(&mut self, pid: u32) {
         self.waiting.remove(&pid);
         self.exes.remove(&pid);
