@@ -47,6 +47,9 @@ const TEST_PACKAGES: &[&str] = &[
     // against libssl.a).
     "nodejs",
     "gcc",
+    // tests/watch.rs: a real Prometheus scraping `tls-probe watch`, and `promtool check
+    // rules` on deploy/prometheus/tls-probe-rules.yml (promtool comes with it).
+    "prometheus",
 ];
 
 /// Installed on a best-effort basis for `cargo xtask bench` only, which skips what is missing.

@@ -44,6 +44,12 @@ impl Auto {
         self.async_streaks.prune(Some(pid), 0);
     }
 
+    /// Forgets `pid` altogether, its escalation totals too (`watch`, after it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.remove(pid);
+        self.controller.forget(pid);
+    }
+
     /// Counts what an event says towards its process's signals.
     pub fn observe(&mut self, ev: &Event) {
         match &ev.kind {

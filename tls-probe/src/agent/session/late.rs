@@ -118,6 +118,15 @@ impl Session {
         for pid in std::mem::take(&mut self.late.exited) {
             self.peers.forget(pid);
             self.probes.detach(pid);
+            // `watch` runs for days over a host's short-lived processes: nothing of an
+            // exited one is kept (`attach` keeps its escalation totals for the summary).
+            if self.host.is_some() {
+                self.tracker.forget(pid);
+                self.targets.retain(|t| t.pid != pid);
+                if let Some(auto) = &mut self.auto {
+                    auto.forget(pid);
+                }
+            }
         }
     }
 
