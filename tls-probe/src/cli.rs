@@ -155,7 +155,8 @@ pub struct WatchArgs {
     pub metrics_max_processes: u32,
     /// Rotate the NDJSON output (-o FILE) when it passes BYTES (suffixes k, M, G): FILE
     /// becomes FILE.1 (FILE.1 becomes FILE.2, ...) and a new FILE starts with the `start`
-    /// record again. 0 never rotates.
+    /// record again. 0 never rotates. With rotation, a FILE left by an earlier run is
+    /// rotated away at start (FILE.1), not overwritten.
     #[arg(long, value_name = "BYTES", default_value = "100M", value_parser = byte_size)]
     pub rotate_size: u64,
     /// How many rotated files to keep (FILE.1 ... FILE.N); older ones are deleted.

@@ -37,6 +37,14 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
             "tls-probe watch needs somewhere to put what it finds: pass --metrics-addr ADDR (Prometheus), -o FILE (NDJSON), or both"
         );
     }
+    // With rotation, a file an earlier run left (a restarted service) is rotated away, not
+    // refused or overwritten.
+    if args.rotate_size > 0
+        && let Some(path) = args.output.as_deref()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    {
+        crate::sink::ndjson::shift(path, args.rotate_keep)?;
+    }
     let outputs = Outputs {
         ndjson: super::attach::open_output(&output)?,
         metrics: output

@@ -227,21 +227,7 @@ impl NdjsonWriter {
         let Some(path) = self.created.clone() else {
             return Ok(());
         };
-        let numbered = |n: u32| {
-            let mut p = path.clone().into_os_string();
-            p.push(format!(".{n}"));
-            std::path::PathBuf::from(p)
-        };
-        let _ = std::fs::remove_file(numbered(keep));
-        for n in (1..keep).rev() {
-            let from = numbered(n);
-            if from.exists() {
-                std::fs::rename(&from, numbered(n + 1))
-                    .with_context(|| format!("rotating {}", from.display()))?;
-            }
-        }
-        std::fs::rename(&path, numbered(1))
-            .with_context(|| format!("rotating {} to {}", path.display(), numbered(1).display()))?;
+        shift(&path, keep)?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -273,6 +259,27 @@ impl Drop for NdjsonWriter {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Renames `path` to `path.1`, `path.1` to `path.2`, ... up to `path.keep`, deleting the
+/// one beyond: the renames of a rotation. `watch` also calls it at start on an output file
+/// left by an earlier run, which is kept instead of overwritten.
+pub fn shift(path: &Path, keep: u32) -> Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))
+                .with_context(|| format!("rotating {}", from.display()))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+        .with_context(|| format!("rotating {} to {}", path.display(), numbered(1).display()))
 }
 
 /// When to rotate the output file, and how many rotated files to keep.
