@@ -28,7 +28,8 @@ pub enum Command {
     /// Watch the whole host, unattended: every process that maps a libssl or carries
     /// OpenSSL in its executable, now and as they appear (exec, dlopen), in the default
     /// `auto` mode each, under a host-wide probe cost budget. Findings go to /metrics and
-    /// to a rotating NDJSON file.
+    /// to a rotating NDJSON file (at least one of --metrics-addr and -o), and as lines to
+    /// stderr.
     Watch(WatchArgs),
     /// Read an NDJSON export and print a report; re-runs the engine when it holds events.
     Report(ReportArgs),
@@ -143,7 +144,8 @@ pub struct WatchArgs {
     pub exclude_comm: Vec<String>,
     /// The host-wide probe cost budget, in per cent of one core, estimated from the
     /// kernel's probe-hit counters (4 µs a uprobe hit, 0.2 µs a tracepoint hit). Above it
-    /// the busiest processes are sampled (traced 1 s in every 10); the snapshots say which.
+    /// the busiest processes are sampled (traced 1 s in every 10; never one attached in the
+    /// last 10 s or with an open finding); the snapshots say which.
     #[arg(long, value_name = "PCT", default_value_t = 1.0, value_parser = positive_pct)]
     pub budget_pct: f64,
     /// Trace at most N processes at once; further ones are left alone until some exit.
@@ -365,7 +367,10 @@ mod tests {
             Err(e) => Err(e.to_string()),
         };
         let w = watch(&["tls-probe", "watch"]).unwrap();
-        assert_eq!((w.budget_pct, w.rotate_size, w.rotate_keep), (1.0, 100 << 20, 5));
+        assert_eq!(
+            (w.budget_pct, w.rotate_size, w.rotate_keep),
+            (1.0, 100 << 20, 5)
+        );
         assert_eq!(w.mode, ProbeMode::Auto);
         let w = watch(&[
             "tls-probe",
@@ -379,9 +384,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w.rotate_size, 512 << 10);
-        assert_eq!((w.include_comm, w.exclude_comm), (vec!["nginx".to_owned()], vec!["sshd".to_owned()]));
-        assert!(watch(&["tls-probe", "watch", "--rotate-size", "ten"]).unwrap_err().contains("size in bytes"));
-        assert!(watch(&["tls-probe", "watch", "--budget-pct", "0"]).unwrap_err().contains("above 0"));
+        assert_eq!(
+            (w.include_comm, w.exclude_comm),
+            (vec!["nginx".to_owned()], vec!["sshd".to_owned()])
+        );
+        assert!(
+            watch(&["tls-probe", "watch", "--rotate-size", "ten"])
+                .unwrap_err()
+                .contains("size in bytes")
+        );
+        assert!(
+            watch(&["tls-probe", "watch", "--budget-pct", "0"])
+                .unwrap_err()
+                .contains("above 0")
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ impl Prometheus {
         let proc = Proc::spawn(
             Command::new(bin)
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .stderr(log),
         );
@@ -157,7 +160,11 @@ fn stop(mut probe: Proc, out: &Path) -> Vec<Value> {
 fn the_shipped_rules_pass_promtool() {
     let promtool = require("promtool", "prometheus");
     for args in [
-        vec!["check".to_owned(), "rules".to_owned(), rules().display().to_string()],
+        vec![
+            "check".to_owned(),
+            "rules".to_owned(),
+            rules().display().to_string(),
+        ],
         vec![
             "test".to_owned(),
             "rules".to_owned(),
@@ -212,7 +219,9 @@ fn prometheus_scrapes_the_findings_of_a_spin_loop_and_a_handshake_storm() {
         (storm.pid(), "handshake_saturation"),
         (storm.pid(), "low_session_resumption"),
     ] {
-        let q = format!("tls_probe_findings_opened_total{{job=\"tls-probe\",kind=\"{kind}\",pid=\"{pid}\"}}");
+        let q = format!(
+            "tls_probe_findings_opened_total{{job=\"tls-probe\",kind=\"{kind}\",pid=\"{pid}\"}}"
+        );
         let series = wait_for(
             &format!("{kind} of pid {pid} in Prometheus"),
             Duration::from_secs(60),
@@ -220,7 +229,14 @@ fn prometheus_scrapes_the_findings_of_a_spin_loop_and_a_handshake_storm() {
         );
         let m = &series[0]["metric"];
         assert_eq!(m["comm"], comm, "{series:?}");
-        assert!(series[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 1.0);
+        assert!(
+            series[0]["value"][1]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+                >= 1.0
+        );
         // The gauge of open findings is there with the same labels.
         let active = query(
             prom.port,
@@ -263,7 +279,9 @@ fn prometheus_scrapes_the_findings_of_a_spin_loop_and_a_handshake_storm() {
                     prom.port,
                     "ALERTS{alertname=\"TLSProbeCriticalFinding\",alertstate=\"firing\"}",
                 )?;
-                a.iter().any(|x| x["metric"]["pid"] == pid.as_str()).then_some(())
+                a.iter()
+                    .any(|x| x["metric"]["pid"] == pid.as_str())
+                    .then_some(())
             },
         );
     }
@@ -276,7 +294,10 @@ fn prometheus_scrapes_the_findings_of_a_spin_loop_and_a_handshake_storm() {
         .filter_map(|r| r["data"]["pid"].as_u64())
         .collect();
     for pid in [spin.pid(), storm.pid()] {
-        assert!(attached.contains(&u64::from(pid)), "{pid} not in {attached:?}");
+        assert!(
+            attached.contains(&u64::from(pid)),
+            "{pid} not in {attached:?}"
+        );
     }
     assert!(
         !attached.contains(&u64::from(std::process::id())),

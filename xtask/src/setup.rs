@@ -200,7 +200,10 @@ fn kubernetes_validate() -> Result<()> {
         eprintln!("ok: kubernetes-validate {KUBERNETES_VALIDATE}");
         return Ok(());
     }
-    eprintln!("installing: kubernetes-validate {KUBERNETES_VALIDATE} (PyPI) into {}", venv.display());
+    eprintln!(
+        "installing: kubernetes-validate {KUBERNETES_VALIDATE} (PyPI) into {}",
+        venv.display()
+    );
     run(cmd("python3").arg("-m").arg("venv").arg(&venv))
         .context("creating a Python virtual environment (apt-get install python3-venv)")?;
     run(cmd(venv.join("bin/pip"))

@@ -179,7 +179,11 @@ mod tests {
         let mut b = Budget::new(10.0);
         let cpu: BTreeMap<u32, u64> = [(1, S), (2, S / 10)].into_iter().collect();
         b.step(S, 100.0, &cpu, &[1].into());
-        assert_eq!(b.sampled(), [2].into(), "the busiest is exempt: the next one");
+        assert_eq!(
+            b.sampled(),
+            [2].into(),
+            "the busiest is exempt: the next one"
+        );
         b.step(2 * S, 100.0, &cpu, &BTreeSet::new());
         assert_eq!(b.sampled(), [1, 2].into());
         let s = b.step(3 * S, 100.0, &cpu, &[1].into());

@@ -348,7 +348,10 @@ mod tests {
         assert!(cfg.selects("x", "python3"), "by executable name");
         assert!(!cfg.selects("curl", "curl"));
         cfg.include = vec!["a-very-long-program-name".into()];
-        assert!(cfg.selects("a-very-long-pro", "other"), "comm is cut at 15 bytes");
+        assert!(
+            cfg.selects("a-very-long-pro", "other"),
+            "comm is cut at 15 bytes"
+        );
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub use handshake::{
 };
 pub use rules::{attribution::Attribution, write_retry::PeerCount};
 pub use snapshot::{
-    BudgetStatus, ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot, ReadySnapshot, Snapshot,
-    SocketIoStatus, ThreadSnapshot, WaitSnapshot,
+    BudgetStatus, ConnSnapshot, OpSnapshot, ProbeStatus, ProcessProbes, ProcessSnapshot,
+    ReadySnapshot, Snapshot, SocketIoStatus, ThreadSnapshot, WaitSnapshot,
 };
 
 use self::{

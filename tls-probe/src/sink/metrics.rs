@@ -303,23 +303,26 @@ impl State {
             enc,
             "ssl_calls",
             "SSL calls that returned, by function.",
-            self.ops.iter().filter(|(pid, _)| self.shown(**pid)).flat_map(|(&pid, ops)| {
-                SslOp::ALL
-                    .iter()
-                    .zip(*ops)
-                    .filter(|&(_, n)| n > 0)
-                    .map(move |(op, n)| {
-                        let op = op.symbol();
-                        (
-                            OpLabels {
-                                pid,
-                                comm: self.comm(pid),
-                                op,
-                            },
-                            ConstCounter::new(n),
-                        )
-                    })
-            }),
+            self.ops
+                .iter()
+                .filter(|(pid, _)| self.shown(**pid))
+                .flat_map(|(&pid, ops)| {
+                    SslOp::ALL
+                        .iter()
+                        .zip(*ops)
+                        .filter(|&(_, n)| n > 0)
+                        .map(move |(op, n)| {
+                            let op = op.symbol();
+                            (
+                                OpLabels {
+                                    pid,
+                                    comm: self.comm(pid),
+                                    op,
+                                },
+                                ConstCounter::new(n),
+                            )
+                        })
+                }),
         )?;
         family(
             enc,
@@ -501,10 +504,8 @@ impl State {
                 .iter()
                 .map(|(key, &(_, now))| (kind_labels(key), ConstGauge::new(now))),
         )?;
-        let mut critical: BTreeMap<(u32, String, &'static str), i64> = opened
-            .keys()
-            .map(|k| (k.clone(), 0))
-            .collect();
+        let mut critical: BTreeMap<(u32, String, &'static str), i64> =
+            opened.keys().map(|k| (k.clone(), 0)).collect();
         for &(pid, kind, crit) in self.open.values() {
             if crit {
                 let (p, c) = self.finding_labels(pid);
@@ -524,10 +525,8 @@ impl State {
                 enc,
                 "target_info",
                 "Each traced process with its own series: its executable and cgroup (value 1; join on pid).",
-                self.info
-                    .iter()
-                    .filter(|(pid, _)| self.shown(**pid))
-                    .map(|(&pid, (executable, cgroup))| {
+                self.info.iter().filter(|(pid, _)| self.shown(**pid)).map(
+                    |(&pid, (executable, cgroup))| {
                         (
                             InfoLabels {
                                 pid,
@@ -537,7 +536,8 @@ impl State {
                             },
                             ConstGauge::new(1),
                         )
-                    }),
+                    },
+                ),
             )?;
             let unlabelled = self.info.keys().filter(|p| !self.shown(**p)).count();
             family(
@@ -557,15 +557,18 @@ impl State {
             enc,
             "thread_cpu_ratio",
             "Share of one core a thread used between its last two samples.",
-            self.threads.iter().filter(|t| self.shown(t.pid)).filter_map(|t| {
-                let (pid, tid) = (t.pid, t.tid);
-                let labels = ThreadLabels {
-                    pid,
-                    comm: self.comm(pid),
-                    tid,
-                };
-                Some((labels, ConstGauge::new(t.cpu_pct? / 100.0)))
-            }),
+            self.threads
+                .iter()
+                .filter(|t| self.shown(t.pid))
+                .filter_map(|t| {
+                    let (pid, tid) = (t.pid, t.tid);
+                    let labels = ThreadLabels {
+                        pid,
+                        comm: self.comm(pid),
+                        tid,
+                    };
+                    Some((labels, ConstGauge::new(t.cpu_pct? / 100.0)))
+                }),
         )?;
         family(
             enc,

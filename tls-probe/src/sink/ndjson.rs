@@ -503,7 +503,11 @@ mod tests {
             findings: Vec::new(),
         };
         sink.record(Record::Summary(&summary)).unwrap();
-        let files = [p.clone(), dir.path().join("watch.ndjson.1"), dir.path().join("watch.ndjson.2")];
+        let files = [
+            p.clone(),
+            dir.path().join("watch.ndjson.1"),
+            dir.path().join("watch.ndjson.2"),
+        ];
         for f in &files {
             let v = lines_of(f);
             assert_eq!(v[0]["type"], "start", "{}", f.display());

@@ -95,7 +95,13 @@ impl Agent {
         let ndjson = dir.join(format!("{tag}.ndjson"));
         let mut command = cmd(binary);
         command
-            .args(["watch", "--include-comm", "nginx", "--include-comm", "openssl"])
+            .args([
+                "watch",
+                "--include-comm",
+                "nginx",
+                "--include-comm",
+                "openssl",
+            ])
             .arg("-o")
             .arg(&ndjson);
         Self::steady(command, "auto", ndjson, dir, tag)

@@ -107,10 +107,18 @@ fn measure(
         (0..10)
             .map(|_| {
                 let mut c = std::process::Command::new("openssl");
-                c.args(["enc", "-aes-128-cbc", "-pbkdf2", "-pass", "pass:x", "-out", "/dev/null"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
+                c.args([
+                    "enc",
+                    "-aes-128-cbc",
+                    "-pbkdf2",
+                    "-pass",
+                    "pass:x",
+                    "-out",
+                    "/dev/null",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
                 c.spawn()
                     .map(|child| proc::Guard::new("an idle openssl", child))
                     .context("starting an idle openssl process")

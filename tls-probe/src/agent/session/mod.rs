@@ -200,7 +200,10 @@ impl Session {
                 Ok(target) => targets.push(target),
                 Err(e) if host.is_some() => {
                     // One process that cannot be traced does not stop a host-wide watch.
-                    eprintln!("tls-probe: not tracing pid {pid} ({}): {e:#}", discover::comm(pid));
+                    eprintln!(
+                        "tls-probe: not tracing pid {pid} ({}): {e:#}",
+                        discover::comm(pid)
+                    );
                     if let Some(h) = &mut host {
                         h.scanner.pass(pid, proc::monotonic_ns());
                     }
