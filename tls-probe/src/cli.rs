@@ -142,6 +142,10 @@ pub struct WatchArgs {
     /// (repeatable; applied after --include-comm). tls-probe never watches itself.
     #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub exclude_comm: Vec<String>,
+    /// Watch only the descendants of PID (repeatable): a container's init, a test harness,
+    /// a service manager's unit. Combines with the name lists.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub descendants_of: Vec<u32>,
     /// The host-wide probe cost budget, in per cent of one core, estimated from the
     /// kernel's probe-hit counters (4 µs a uprobe hit, 0.2 µs a tracepoint hit). Above it
     /// the busiest processes are sampled (traced 1 s in every 10; never one attached in the

@@ -4,8 +4,9 @@
 //! short-lived TLS processes come and go while it runs. Privileged: run with
 //! `--test-threads=1`.
 //!
-//! Each watch is limited with `--include-comm` to the test's own workloads: these machines
-//! are shared, and a host-wide watch would also probe whatever else runs on them.
+//! Each watch is limited with `--descendants-of` (this test's pid) and `--include-comm` to
+//! the test's own workloads: these machines are shared, and a host-wide watch would also
+//! probe whatever else runs on them.
 
 mod common;
 #[path = "common/scenario.rs"]
@@ -123,6 +124,8 @@ fn watch(dir: &Path, out: &Path, extra: &[&str]) -> Proc {
     let probe = Proc::spawn(
         Command::new(TLS_PROBE)
             .arg("watch")
+            .arg("--descendants-of")
+            .arg(std::process::id().to_string())
             .arg("-o")
             .arg(out)
             .args(extra)

@@ -81,8 +81,9 @@ pub enum Variant {
     Bpftrace,
     /// `tls-probe watch` (default mode, host-wide discovery and budget) while 10 idle TLS
     /// processes run beside nginx, keep-alive only, in its steady state. Limited to the
-    /// bench's own programs (`--include-comm nginx --include-comm openssl`): the machines are
-    /// shared, and other programs' probes would cost what is measured here.
+    /// bench's own programs (`--include-comm nginx --include-comm openssl --descendants-of`
+    /// the bench): the machines are shared, and other programs' probes would cost what is
+    /// measured here.
     Watch,
 }
 

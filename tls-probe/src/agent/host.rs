@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub include: Vec<String>,
     /// Never these.
     pub exclude: Vec<String>,
+    /// Only descendants of these pids; empty: all.
+    pub descendants_of: Vec<u32>,
     /// The host-wide probe cost budget, in nanoseconds of probe time per second.
     pub budget_ns_per_sec: f64,
     /// Trace at most this many processes at once.
@@ -156,6 +158,21 @@ fn cgroup_of(text: &str) -> Option<String> {
         .map(|(_, path)| (*path).to_owned())
 }
 
+/// Whether `pid` is one of `roots` or descends from one (up to 64 generations).
+fn descends(pid: u32, roots: &[u32]) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        if roots.contains(&p) {
+            return true;
+        }
+        match discover::parent_pid(p) {
+            Some(pp) if pp > 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The pids of the processes on the host (not threads), from listing `/proc`.
 fn pids() -> Vec<u32> {
     fs::read_dir("/proc")
@@ -190,17 +207,12 @@ impl Scanner {
 
     /// Whether `pid` is tls-probe or one of its descendants (its handoff holder).
     fn is_self(&self, pid: u32) -> bool {
-        let mut p = pid;
-        for _ in 0..64 {
-            if p == self.me {
-                return true;
-            }
-            match discover::parent_pid(p) {
-                Some(pp) if pp > 1 && pp != p => p = pp,
-                _ => return false,
-            }
-        }
-        false
+        descends(pid, &[self.me])
+    }
+
+    /// Whether `pid` is outside `--descendants-of`.
+    fn outside(&self, pid: u32) -> bool {
+        !self.cfg.descendants_of.is_empty() && !descends(pid, &self.cfg.descendants_of)
     }
 
     /// A process whose attach failed: not tried again until it execs.
@@ -248,7 +260,8 @@ impl Scanner {
         let why = match self.seen.get_mut(&pid) {
             None => {
                 vs = vsize(pid).unwrap_or(0);
-                let passed = exe.is_none() || pid == self.me || self.is_self(pid);
+                let passed =
+                    exe.is_none() || pid == self.me || self.is_self(pid) || self.outside(pid);
                 self.seen.insert(
                     pid,
                     Seen {
@@ -363,6 +376,23 @@ mod tests {
         let v1 = "12:cpu,cpuacct:/a\n5:memory:/kubepods/pod1/c1\n1:name=systemd:/x\n";
         assert_eq!(cgroup_of(v1).as_deref(), Some("/kubepods/pod1/c1"));
         assert_eq!(cgroup_of("").as_deref(), None);
+    }
+
+    #[test]
+    fn descendants_of_walks_up_the_parents() {
+        let me = std::process::id();
+        let parent = discover::parent_pid(me).unwrap();
+        assert!(descends(me, &[parent]) && descends(me, &[me]));
+        assert!(!descends(parent, &[me]));
+        let mut s = Scanner::new(HostConfig {
+            descendants_of: vec![me],
+            ..HostConfig::default()
+        });
+        assert!(s.outside(parent) && !s.outside(me));
+        assert!(
+            s.scan(1, &HashSet::new()).is_empty(),
+            "only tls-probe's own tree, itself excluded"
+        );
     }
 
     #[test]

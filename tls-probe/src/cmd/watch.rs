@@ -60,6 +60,7 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
     cfg.host = Some(HostConfig {
         include: args.include_comm.clone(),
         exclude: args.exclude_comm.clone(),
+        descendants_of: args.descendants_of.clone(),
         budget_ns_per_sec: args.budget_pct / 100.0 * 1e9,
         max_processes: args.max_processes as usize,
     });

@@ -89,8 +89,10 @@ impl Agent {
         Self::steady(command, mode, ndjson, dir, tag)
     }
 
-    /// `tls-probe watch --include-comm nginx --include-comm openssl -o FILE` (default mode),
-    /// measured in its steady state as [`Agent::tls_probe`].
+    /// `tls-probe watch --include-comm nginx --include-comm openssl --descendants-of XTASK
+    /// -o FILE` (default mode): the bench's own nginx and idle processes, not those of
+    /// whatever else runs on the machine; measured in its steady state as
+    /// [`Agent::tls_probe`].
     pub fn tls_probe_watch(binary: &Path, dir: &Path, tag: &str) -> Result<Self> {
         let ndjson = dir.join(format!("{tag}.ndjson"));
         let mut command = cmd(binary);
@@ -102,6 +104,8 @@ impl Agent {
                 "--include-comm",
                 "openssl",
             ])
+            .arg("--descendants-of")
+            .arg(std::process::id().to_string())
             .arg("-o")
             .arg(&ndjson);
         Self::steady(command, "auto", ndjson, dir, tag)
