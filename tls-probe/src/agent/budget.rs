@@ -79,7 +79,7 @@ impl Budget {
     /// Whether a sampled `pid` is traced in second `seconds`: each pid in its own slot, so
     /// that the sampled processes are not all on at once.
     fn on_in(pid: u32, seconds: u64) -> bool {
-        (seconds + u64::from(pid)) % SAMPLE_PERIOD == 0
+        (seconds + u64::from(pid)).is_multiple_of(SAMPLE_PERIOD)
     }
 
     /// One second: the probes' estimated cost (ns per second) and each traced process's CPU
