@@ -231,6 +231,12 @@ impl Scanner {
         );
     }
 
+    /// Forgets `pid`, so that the next scan looks at it as new (one left alone while the cap
+    /// on traced processes was reached).
+    pub fn forget(&mut self, pid: u32) {
+        self.seen.remove(&pid);
+    }
+
     /// Lists `/proc` and returns the processes that now run OpenSSL and are not `traced`,
     /// with their library and why. A pid it returns is forgotten: the caller traces it, or
     /// calls [`Scanner::pass`].

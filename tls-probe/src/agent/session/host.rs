@@ -31,6 +31,9 @@ pub(super) struct HostState {
     full: bool,
     /// When each traced process was attached.
     attached: BTreeMap<u32, u64>,
+    /// Processes left alone while the cap on traced processes was reached: looked at again
+    /// once there is room.
+    deferred: std::collections::BTreeSet<u32>,
 }
 
 impl HostState {
@@ -42,6 +45,7 @@ impl HostState {
             hits: None,
             full: false,
             attached: BTreeMap::new(),
+            deferred: std::collections::BTreeSet::new(),
         }
     }
 
@@ -64,8 +68,13 @@ impl Session {
         };
         let now = proc::monotonic_ns();
         let traced: HashSet<u32> = self.probes.pids().into_iter().collect();
-        let found = host.scanner.scan(now, &traced);
         let max = host.scanner.config().max_processes;
+        if traced.len() < max {
+            for pid in std::mem::take(&mut host.deferred) {
+                host.scanner.forget(pid);
+            }
+        }
+        let found = host.scanner.scan(now, &traced);
         for (pid, lib, why) in found {
             let Some(host) = &mut self.host else {
                 break;
@@ -77,7 +86,9 @@ impl Session {
                     );
                     host.full = true;
                 }
-                // Not passed for good: picked up at a later look once there is room.
+                // Left alone, not for good: looked at again once there is room.
+                host.scanner.pass(pid, now);
+                host.deferred.insert(pid);
                 continue;
             }
             host.full = false;
