@@ -637,7 +637,9 @@ impl State {
                         }
                     }
                 }
-                true
+                // Published with the next snapshot (within a second), so that a scrape
+                // never sees a finding ahead of the counters it was made from.
+                false
             }
             Record::Snapshot(s) => {
                 for ps in &s.processes {
@@ -655,11 +657,11 @@ impl State {
             }
             Record::TargetAttach(a) => {
                 self.target(&a.target);
-                true
+                false
             }
             Record::TargetExit(e) => {
                 self.forget(e.pid);
-                true
+                false
             }
             Record::Summary(s) => {
                 self.lost = s.lost;
