@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Report(args) => cmd::report::run(&args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Watch(args) => cmd::watch::run(args),
         Command::Generate(args) => cmd::generate::run(&args),
     };
     match result {

@@ -79,6 +79,12 @@ pub enum Variant {
     Full,
     /// bpftrace with uprobes on SSL_read/SSL_write/SSL_get_error and epoll_wait tracepoints.
     Bpftrace,
+    /// `tls-probe watch` (default mode, host-wide discovery and budget) while 10 idle TLS
+    /// processes run beside nginx, keep-alive only, in its steady state. Limited to the
+    /// bench's own programs (`--include-comm nginx --include-comm openssl --descendants-of`
+    /// the bench): the machines are shared, and other programs' probes would cost what is
+    /// measured here.
+    Watch,
 }
 
 impl Variant {
@@ -88,7 +94,7 @@ impl Variant {
     pub fn applies_to(self, workload: Workload) -> bool {
         match self {
             Self::AutoAttach => workload.needs_nginx(),
-            Self::AutoAttach30 => workload == Workload::Keepalive,
+            Self::AutoAttach30 | Self::Watch => workload == Workload::Keepalive,
             _ => true,
         }
     }
@@ -103,7 +109,7 @@ impl Variant {
         }
     }
 
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Self::Baseline,
         Self::AutoAttach,
         Self::AutoAttach30,
@@ -111,6 +117,7 @@ impl Variant {
         Self::Light,
         Self::Full,
         Self::Bpftrace,
+        Self::Watch,
     ];
 
     fn name(self) -> &'static str {
@@ -122,6 +129,7 @@ impl Variant {
             Self::Light => "light",
             Self::Full => "full",
             Self::Bpftrace => "bpftrace",
+            Self::Watch => "watch",
         }
     }
 
@@ -134,6 +142,7 @@ impl Variant {
             Self::Light => "tls-probe light",
             Self::Full => "tls-probe full",
             Self::Bpftrace => "bpftrace (full mode's probes)",
+            Self::Watch => "tls-probe watch (+ 10 idle TLS processes)",
         }
     }
 }
@@ -336,7 +345,8 @@ mod tests {
                 Variant::AutoAttach30,
                 Variant::Auto,
                 Variant::Light,
-                Variant::Full
+                Variant::Full,
+                Variant::Watch
             ]
         );
         assert_eq!(variants(&[], true), Variant::ALL);

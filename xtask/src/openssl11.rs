@@ -75,7 +75,7 @@ fn is_built(prefix: &Path) -> bool {
 }
 
 /// The workspace's target directory as cargo resolves it (CARGO_TARGET_DIR, config files).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let metadata = sh::query(cmd("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))
         .context("`cargo metadata --no-deps` failed")?;
     let metadata: serde_json::Value =

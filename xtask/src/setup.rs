@@ -47,7 +47,18 @@ const TEST_PACKAGES: &[&str] = &[
     // against libssl.a).
     "nodejs",
     "gcc",
+    // tests/it/watch.rs: a real Prometheus scraping `tls-probe watch`, and `promtool check
+    // rules` on deploy/prometheus/tls-probe-rules.yml (promtool comes with it).
+    "prometheus",
+    // tests/it/deploy.rs: a virtual environment for kubernetes-validate (PyPI).
+    "python3-venv",
 ];
+
+/// tests/it/deploy.rs validates deploy/kubernetes/daemonset.yaml with this PyPI package (it
+/// ships the Kubernetes JSON schemas; kubeconform is in no registry this project uses), in
+/// a virtual environment under the target directory.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+const KUBERNETES_VALIDATE_DIR: &str = "kubernetes-validate";
 
 /// Installed on a best-effort basis for `cargo xtask bench` only, which skips what is missing.
 const BENCH_OPTIONAL_PACKAGES: &[&str] = &["bpftrace"];
@@ -64,6 +75,7 @@ pub fn ensure(needs: Needs) -> Result<()> {
     bpf_linker()?;
     if needs == Needs::Everything {
         crate::openssl11::ensure()?;
+        kubernetes_validate()?;
     }
     eprintln!("setup: everything present ({})", sh::secs(start));
     Ok(())
@@ -177,6 +189,27 @@ pub fn ensure_bench_extras() {
             missing.join(", ")
         );
     }
+}
+
+/// kubernetes-validate in `<target dir>/kubernetes-validate`, unless that version is there.
+fn kubernetes_validate() -> Result<()> {
+    let venv = crate::openssl11::target_dir()?.join(KUBERNETES_VALIDATE_DIR);
+    let bin = venv.join("bin/kubernetes-validate");
+    let have = sh::query(cmd(&bin).arg("--version")).unwrap_or_default();
+    if have.contains(KUBERNETES_VALIDATE) {
+        eprintln!("ok: kubernetes-validate {KUBERNETES_VALIDATE}");
+        return Ok(());
+    }
+    eprintln!(
+        "installing: kubernetes-validate {KUBERNETES_VALIDATE} (PyPI) into {}",
+        venv.display()
+    );
+    run(cmd("python3").arg("-m").arg("venv").arg(&venv))
+        .context("creating a Python virtual environment (apt-get install python3-venv)")?;
+    run(cmd(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")))
+    .context("`pip install kubernetes-validate` failed; check that PyPI is reachable")
 }
 
 fn apt(wanted: &[&str]) -> Result<()> {

@@ -170,6 +170,20 @@ pub struct ProbeStatus {
     /// ~0.1 s per uprobe and tracepoint): until then they trap and cost a hit each.
     #[serde(default)]
     pub closing_links: bool,
+    /// `watch`: the host-wide probe cost budget and what it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// `watch`'s host-wide budget: the estimate of all probes' cost against the limit, and the
+/// processes sampled to stay under it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub limit_ns_per_sec: f64,
+    pub estimated_cost_ns_per_sec: f64,
+    pub over: bool,
+    /// Traced 1 s in every 10, the busiest first.
+    pub sampled_pids: Vec<u32>,
 }
 
 /// Whether the socket I/O tracepoints are attached, why, and at what rate they fire.
@@ -197,6 +211,9 @@ pub struct ProcessProbes {
     pub confirmed_total: u64,
     pub escalated_ns_total: u64,
     pub holdoff_ns: u64,
+    /// `watch`: over the host-wide budget, this process is traced 1 s in every 10.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
 }
 
 /// How the uprobes are linked: what attaching and detaching them costs.
@@ -221,6 +238,12 @@ pub struct Target {
     pub library_version: Option<String>,
     /// Optional symbols the library lacks, skipped.
     pub missing_symbols: Vec<String>,
+    /// The executable (`/proc/PID/exe`, as the process sees it) and the cgroup (from
+    /// `/proc/PID/cgroup`: a container's own), for `watch`; absent when unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// CLOCK_MONOTONIC ns (the clock of every `*_ns` timestamp) and Unix ns at the same instant:
@@ -290,6 +313,8 @@ pub enum AttachCause {
     LibraryLoaded,
     /// A watched or traced process ran a new program (exec) with a TLS library.
     Exec,
+    /// `watch`: a process new on the host, running OpenSSL when first seen.
+    Discovered,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -362,6 +387,8 @@ mod tests {
                 library_path: "/lib/libssl.so.3".into(),
                 library_version: Some("3".into()),
                 missing_symbols: Vec::new(),
+                executable: None,
+                cgroup: None,
             },
             parent_pid: 7,
             ts_ns: 9,

@@ -56,6 +56,19 @@ impl Tracker {
         self.known_epfds.insert((pid, epfd));
     }
 
+    /// Drops everything kept for `pid` (it exited: the kernel closed its fds without a
+    /// `close` for the tracker to see). `watch` calls it, so that a host's short-lived
+    /// processes leave nothing behind.
+    pub fn forget(&mut self, pid: u32) {
+        self.by_data.retain(|k, _| k.0 != pid);
+        self.by_fd.retain(|k, _| k.0 != pid);
+        self.ssl_fd.retain(|k, _| k.0 != pid);
+        self.fd_ssl.retain(|k, _| k.0 != pid);
+        self.known_epfds.retain(|k| k.0 != pid);
+        self.pending_seed.retain(|k| k.0 != pid);
+        self.last_ready.retain(|k, _| k.0 != pid);
+    }
+
     /// The fd currently mapped to an SSL*, if any.
     pub fn fd_of(&self, pid: u32, ssl: u64) -> Option<i32> {
         self.ssl_fd.get(&(pid, ssl)).copied()

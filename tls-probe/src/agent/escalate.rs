@@ -201,6 +201,11 @@ impl Controller {
         }
     }
 
+    /// Forgets `pid` altogether (`watch`: it exited; its totals go with it).
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
     /// The per-call probes of `pid` are attached as of `at` (the clock of event times).
     /// Attaching them can take seconds (the kernel serializes it behind the detach of the
     /// last window's probes): the window lasts `window_ns` from then, not from the

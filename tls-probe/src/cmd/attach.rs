@@ -74,6 +74,7 @@ pub fn config(o: &OutputArgs, pids: Vec<u32>) -> AgentConfig {
         wait_for_library: false,
         auto: o.mode == crate::cli::ProbeMode::Auto,
         window_at_start: false,
+        host: None,
     }
 }
 

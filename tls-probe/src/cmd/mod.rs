@@ -5,4 +5,5 @@ pub mod demo;
 pub mod generate;
 pub mod report;
 pub mod run;
+pub mod watch;
 pub mod workload;

@@ -660,6 +660,24 @@ impl Probes {
         }
     }
 
+    /// Puts an attached `pid` back in the target filter after [`Probes::silence`], with its
+    /// per-call flag as it is.
+    pub fn unsilence(&mut self, pid: u32) {
+        let Some(target) = self.targets.get(&pid) else {
+            return;
+        };
+        let flags = if target.hot.is_empty() {
+            target_flag::TRACED
+        } else {
+            target_flag::TRACED | target_flag::HOT
+        };
+        if let Some(map) = self.ebpf.map_mut("TARGETS")
+            && let Ok(mut targets) = BpfHashMap::<_, u32, u32>::try_from(map)
+        {
+            let _ = targets.insert(&pid, &flags, 0);
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.targets.keys().copied().collect()
     }

@@ -67,6 +67,9 @@ impl Sink for HumanSink {
                     super::record::AttachCause::Exec => {
                         format!("it ran a new program using {}", a.target.library_path)
                     }
+                    super::record::AttachCause::Discovered => {
+                        format!("a new process using {}", a.target.library_path)
+                    }
                 };
                 eprintln!(
                     "tls-probe: attached to pid {} ({}), {why}",

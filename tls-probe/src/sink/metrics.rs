@@ -5,6 +5,14 @@
 //! thread limit), never a per-connection value. The registry is built once, around one
 //! collector that writes every metric family from the current state at each encode, so a
 //! thread or process the engine retired leaves the exposition with it.
+//!
+//! `watch` caps the labelled processes ([`MetricsSink::with_process_cap`]): the first N
+//! traced processes get their own series; the findings of the others are summed into one
+//! overflow series (pid="0", comm="_other"), and their per-process series are left out. A
+//! process that exits leaves the exposition (its opened findings are added to the overflow
+//! series, so that the sum by kind never goes down) and frees its slot. It also adds
+//! `target_info` (pid, comm, executable, cgroup; value 1, to join on pid) and the number of
+//! processes traced and unlabelled.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -100,6 +108,17 @@ struct ThreadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    pid: u32,
+    comm: String,
+    executable: String,
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
 }
@@ -141,13 +160,38 @@ struct State {
     lost: Lost,
     processes: Vec<ProcessSnapshot>,
     threads: Vec<ThreadSnapshot>,
+    /// Open findings by id: their subject, kind and whether they are critical now.
+    open: HashMap<u64, (u32, FindingKind, bool)>,
+    /// `watch`: at most this many labelled processes.
+    cap: Option<usize>,
+    labelled: std::collections::BTreeSet<u32>,
+    /// `watch`: the traced processes' executable and cgroup.
+    info: BTreeMap<u32, (String, String)>,
+    /// Findings opened in processes that left the exposition (and in unlabelled ones).
+    overflow_opened: BTreeMap<FindingKind, u64>,
 }
+
+/// The overflow series' labels.
+const OTHER_PID: u32 = 0;
+const OTHER_COMM: &str = "_other";
 
 impl MetricsSink {
     /// A sink and the receiver the HTTP endpoint serves from.
     pub fn new() -> (Self, watch::Receiver<String>) {
+        Self::with(State::default())
+    }
+
+    /// The same, with at most `cap` labelled processes (`watch`).
+    pub fn with_process_cap(cap: usize) -> (Self, watch::Receiver<String>) {
+        Self::with(State {
+            cap: Some(cap),
+            ..State::default()
+        })
+    }
+
+    fn with(state: State) -> (Self, watch::Receiver<String>) {
         let (tx, rx) = watch::channel(String::new());
-        let exposition = Arc::new(Exposition::default());
+        let exposition = Arc::new(Exposition(Mutex::new(state)));
         let mut registry = Registry::with_prefix("tls_probe");
         registry.register_collector(Box::new(Arc::clone(&exposition)));
         let sink = Self {
@@ -193,6 +237,53 @@ impl State {
         self.comms.get(&pid).cloned().unwrap_or_default()
     }
 
+    /// Whether `pid` has series of its own (always, without a cap).
+    fn shown(&self, pid: u32) -> bool {
+        self.cap.is_none() || self.labelled.contains(&pid)
+    }
+
+    /// Gives `pid` series of its own while there is room under the cap.
+    fn admit(&mut self, pid: u32) {
+        if let Some(cap) = self.cap
+            && self.labelled.len() < cap
+        {
+            self.labelled.insert(pid);
+        }
+    }
+
+    /// The (pid, comm) a finding of `pid` is counted under.
+    fn finding_labels(&self, pid: u32) -> (u32, String) {
+        if self.shown(pid) {
+            (pid, self.comm(pid))
+        } else {
+            (OTHER_PID, OTHER_COMM.to_owned())
+        }
+    }
+
+    /// `watch`: a traced process exited: it leaves the exposition and frees its slot.
+    fn forget(&mut self, pid: u32) {
+        if self.cap.is_none() {
+            return;
+        }
+        self.labelled.remove(&pid);
+        self.info.remove(&pid);
+        self.comms.remove(&pid);
+        self.ops.remove(&pid);
+        let gone: Vec<(u32, FindingKind)> = self
+            .opened
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(n) = self.opened.remove(&key) {
+                *self.overflow_opened.entry(key.1).or_default() += n;
+            }
+            self.active.remove(&key);
+        }
+        self.open.retain(|_, (p, ..)| *p != pid);
+    }
+
     /// `(labels, value)` for each process and each `(label, value)` that `each` gives it.
     fn per_process<'a, L, T, I>(
         &'a self,
@@ -203,6 +294,7 @@ impl State {
     {
         self.processes
             .iter()
+            .filter(|ps| self.shown(ps.pid))
             .flat_map(move |ps| each(ps, ps.pid, self.comm(ps.pid)))
     }
 
@@ -211,23 +303,26 @@ impl State {
             enc,
             "ssl_calls",
             "SSL calls that returned, by function.",
-            self.ops.iter().flat_map(|(&pid, ops)| {
-                SslOp::ALL
-                    .iter()
-                    .zip(*ops)
-                    .filter(|&(_, n)| n > 0)
-                    .map(move |(op, n)| {
-                        let op = op.symbol();
-                        (
-                            OpLabels {
-                                pid,
-                                comm: self.comm(pid),
-                                op,
-                            },
-                            ConstCounter::new(n),
-                        )
-                    })
-            }),
+            self.ops
+                .iter()
+                .filter(|(pid, _)| self.shown(**pid))
+                .flat_map(|(&pid, ops)| {
+                    SslOp::ALL
+                        .iter()
+                        .zip(*ops)
+                        .filter(|&(_, n)| n > 0)
+                        .map(move |(op, n)| {
+                            let op = op.symbol();
+                            (
+                                OpLabels {
+                                    pid,
+                                    comm: self.comm(pid),
+                                    op,
+                                },
+                                ConstCounter::new(n),
+                            )
+                        })
+                }),
         )?;
         family(
             enc,
@@ -374,41 +469,106 @@ impl State {
             }),
         )?;
 
-        let kind_labels = |&(pid, kind): &(u32, FindingKind)| KindLabels {
-            pid,
-            comm: self.comm(pid),
-            kind: kind.name(),
+        // Summed by label set: every unlabelled process counts under the overflow series.
+        let mut opened: BTreeMap<(u32, String, &'static str), (u64, i64)> = BTreeMap::new();
+        for (&(pid, kind), &n) in &self.opened {
+            let (p, c) = self.finding_labels(pid);
+            let e = opened.entry((p, c, kind.name())).or_default();
+            e.0 += n;
+            e.1 += self.active.get(&(pid, kind)).copied().unwrap_or(0).max(0);
+        }
+        for (kind, &n) in &self.overflow_opened {
+            let e = opened
+                .entry((OTHER_PID, OTHER_COMM.to_owned(), kind.name()))
+                .or_default();
+            e.0 += n;
+        }
+        let kind_labels = |(pid, comm, kind): &(u32, String, &'static str)| KindLabels {
+            pid: *pid,
+            comm: comm.clone(),
+            kind,
         };
         family(
             enc,
             "findings_opened",
             "Findings opened, by kind.",
-            self.opened
+            opened
                 .iter()
-                .map(|(key, &n)| (kind_labels(key), ConstCounter::new(n))),
+                .map(|(key, &(n, _))| (kind_labels(key), ConstCounter::new(n))),
         )?;
         family(
             enc,
             "findings_active",
             "Findings open now, by kind.",
-            self.opened.keys().map(|key| {
-                let now = self.active.get(key).copied().unwrap_or(0);
-                (kind_labels(key), ConstGauge::new(now.max(0)))
-            }),
+            opened
+                .iter()
+                .map(|(key, &(_, now))| (kind_labels(key), ConstGauge::new(now))),
         )?;
+        let mut critical: BTreeMap<(u32, String, &'static str), i64> =
+            opened.keys().map(|k| (k.clone(), 0)).collect();
+        for &(pid, kind, crit) in self.open.values() {
+            if crit {
+                let (p, c) = self.finding_labels(pid);
+                *critical.entry((p, c, kind.name())).or_default() += 1;
+            }
+        }
+        family(
+            enc,
+            "findings_critical",
+            "Findings open now whose severity is critical, by kind (what the example alerting rules fire on).",
+            critical
+                .iter()
+                .map(|(key, &n)| (kind_labels(key), ConstGauge::new(n))),
+        )?;
+        if self.cap.is_some() {
+            family(
+                enc,
+                "target_info",
+                "Each traced process with its own series: its executable and cgroup (value 1; join on pid).",
+                self.info.iter().filter(|(pid, _)| self.shown(**pid)).map(
+                    |(&pid, (executable, cgroup))| {
+                        (
+                            InfoLabels {
+                                pid,
+                                comm: self.comm(pid),
+                                executable: executable.clone(),
+                                cgroup: cgroup.clone(),
+                            },
+                            ConstGauge::new(1),
+                        )
+                    },
+                ),
+            )?;
+            let unlabelled = self.info.keys().filter(|p| !self.shown(**p)).count();
+            family(
+                enc,
+                "processes_traced",
+                "Processes traced now.",
+                [(NoLabels {}, ConstGauge::new(self.info.len() as i64))],
+            )?;
+            family(
+                enc,
+                "processes_unlabelled",
+                "Processes traced now beyond the label cap: their findings count under pid=\"0\", comm=\"_other\".",
+                [(NoLabels {}, ConstGauge::new(unlabelled as i64))],
+            )?;
+        }
         family(
             enc,
             "thread_cpu_ratio",
             "Share of one core a thread used between its last two samples.",
-            self.threads.iter().filter_map(|t| {
-                let (pid, tid) = (t.pid, t.tid);
-                let labels = ThreadLabels {
-                    pid,
-                    comm: self.comm(pid),
-                    tid,
-                };
-                Some((labels, ConstGauge::new(t.cpu_pct? / 100.0)))
-            }),
+            self.threads
+                .iter()
+                .filter(|t| self.shown(t.pid))
+                .filter_map(|t| {
+                    let (pid, tid) = (t.pid, t.tid);
+                    let labels = ThreadLabels {
+                        pid,
+                        comm: self.comm(pid),
+                        tid,
+                    };
+                    Some((labels, ConstGauge::new(t.cpu_pct? / 100.0)))
+                }),
         )?;
         family(
             enc,
@@ -423,6 +583,20 @@ impl State {
         )
     }
 
+    fn target(&mut self, t: &super::Target) {
+        self.comms.insert(t.pid, t.comm.clone());
+        if self.cap.is_some() {
+            self.admit(t.pid);
+            self.info.insert(
+                t.pid,
+                (
+                    t.executable.clone().unwrap_or_default(),
+                    t.cgroup.clone().unwrap_or_default(),
+                ),
+            );
+        }
+    }
+
     /// Takes in one record; whether the exposition should be published again.
     fn update(&mut self, rec: Record<'_>) -> bool {
         match rec {
@@ -434,20 +608,37 @@ impl State {
             }
             Record::Start(start) => {
                 for t in &start.targets {
-                    self.comms.insert(t.pid, t.comm.clone());
+                    self.target(t);
                 }
                 true
             }
             Record::Finding(change) => {
-                let key = (change.finding.pid, change.finding.kind);
+                let f = &change.finding;
+                let key = (f.pid, f.kind);
+                let critical = f.severity == crate::engine::Severity::Critical;
                 match change.change {
                     Change::Opened => {
+                        self.admit(f.pid);
                         *self.opened.entry(key).or_default() += 1;
                         *self.active.entry(key).or_default() += 1;
+                        self.open.insert(f.id, (f.pid, f.kind, critical));
                     }
-                    Change::Closed => *self.active.entry(key).or_default() -= 1,
-                    Change::Updated => {}
+                    Change::Closed => {
+                        // A finding of a process forgotten at its exit is gone already.
+                        if self.open.remove(&f.id).is_some()
+                            && let Some(n) = self.active.get_mut(&key)
+                        {
+                            *n -= 1;
+                        }
+                    }
+                    Change::Updated => {
+                        if let Some(o) = self.open.get_mut(&f.id) {
+                            o.2 = critical;
+                        }
+                    }
                 }
+                // Published with the next snapshot (within a second), so that a scrape
+                // never sees a finding ahead of the counters it was made from.
                 false
             }
             Record::Snapshot(s) => {
@@ -465,10 +656,13 @@ impl State {
                 false
             }
             Record::TargetAttach(a) => {
-                self.comms.insert(a.target.pid, a.target.comm.clone());
+                self.target(&a.target);
                 false
             }
-            Record::TargetExit(_) => false,
+            Record::TargetExit(e) => {
+                self.forget(e.pid);
+                false
+            }
             Record::Summary(s) => {
                 self.lost = s.lost;
                 self.processes.clone_from(&s.processes);

@@ -6,6 +6,11 @@
 //! end of every ring-buffer batch. If a write fails (disk full), the file is truncated back
 //! to the end of the last whole line and the writer refuses any further line, so what is on
 //! disk is always valid NDJSON.
+//!
+//! With a [`Rotation`] (`watch --rotate-size`), once the file passes its size at a tick, it
+//! is renamed FILE.1 (FILE.1 to FILE.2, ..., the oldest beyond `keep` deleted) and a new
+//! FILE begins with the run's `start` record again. Only whole lines are ever in a file;
+//! the rotated files end where they were cut, and the last FILE ends with the `summary`.
 
 use std::{
     fs::{File, OpenOptions},
@@ -40,6 +45,8 @@ pub struct NdjsonWriter {
     failed: bool,
     /// Lines on disk (or in the pipe).
     pub lines: u64,
+    /// Bytes written to the current file.
+    pub bytes: u64,
     /// The file tls-probe created: removed if dropped before any line reached it, so that a
     /// run that failed to attach leaves nothing behind.
     created: Option<std::path::PathBuf>,
@@ -115,6 +122,7 @@ impl NdjsonWriter {
             pending_lines: 0,
             failed: false,
             lines: 0,
+            bytes: 0,
             created: None,
         })
     }
@@ -195,8 +203,40 @@ impl NdjsonWriter {
             return Err(anyhow::Error::new(err).context(format!("writing to {}{kept}", self.path)));
         }
         self.lines += self.pending_lines;
+        self.bytes += self.pending.len() as u64;
         self.pending_lines = 0;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Queues a line serialized before (it ends with a newline).
+    fn raw_line(&mut self, line: &[u8]) -> Result<()> {
+        if self.failed {
+            bail!("{}: not written after an earlier write error", self.path);
+        }
+        self.pending.extend_from_slice(line);
+        self.pending_lines += 1;
+        Ok(())
+    }
+
+    /// Writes out what is pending, renames the file FILE.1 (shifting older ones up to
+    /// FILE.`keep`, deleting the one beyond) and goes on in a new, empty FILE. Only for a
+    /// file tls-probe created.
+    pub fn rotate(&mut self, keep: u32) -> Result<()> {
+        self.flush()?;
+        let Some(path) = self.created.clone() else {
+            return Ok(());
+        };
+        shift(&path, keep)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("creating {} after rotating it", path.display()))?;
+        self.file = file;
+        self.bytes = 0;
         Ok(())
     }
 
@@ -221,10 +261,41 @@ impl Drop for NdjsonWriter {
     }
 }
 
+/// Renames `path` to `path.1`, `path.1` to `path.2`, ... up to `path.keep`, deleting the
+/// one beyond: the renames of a rotation. `watch` also calls it at start on an output file
+/// left by an earlier run, which is kept instead of overwritten.
+pub fn shift(path: &Path, keep: u32) -> Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))
+                .with_context(|| format!("rotating {}", from.display()))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+        .with_context(|| format!("rotating {} to {}", path.display(), numbered(1).display()))
+}
+
+/// When to rotate the output file, and how many rotated files to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotation {
+    pub size: u64,
+    pub keep: u32,
+}
+
 /// The NDJSON export as a sink: every record, events only with `--events`.
 pub struct NdjsonSink {
     writer: NdjsonWriter,
     events: bool,
+    rotation: Option<Rotation>,
+    /// The `start` line, to begin each rotated file with.
+    start_line: Option<Vec<u8>>,
     /// A finding record was written since the last flush: it goes out at the end of the
     /// batch, not at the next once-a-second tick, so that a finding reaches a file within
     /// a batch of the event that opened it.
@@ -236,13 +307,28 @@ impl NdjsonSink {
         Self {
             writer,
             events,
+            rotation: None,
+            start_line: None,
             finding_written: false,
         }
+    }
+
+    /// Rotates the output file as `r` says (a regular file tls-probe created only).
+    pub fn rotating(mut self, r: Rotation) -> Self {
+        self.rotation = Some(r);
+        self
     }
 }
 
 impl Sink for NdjsonSink {
     fn record(&mut self, rec: Record<'_>) -> Result<()> {
+        if let Record::Start(_) = rec
+            && self.rotation.is_some()
+        {
+            let mut line = serde_json::to_vec(&rec).context("serializing the start record")?;
+            line.push(b'\n');
+            self.start_line = Some(line);
+        }
         match rec {
             Record::Event(_) if !self.events => Ok(()),
             Record::Summary(_) => {
@@ -260,10 +346,19 @@ impl Sink for NdjsonSink {
     fn flush(&mut self, at: Flush) -> Result<()> {
         if at == Flush::Tick || self.writer.flush_each || self.finding_written {
             self.finding_written = false;
-            self.writer.flush()
-        } else {
-            Ok(())
+            self.writer.flush()?;
         }
+        if at == Flush::Tick
+            && let Some(r) = self.rotation
+            && self.writer.bytes >= r.size
+            && self.writer.created.is_some()
+        {
+            self.writer.rotate(r.keep)?;
+            if let Some(line) = &self.start_line {
+                self.writer.raw_line(line)?;
+            }
+        }
+        Ok(())
     }
 
     fn wants_events(&self) -> bool {
@@ -361,6 +456,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = open(dir.path(), true).err().unwrap();
         assert!(format!("{err:#}").contains("is a directory"), "{err:#}");
+    }
+
+    #[test]
+    fn rotation_keeps_whole_files_that_each_begin_with_start() {
+        use crate::sink::{ClockAnchor, Start, StopReason, Summary};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watch.ndjson");
+        let w = open(&p, false).unwrap();
+        let mut sink = NdjsonSink::new(w, false).rotating(Rotation { size: 200, keep: 2 });
+        let start = Start {
+            schema_version: SCHEMA_VERSION,
+            tool_version: "0".into(),
+            targets: Vec::new(),
+            probe_mode: crate::sink::record::ProbeMode::Auto,
+            probe_modes: Default::default(),
+            uprobe_links: Default::default(),
+            missing_tracepoints: Vec::new(),
+            events: false,
+            clock: ClockAnchor {
+                monotonic_ns: 1,
+                unix_ns: 2,
+            },
+        };
+        sink.record(Record::Start(&start)).unwrap();
+        for i in 0..10u64 {
+            let lost = crate::sink::LostRecord {
+                ts_ns: i,
+                new: Default::default(),
+                total: Default::default(),
+            };
+            sink.record(Record::Lost(&lost)).unwrap();
+            sink.flush(Flush::Tick).unwrap();
+        }
+        let summary = Summary {
+            stop_reason: StopReason::Signal,
+            end_ns: 0,
+            duration_ns: 0,
+            events: 0,
+            events_by_probe: Default::default(),
+            lost: Default::default(),
+            uprobe_hits: 0,
+            tracepoint_hits: 0,
+            memory_bio_disagreements: 0,
+            probes: None,
+            processes: Vec::new(),
+            findings: Vec::new(),
+        };
+        sink.record(Record::Summary(&summary)).unwrap();
+        let files = [
+            p.clone(),
+            dir.path().join("watch.ndjson.1"),
+            dir.path().join("watch.ndjson.2"),
+        ];
+        for f in &files {
+            let v = lines_of(f);
+            assert_eq!(v[0]["type"], "start", "{}", f.display());
+            assert!(v.len() >= 2, "{}", f.display());
+        }
+        assert!(!dir.path().join("watch.ndjson.3").exists(), "keep 2");
+        assert_eq!(lines_of(&p).last().unwrap()["type"], "summary");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

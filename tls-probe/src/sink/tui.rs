@@ -120,6 +120,8 @@ mod tests {
                 library_path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
                 library_version: Some("3.0.11".into()),
                 missing_symbols: vec!["SSL_read_ex".into()],
+                executable: None,
+                cgroup: None,
             }],
             probe_mode: ProbeMode::Full,
             probe_modes: Default::default(),

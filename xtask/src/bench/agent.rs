@@ -86,6 +86,38 @@ impl Agent {
         command
             .args(["attach", "--pid", &pid.to_string(), "--mode", mode, "-o"])
             .arg(&ndjson);
+        Self::steady(command, mode, ndjson, dir, tag)
+    }
+
+    /// `tls-probe watch --include-comm nginx --include-comm openssl --descendants-of XTASK
+    /// -o FILE` (default mode): the bench's own nginx and idle processes, not those of
+    /// whatever else runs on the machine; measured in its steady state as
+    /// [`Agent::tls_probe`].
+    pub fn tls_probe_watch(binary: &Path, dir: &Path, tag: &str) -> Result<Self> {
+        let ndjson = dir.join(format!("{tag}.ndjson"));
+        let mut command = cmd(binary);
+        command
+            .args([
+                "watch",
+                "--include-comm",
+                "nginx",
+                "--include-comm",
+                "openssl",
+            ])
+            .arg("--descendants-of")
+            .arg(std::process::id().to_string())
+            .arg("-o")
+            .arg(&ndjson);
+        Self::steady(command, "auto", ndjson, dir, tag)
+    }
+
+    fn steady(
+        command: std::process::Command,
+        mode: &str,
+        ndjson: PathBuf,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Self> {
         let mut agent = Self::spawn(
             command,
             Kind::TlsProbe {

@@ -101,8 +101,35 @@ fn measure(
         let nginx = nginx.context("the from-attach variants run on nginx")?;
         return measure_from_attach(ctx, nginx, workload, variant, seconds, tag);
     }
+    // `watch` finds nginx and these among the host's processes: idle, with libssl mapped
+    // (the openssl tool encrypting a stdin that never comes), killed on drop.
+    let _idle: Vec<proc::Guard> = if variant == Variant::Watch {
+        (0..10)
+            .map(|_| {
+                let mut c = std::process::Command::new("openssl");
+                c.args([
+                    "enc",
+                    "-aes-128-cbc",
+                    "-pbkdf2",
+                    "-pass",
+                    "pass:x",
+                    "-out",
+                    "/dev/null",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+                c.spawn()
+                    .map(|child| proc::Guard::new("an idle openssl", child))
+                    .context("starting an idle openssl process")
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let agent = match variant {
         Variant::Baseline => None,
+        Variant::Watch => Some(Agent::tls_probe_watch(&ctx.tls_probe, &ctx.dir, tag)?),
         Variant::AutoAttach | Variant::AutoAttach30 => unreachable!("measured above"),
         Variant::Auto | Variant::Light | Variant::Full => Some(Agent::tls_probe(
             &ctx.tls_probe,

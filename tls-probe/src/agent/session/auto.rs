@@ -44,6 +44,12 @@ impl Auto {
         self.async_streaks.prune(Some(pid), 0);
     }
 
+    /// Forgets `pid` altogether, its escalation totals too (`watch`, after it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.remove(pid);
+        self.controller.forget(pid);
+    }
+
     /// Counts what an event says towards its process's signals.
     pub fn observe(&mut self, ev: &Event) {
         match &ev.kind {
@@ -181,6 +187,7 @@ impl Session {
                         confirmed_total: e.map_or(0, |e| e.confirmed_total),
                         escalated_ns_total: e.map_or(0, |e| e.escalated_ns_total),
                         holdoff_ns: e.map_or(0, |e| e.holdoff_ns),
+                        sampled: self.host.as_ref().is_some_and(|h| h.budget.is_sampled(pid)),
                     }
                 })
                 .collect(),
@@ -194,6 +201,7 @@ impl Session {
                 |g| g.status(),
             )),
             closing_links: self.probes.closing_links(),
+            budget: self.host.as_ref().map(|h| h.status()),
         }
     }
 }

@@ -69,6 +69,13 @@ impl Watch {
             .is_some_and(|before| before != now)
     }
 
+    /// Remembers the program `pid` runs now, so that its next exec is seen.
+    pub(super) fn note_exe(&mut self, pid: u32) {
+        if let Some(exe) = discover::exe_identity(pid) {
+            self.exes.insert(pid, exe);
+        }
+    }
+
     fn forget(&mut self, pid: u32) {
         self.waiting.remove(&pid);
         self.exes.remove(&pid);
@@ -111,6 +118,15 @@ impl Session {
         for pid in std::mem::take(&mut self.late.exited) {
             self.peers.forget(pid);
             self.probes.detach(pid);
+            // `watch` runs for days over a host's short-lived processes: nothing of an
+            // exited one is kept (`attach` keeps its escalation totals for the summary).
+            if self.host.is_some() {
+                self.pipeline.tracker_mut().forget(pid);
+                self.targets.retain(|t| t.pid != pid);
+                if let Some(auto) = &mut self.auto {
+                    auto.forget(pid);
+                }
+            }
         }
     }
 

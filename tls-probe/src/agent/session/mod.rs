@@ -26,6 +26,7 @@ use tokio::{
 const RING_POLL: Duration = Duration::from_millis(20);
 
 mod auto;
+mod host;
 mod late;
 mod pump;
 mod sockio;
@@ -75,6 +76,9 @@ pub struct AgentConfig {
     /// start, so that its first handshake and calls are seen. Attaching to a running process
     /// opens no window: there it would cost a busy server what full mode costs.
     pub window_at_start: bool,
+    /// `watch`: trace every process of the host that runs OpenSSL, now and as they appear,
+    /// instead of `pids`.
+    pub host: Option<super::host::HostConfig>,
 }
 
 pub struct Session {
@@ -99,6 +103,8 @@ pub struct Session {
     gate: Option<sockio::Gate>,
     /// Peers of connections made before attach, looked up in /proc.
     peers: peers::Lookups,
+    /// `watch`: host-wide discovery and the cost budget.
+    host: Option<host::HostState>,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -130,10 +136,20 @@ impl Session {
 
     /// Finds each target's TLS library, loads the programs and attaches. Sends `start`.
     pub fn attach_with(cfg: AgentConfig, sinks: Sinks) -> Result<Self> {
-        if cfg.pids.is_empty() {
+        let mut host = cfg.host.clone().map(host::HostState::new);
+        if cfg.pids.is_empty() && host.is_none() {
             bail!("no target: pass --pid PID");
         }
         let mut libs: Vec<(u32, TlsLibrary)> = Vec::new();
+        if let Some(h) = &mut host {
+            let found = h
+                .scanner
+                .scan(proc::monotonic_ns(), &std::collections::HashSet::new());
+            let max = h.scanner.config().max_processes;
+            for (pid, lib, _) in found.into_iter().take(max) {
+                libs.push((pid, lib));
+            }
+        }
         let mut waiting = Vec::new();
         for &pid in &cfg.pids {
             match tree::library(&cfg, pid) {
@@ -179,6 +195,16 @@ impl Session {
         for (pid, lib) in libs {
             match tree::attach_target(&mut probes, pid, lib, cfg.hot) {
                 Ok(target) => targets.push(target),
+                Err(e) if host.is_some() => {
+                    // One process that cannot be traced does not stop a host-wide watch.
+                    eprintln!(
+                        "tls-probe: not tracing pid {pid} ({}): {e:#}",
+                        discover::comm(pid)
+                    );
+                    if let Some(h) = &mut host {
+                        h.scanner.pass(pid, proc::monotonic_ns());
+                    }
+                }
                 Err(e) => match parents.get(&pid) {
                     Some(parent) => {
                         eprintln!("tls-probe: skipping pid {pid}, child of {parent}: {e:#}");
@@ -236,8 +262,12 @@ impl Session {
             gate: (!cfg.hot)
                 .then(|| sockio::Gate::new(quiet.then(|| now + sockio::ATTACH_GRACE_NS))),
             peers: peers::Lookups::default(),
+            host,
             cfg,
         };
+        for t in &session.targets {
+            session.late.note_exe(t.pid);
+        }
         for t in &session.targets {
             session.pipeline.set_comm(t.pid, &t.comm);
         }
@@ -410,6 +440,8 @@ impl Session {
         // The probes submit records without waking the reader (a wakeup costs the target
         // an interrupt per record; see tls-probe-ebpf's util::wakeup_flags) unless the
         // buffer fills up: read it on a short timer.
+        let mut scan = tokio::time::interval(super::host::SCAN_INTERVAL);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut poll = tokio::time::interval(RING_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -455,6 +487,9 @@ impl Session {
                     }
                     _ = escalation.tick(), if self.auto.is_some() || self.gate.is_some() => {
                         self.auto_step()?;
+                    }
+                    _ = scan.tick(), if self.host.is_some() => {
+                        self.host_scan()?;
                     }
                     _ = &mut sleep => return Ok(StopReason::Duration),
                     // q or Ctrl-C in the dashboard: in raw mode Ctrl-C is a key, not SIGINT.

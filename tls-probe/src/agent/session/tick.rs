@@ -24,6 +24,7 @@ impl Session {
     pub(super) fn tick(&mut self) -> Result<bool> {
         let now = proc::monotonic_ns();
         self.report_lost(now)?;
+        self.budget_step(now);
         if let Some(gate) = &mut self.gate {
             gate.measure(now, self.pump.counters().sockio_calls);
         }
@@ -65,7 +66,7 @@ impl Session {
         self.out.sinks.flush(Flush::Tick)?;
         self.sockio_step(now)?;
         self.detach_exited();
-        Ok(!self.probes.pids().is_empty() || self.late.waiting())
+        Ok(!self.probes.pids().is_empty() || self.late.waiting() || self.host.is_some())
     }
 
     /// Rates since the last call, to the sinks that show them live. Call after

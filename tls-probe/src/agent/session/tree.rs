@@ -51,6 +51,8 @@ pub(super) fn attach_target(
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
+        executable: crate::agent::host::executable(pid),
+        cgroup: crate::agent::host::cgroup(pid),
     })
 }
 

@@ -108,6 +108,19 @@ pub struct ProbeStatus {
     pub processes: Vec<ProcessProbes>,
     pub socket_io: Option<SocketIo>,
     pub closing_links: bool,
+    /// `watch` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// `watch`'s host-wide probe cost budget.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub limit_ns_per_sec: f64,
+    pub estimated_cost_ns_per_sec: f64,
+    pub over: bool,
+    pub sampled_pids: Vec<u32>,
 }
 
 /// The socket I/O tracepoints' state.
@@ -140,6 +153,9 @@ pub struct ProcessProbes {
     pub confirmed_total: u64,
     pub escalated_ns_total: Ns,
     pub holdoff_ns: Ns,
+    /// `watch` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -161,6 +177,10 @@ pub struct Target {
     pub library_path: String,
     pub library_version: Option<String>,
     pub missing_symbols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -878,6 +898,10 @@ pub struct TargetAttach {
     pub library_path: String,
     pub library_version: Option<String>,
     pub missing_symbols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub parent_pid: u32,
     pub ts_ns: Ns,
     pub cause: AttachCause,
@@ -889,6 +913,7 @@ pub enum AttachCause {
     Child,
     LibraryLoaded,
     Exec,
+    Discovered,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
