@@ -25,6 +25,8 @@ mod peer;
 #[cfg(target_arch = "bpf")]
 mod sockio;
 #[cfg(target_arch = "bpf")]
+mod stack;
+#[cfg(target_arch = "bpf")]
 mod ssl;
 #[cfg(target_arch = "bpf")]
 mod state;

@@ -16,6 +16,7 @@ use tls_probe_common::{
 
 use crate::{
     bio,
+    stack,
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
     state::{GetErrorArgs, Inflight},
     twin::{attach_cookie, twin_uprobe, twin_uretprobe},
@@ -93,7 +94,7 @@ fn cold_enter(ctx: &ProbeContext) -> u32 {
 /// argument is always the byte count's pointer and whose result is the `_ex` form's.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
-    let Some((_, tid, flags)) = target_flags() else {
+    let Some((tgid, tid, flags)) = target_flags() else {
         return 0;
     };
     let is_io = !op::is_handshake(op);
@@ -149,6 +150,8 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
     if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
+    // The application's call (not one nested in it): its stack, if a finding wants it.
+    stack::if_armed(ctx, tgid, tid, ssl, op);
     0
 }
 

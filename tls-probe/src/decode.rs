@@ -18,7 +18,7 @@ use tls_probe_common::{
 
 use crate::event::{
     BioVia, CtlOp, EpollBusy, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind,
-    PeerSide, ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
+    PeerSide, RawStack, ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -134,6 +134,37 @@ fn peer(r: &PeerEvent) -> Result<(&'static str, EventKind), DecodeError> {
 }
 
 /// Decodes one ring-buffer record.
+/// A [`RawStack`] if `bytes` is a user-stack record (`None` for any other kind, which
+/// [`decode`] reads).
+pub fn decode_stack(bytes: &[u8]) -> Option<Result<RawStack, DecodeError>> {
+    let hdr: EventHeader = read(bytes, 0).ok()?;
+    if hdr.kind != tls_probe_common::KIND_USER_STACK {
+        return None;
+    }
+    Some(user_stack(bytes))
+}
+
+fn user_stack(bytes: &[u8]) -> Result<RawStack, DecodeError> {
+    let r: tls_probe_common::UserStackEvent = read(bytes, tls_probe_common::KIND_USER_STACK)?;
+    let op = match r.op {
+        tls_probe_common::NO_OP => None,
+        raw => Some(ssl_op(raw)?),
+    };
+    let len = (r.len as usize).min(r.stack.len());
+    Ok(RawStack {
+        ts_ns: r.hdr.ts_ns,
+        pid: r.hdr.pid,
+        tid: r.hdr.tid,
+        ip: r.ip,
+        sp: r.sp,
+        bp: r.bp,
+        ssl: (r.ssl != 0).then_some(r.ssl),
+        op,
+        at_error: r.why == tls_probe_common::stack_why::ERROR,
+        stack: r.stack[..len].to_vec(),
+    })
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(bytes, 0)?;
     let kind = match hdr.kind {

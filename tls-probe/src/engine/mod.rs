@@ -38,7 +38,7 @@ mod tests;
 
 pub use config::Config;
 pub use finding::{
-    AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
+    AsyncStallEvidence, BusyEvidence, CallSite, CallSites, Frame, SymbolSource, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
     FindingChange, FindingKind, FindingState, Peak, ResumptionEvidence, SaturationEvidence,
     Severity, ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
 };

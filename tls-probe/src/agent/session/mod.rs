@@ -26,6 +26,7 @@ use tokio::{
 const RING_POLL: Duration = Duration::from_millis(20);
 
 mod auto;
+mod callsites;
 mod late;
 mod sockio;
 mod tick;
@@ -115,6 +116,8 @@ pub struct Session {
     last_stats: ProbeStats,
     /// Peers of connections made before attach, looked up in /proc.
     peers: peers::Lookups,
+    /// Stacks unwound into call sites, attached to the findings sent.
+    call_sites: crate::callsite::Store,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -241,6 +244,7 @@ impl Session {
             last_ring: None,
             last_stats: ProbeStats::default(),
             peers: peers::Lookups::default(),
+            call_sites: crate::callsite::Store::default(),
             cfg,
         };
         for t in &session.targets {
@@ -341,7 +345,8 @@ impl Session {
     /// Hands the finding changes the engine produced to the sinks.
     fn emit_changes(&mut self) -> Result<()> {
         let mut first = Ok(());
-        for change in self.changes.drain(..) {
+        for mut change in std::mem::take(&mut self.changes) {
+            self.with_call_sites(&mut change.finding);
             if let Err(e) = self.sinks.record(Record::Finding(&change))
                 && first.is_ok()
             {
@@ -357,6 +362,16 @@ impl Session {
         let mut batch = Vec::new();
         let mut full = false;
         while let Some(item) = ring.next() {
+            if let Some(stack) = crate::decode::decode_stack(&item) {
+                match stack {
+                    Ok(s) => self.call_sites.ingest(&s, proc::monotonic_ns()),
+                    Err(err) => {
+                        self.lost.decode += 1;
+                        log::debug!("bad stack record: {err}");
+                    }
+                }
+                continue;
+            }
             match decode(&item) {
                 Ok(ev) => batch.push(ev),
                 Err(err) => {
@@ -548,7 +563,15 @@ impl Session {
             memory_bio_disagreements: self.tracker.bio_disagreements,
             probes: Some(self.probe_status()),
             processes: snapshot.processes,
-            findings: self.engine.findings(),
+            findings: self
+                .engine
+                .findings()
+                .into_iter()
+                .map(|mut f| {
+                    f.call_sites = self.call_sites.summarize(&f);
+                    f
+                })
+                .collect(),
         };
         self.sinks.record(Record::Summary(&summary))?;
         self.sinks.flush(Flush::Tick)?;

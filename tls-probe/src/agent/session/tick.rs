@@ -76,6 +76,7 @@ impl Session {
             self.engine.advance(to, &mut self.changes);
         }
         self.emit_changes()?;
+        self.send_new_call_sites()?;
         self.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.sinks.flush(Flush::Tick)?;

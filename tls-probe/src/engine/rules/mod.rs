@@ -97,6 +97,7 @@ impl Cx<'_> {
             evidence,
             explanation,
             advice,
+            call_sites: None,
         }
     }
 

@@ -1,0 +1,269 @@
+//! Call sites: which application function makes the bad calls behind a finding.
+//!
+//! The kernel copies the registers and the top of the user stack at a probed SSL call of a
+//! thread the agent armed for an open finding (a few samples, spaced), and at the OpenSSL
+//! errors that name a misused API (`tls-probe-ebpf/src/stack.rs`). Here each sample is
+//! unwound at once from the `.eh_frame` CFI of the files the process maps (framehop; frame
+//! pointers where there is no CFI), each frame named from `.symtab`/`.dynsym` and DWARF
+//! line info (object + addr2line), and the stack bytes dropped. The session then attaches
+//! [`CallSites`] to the finding records it sends: the engine never sees a stack.
+//!
+//! Only native frames are unwound: a Python or node program's own functions are
+//! interpreter frames, which show as the interpreter's C functions.
+
+mod object;
+mod process;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::{
+    engine::{CallSite, CallSites, Finding, FindingKind, Frame},
+    event::{RawStack, SslOp},
+};
+
+/// Stacks the kernel takes for a thread once armed (spaced by `STACK_GAP_NS`).
+pub const ARM_BUDGET: u32 = 8;
+/// Samples kept per thread, newest last.
+const PER_THREAD: usize = 32;
+/// Threads with samples kept; past it the whole table is cleared.
+const MAX_THREADS: usize = 1024;
+/// Call sites shown per finding.
+const MAX_SITES: usize = 4;
+/// A stack taken this long before a finding's first_seen still counts for it: the stack
+/// of the OpenSSL error that opens a finding is taken just before the error's record.
+const BEFORE_NS: u64 = 1_000_000_000;
+/// A process's mappings are read again for an address in none of them at most this often.
+const RELOAD_NS: u64 = 1_000_000_000;
+
+struct Sample {
+    ts_ns: u64,
+    ssl: Option<u64>,
+    op: Option<SslOp>,
+    at_error: bool,
+    frames: Vec<Frame>,
+}
+
+/// Whether a sample is of the calls a finding of `kind` is about: a spin's reads and
+/// writes, a bad retry's writes (and its error), a saturated thread's handshakes.
+fn relevant(kind: FindingKind, s: &Sample) -> bool {
+    let op = s.op;
+    match kind {
+        FindingKind::BadWriteRetry | FindingKind::WriteAfterShutdown => {
+            s.at_error || op.is_some_and(SslOp::is_write)
+        }
+        _ if s.at_error => false,
+        FindingKind::SpinLoop => op.is_some_and(|o| o.is_read() || o.is_write()),
+        FindingKind::HandshakeSaturation
+        | FindingKind::LowSessionResumption
+        | FindingKind::ConnectionChurn => op.is_some_and(SslOp::is_handshake),
+        FindingKind::BusyEpollLoop
+        | FindingKind::ConcurrentSslUse
+        | FindingKind::WantAsyncStall => true,
+    }
+}
+
+#[derive(Default)]
+pub struct Store {
+    files: process::Files,
+    /// Per pid: its mappings, and when they were read.
+    procs: HashMap<u32, (process::Process, u64)>,
+    samples: HashMap<(u32, u32), VecDeque<Sample>>,
+    /// Threads armed in the kernel, with the finding that wanted them.
+    armed: HashMap<u32, u64>,
+    /// Open findings whose thread was armed.
+    arming_done: HashSet<u64>,
+    /// Per finding id: the samples it had when last sent.
+    sent: HashMap<u64, u32>,
+    /// Samples unwound so far (for the logs).
+    pub unwound: u64,
+}
+
+/// What the session must do in the kernel after a finding change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arming {
+    Arm(u32),
+    Disarm(u32),
+}
+
+impl Store {
+    /// Unwinds and names a stack sample, and keeps it for the findings of its thread.
+    pub fn ingest(&mut self, s: &RawStack, now_ns: u64) {
+        let reload = match self.procs.get(&s.pid) {
+            None => true,
+            Some((p, at)) => !p.covers(s.ip) && now_ns.saturating_sub(*at) > RELOAD_NS,
+        };
+        if reload {
+            match process::Process::load(s.pid, &mut self.files) {
+                Some(p) => {
+                    self.procs.insert(s.pid, (p, now_ns));
+                }
+                None => return,
+            }
+        }
+        let Some((p, _)) = self.procs.get_mut(&s.pid) else {
+            return;
+        };
+        let frames = p.unwind(s);
+        self.unwound += 1;
+        if self.samples.len() >= MAX_THREADS && !self.samples.contains_key(&(s.pid, s.tid)) {
+            self.samples.clear();
+        }
+        let q = self.samples.entry((s.pid, s.tid)).or_default();
+        if q.len() >= PER_THREAD {
+            q.pop_front();
+        }
+        q.push_back(Sample {
+            ts_ns: s.ts_ns,
+            ssl: s.ssl,
+            op: s.op,
+            at_error: s.at_error,
+            frames,
+        });
+    }
+
+    /// What the kernel must do for a finding that was opened, updated or closed: arm its
+    /// thread for a few stacks while it is open, disarm it when it closes.
+    pub fn arming(&mut self, f: &Finding) -> Option<Arming> {
+        let tid = f.tid?;
+        if f.is_open() {
+            // Once per finding: a new finding on a thread armed for another one arms it
+            // afresh, its updates do not.
+            if !self.arming_done.insert(f.id) {
+                return None;
+            }
+            self.armed.insert(tid, f.id);
+            Some(Arming::Arm(tid))
+        } else {
+            self.sent.remove(&f.id);
+            self.arming_done.remove(&f.id);
+            match self.armed.get(&tid) {
+                Some(&id) if id == f.id => {
+                    self.armed.remove(&tid);
+                    Some(Arming::Disarm(tid))
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// Attaches the call sites known for `f`; returns whether it has more samples than when
+    /// it was last sent.
+    pub fn attach(&mut self, f: &mut Finding) -> bool {
+        f.call_sites = self.summarize(f);
+        let n = f.call_sites.as_ref().map_or(0, |c| c.samples);
+        let before = self.sent.insert(f.id, n).unwrap_or(0);
+        n > before
+    }
+
+    /// The call sites of `f`, from the samples of its thread (or process) taken while it was
+    /// open, on its SSL* when both name one.
+    pub fn summarize(&self, f: &Finding) -> Option<CallSites> {
+        let from = f.first_seen_ns.saturating_sub(BEFORE_NS);
+        let to = f.closed_ns.unwrap_or(u64::MAX);
+        let samples: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|((pid, tid), _)| *pid == f.pid && f.tid.is_none_or(|t| t == *tid))
+            .flat_map(|(_, q)| q.iter())
+            .filter(|s| s.ts_ns >= from && s.ts_ns <= to && relevant(f.kind, s))
+            .filter(|s| match (f.ssl, s.ssl) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            })
+            .collect();
+        if samples.is_empty() {
+            return None;
+        }
+        let total = samples.len() as u32;
+        let mut groups: BTreeMap<(Option<String>, Option<String>), (u32, &Sample)> =
+            BTreeMap::new();
+        for s in &samples {
+            let (call, caller) = split(s);
+            let key = (call, caller.map(caller_key));
+            groups.entry(key).or_insert((0, s)).0 += 1;
+        }
+        let mut sites: Vec<CallSite> = groups
+            .into_iter()
+            .map(|((call, _), (n, s))| CallSite {
+                call,
+                caller: split(s).1.cloned(),
+                samples: n,
+                share_pct: 100.0 * n as f64 / total as f64,
+                stack: s.frames.clone(),
+            })
+            .collect();
+        sites.sort_by(|a, b| b.samples.cmp(&a.samples));
+        sites.truncate(MAX_SITES);
+        let interpreted = samples
+            .iter()
+            .flat_map(|s| &s.frames)
+            .any(|fr| interpreter(&fr.object));
+        Some(CallSites {
+            samples: total,
+            sites,
+            note: interpreted.then(|| {
+                "native frames only: the interpreter's own frames (the Python or JavaScript \
+                 functions) are not unwound"
+                    .to_owned()
+            }),
+        })
+    }
+}
+
+/// The call (the outermost OpenSSL frame) and the caller (the first frame outside OpenSSL)
+/// of a sample.
+fn split(s: &Sample) -> (Option<String>, Option<&Frame>) {
+    let Some(first) = s.frames.first() else {
+        return (s.op.map(|o| o.symbol().to_owned()), None);
+    };
+    // OpenSSL as a shared library, or linked into the program (node): then its frames are
+    // told by their names, in the object the probe is in.
+    let shared = is_openssl_file(&first.object);
+    let in_tls = |fr: &Frame| {
+        if shared {
+            is_openssl_file(&fr.object)
+        } else {
+            fr.object == first.object && fr.function.as_deref().is_some_and(openssl_name)
+        }
+    };
+    let idx = s.frames.iter().position(|fr| !in_tls(fr));
+    let outer_tls = match idx {
+        Some(0) | None => None,
+        Some(i) => s.frames.get(i - 1),
+    };
+    let call = outer_tls
+        .and_then(|fr| fr.function.clone())
+        .or_else(|| s.op.map(|o| o.symbol().to_owned()));
+    (call, idx.and_then(|i| s.frames.get(i)))
+}
+
+/// What makes two callers the same: the function (or, unnamed, the address) and the file.
+fn caller_key(fr: &Frame) -> String {
+    match &fr.function {
+        Some(f) => format!("{f}+{:x}@{}", fr.offset.unwrap_or(0), fr.object),
+        None => format!("{:x}@{}", fr.object_address, fr.object),
+    }
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn is_openssl_file(path: &str) -> bool {
+    let name = file_name(path);
+    name.starts_with("libssl") || name.starts_with("libcrypto")
+}
+
+/// OpenSSL's function names, for an OpenSSL linked into the program.
+fn openssl_name(name: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "SSL_", "ssl_", "ssl3_", "tls_", "tls1_", "dtls", "ossl_", "ERR_", "statem_", "state_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || matches!(name, "read_state_machine" | "write_state_machine")
+}
+
+fn interpreter(path: &str) -> bool {
+    let name = file_name(path);
+    name.starts_with("libpython") || name.starts_with("python") || name == "node"
+}
