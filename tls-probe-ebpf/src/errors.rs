@@ -35,7 +35,8 @@ pub fn raised(ctx: &ProbeContext, reason_arg: usize) -> u32 {
         .map_or((0, NO_OP, -1), |c| unsafe { ((*c).ssl, (*c).op, (*c).fd) });
     // The errors that name a misused API: their stack (through the application's call),
     // before the record, so the agent has it when the finding opens.
-    if lib == ERR_LIB_SSL && (reason == SSL_R_BAD_WRITE_RETRY || reason == SSL_R_PROTOCOL_IS_SHUTDOWN)
+    if lib == ERR_LIB_SSL
+        && (reason == SSL_R_BAD_WRITE_RETRY || reason == SSL_R_PROTOCOL_IS_SHUTDOWN)
     {
         stack::at_error(ctx, tgid, tid, ssl, op);
     }

@@ -25,9 +25,9 @@ mod peer;
 #[cfg(target_arch = "bpf")]
 mod sockio;
 #[cfg(target_arch = "bpf")]
-mod stack;
-#[cfg(target_arch = "bpf")]
 mod ssl;
+#[cfg(target_arch = "bpf")]
+mod stack;
 #[cfg(target_arch = "bpf")]
 mod state;
 #[cfg(target_arch = "bpf")]

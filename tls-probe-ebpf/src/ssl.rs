@@ -16,8 +16,8 @@ use tls_probe_common::{
 
 use crate::{
     bio,
-    stack,
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
+    stack,
     state::{GetErrorArgs, Inflight},
     twin::{attach_cookie, twin_uprobe, twin_uretprobe},
     util::{bump, header, lost, now, target, target_flags, wakeup_flags},

@@ -416,6 +416,44 @@ mod tests {
     }
 
     #[test]
+    fn a_user_stack_decodes_to_its_copied_bytes_only_and_is_not_an_event() {
+        let mut rec = tls_probe_common::UserStackEvent {
+            hdr: hdr(tls_probe_common::KIND_USER_STACK),
+            ip: 0x7f00_0000_1000,
+            sp: 0x7ffe_0000_0000,
+            bp: 0,
+            ssl: 0x55aa,
+            op: op::SSL_WRITE,
+            why: tls_probe_common::stack_why::ERROR,
+            len: 1024,
+            _pad: 0,
+            stack: [7; tls_probe_common::STACK_BYTES],
+        };
+        let s = decode_stack(&bytes_of(&rec)).unwrap().unwrap();
+        assert_eq!(
+            (s.pid, s.tid, s.ts_ns, s.ip),
+            (42, 43, 1_000, 0x7f00_0000_1000)
+        );
+        assert_eq!(
+            (s.ssl, s.op, s.at_error),
+            (Some(0x55aa), Some(SslOp::Write), true)
+        );
+        assert_eq!(s.stack.len(), 1024);
+        // A length past the array is cut to it; a short record is an error.
+        rec.len = u32::MAX;
+        assert_eq!(
+            decode_stack(&bytes_of(&rec)).unwrap().unwrap().stack.len(),
+            tls_probe_common::STACK_BYTES
+        );
+        assert!(matches!(
+            decode_stack(&bytes_of(&rec)[..100]),
+            Some(Err(DecodeError::Short { .. }))
+        ));
+        // Other kinds are not stacks.
+        assert!(decode_stack(&bytes_of(&hdr(kind::SSL_FREE))).is_none());
+    }
+
+    #[test]
     fn memory_bio_tie_decodes_and_a_bad_via_is_an_error() {
         let mut rec = tls_probe_common::SslFdEvent {
             hdr: hdr(tls_probe_common::KIND_SSL_FD),

@@ -134,7 +134,10 @@ fn check_site(f: &Value, call: &str, function: &str, marker: &str, exe: &Path, h
         }
         Build::Stripped => {
             // Static code of a stripped file: no symbol covers it, and none is guessed.
-            assert!(caller["function"].is_null(), "a name from nowhere: {caller:#}");
+            assert!(
+                caller["function"].is_null(),
+                "a name from nowhere: {caller:#}"
+            );
             assert_eq!(caller["symbols"], "none", "{caller:#}");
         }
         Build::StrippedDynamic => {
@@ -201,18 +204,14 @@ fn run(how: Build) {
     client.read_until("SPUN", |l| l.starts_with("SPUN").then_some(()));
     let status = client.wait_exit("callsite_client to exit", EXIT);
     assert!(status.success(), "callsite_client failed: {status}");
-    check_site(
-        &spin,
-        "SSL_read",
-        "pump_connection",
-        "SPIN CALL",
-        &exe,
-        how,
-    );
+    check_site(&spin, "SSL_read", "pump_connection", "SPIN CALL", &exe, how);
     let share = spin["call_sites"]["sites"][0]["share_pct"]
         .as_f64()
         .unwrap_or(0.0);
-    assert!(share >= 50.0, "the spin's calls come from one place: {spin:#}");
+    assert!(
+        share >= 50.0,
+        "the spin's calls come from one place: {spin:#}"
+    );
 
     let records = a.finish(EXIT);
     for (i, r) in records.iter().enumerate() {

@@ -35,6 +35,7 @@ const BEFORE_NS: u64 = 1_000_000_000;
 /// A process's mappings are read again for an address in none of them at most this often.
 const RELOAD_NS: u64 = 1_000_000_000;
 
+#[derive(Debug, PartialEq)]
 struct Sample {
     ts_ns: u64,
     ssl: Option<u64>,
@@ -266,4 +267,179 @@ fn openssl_name(name: &str) -> bool {
 fn interpreter(path: &str) -> bool {
     let name = file_name(path);
     name.starts_with("libpython") || name.starts_with("python") || name == "node"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SymbolSource;
+
+    fn frame(object: &str, function: Option<&str>) -> Frame {
+        Frame {
+            address: 0x1000,
+            object: object.to_owned(),
+            object_address: 0x1000,
+            function: function.map(str::to_owned),
+            offset: function.map(|_| 0x10),
+            file: None,
+            line: None,
+            symbols: if function.is_some() {
+                SymbolSource::Symtab
+            } else {
+                SymbolSource::None
+            },
+        }
+    }
+
+    fn sample(ts_ns: u64, op: Option<SslOp>, at_error: bool, frames: Vec<Frame>) -> Sample {
+        Sample {
+            ts_ns,
+            ssl: Some(0xabc),
+            op,
+            at_error,
+            frames,
+        }
+    }
+
+    const SSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    const CRYPTO: &str = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3";
+
+    #[test]
+    fn the_caller_is_the_first_frame_outside_libssl_and_libcrypto() {
+        let s = sample(
+            0,
+            None,
+            true,
+            vec![
+                frame(CRYPTO, Some("ERR_vset_error")),
+                frame(SSL, None),
+                frame(SSL, Some("SSL_write")),
+                frame("/usr/bin/app", Some("flush_output")),
+                frame("/usr/bin/app", Some("main")),
+            ],
+        );
+        let (call, caller) = split(&s);
+        assert_eq!(call.as_deref(), Some("SSL_write"));
+        assert_eq!(
+            caller.and_then(|c| c.function.as_deref()),
+            Some("flush_output")
+        );
+    }
+
+    #[test]
+    fn openssl_linked_into_the_program_is_told_by_its_names() {
+        let s = sample(
+            0,
+            Some(SslOp::Read),
+            false,
+            vec![
+                frame("/usr/bin/node", Some("ssl3_read_internal")),
+                frame("/usr/bin/node", Some("SSL_read")),
+                frame("/usr/bin/node", Some("node::crypto::TLSWrap::ClearOut")),
+            ],
+        );
+        let (call, caller) = split(&s);
+        assert_eq!(call.as_deref(), Some("SSL_read"));
+        assert_eq!(
+            caller.and_then(|c| c.function.as_deref()),
+            Some("node::crypto::TLSWrap::ClearOut")
+        );
+    }
+
+    #[test]
+    fn a_stack_that_never_leaves_openssl_has_no_caller_and_the_probed_call() {
+        let s = sample(0, Some(SslOp::Write), false, vec![frame(SSL, None)]);
+        assert_eq!(split(&s), (Some("SSL_write".to_owned()), None));
+    }
+
+    fn finding(kind: FindingKind, id: u64, open: bool) -> Finding {
+        let mut f = crate::tui::fixtures::spin();
+        f.id = id;
+        f.kind = kind;
+        f.tid = Some(7);
+        f.ssl = Some(0xabc);
+        f.first_seen_ns = 10_000_000_000;
+        if !open {
+            f.state = crate::engine::FindingState::Closed;
+            f.closed_ns = Some(20_000_000_000);
+        }
+        f
+    }
+
+    #[test]
+    fn sites_are_counted_per_finding_from_its_own_calls() {
+        let mut store = Store::default();
+        let app = |name: &str| vec![frame(SSL, Some("SSL_read")), frame("/app", Some(name))];
+        let q = store
+            .samples
+            .entry((crate::tui::fixtures::PID, 7))
+            .or_default();
+        for i in 0..6 {
+            q.push_back(sample(
+                11_000_000_000 + i,
+                Some(SslOp::Read),
+                false,
+                app("pump"),
+            ));
+        }
+        q.push_back(sample(
+            11_500_000_000,
+            Some(SslOp::Read),
+            false,
+            app("drain"),
+        ));
+        // A handshake and an error stack of the same thread: not the spin's calls.
+        q.push_back(sample(
+            11_600_000_000,
+            Some(SslOp::Connect),
+            false,
+            app("dial"),
+        ));
+        q.push_back(sample(11_700_000_000, None, true, app("resend")));
+        // Before the finding opened (and its second of grace): not its.
+        q.push_back(sample(1_000_000_000, Some(SslOp::Read), false, app("old")));
+
+        let cs = store
+            .summarize(&finding(FindingKind::SpinLoop, 1, true))
+            .expect("call sites");
+        assert_eq!(cs.samples, 7);
+        let names: Vec<_> = cs
+            .sites
+            .iter()
+            .map(|s| {
+                (
+                    s.caller.as_ref().and_then(|c| c.function.clone()),
+                    s.samples,
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [(Some("pump".to_owned()), 6), (Some("drain".to_owned()), 1)]
+        );
+        assert!((cs.sites[0].share_pct - 600.0 / 7.0).abs() < 1e-9);
+
+        let retry = store
+            .summarize(&finding(FindingKind::BadWriteRetry, 2, true))
+            .expect("the error's stack");
+        assert_eq!(retry.samples, 1);
+    }
+
+    #[test]
+    fn a_thread_is_armed_once_per_finding_and_disarmed_by_the_one_that_armed_it() {
+        let mut store = Store::default();
+        let spin = finding(FindingKind::SpinLoop, 1, true);
+        assert_eq!(store.arming(&spin), Some(Arming::Arm(7)));
+        assert_eq!(store.arming(&spin), None, "an update does not re-arm");
+        let retry = finding(FindingKind::BadWriteRetry, 2, true);
+        assert_eq!(store.arming(&retry), Some(Arming::Arm(7)));
+        assert_eq!(
+            store.arming(&finding(FindingKind::SpinLoop, 1, false)),
+            None
+        );
+        assert_eq!(
+            store.arming(&finding(FindingKind::BadWriteRetry, 2, false)),
+            Some(Arming::Disarm(7))
+        );
+    }
 }

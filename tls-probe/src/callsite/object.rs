@@ -63,7 +63,10 @@ impl ElfInfo {
         let section = |name: &str| {
             let s = file.section_by_name(name)?;
             let data = s.uncompressed_data().ok()?;
-            Some((s.address()..s.address() + s.size(), Arc::<[u8]>::from(&*data)))
+            Some((
+                s.address()..s.address() + s.size(),
+                Arc::<[u8]>::from(&*data),
+            ))
         };
         let text = section(".text");
         let eh_frame = section(".eh_frame");
@@ -72,7 +75,8 @@ impl ElfInfo {
             .section_by_name(".got")
             .map(|s| s.address()..s.address() + s.size());
 
-        let (mut symbols, mut symbols_from) = (function_symbols(file.symbols()), SymbolSource::Symtab);
+        let (mut symbols, mut symbols_from) =
+            (function_symbols(file.symbols()), SymbolSource::Symtab);
         if symbols.is_empty() {
             symbols = function_symbols(file.dynamic_symbols());
             symbols_from = SymbolSource::Dynsym;

@@ -42,7 +42,12 @@ pub struct Files {
 }
 
 impl Files {
-    fn get(&mut self, pid: u32, m: &procfs::process::MemoryMap, path: &Path) -> Option<Arc<ElfInfo>> {
+    fn get(
+        &mut self,
+        pid: u32,
+        m: &procfs::process::MemoryMap,
+        path: &Path,
+    ) -> Option<Arc<ElfInfo>> {
         let key = (m.dev.0 as u64 * 256 + m.dev.1 as u64, m.inode);
         if let Some(hit) = self.by_inode.get(&key) {
             return hit.clone();
@@ -79,7 +84,10 @@ impl Files {
 impl Process {
     /// Reads the process's executable mappings now.
     pub fn load(pid: u32, files: &mut Files) -> Option<Self> {
-        let maps = procfs::process::Process::new(pid as i32).ok()?.maps().ok()?;
+        let maps = procfs::process::Process::new(pid as i32)
+            .ok()?
+            .maps()
+            .ok()?;
         let mut mapped: Vec<Mapped> = Vec::new();
         for m in maps.iter() {
             let procfs::process::MMapPath::Path(path) = &m.pathname else {

@@ -258,15 +258,56 @@ impl fmt::Display for Frame {
 }
 
 impl fmt::Display for CallSite {
-    /// "SSL_read from pump_connection+0x4c at pump.c:42, 98% of 8 stacks" (without the
-    /// count, which the caller knows).
+    /// "SSL_read from pump_connection+0x4c at pump.c:42 (98%)".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.call.as_deref().unwrap_or("the SSL call"))?;
         match &self.caller {
             Some(c) => write!(f, " from {c}")?,
             None => f.write_str(" (the stack did not leave libssl/libcrypto)")?,
         }
-        write!(f, ", {:.0}% of the sampled calls", self.share_pct)
+        write!(f, " ({:.0}%)", self.share_pct)
+    }
+}
+
+impl CallSites {
+    /// One line: the top call site, how many others, and of how many sampled calls.
+    pub fn headline(&self) -> String {
+        let mut s = match self.sites.first() {
+            Some(top) => top.to_string(),
+            None => "no call site".to_owned(),
+        };
+        let others = self.sites.len().saturating_sub(1);
+        if others > 0 {
+            s.push_str(&format!(" and {others} other site(s)"));
+        }
+        s.push_str(&format!(", of {} sampled call(s)", self.samples));
+        if self.note.is_some() {
+            s.push_str(", native frames only");
+        }
+        s
+    }
+
+    /// Every site, the top site's stack (innermost first, each frame with its file), and
+    /// the note: the lines `report` and the dashboard show.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            out.push(format!(
+                "{site}, {} of {} sampled calls",
+                site.samples, self.samples
+            ));
+        }
+        if let Some(top) = self.sites.first() {
+            out.push("stack of the top site, innermost first:".to_owned());
+            for (i, fr) in top.stack.iter().enumerate() {
+                let object = fr.object.rsplit('/').next().unwrap_or(&fr.object);
+                out.push(format!("  #{i:<2} {fr} in {object}"));
+            }
+        }
+        if let Some(note) = &self.note {
+            out.push(note.clone());
+        }
+        out
     }
 }
 

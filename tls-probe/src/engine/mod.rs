@@ -38,9 +38,10 @@ mod tests;
 
 pub use config::Config;
 pub use finding::{
-    AsyncStallEvidence, BusyEvidence, CallSite, CallSites, Frame, SymbolSource, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
-    FindingChange, FindingKind, FindingState, Peak, ResumptionEvidence, SaturationEvidence,
-    Severity, ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
+    AsyncStallEvidence, BusyEvidence, CallSite, CallSites, Change, ChurnEvidence,
+    ConcurrentEvidence, Evidence, Finding, FindingChange, FindingKind, FindingState, Frame, Peak,
+    ResumptionEvidence, SaturationEvidence, Severity, ShutdownWriteEvidence, SpinEvidence,
+    SymbolSource, WriteRetryEvidence,
 };
 pub use handshake::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,
