@@ -239,3 +239,76 @@ fn stripped_build_names_nothing_rather_than_a_wrong_function() {
 fn stripped_build_with_dynsym_names_the_function() {
     run(Build::StrippedDynamic);
 }
+
+/// Real nginx (Debian's build: stripped, but it exports its functions in `.dynsym` for its
+/// dynamic modules), one worker saturated by full handshakes under `--mode light`: the
+/// handshake_saturation finding names `ngx_ssl_handshake` as the caller of
+/// `SSL_do_handshake`, with the dynsym name and no file:line (there is no debug info).
+#[test]
+fn nginx_handshake_saturation_names_ngx_ssl_handshake() {
+    const FLOOD_SECS: u32 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nginx = scenario_common::Nginx::start_with(
+        dir.path(),
+        scenario_common::NginxConf {
+            workers: Some(1),
+            server_extra: "ssl_session_cache off;\nssl_session_tickets off;",
+            rsa_bits: Some(4096),
+            ..scenario_common::NginxConf::default()
+        },
+    );
+    let worker = *nginx.workers(1).first().expect("one worker");
+    let probe = Attached::start(
+        dir.path(),
+        nginx.master(),
+        &[
+            "--mode",
+            "light",
+            "--duration",
+            &(FLOOD_SECS + 3).to_string(),
+        ],
+    );
+    let connect = format!("127.0.0.1:{}", nginx.port);
+    let time = FLOOD_SECS.to_string();
+    let clients: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("openssl")
+                .args([
+                    "s_time", "-connect", &connect, "-time", &time, "-www", "/", "-new",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("running openssl s_time")
+        })
+        .collect();
+    for mut c in clients {
+        c.wait().expect("waiting for s_time");
+    }
+    let records = probe.finish(Duration::from_secs(60));
+    for (i, r) in records.iter().enumerate() {
+        schema::check_line(i + 1, &r.to_string());
+    }
+    let sat = with_call_sites(&records, "handshake_saturation").unwrap_or_else(|| {
+        panic!(
+            "no handshake_saturation with call sites on worker {worker}:\n{}",
+            describe(&records)
+        )
+    });
+    assert_eq!(sat["tid"], worker, "{sat:#}");
+    let site = &sat["call_sites"]["sites"][0];
+    eprintln!(
+        "nginx: {} samples; top site {} from {} ({}%)",
+        sat["call_sites"]["samples"], site["call"], site["caller"], site["share_pct"]
+    );
+    assert_eq!(site["call"], "SSL_do_handshake", "{sat:#}");
+    let caller = &site["caller"];
+    assert_eq!(caller["function"], "ngx_ssl_handshake", "{sat:#}");
+    assert_eq!(caller["symbols"], "dynsym", "{caller:#}");
+    assert!(
+        caller["object"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("/nginx")),
+        "{caller:#}"
+    );
+}
