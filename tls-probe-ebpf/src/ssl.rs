@@ -151,7 +151,7 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         bump(counter::LOST_INFLIGHT);
     }
     // The application's call (not one nested in it): its stack, if a finding wants it.
-    stack::if_armed(ctx, tgid, tid, ssl, op);
+    stack::if_armed(ctx, tgid, tid, ssl, op, (state.buf, state.len));
     0
 }
 

@@ -4,8 +4,11 @@
 //!
 //! Taken only for threads the agent armed (`STACK_ARM`, a few samples per finding, spaced by
 //! `STACK_GAP_NS`) and at the OpenSSL errors that name a misused API (at most
-//! `STACK_ERR_PER_THREAD` per thread). Only the thread's stack memory is copied, never an
-//! SSL buffer.
+//! `STACK_ERR_PER_THREAD` per thread). Only the thread's stack memory is copied, and it
+//! stops where the call's own buffer starts, when the program keeps that buffer on its
+//! stack: the data it reads or writes is never copied (the return address into the caller
+//! lies below the caller's locals, so the call site is still there; the frames above it are
+//! not).
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_user, programs::ProbeContext};
 use tls_probe_common::{
@@ -18,8 +21,9 @@ use crate::{
 };
 
 /// At the entry of an application's SSL call: a stack if the thread is armed and due.
+/// `buf`: the call's buffer `(pointer, length)`, or `(0, 0)`.
 #[inline(always)]
-pub fn if_armed(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32) {
+pub fn if_armed(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf: (u64, u64)) {
     let Some(arm) = STACK_ARM.get_ptr_mut(&tid) else {
         return;
     };
@@ -31,12 +35,13 @@ pub fn if_armed(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32) {
     }
     arm.budget -= 1;
     arm.next_ns = ts + STACK_GAP_NS;
-    capture(ctx, tgid, tid, ts, ssl, op, stack_why::ARMED);
+    capture(ctx, (tgid, tid, ts), ssl, op, stack_why::ARMED, buf);
 }
 
 /// At an OpenSSL error that names a misused API: its stack, a few per thread.
+/// `buf` as in [`if_armed`], for the probed call the error is raised in.
 #[inline(always)]
-pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32) {
+pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf: (u64, u64)) {
     let taken = match STACK_ERR.get_ptr_mut(&tid) {
         // SAFETY: this thread's own entry.
         Some(n) => unsafe {
@@ -49,12 +54,19 @@ pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32) {
         None => STACK_ERR.insert(&tid, &1, 0).is_ok(),
     };
     if taken {
-        capture(ctx, tgid, tid, now(), ssl, op, stack_why::ERROR);
+        capture(ctx, (tgid, tid, now()), ssl, op, stack_why::ERROR, buf);
     }
 }
 
 #[inline(always)]
-fn capture(ctx: &ProbeContext, tgid: u32, tid: u32, ts: u64, ssl: u64, op: u32, why: u32) {
+fn capture(
+    ctx: &ProbeContext,
+    (tgid, tid, ts): (u32, u32, u64),
+    ssl: u64,
+    op: u32,
+    why: u32,
+    (buf, buf_len): (u64, u64),
+) {
     let Some(mut entry) = EVENTS.reserve::<UserStackEvent>(0) else {
         lost(KIND_USER_STACK);
         return;
@@ -77,13 +89,19 @@ fn capture(ctx: &ProbeContext, tgid: u32, tid: u32, ts: u64, ssl: u64, op: u32, 
         let mut i = 0usize;
         while i < tls_probe_common::STACK_BYTES / STACK_CHUNK {
             let off = i * STACK_CHUNK;
-            // The thread's stack memory only: from its stack pointer up.
-            if bpf_probe_read_user(
-                dst.add(off).cast(),
-                STACK_CHUNK as u32,
-                (sp as usize + off) as *const _,
-            ) != 0
-            {
+            let lo = sp + off as u64;
+            let src = lo as *const _;
+            // The thread's stack memory only: from its stack pointer up to the call's
+            // buffer, if that is on the stack.
+            if buf_len > 0 && buf < lo + STACK_CHUNK as u64 && buf + buf_len > lo {
+                // Below CHUNK already (buf < lo + CHUNK); the mask shows it the verifier.
+                let n = (buf.saturating_sub(lo) & (STACK_CHUNK as u64 - 1)) as u32;
+                if n > 0 && bpf_probe_read_user(dst.add(off).cast(), n, src) == 0 {
+                    len += n;
+                }
+                break;
+            }
+            if bpf_probe_read_user(dst.add(off).cast(), STACK_CHUNK as u32, src) != 0 {
                 break;
             }
             len += STACK_CHUNK as u32;

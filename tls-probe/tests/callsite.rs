@@ -205,6 +205,18 @@ fn run(how: Build) {
     let status = client.wait_exit("callsite_client to exit", EXIT);
     assert!(status.success(), "callsite_client failed: {status}");
     check_site(&spin, "SSL_read", "pump_connection", "SPIN CALL", &exe, how);
+    // pump_connection's read buffer is on its stack: the copy stops there, so nothing
+    // above pump_connection (spin, main) is in the stack.
+    let stack = spin["call_sites"]["sites"][0]["stack"]
+        .as_array()
+        .expect("stack");
+    assert!(
+        stack.last().map(|fr| &fr["function"]) == Some(&Value::from("pump_connection"))
+            || (how == Build::Stripped
+                && stack.last().map(|fr| &fr["object"])
+                    == Some(&Value::from(exe.display().to_string()))),
+        "the stack ends at the caller that holds the buffer: {spin:#}"
+    );
     let share = spin["call_sites"]["sites"][0]["share_pct"]
         .as_f64()
         .unwrap_or(0.0);

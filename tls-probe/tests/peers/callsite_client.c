@@ -32,7 +32,7 @@
 
 static SSL_CTX *ctx;
 static int port;
-static char a[16384], b[16384], rbuf[4096];
+static char a[16384], b[16384];
 static char line[256];
 
 static void fail(const char *what) {
@@ -61,11 +61,14 @@ static SSL *do_connect(int *fd_out, int sndbuf) {
     return ssl;
 }
 
-/* One turn of the bad loop: the fd is ready (EPOLLOUT is always), SSL_read wants to read. */
+/* One turn of the bad loop: the fd is ready (EPOLLOUT is always), SSL_read wants to read.
+ * Its buffer is on the stack: tls-probe copies the stack only up to it, and must still find
+ * this function (the return address into it lies below the buffer). */
 NOINLINE int pump_connection(SSL *ssl) {
-    int ret = SSL_read(ssl, rbuf, sizeof rbuf); /* SPIN CALL */
+    char buf[4096];
+    int ret = SSL_read(ssl, buf, sizeof buf); /* SPIN CALL */
     if (ret > 0)
-        return 1;
+        return buf[0] != 0;
     int code = SSL_get_error(ssl, ret);
     if (code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE)
         fail("SSL_read");
