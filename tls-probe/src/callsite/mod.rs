@@ -35,6 +35,9 @@ const BEFORE_NS: u64 = 1_000_000_000;
 /// A process's mappings are read again for an address in none of them at most this often.
 const RELOAD_NS: u64 = 1_000_000_000;
 
+/// What makes two samples the same call site: the call, and the caller ([`caller_key`]).
+type SiteKey = (Option<String>, Option<String>);
+
 #[derive(Debug, PartialEq)]
 struct Sample {
     ts_ns: u64,
@@ -176,8 +179,8 @@ impl Store {
             return None;
         }
         let total = samples.len() as u32;
-        let mut groups: BTreeMap<(Option<String>, Option<String>), (u32, &Sample)> =
-            BTreeMap::new();
+        // (call, caller) -> (stacks, the first of them).
+        let mut groups: BTreeMap<SiteKey, (u32, &Sample)> = BTreeMap::new();
         for s in &samples {
             let (call, caller) = split(s);
             let key = (call, caller.map(caller_key));
@@ -193,7 +196,7 @@ impl Store {
                 stack: s.frames.clone(),
             })
             .collect();
-        sites.sort_by(|a, b| b.samples.cmp(&a.samples));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.samples));
         sites.truncate(MAX_SITES);
         let interpreted = samples
             .iter()

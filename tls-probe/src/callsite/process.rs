@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
 };
 
@@ -24,7 +25,7 @@ struct Mapped {
     /// Process address minus file address.
     bias: u64,
     path: String,
-    elf: Arc<ElfInfo>,
+    elf: Rc<ElfInfo>,
 }
 
 pub struct Process {
@@ -34,11 +35,12 @@ pub struct Process {
 }
 
 /// ELF files read so far, by (device, inode) as /proc/PID/maps lists them, shared by every
-/// process (and, through the build id, by every copy of one file).
+/// process (and, through the build id, by every copy of one file). `Rc`: addr2line's lazy
+/// DWARF tables are not `Sync`, and the session runs on one thread.
 #[derive(Default)]
 pub struct Files {
-    by_inode: HashMap<(u64, u64), Option<Arc<ElfInfo>>>,
-    by_build_id: HashMap<String, Arc<ElfInfo>>,
+    by_inode: HashMap<(u64, u64), Option<Rc<ElfInfo>>>,
+    by_build_id: HashMap<String, Rc<ElfInfo>>,
 }
 
 impl Files {
@@ -47,7 +49,7 @@ impl Files {
         pid: u32,
         m: &procfs::process::MemoryMap,
         path: &Path,
-    ) -> Option<Arc<ElfInfo>> {
+    ) -> Option<Rc<ElfInfo>> {
         let key = (m.dev.0 as u64 * 256 + m.dev.1 as u64, m.inode);
         if let Some(hit) = self.by_inode.get(&key) {
             return hit.clone();
@@ -72,9 +74,9 @@ impl Files {
             Some(id) => self
                 .by_build_id
                 .entry(id.clone())
-                .or_insert_with(|| Arc::new(e))
+                .or_insert_with(|| Rc::new(e))
                 .clone(),
-            None => Arc::new(e),
+            None => Rc::new(e),
         });
         self.by_inode.insert(key, elf.clone());
         elf
