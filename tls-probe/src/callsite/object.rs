@@ -152,7 +152,8 @@ impl ElfInfo {
         } else {
             SymbolSource::None
         };
-        let mut function = sym.map(|s| s.name.clone());
+        let mut function =
+            sym.map(|s| addr2line::demangle_auto(Cow::from(s.name.as_str()), None).into_owned());
         let mut offset = sym.map(|s| addr - s.start);
         if function.is_none()
             && let Some(d) = &self.dwarf
@@ -185,7 +186,7 @@ impl ElfInfo {
     }
 }
 
-/// The sized function symbols of a table, demangled.
+/// The sized function symbols of a table.
 fn function_symbols<'d, S: ObjectSymbol<'d>>(syms: impl Iterator<Item = S>) -> Vec<Symbol> {
     syms.filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.size() > 0)
         .filter_map(|s| {
@@ -193,7 +194,8 @@ fn function_symbols<'d, S: ObjectSymbol<'d>>(syms: impl Iterator<Item = S>) -> V
             Some(Symbol {
                 start: s.address(),
                 end: s.address() + s.size(),
-                name: addr2line::demangle_auto(Cow::from(name), None).into_owned(),
+                // Demangled when named (`ElfInfo::name`): a file has thousands.
+                name: name.to_owned(),
             })
         })
         .collect()

@@ -86,6 +86,16 @@ impl Files {
 impl Process {
     /// Reads the process's executable mappings now.
     pub fn load(pid: u32, files: &mut Files) -> Option<Self> {
+        let t = std::time::Instant::now();
+        let me = Self::load_maps(pid, files);
+        log::debug!(
+            "call sites: the mappings of pid {pid} read in {:?}",
+            t.elapsed()
+        );
+        me
+    }
+
+    fn load_maps(pid: u32, files: &mut Files) -> Option<Self> {
         let maps = procfs::process::Process::new(pid as i32)
             .ok()?
             .maps()

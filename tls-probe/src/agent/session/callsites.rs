@@ -1,6 +1,8 @@
 //! The session's side of call sites (`crate::callsite`): arming a finding's thread in the
 //! kernel for a few stacks, and attaching the unwound call sites to the finding records.
 
+use std::sync::OnceLock;
+
 use anyhow::Result;
 
 use super::Session;
@@ -15,7 +17,7 @@ impl Session {
     /// sites known so far.
     pub(super) fn with_call_sites(&mut self, f: &mut Finding) {
         match self.call_sites.arming(f) {
-            Some(Arming::Arm(tid)) => self.probes.arm_stacks(tid, ARM_BUDGET),
+            Some(Arming::Arm(tid)) => self.probes.arm_stacks(tid, arm_budget()),
             Some(Arming::Disarm(tid)) => self.probes.arm_stacks(tid, 0),
             None => {}
         }
@@ -36,4 +38,16 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Stacks per finding: [`ARM_BUDGET`], or `TLS_PROBE_STACK_BUDGET` (0: none), a knob for
+/// measuring what the capture costs (README, "Performance").
+fn arm_budget() -> u32 {
+    static BUDGET: OnceLock<u32> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("TLS_PROBE_STACK_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ARM_BUDGET)
+    })
 }
