@@ -727,9 +727,14 @@ pub struct UserStackEvent {
     /// Bytes of `stack` that were copied, from `sp` up.
     pub len: u32,
     pub _pad: u32,
+    /// For a stack taken inside a probed call (at an OpenSSL error): where that call's
+    /// return address is on the stack, and what it was at the call's entry. Its return
+    /// probe has since put the uprobe trampoline's address there. 0, 0 otherwise.
+    pub ret_slot: u64,
+    pub ret_addr: u64,
     pub stack: [u8; STACK_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<UserStackEvent>() == 72 + STACK_BYTES);
+const _: () = assert!(core::mem::size_of::<UserStackEvent>() == 88 + STACK_BYTES);
 
 #[cfg(feature = "user")]
 mod pod {

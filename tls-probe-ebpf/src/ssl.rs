@@ -124,6 +124,8 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         // Otherwise start afresh.
     }
     let is_ex = op == op::SSL_READ_EX || op == op::SSL_WRITE_EX || op == op::SSL_PEEK_EX;
+    // At the entry, before the return probe takes it over: the return address.
+    let sp = stack_pointer(ctx);
     let state = Inflight {
         ssl,
         buf: if is_io { ctx.arg(1).unwrap_or(0) } else { 0 },
@@ -146,6 +148,9 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         hello_len: 0,
         callee: callee as u32,
         statem: 0,
+        ret_slot: sp,
+        // SAFETY: 8 bytes of the target's stack, copied out.
+        ret_addr: unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
     };
     if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);

@@ -35,13 +35,27 @@ pub fn if_armed(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf:
     }
     arm.budget -= 1;
     arm.next_ns = ts + STACK_GAP_NS;
-    capture(ctx, (tgid, tid, ts), ssl, op, stack_why::ARMED, buf);
+    capture(
+        ctx,
+        (tgid, tid, ts),
+        (ssl, op),
+        stack_why::ARMED,
+        buf,
+        (0, 0),
+    );
 }
 
 /// At an OpenSSL error that names a misused API: its stack, a few per thread.
-/// `buf` as in [`if_armed`], for the probed call the error is raised in.
+/// `buf` as in [`if_armed`], for the probed call the error is raised in; `ret`: that call's
+/// return address slot and value at its entry (its return probe has replaced it since).
 #[inline(always)]
-pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf: (u64, u64)) {
+pub fn at_error(
+    ctx: &ProbeContext,
+    (tgid, tid): (u32, u32),
+    (ssl, op): (u64, u32),
+    buf: (u64, u64),
+    ret: (u64, u64),
+) {
     let taken = match STACK_ERR.get_ptr_mut(&tid) {
         // SAFETY: this thread's own entry.
         Some(n) => unsafe {
@@ -54,7 +68,14 @@ pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf:
         None => STACK_ERR.insert(&tid, &1, 0).is_ok(),
     };
     if taken {
-        capture(ctx, (tgid, tid, now()), ssl, op, stack_why::ERROR, buf);
+        capture(
+            ctx,
+            (tgid, tid, now()),
+            (ssl, op),
+            stack_why::ERROR,
+            buf,
+            ret,
+        );
     }
 }
 
@@ -62,10 +83,10 @@ pub fn at_error(ctx: &ProbeContext, tgid: u32, tid: u32, ssl: u64, op: u32, buf:
 fn capture(
     ctx: &ProbeContext,
     (tgid, tid, ts): (u32, u32, u64),
-    ssl: u64,
-    op: u32,
+    (ssl, op): (u64, u32),
     why: u32,
     (buf, buf_len): (u64, u64),
+    (ret_slot, ret_addr): (u64, u64),
 ) {
     let Some(mut entry) = EVENTS.reserve::<UserStackEvent>(0) else {
         lost(KIND_USER_STACK);
@@ -83,6 +104,8 @@ fn capture(
         (*p).ssl = ssl;
         (*p).op = op;
         (*p).why = why;
+        (*p).ret_slot = ret_slot;
+        (*p).ret_addr = ret_addr;
         (*p)._pad = 0;
         let dst = (*p).stack.as_mut_ptr();
         let mut len = 0u32;

@@ -161,6 +161,7 @@ fn user_stack(bytes: &[u8]) -> Result<RawStack, DecodeError> {
         ssl: (r.ssl != 0).then_some(r.ssl),
         op,
         at_error: r.why == tls_probe_common::stack_why::ERROR,
+        ret: (r.ret_slot != 0).then_some((r.ret_slot, r.ret_addr)),
         stack: r.stack[..len].to_vec(),
     })
 }
@@ -427,6 +428,8 @@ mod tests {
             why: tls_probe_common::stack_why::ERROR,
             len: 1024,
             _pad: 0,
+            ret_slot: 0x7ffe_0000_0100,
+            ret_addr: 0x5555_0000_1234,
             stack: [7; tls_probe_common::STACK_BYTES],
         };
         let s = decode_stack(&bytes_of(&rec)).unwrap().unwrap();
@@ -439,6 +442,7 @@ mod tests {
             (Some(0x55aa), Some(SslOp::Write), true)
         );
         assert_eq!(s.stack.len(), 1024);
+        assert_eq!(s.ret, Some((0x7ffe_0000_0100, 0x5555_0000_1234)));
         // A length past the array is cut to it; a short record is an error.
         rec.len = u32::MAX;
         assert_eq!(

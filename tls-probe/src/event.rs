@@ -540,6 +540,9 @@ pub struct RawStack {
     pub op: Option<SslOp>,
     /// Taken at an OpenSSL error (its stack is inside libcrypto), not at a call's entry.
     pub at_error: bool,
+    /// Inside a probed call: (where its return address is, what it was). The call's return
+    /// probe has replaced it on the stack with the uprobe trampoline's address.
+    pub ret: Option<(u64, u64)>,
     /// The stack from `sp` up.
     pub stack: Vec<u8>,
 }

@@ -169,16 +169,29 @@ fn check_site(f: &Value, call: &str, function: &str, marker: &str, exe: &Path, h
 }
 
 fn run(how: Build) {
+    run_in(how, "auto", true);
+}
+
+/// `mode`: tls-probe's; `spin`: also the spin (else only the bad write retry, after which
+/// the client quits at once).
+fn run_in(how: Build, mode: &str, spin: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = build(dir.path(), how);
     let port = silent_server(dir.path());
     let mut client = Proc::spawn(Command::new(&exe).arg(port.to_string()));
     client.read_until("READY", |l| (l == "READY").then_some(()));
-    let a: Attached = attach_mode(dir.path(), client.pid(), "auto");
+    let a: Attached = attach_mode(dir.path(), client.pid(), mode);
 
     // The bad write retry: one, flagged from the OpenSSL error, whose stack is taken then.
     client.send_line("retry");
     client.read_until("RETRY", |l| (l == "RETRY 127").then_some(()));
+    if !spin {
+        // Gone before the agent may have read the stack: it unwinds it from the mappings
+        // it noted at attach.
+        client.send_line("quit");
+        let status = client.wait_exit("callsite_client to exit", EXIT);
+        assert!(status.success(), "callsite_client failed: {status}");
+    }
     let retry = wait_for(
         "a bad_write_retry finding with call sites",
         Duration::from_secs(15),
@@ -193,6 +206,13 @@ fn run(how: Build) {
         how,
     );
 
+    if !spin {
+        let records = a.finish(EXIT);
+        for (i, r) in records.iter().enumerate() {
+            schema::check_line(i + 1, &r.to_string());
+        }
+        return;
+    }
     // The spin: found in a window of per-call probes, then sampled.
     client.send_line("spin");
     let spin = wait_for(
@@ -240,6 +260,14 @@ fn run(how: Build) {
 #[test]
 fn debug_build_names_function_and_line() {
     run(Build::Debug);
+}
+
+/// In full mode the error is raised inside an SSL_write whose return probe has replaced its
+/// return address with the uprobe trampoline's: the unwind uses the address read at the
+/// call's entry. The client quits right after, before the agent reads the stack.
+#[test]
+fn full_mode_unwinds_past_the_return_probe_of_a_client_that_quit() {
+    run_in(Build::Debug, "full", false);
 }
 
 #[test]

@@ -69,8 +69,10 @@ fn relevant(kind: FindingKind, s: &Sample) -> bool {
 #[derive(Default)]
 pub struct Store {
     files: process::Files,
-    /// Per pid: its mappings, and when they were read.
+    /// Per pid: its unwinder, and when its mappings were read.
     procs: HashMap<u32, (process::Process, u64)>,
+    /// Per pid: its executable mappings, as last read.
+    maps: HashMap<u32, Vec<process::MapEntry>>,
     samples: HashMap<(u32, u32), VecDeque<Sample>>,
     /// Threads armed in the kernel, with the finding that wanted them.
     armed: HashMap<u32, u64>,
@@ -97,12 +99,16 @@ impl Store {
             Some((p, at)) => !p.covers(s.ip) && now_ns.saturating_sub(*at) > RELOAD_NS,
         };
         if reload {
-            match process::Process::load(s.pid, &mut self.files) {
-                Some(p) => {
-                    self.procs.insert(s.pid, (p, now_ns));
-                }
-                None => return,
+            // The live mappings, else those noted when the process was watched (it may
+            // have exited since its stack was taken: a client that fails and quits).
+            if let Some(maps) = process::exec_maps(s.pid) {
+                self.maps.insert(s.pid, maps);
             }
+            let Some(maps) = self.maps.get(&s.pid) else {
+                return;
+            };
+            let p = process::Process::load(s.pid, maps, &mut self.files);
+            self.procs.insert(s.pid, (p, now_ns));
         }
         let Some((p, _)) = self.procs.get_mut(&s.pid) else {
             return;
@@ -123,6 +129,20 @@ impl Store {
             at_error: s.at_error,
             frames,
         });
+    }
+
+    /// Notes the mappings of a process as it is attached, so that a stack it leaves as it
+    /// exits can still be unwound. Reads no file.
+    pub fn watch(&mut self, pid: u32) {
+        if let Some(maps) = process::exec_maps(pid) {
+            self.maps.insert(pid, maps);
+        }
+    }
+
+    /// The process is gone: its notes go too (its samples stay for its findings).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+        self.procs.remove(&pid);
     }
 
     /// What the kernel must do for a finding that was opened, updated or closed: arm its

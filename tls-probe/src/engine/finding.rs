@@ -244,6 +244,9 @@ impl fmt::Display for Frame {
         match (&self.function, self.offset) {
             (Some(func), Some(off)) => write!(f, "{func}+{off:#x}")?,
             (Some(func), None) => f.write_str(func)?,
+            _ if self.object.starts_with('[') => {
+                write!(f, "{:#x} (in no file the process maps)", self.address)?
+            }
             _ => write!(
                 f,
                 "{:#x} (no symbols for {} (stripped))",

@@ -110,6 +110,7 @@ impl Session {
     pub(super) fn detach_exited(&mut self) {
         for pid in std::mem::take(&mut self.late.exited) {
             self.peers.forget(pid);
+            self.call_sites.forget(pid);
             self.probes.detach(pid);
         }
     }

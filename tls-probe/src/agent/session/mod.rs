@@ -249,6 +249,7 @@ impl Session {
         };
         for t in &session.targets {
             session.engine.set_comm(t.pid, &t.comm);
+            session.call_sites.watch(t.pid);
         }
         session.sinks.record(Record::Start(&session.start))?;
         session.sinks.flush(Flush::Tick)?;
