@@ -42,11 +42,12 @@ pub enum Kind {
     TaskExit = 14,
     AsyncPause = 15,
     SockOverlap = 20,
+    UserStack = 21,
 }
 
 impl Kind {
     /// Every kind, in number order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::SslCall,
         Kind::SslError,
         Kind::SslFree,
@@ -63,6 +64,7 @@ impl Kind {
         Kind::TaskExit,
         Kind::AsyncPause,
         Kind::SockOverlap,
+        Kind::UserStack,
     ];
 
     pub const fn from_u32(raw: u32) -> Option<Kind> {
@@ -744,6 +746,73 @@ const _: () = assert!(core::mem::size_of::<SockOverlapEvent>() == 80);
 /// At most one [`SockOverlapEvent`] per fd this often.
 pub const SOCK_OVERLAP_GAP_NS: u64 = 10_000_000;
 
+/// Bytes of the user stack a [`UserStackEvent`] carries, from the stack pointer up: enough
+/// for the frames above an SSL call in the programs tested (a few hundred bytes each).
+pub const STACK_BYTES: usize = 8192;
+
+/// The stack is copied in pieces of this size, so that a copy stopped by the end of the
+/// stack's mapping keeps what came before it.
+pub const STACK_CHUNK: usize = 1024;
+
+/// Why a [`UserStackEvent`] was taken.
+pub mod stack_why {
+    /// The thread was armed by the agent (`STACK_ARM`): a finding wants its call site.
+    pub const ARMED: u32 = 1;
+    /// OpenSSL raised an error that names a misused API (a bad write retry, a write after
+    /// shutdown): the error's own stack, at most `STACK_ERR_PER_THREAD` per thread.
+    pub const ERROR: u32 = 2;
+}
+
+/// Value of the `STACK_ARM` map (tid -> this): how many more stacks to take, and not before
+/// when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackArm {
+    /// Stacks still to take; the entry stays at 0 until the agent deletes it.
+    pub budget: u32,
+    pub _pad: u32,
+    /// The next stack is taken at or after this time (`bpf_ktime_get_ns`).
+    pub next_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<StackArm>() == 16);
+
+/// Two armed stacks of one thread are at least this far apart: a handful of samples spread
+/// over a spin, not eight consecutive calls.
+pub const STACK_GAP_NS: u64 = 20_000_000;
+
+/// Stacks taken for OpenSSL errors per thread (see [`stack_why::ERROR`]).
+pub const STACK_ERR_PER_THREAD: u32 = 4;
+
+/// The registers and the top of the user stack at the entry of a probed SSL call (or at
+/// the OpenSSL error): what the agent unwinds, in memory, into the call site. The stack
+/// bytes are whatever the program keeps on its stack; they are used only for unwinding and
+/// never written to any output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStackEvent {
+    pub hdr: EventHeader,
+    /// The user registers at the probe: instruction, stack and frame pointer.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The SSL* of the call, or 0.
+    pub ssl: u64,
+    /// The call's `op`, or [`NO_OP`].
+    pub op: u32,
+    /// [`stack_why`].
+    pub why: u32,
+    /// Bytes of `stack` that were copied, from `sp` up.
+    pub len: u32,
+    pub _pad: u32,
+    /// For a stack taken inside a probed call (at an OpenSSL error): where that call's
+    /// return address is on the stack, and what it was at the call's entry. Its return
+    /// probe has since put the uprobe trampoline's address there. 0, 0 otherwise.
+    pub ret_slot: u64,
+    pub ret_addr: u64,
+    pub stack: [u8; STACK_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<UserStackEvent>() == 88 + STACK_BYTES);
+
 wire_records! {
     SslCallEvent => SslCall,
     SslErrorEvent => SslError,
@@ -760,6 +829,7 @@ wire_records! {
     TaskExitEvent => TaskExit,
     AsyncPauseEvent => AsyncPause,
     SockOverlapEvent => SockOverlap,
+    UserStackEvent => UserStack,
 }
 
 /// Every size class of a wait record is one kind.
@@ -771,4 +841,5 @@ impl<const N: usize> WireRecord for EpollWaitRecord<N> {
 mod pod {
     // SAFETY: the types are repr(C), contain only integers, and have explicit padding.
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::StackArm {}
 }

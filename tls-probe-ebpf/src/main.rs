@@ -27,6 +27,8 @@ mod sockio;
 #[cfg(target_arch = "bpf")]
 mod ssl;
 #[cfg(target_arch = "bpf")]
+mod stack;
+#[cfg(target_arch = "bpf")]
 mod state;
 #[cfg(target_arch = "bpf")]
 mod twin;

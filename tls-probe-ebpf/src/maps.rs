@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tls_probe_common::counter;
+use tls_probe_common::{StackArm, counter};
 
 use crate::state::{
     BioAwait, BioRead, BusyWaits, FdUse, GetErrorArgs, IdleWaits, Inflight, SockIn, SslKey,
@@ -95,3 +95,15 @@ pub static LOOP_WORK: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384,
 /// Deleted on SSL_free.
 #[map]
 pub static SSL_FD: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// tid -> the stacks the agent wants of the thread (`crate::stack`): written by the agent
+/// when a finding wants its call site, deleted when it has them or the finding closes. A
+/// few findings are open at a time; 1024 threads is plenty, and a full map only means a
+/// finding shows no call site.
+#[map]
+pub static STACK_ARM: HashMap<u32, StackArm> = HashMap::with_max_entries(1024, 0);
+
+/// tid -> stacks taken at OpenSSL errors (`crate::stack::at_error`), capped per thread. LRU
+/// as `BIO_READ`: threads that exited age out.
+#[map]
+pub static STACK_ERR: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);

@@ -17,6 +17,7 @@ use tls_probe_common::{
 use crate::{
     bio,
     maps::{EVENTS, GETERR_ARGS, INFLIGHT},
+    stack,
     state::{GetErrorArgs, Inflight},
     twin::{attach_cookie, twin_uprobe, twin_uretprobe},
     util::{bump, header, lost, now, target, target_flags, wakeup_flags},
@@ -94,7 +95,7 @@ fn cold_enter(ctx: &ProbeContext) -> u32 {
 /// argument is always the byte count's pointer and whose result is the `_ex` form's.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
-    let Some((_, tid, flags)) = target_flags() else {
+    let Some((tgid, tid, flags)) = target_flags() else {
         return 0;
     };
     let is_io = !op::is_handshake(op);
@@ -124,6 +125,8 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         // Otherwise start afresh.
     }
     let is_ex = op == op::SSL_READ_EX || op == op::SSL_WRITE_EX || op == op::SSL_PEEK_EX;
+    // At the entry, before the return probe takes it over: the return address.
+    let sp = stack_pointer(ctx);
     let state = Inflight {
         ssl,
         buf: if is_io { ctx.arg(1).unwrap_or(0) } else { 0 },
@@ -146,10 +149,15 @@ fn enter(ctx: &ProbeContext, op: u32, callee: bool) -> u32 {
         hello_len: 0,
         callee: callee as u32,
         statem: 0,
+        ret_slot: sp,
+        // SAFETY: 8 bytes of the target's stack, copied out.
+        ret_addr: unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
     };
     if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::LOST_INFLIGHT);
     }
+    // The application's call (not one nested in it): its stack, if a finding wants it.
+    stack::if_armed(ctx, tgid, tid, ssl, op, (state.buf, state.len));
     0
 }
 

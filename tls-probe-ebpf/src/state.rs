@@ -30,6 +30,11 @@ pub struct Inflight {
     pub callee: u32,
     /// 1 when OpenSSL's handshake state machine ran inside the call (node's SSL_read).
     pub statem: u32,
+    /// Where the call's return address was on the stack at its entry, and its value: the
+    /// return probe replaces it with the uprobe trampoline's address, so a stack taken
+    /// inside the call (at an OpenSSL error) needs it to unwind past the call (stack.rs).
+    pub ret_slot: u64,
+    pub ret_addr: u64,
 }
 
 pub const HELLO_BODY_NEXT: u32 = 1;

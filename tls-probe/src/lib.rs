@@ -14,6 +14,7 @@
 //! ```
 
 pub mod agent;
+pub mod callsite;
 pub mod cli;
 pub mod cmd;
 pub mod probe;

@@ -19,7 +19,7 @@ use tls_probe_common::{
 
 use crate::event::{
     BioVia, CtlOp, EpollBusy, EpollCtl, EpollIdle, EpollSyscall, EpollWait, Event, EventKind,
-    PeerSide, ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
+    PeerSide, RawStack, ReadyFd, SslCall, SslError, SslErrorCode, SslOp, SysKind,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub enum DecodeError {
     UnknownFamily(u16),
     #[error("unknown memory-BIO tie {0}")]
     UnknownVia(u32),
+    #[error("a user-stack record, which decode_stack reads")]
+    Stack,
 }
 
 /// Reads a record `T` from the front of `bytes`, which must be at least `size_of::<T>()`
@@ -140,7 +142,38 @@ fn peer(r: &PeerEvent) -> Result<(&'static str, EventKind), DecodeError> {
     ))
 }
 
-/// Decodes one ring-buffer record.
+/// A [`RawStack`] if `bytes` is a user-stack record (`None` for any other kind, which
+/// [`decode`] reads).
+pub fn decode_stack(bytes: &[u8]) -> Option<Result<RawStack, DecodeError>> {
+    let hdr: EventHeader = read_raw(bytes, 0).ok()?;
+    if hdr.kind != Kind::UserStack as u32 {
+        return None;
+    }
+    Some(user_stack(bytes))
+}
+
+fn user_stack(bytes: &[u8]) -> Result<RawStack, DecodeError> {
+    let r: tls_probe_common::UserStackEvent = read(bytes)?;
+    let op = match r.op {
+        tls_probe_common::NO_OP => None,
+        raw => Some(ssl_op(raw)?),
+    };
+    let len = (r.len as usize).min(r.stack.len());
+    Ok(RawStack {
+        ts_ns: r.hdr.ts_ns,
+        pid: r.hdr.pid,
+        tid: r.hdr.tid,
+        ip: r.ip,
+        sp: r.sp,
+        bp: r.bp,
+        ssl: (r.ssl != 0).then_some(r.ssl),
+        op,
+        at_error: r.why == tls_probe_common::stack_why::ERROR,
+        ret: (r.ret_slot != 0).then_some((r.ret_slot, r.ret_addr)),
+        stack: r.stack[..len].to_vec(),
+    })
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read_raw(bytes, 0)?;
     let kind = Kind::from_u32(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
@@ -305,6 +338,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         Kind::SockOverlap => sock_overlap(bytes)?,
+        Kind::UserStack => return Err(DecodeError::Stack),
     };
     Ok(Event::new(hdr.ts_ns, hdr.pid, hdr.tid, kind))
 }
@@ -396,6 +430,47 @@ mod tests {
         assert_eq!(c.sys_last_ret, Some(-11));
         assert!(!c.made_progress());
         assert_eq!(c.key_ops, 2);
+    }
+
+    #[test]
+    fn a_user_stack_decodes_to_its_copied_bytes_only_and_is_not_an_event() {
+        let mut rec = tls_probe_common::UserStackEvent {
+            hdr: hdr(Kind::UserStack as u32),
+            ip: 0x7f00_0000_1000,
+            sp: 0x7ffe_0000_0000,
+            bp: 0,
+            ssl: 0x55aa,
+            op: op::SSL_WRITE,
+            why: tls_probe_common::stack_why::ERROR,
+            len: 1024,
+            _pad: 0,
+            ret_slot: 0x7ffe_0000_0100,
+            ret_addr: 0x5555_0000_1234,
+            stack: [7; tls_probe_common::STACK_BYTES],
+        };
+        let s = decode_stack(&bytes_of(&rec)).unwrap().unwrap();
+        assert_eq!(
+            (s.pid, s.tid, s.ts_ns, s.ip),
+            (42, 43, 1_000, 0x7f00_0000_1000)
+        );
+        assert_eq!(
+            (s.ssl, s.op, s.at_error),
+            (Some(0x55aa), Some(SslOp::Write), true)
+        );
+        assert_eq!(s.stack.len(), 1024);
+        assert_eq!(s.ret, Some((0x7ffe_0000_0100, 0x5555_0000_1234)));
+        // A length past the array is cut to it; a short record is an error.
+        rec.len = u32::MAX;
+        assert_eq!(
+            decode_stack(&bytes_of(&rec)).unwrap().unwrap().stack.len(),
+            tls_probe_common::STACK_BYTES
+        );
+        assert!(matches!(
+            decode_stack(&bytes_of(&rec)[..100]),
+            Some(Err(DecodeError::Short { .. }))
+        ));
+        // Other kinds are not stacks.
+        assert!(decode_stack(&bytes_of(&hdr(Kind::SslFree as u32))).is_none());
     }
 
     #[test]

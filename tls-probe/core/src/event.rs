@@ -537,3 +537,27 @@ impl Event {
         }
     }
 }
+
+/// The registers and top of the user stack at a probed SSL call (or an OpenSSL error), as
+/// the kernel copied them for a finding's call site. Not an [`Event`]: the agent unwinds it
+/// at once (`crate::callsite`) and drops the bytes; it never reaches a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The SSL* of the call, when known.
+    pub ssl: Option<u64>,
+    /// The call the stack was taken at; None when taken at an error outside a probed call.
+    pub op: Option<SslOp>,
+    /// Taken at an OpenSSL error (its stack is inside libcrypto), not at a call's entry.
+    pub at_error: bool,
+    /// Inside a probed call: (where its return address is, what it was). The call's return
+    /// probe has replaced it on the stack with the uprobe trampoline's address.
+    pub ret: Option<(u64, u64)>,
+    /// The stack from `sp` up.
+    pub stack: Vec<u8>,
+}

@@ -54,7 +54,14 @@ pub struct Report {
 
 pub fn build(file: &str, rec: Recording) -> Report {
     let start = rec.start.as_ref();
-    let findings = rec.final_findings();
+    let mut findings = rec.final_findings();
+    if rec.replay.is_some() {
+        let recorded: Vec<Finding> = match &rec.summary {
+            Some(s) => s.findings.clone(),
+            None => rec.findings.values().cloned().collect(),
+        };
+        graft_call_sites(&mut findings, &recorded);
+    }
     let recorded_findings = match &rec.summary {
         Some(s) => s.findings.len(),
         None => rec.findings.len(),
@@ -285,6 +292,28 @@ fn finding(s: &mut String, f: &Finding, at: &dyn Fn(u64) -> String) {
     }
     let _ = writeln!(s, "      why: {}", f.explanation);
     let _ = writeln!(s, "      fix: {}", f.advice);
+    if let Some(cs) = &f.call_sites {
+        let _ = writeln!(s, "      where:");
+        for line in cs.lines() {
+            let _ = writeln!(s, "        {line}");
+        }
+    }
+}
+
+/// A replay's findings have no call sites (the live run attached them, not the engine):
+/// each takes those of the recorded finding of its kind and subject that opened within a
+/// second of it.
+fn graft_call_sites(findings: &mut [Finding], recorded: &[Finding]) {
+    for f in findings.iter_mut().filter(|f| f.call_sites.is_none()) {
+        f.call_sites = recorded
+            .iter()
+            .find(|r| {
+                r.call_sites.is_some()
+                    && (r.kind, r.pid, r.tid, r.ssl) == (f.kind, f.pid, f.tid, f.ssl)
+                    && r.first_seen_ns.abs_diff(f.first_seen_ns) < 1_000_000_000
+            })
+            .and_then(|r| r.call_sites.clone());
+    }
 }
 
 fn bytes(n: u64) -> String {

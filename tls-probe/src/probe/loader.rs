@@ -678,6 +678,27 @@ impl Probes {
         }
     }
 
+    /// Asks the kernel for `budget` stacks of thread `tid` at its next SSL calls (see
+    /// tls-probe-ebpf/src/stack.rs), or, with 0, for none.
+    pub fn arm_stacks(&mut self, tid: u32, budget: u32) {
+        if let Some(map) = self.ebpf.map_mut("STACK_ARM")
+            && let Ok(mut arm) = BpfHashMap::<_, u32, tls_probe_common::StackArm>::try_from(map)
+        {
+            let res = if budget == 0 {
+                arm.remove(&tid)
+            } else {
+                let v = tls_probe_common::StackArm {
+                    budget,
+                    ..Default::default()
+                };
+                arm.insert(&tid, &v, 0)
+            };
+            if let Err(e) = res {
+                log::debug!("STACK_ARM for tid {tid}: {e}");
+            }
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.targets.keys().copied().collect()
     }

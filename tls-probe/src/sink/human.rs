@@ -115,6 +115,9 @@ pub fn finding_lines(change: &FindingChange) -> String {
         let _ = writeln!(s, "           why: {}", f.explanation);
         let _ = writeln!(s, "           fix: {}", f.advice);
     }
+    if let Some(cs) = &f.call_sites {
+        let _ = writeln!(s, "           where: {}", cs.headline());
+    }
     s
 }
 

@@ -475,3 +475,56 @@ fn connections_gone_are_not_never_seen() {
     let text = screen(&app, 120, 36);
     assert!(text.contains("No TLS connection open now."), "{text}");
 }
+
+#[test]
+fn finding_detail_shows_the_call_site() {
+    use crate::engine::{CallSite, CallSites, Frame, SymbolSource};
+    let frame = |object: &str, function: Option<&str>, offset: u64, line: Option<u32>| Frame {
+        address: 0x5555_0000 + offset,
+        object: object.to_owned(),
+        object_address: 0x1000 + offset,
+        function: function.map(str::to_owned),
+        offset: function.map(|_| offset),
+        file: line.map(|_| "/src/pump.c".to_owned()),
+        line,
+        symbols: if line.is_some() {
+            SymbolSource::DebugInfo
+        } else if function.is_some() {
+            SymbolSource::Dynsym
+        } else {
+            SymbolSource::None
+        },
+    };
+    let caller = frame("/usr/bin/pump", Some("pump_connection"), 0x15, Some(66));
+    let mut f = spin();
+    f.call_sites = Some(CallSites {
+        samples: 8,
+        sites: vec![CallSite {
+            call: Some("SSL_read".to_owned()),
+            caller: Some(caller.clone()),
+            samples: 7,
+            share_pct: 87.5,
+            stack: vec![
+                frame("/usr/lib/libssl.so.3", Some("SSL_read"), 0, None),
+                caller,
+                frame("/usr/bin/pump", None, 0x2a0, None),
+            ],
+        }],
+        note: None,
+    });
+    let mut app = spin_app(true);
+    app.update(Msg::Finding(Box::new(FindingChange {
+        change: Change::Updated,
+        finding: f,
+    })));
+    app.update(key(KeyCode::Enter));
+    let s = screen(&app, 160, 60);
+    for want in [
+        "Where in the program",
+        "SSL_read from pump_connection+0x15 at /src/pump.c:66 (88%), 7 of 8 sampled calls",
+        "#0  SSL_read+0x0 in libssl.so.3",
+        "#2  0x12a0 (no symbols for /usr/bin/pump (stripped)) in pump",
+    ] {
+        assert!(s.contains(want), "no {want:?} in:\n{s}");
+    }
+}

@@ -7,6 +7,7 @@ mod common;
 mod schema;
 
 mod auto_mode;
+mod callsite;
 mod concurrent_once;
 mod demo_recap;
 mod deploy;

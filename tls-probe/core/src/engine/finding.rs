@@ -175,6 +175,143 @@ pub struct Finding {
     pub evidence: Evidence,
     pub explanation: String,
     pub advice: String,
+    /// Where in the application the bad calls come from, unwound from a few stacks taken
+    /// while the finding was open (or at the OpenSSL error itself). Filled by the agent, not
+    /// the engine; None until a stack was taken, and in `report` replays.
+    #[serde(default)]
+    pub call_sites: Option<CallSites>,
+}
+
+/// The application code behind a finding: its sampled stacks, grouped by call site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallSites {
+    /// Stacks taken for the finding.
+    pub samples: u32,
+    /// Distinct call sites (the call and its first frame outside libssl/libcrypto), most
+    /// sampled first; at most 4.
+    pub sites: Vec<CallSite>,
+    /// What the frames cannot show, e.g. that only native frames are unwound (a Python or
+    /// node program's own functions are interpreter frames, not shown).
+    pub note: Option<String>,
+}
+
+/// One call site of a finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallSite {
+    /// The OpenSSL function the application called ("SSL_write"), when known.
+    pub call: Option<String>,
+    /// The first frame outside libssl/libcrypto: the application function that made the
+    /// call. None when the unwind did not get out of them.
+    pub caller: Option<Frame>,
+    /// Stacks with this call site, and their share of the finding's stacks.
+    pub samples: u32,
+    pub share_pct: f64,
+    /// One of its stacks, innermost frame first (at most 24 frames).
+    pub stack: Vec<Frame>,
+}
+
+/// One frame of a stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The instruction (innermost frame) or return address, in the process.
+    pub address: u64,
+    /// The file the address is in, as the process maps it.
+    pub object: String,
+    /// The address in the file's own address space (what `addr2line -e object` takes).
+    pub object_address: u64,
+    /// The function, demangled; None when the file has no symbol covering the address.
+    pub function: Option<String>,
+    /// `address` minus the function's start.
+    pub offset: Option<u64>,
+    /// Source file and line, when the file (or its separate debug file) has debug info.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Where the name came from: `debug_info`, `symtab`, `dynsym`, or `none` (stripped).
+    pub symbols: SymbolSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SymbolSource {
+    DebugInfo,
+    Symtab,
+    Dynsym,
+    None,
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.function, self.offset) {
+            (Some(func), Some(off)) => write!(f, "{func}+{off:#x}")?,
+            (Some(func), None) => f.write_str(func)?,
+            _ if self.object.starts_with('[') => {
+                write!(f, "{:#x} (in no file the process maps)", self.address)?
+            }
+            _ => write!(
+                f,
+                "{:#x} (no symbols for {} (stripped))",
+                self.object_address, self.object
+            )?,
+        }
+        if let (Some(file), Some(line)) = (&self.file, self.line) {
+            write!(f, " at {file}:{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CallSite {
+    /// "SSL_read from pump_connection+0x4c at pump.c:42 (98%)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.call.as_deref().unwrap_or("the SSL call"))?;
+        match &self.caller {
+            Some(c) => write!(f, " from {c}")?,
+            None => f.write_str(" (the stack did not leave libssl/libcrypto)")?,
+        }
+        write!(f, " ({:.0}%)", self.share_pct)
+    }
+}
+
+impl CallSites {
+    /// One line: the top call site, how many others, and of how many sampled calls.
+    pub fn headline(&self) -> String {
+        let mut s = match self.sites.first() {
+            Some(top) => top.to_string(),
+            None => "no call site".to_owned(),
+        };
+        let others = self.sites.len().saturating_sub(1);
+        if others > 0 {
+            s.push_str(&format!(" and {others} other site(s)"));
+        }
+        s.push_str(&format!(", of {} sampled call(s)", self.samples));
+        if self.note.is_some() {
+            s.push_str(", native frames only");
+        }
+        s
+    }
+
+    /// Every site, the top site's stack (innermost first, each frame with its file), and
+    /// the note: the lines `report` and the dashboard show.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            out.push(format!(
+                "{site}, {} of {} sampled calls",
+                site.samples, self.samples
+            ));
+        }
+        if let Some(top) = self.sites.first() {
+            out.push("stack of the top site, innermost first:".to_owned());
+            for (i, fr) in top.stack.iter().enumerate() {
+                let object = fr.object.rsplit('/').next().unwrap_or(&fr.object);
+                out.push(format!("  #{i:<2} {fr} in {object}"));
+            }
+        }
+        if let Some(note) = &self.note {
+            out.push(note.clone());
+        }
+        out
+    }
 }
 
 /// A finding's worst moment.

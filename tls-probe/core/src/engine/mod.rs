@@ -39,9 +39,10 @@ mod tests;
 
 pub use config::Config;
 pub use finding::{
-    AsyncStallEvidence, BusyEvidence, Change, ChurnEvidence, ConcurrentEvidence, Evidence, Finding,
-    FindingChange, FindingKind, FindingState, Peak, ResumptionEvidence, SaturationEvidence,
-    Severity, ShutdownWriteEvidence, SpinEvidence, WriteRetryEvidence,
+    AsyncStallEvidence, BusyEvidence, CallSite, CallSites, Change, ChurnEvidence,
+    ConcurrentEvidence, Evidence, Finding, FindingChange, FindingKind, FindingState, Frame, Peak,
+    ResumptionEvidence, SaturationEvidence, Severity, ShutdownWriteEvidence, SpinEvidence,
+    SymbolSource, WriteRetryEvidence,
 };
 pub use handshake::{
     HandshakeSnapshot, NameCount, NewConnectionsSnapshot, PeerSnapshot, TimeShareSnapshot,

@@ -117,6 +117,7 @@ impl Session {
     pub(super) fn detach_exited(&mut self) {
         for pid in std::mem::take(&mut self.late.exited) {
             self.peers.forget(pid);
+            self.call_sites.forget(pid);
             self.probes.detach(pid);
             // `watch` runs for days over a host's short-lived processes: nothing of an
             // exited one is kept (`attach` keeps its escalation totals for the summary).

@@ -26,6 +26,7 @@ use tokio::{
 const RING_POLL: Duration = Duration::from_millis(20);
 
 mod auto;
+mod callsites;
 mod host;
 mod late;
 mod pump;
@@ -105,6 +106,8 @@ pub struct Session {
     peers: peers::Lookups,
     /// `watch`: host-wide discovery and the cost budget.
     host: Option<host::HostState>,
+    /// Stacks unwound into call sites, attached to the findings sent.
+    call_sites: crate::callsite::Store,
 }
 
 /// What [`Session::add_viewer`] waits on.
@@ -263,10 +266,12 @@ impl Session {
                 .then(|| sockio::Gate::new(quiet.then(|| now + sockio::ATTACH_GRACE_NS))),
             peers: peers::Lookups::default(),
             host,
+            call_sites: crate::callsite::Store::default(),
             cfg,
         };
         for t in &session.targets {
             session.late.note_exe(t.pid);
+            session.call_sites.watch(t.pid);
         }
         for t in &session.targets {
             session.pipeline.set_comm(t.pid, &t.comm);
@@ -371,7 +376,9 @@ impl Session {
     /// Hands the finding changes the engine produced to the sinks.
     fn emit_changes(&mut self) -> Result<()> {
         let mut first = Ok(());
-        for change in self.pipeline.take_changes() {
+        let changes: Vec<_> = self.pipeline.take_changes().collect();
+        for mut change in changes {
+            self.with_call_sites(&mut change.finding);
             if let Err(e) = self.out.sinks.record(Record::Finding(&change))
                 && first.is_ok()
             {
@@ -387,6 +394,16 @@ impl Session {
         let mut batch = Vec::new();
         let mut full = false;
         while let Some(item) = ring.next() {
+            if let Some(stack) = crate::decode::decode_stack(&item) {
+                match stack {
+                    Ok(s) => self.call_sites.ingest(&s, proc::monotonic_ns()),
+                    Err(err) => {
+                        self.pump.undecodable();
+                        log::debug!("bad stack record: {err}");
+                    }
+                }
+                continue;
+            }
             match decode(&item) {
                 Ok(ev) => batch.push(ev),
                 Err(err) => {
@@ -579,7 +596,15 @@ impl Session {
             memory_bio_disagreements: self.pipeline.tracker().bio_disagreements,
             probes: Some(self.probe_status()),
             processes: snapshot.processes,
-            findings: self.pipeline.findings(),
+            findings: self
+                .pipeline
+                .findings()
+                .into_iter()
+                .map(|mut f| {
+                    f.call_sites = self.call_sites.summarize(&f);
+                    f
+                })
+                .collect(),
         };
         self.out.sinks.record(Record::Summary(&summary))?;
         self.out.sinks.flush(Flush::Tick)?;

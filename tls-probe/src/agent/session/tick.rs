@@ -61,6 +61,7 @@ impl Session {
             self.pipeline.advance(to);
         }
         self.emit_changes()?;
+        self.send_new_call_sites()?;
         self.out.sinks.record(Record::Snapshot(&self.snapshot()))?;
         self.send_stats(now);
         self.out.sinks.flush(Flush::Tick)?;

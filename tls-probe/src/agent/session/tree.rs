@@ -98,6 +98,7 @@ impl Session {
         now: u64,
     ) -> Result<()> {
         let pid = target.pid;
+        self.call_sites.watch(pid);
         self.pipeline.set_comm(pid, &target.comm);
         self.auto_add(pid)?;
         self.targets.retain(|t| t.pid != pid);

@@ -146,8 +146,13 @@ fn detail_lines<'a>(f: &Finding, cx: &Ctx<'_>) -> Vec<Line<'a>> {
         heading("What to do"),
         Line::raw(f.advice.clone()),
         Line::raw(""),
-        heading("Evidence"),
     ]);
+    if let Some(cs) = &f.call_sites {
+        lines.push(heading("Where in the program (sampled stacks)"));
+        lines.extend(cs.lines().into_iter().map(Line::raw));
+        lines.push(Line::raw(""));
+    }
+    lines.push(heading("Evidence"));
     lines.extend(evidence_lines(f).into_iter().map(|(k, v)| {
         Line::from(vec![
             Span::styled(format!("  {k:<26}"), t.dim()),

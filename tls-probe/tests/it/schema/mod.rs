@@ -469,6 +469,47 @@ pub struct Finding {
     pub evidence: Evidence,
     pub explanation: String,
     pub advice: String,
+    pub call_sites: Option<CallSites>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSites {
+    pub samples: u32,
+    pub sites: Vec<CallSite>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSite {
+    pub call: Option<String>,
+    pub caller: Option<Frame>,
+    pub samples: u32,
+    pub share_pct: f64,
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    pub address: u64,
+    pub object: String,
+    pub object_address: u64,
+    pub function: Option<String>,
+    pub offset: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub symbols: SymbolSource,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SymbolSource {
+    DebugInfo,
+    Symtab,
+    Dynsym,
+    None,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

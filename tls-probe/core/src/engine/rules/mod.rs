@@ -98,6 +98,7 @@ impl Cx<'_> {
             evidence,
             explanation,
             advice,
+            call_sites: None,
         }
     }
 
