@@ -13,6 +13,7 @@
 //! ```
 
 pub mod agent;
+pub mod bounds;
 pub mod cli;
 pub mod cmd;
 pub mod decode;
