@@ -220,7 +220,7 @@ fn apply(
             if let Some(r) = replay.as_mut() {
                 r.engine.advance(snapshot.now_ns, &mut r.changes);
             }
-            rec.last_snapshot = Some(snapshot);
+            rec.last_snapshot = Some(*snapshot);
         }
         OwnedRecord::Lost(lost) => rec.lost = lost.total,
         OwnedRecord::TargetAttach(attach) => {

@@ -46,6 +46,10 @@ pub struct SoakArgs {
     /// resume, half to one that can).
     #[arg(long, default_value_t = 1_000_000)]
     connections: u64,
+    /// The churn phase ends after this many seconds even short of --connections (the
+    /// connection rate of a shared 2-core machine is a few hundred a second per mode).
+    #[arg(long, default_value_t = 3600)]
+    churn_max_secs: u64,
     /// Concurrent idle TLS connections held open in the idle phase.
     #[arg(long, default_value_t = 10_000)]
     idle: u32,
@@ -158,6 +162,7 @@ pub struct SoakResults {
     pub loadavg_end: Option<String>,
     pub cpus: usize,
     pub connections_target: u64,
+    pub churn_max_secs: u64,
     pub idle: u32,
     pub idle_secs: u32,
     pub keepalive_secs: u32,
@@ -183,6 +188,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             args.keepalive_secs,
         )
     };
+    let churn_max = Duration::from_secs(args.churn_max_secs);
     raise_nofile(u64::from(idle) + 1024)?;
     sh::build_release_binaries()?;
     let release = std::env::var_os("CARGO_TARGET_DIR")
@@ -198,6 +204,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         fs::create_dir_all(&dir)?;
         let load = Load {
             connections,
+            churn_max,
             idle,
             idle_secs,
             keepalive_secs,
@@ -212,6 +219,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         loadavg_end: machine::loadavg(),
         cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         connections_target: connections,
+        churn_max_secs: args.churn_max_secs,
         idle,
         idle_secs,
         keepalive_secs,
@@ -242,6 +250,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
 
 struct Load {
     connections: u64,
+    churn_max: Duration,
     idle: u32,
     idle_secs: u32,
     keepalive_secs: u32,
@@ -311,12 +320,13 @@ fn run_mode(binary: &Path, mode: &str, dir: &Path, load: &Load) -> Result<ModeRe
     let full = wrk(dir, "churn-full", &wrk_args(nginx.full_port, &[]))?;
     let resumed = wrk(dir, "churn-resumed", &wrk_args(nginx.resumed_port, &[]))?;
     let mut clients = vec![full, resumed];
+    let churn_start = Instant::now();
     let phase = mon.run_phase(
         Phase::Churn,
         &mut nginx,
         &mut served_total,
         &mut clients,
-        |s| s.connections >= load.connections,
+        |s| s.connections >= load.connections || churn_start.elapsed() >= load.churn_max,
     )?;
     phases.push(phase);
 
@@ -525,7 +535,7 @@ impl Monitor {
             add(&mut served, &s);
             add(served_total, &s);
             self.sample(served_total.connections);
-            if self.samples.len() % 10 == 0 {
+            if self.samples.len().is_multiple_of(10) {
                 let l = &self.latest;
                 eprintln!(
                     "soak: {:>5.0} s {}: nginx {} connections ({} resumed), agent {} MiB {:.0}% CPU, engine {} conns, lost {}, findings {}",

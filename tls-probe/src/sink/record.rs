@@ -38,7 +38,7 @@ pub enum OwnedRecord {
     Start(Start),
     Event(Event),
     Finding(Box<FindingChange>),
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     Lost(LostRecord),
     TargetAttach(TargetAttach),
     TargetExit(TargetExit),

@@ -18,8 +18,9 @@ pub fn markdown(r: &SoakResults) -> String {
         md,
         "Run {} on {} CPUs, load average {} at the start and {} at the end (other work shares \
          this machine: the agent's CPU share and the load's rates move with it). Made by \
-         `cargo xtask soak`; {:.0} s in all. Per mode: {} TLS connections of churn (no \
-         keep-alive; half to a server that refuses resumption, half to one that resumes), \
+         `cargo xtask soak`; {:.0} s in all. Per mode: {} TLS connections of churn or {} s of \
+         it, whichever came first (no keep-alive; half to a server that refuses resumption, \
+         half to one that resumes), \
          then {} idle TLS connections held {} s, then {} s of keep-alive load (wrk -t2 -c100).\n",
         r.date_utc,
         r.cpus,
@@ -27,6 +28,7 @@ pub fn markdown(r: &SoakResults) -> String {
         r.loadavg_end.as_deref().unwrap_or("?"),
         r.elapsed_s,
         count(r.connections_target as f64),
+        r.churn_max_secs,
         count(f64::from(r.idle)),
         r.idle_secs,
         r.keepalive_secs,
