@@ -23,4 +23,4 @@ pub mod tui;
 
 // The pure core (tls-probe/core): decode, track, engine, the record schema and the pipeline.
 // Re-exported under their old paths so that the agent and the sinks read `crate::engine`.
-pub use tls_probe_core::{Pipeline, decode, engine, event, pipeline, replay, track};
+pub use tls_probe_core::{Pipeline, bounds, decode, engine, event, pipeline, replay, track};

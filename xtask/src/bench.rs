@@ -4,11 +4,11 @@
 //! all of them alike; the results are ratios to the baseline of the same run.
 
 mod agent;
-mod machine;
+pub(crate) mod machine;
 mod measure;
 mod nginx;
-mod proc;
-mod report;
+pub(crate) mod proc;
+pub(crate) mod report;
 mod workload;
 
 use std::{

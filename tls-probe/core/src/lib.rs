@@ -13,6 +13,7 @@
 //! This crate depends on no aya, tokio, ratatui or OpenSSL, so Cargo keeps the flow one way:
 //! the agent (probes, ring buffer, /proc) feeds it, and the sinks read what it returns.
 
+pub mod bounds;
 pub mod decode;
 pub mod engine;
 pub mod event;

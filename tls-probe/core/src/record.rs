@@ -38,7 +38,7 @@ pub enum OwnedRecord {
     Start(Start),
     Event(Event),
     Finding(Box<FindingChange>),
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     Lost(LostRecord),
     TargetAttach(TargetAttach),
     TargetExit(TargetExit),
@@ -352,6 +352,9 @@ pub struct Summary {
     /// The probes' mode and cost at the end, and each process's escalations.
     #[serde(default)]
     pub probes: Option<ProbeStatus>,
+    /// What each bounded table dropped because it was full, over the run (as in `snapshot`).
+    #[serde(default)]
+    pub evicted: crate::bounds::Evicted,
     /// Per-process totals at the end.
     pub processes: Vec<ProcessSnapshot>,
     /// Every finding of the run, in its final state.

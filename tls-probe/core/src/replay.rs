@@ -227,7 +227,7 @@ fn apply(
                 r.pipeline.advance(snapshot.now_ns);
                 r.collect();
             }
-            rec.last_snapshot = Some(snapshot);
+            rec.last_snapshot = Some(*snapshot);
         }
         OwnedRecord::Lost(lost) => rec.lost = lost.total,
         OwnedRecord::TargetAttach(attach) => {

@@ -9,10 +9,26 @@
 //! its calls); the mapping is kept for later calls that make no syscall and dropped on
 //! `SSL_free` and `close`.
 //! Pure and deterministic: events in, the same events enriched out.
+//!
+//! Every table is bounded (the `MAX_*` below): a new key in a full table empties it first,
+//! and what was dropped is counted in [`Tracker::evicted`] (see [`crate::bounds`]).
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::event::{CtlOp, Event, EventKind};
+use crate::{
+    bounds::{Evicted, make_room, make_room_set},
+    event::{CtlOp, Event, EventKind},
+};
+
+/// SSL* <-> fd ties: one per live connection of the targets (the engine's `max_connections`).
+pub const MAX_SSL_FDS: usize = 65_536;
+/// Epoll registrations: one per fd in each epoll set of the targets (nginx: one per
+/// connection and listener per worker), twice the connections.
+pub const MAX_REGISTRATIONS: usize = 131_072;
+/// Epoll instances seen in a wait, and the per-thread last ready fd: one per thread at most
+/// (the engine's `max_threads`).
+pub const MAX_EPOLL_INSTANCES: usize = 16_384;
+pub const MAX_READY_THREADS: usize = 16_384;
 
 #[derive(Clone, Copy, Debug)]
 struct Registration {
@@ -38,6 +54,9 @@ pub struct Tracker {
     pub bio_disagreements: u64,
     /// (pid, tid) -> the one fd its last epoll wait reported ready, when it reported one.
     last_ready: FxHashMap<(u32, u32), i32>,
+    /// What the bounded tables above dropped (`ssl_fds`, `epoll_registrations`,
+    /// `epoll_instances`, `ready_fds`).
+    evicted: Evicted,
 }
 
 impl Tracker {
@@ -67,6 +86,22 @@ impl Tracker {
         self.known_epfds.retain(|k| k.0 != pid);
         self.pending_seed.retain(|k| k.0 != pid);
         self.last_ready.retain(|k, _| k.0 != pid);
+    }
+
+    /// What the tracker's tables dropped because they were full, since the start.
+    pub fn evicted(&self) -> Evicted {
+        self.evicted
+    }
+
+    /// How many entries the tracker's tables hold now: SSL* ties, epoll registrations,
+    /// epoll instances, per-thread ready fds.
+    pub fn table_sizes(&self) -> [usize; 4] {
+        [
+            self.ssl_fd.len(),
+            self.by_data.len(),
+            self.known_epfds.len(),
+            self.last_ready.len(),
+        ]
     }
 
     /// The fd currently mapped to an SSL*, if any.
@@ -129,6 +164,7 @@ impl Tracker {
                 match ctl.op {
                     CtlOp::Add | CtlOp::Mod | CtlOp::Fdinfo => {
                         self.unregister(pid, ctl.epfd, ctl.fd);
+                        self.room_for_registration(pid, ctl.epfd, ctl.fd, ctl.data);
                         self.by_data.insert(
                             (pid, ctl.epfd, ctl.data),
                             Registration {
@@ -146,6 +182,7 @@ impl Tracker {
                 }
             }
             EventKind::EpollWait(wait) => {
+                self.room_for_epfd(pid, wait.epfd);
                 if self.known_epfds.insert((pid, wait.epfd)) {
                     self.pending_seed.push((pid, wait.epfd));
                 }
@@ -156,12 +193,19 @@ impl Tracker {
                     }
                 }
                 if let [crate::event::ReadyFd { fd: Some(fd), .. }] = wait.ready.as_slice() {
+                    make_room(
+                        &mut self.last_ready,
+                        MAX_READY_THREADS,
+                        &(pid, tid),
+                        &mut self.evicted.ready_fds,
+                    );
                     self.last_ready.insert((pid, tid), *fd);
                 } else {
                     self.last_ready.remove(&(pid, tid));
                 }
             }
             EventKind::EpollBusy(busy) => {
+                self.room_for_epfd(pid, busy.epfd);
                 if self.known_epfds.insert((pid, busy.epfd)) {
                     self.pending_seed.push((pid, busy.epfd));
                 }
@@ -185,6 +229,14 @@ impl Tracker {
     }
 
     fn map_ssl(&mut self, pid: u32, ssl: u64, fd: i32) {
+        // The two directions are one table: emptied together, counted once.
+        let n = &mut self.evicted.ssl_fds;
+        if make_room(&mut self.ssl_fd, MAX_SSL_FDS, &(pid, ssl), n)
+            || make_room(&mut self.fd_ssl, MAX_SSL_FDS, &(pid, fd), n)
+        {
+            self.ssl_fd.clear();
+            self.fd_ssl.clear();
+        }
         if let Some(old_fd) = self.ssl_fd.insert((pid, ssl), fd)
             && old_fd != fd
         {
@@ -194,6 +246,33 @@ impl Tracker {
             && old_ssl != ssl
         {
             self.ssl_fd.remove(&(pid, old_ssl));
+        }
+    }
+
+    /// Room for a registration: a full table is emptied (both directions), and so is the
+    /// set of known epoll instances, so that each is read again from /proc on its next wait.
+    fn room_for_registration(&mut self, pid: u32, epfd: i32, fd: i32, data: u64) {
+        let n = &mut self.evicted.epoll_registrations;
+        if make_room(&mut self.by_data, MAX_REGISTRATIONS, &(pid, epfd, data), n)
+            || make_room(&mut self.by_fd, MAX_REGISTRATIONS, &(pid, epfd, fd), n)
+        {
+            self.by_data.clear();
+            self.by_fd.clear();
+            self.known_epfds.clear();
+            self.pending_seed.clear();
+        }
+    }
+
+    /// Room for an epoll instance; a full set is emptied (their registrations stay) and the
+    /// pending seeds with it.
+    fn room_for_epfd(&mut self, pid: u32, epfd: i32) {
+        if make_room_set(
+            &mut self.known_epfds,
+            MAX_EPOLL_INSTANCES,
+            &(pid, epfd),
+            &mut self.evicted.epoll_instances,
+        ) {
+            self.pending_seed.clear();
         }
     }
 

@@ -20,6 +20,10 @@ use crate::event::{Event, EventKind, PeerSide};
 pub const PROBE: &str = "procfs";
 /// A process's TCP tables are read at most this often for fds first seen after attach.
 const RESCAN_NS: u64 = 200_000_000;
+/// Fds looked up (or waiting for a lookup): one per connection whose peer was not seen in
+/// `accept`/`connect`, as the engine's `max_connections`. A full table is emptied (an fd
+/// then may be looked up again) and counted in `evicted.peer_lookups`.
+pub const MAX_LOOKUPS: usize = 65_536;
 
 /// `peer` events for the TCP sockets of `pid` (only those in `only`, when given), at
 /// `ts_ns`, with probe "procfs".
@@ -105,6 +109,8 @@ pub struct Lookups {
     tried: HashSet<(u32, i32)>,
     pending: BTreeMap<u32, BTreeSet<i32>>,
     scanned_ns: HashMap<u32, u64>,
+    /// Entries dropped from the full `tried` table.
+    evicted: u64,
 }
 
 impl Lookups {
@@ -117,6 +123,15 @@ impl Lookups {
             | EventKind::SslSetFd { fd, .. } => {
                 let fd = *fd;
                 if !self.tried.contains(&(ev.pid, fd)) && !known(ev.pid, fd) {
+                    if crate::bounds::make_room_set(
+                        &mut self.tried,
+                        MAX_LOOKUPS,
+                        &(ev.pid, fd),
+                        &mut self.evicted,
+                    ) {
+                        // What was waiting is dropped with what was done.
+                        self.pending.clear();
+                    }
                     self.tried.insert((ev.pid, fd));
                     self.pending.entry(ev.pid).or_default().insert(fd);
                 }
@@ -161,6 +176,11 @@ impl Lookups {
             out.extend(peer_events(pid, now_ns, Some(&fds)));
         }
         out
+    }
+
+    /// Entries dropped because the table was full, since the start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Forgets a process that is no longer traced.
@@ -249,5 +269,25 @@ mod tests {
         assert!(l.pending[&9].is_empty());
         l.observe(&call(5), |_, _| false);
         assert_eq!(l.pending[&9], BTreeSet::from([5]));
+    }
+
+    #[test]
+    fn peer_lookups_are_capped_and_evictions_counted() {
+        let mut l = Lookups::default();
+        for fd in 0..MAX_LOOKUPS as i32 + 7 {
+            let kind = EventKind::SslFd {
+                ssl: 0x1000,
+                fd,
+                via: crate::event::BioVia::Read,
+                op: crate::event::SslOp::Read,
+                record_type: 23,
+                sys_bytes: 1,
+            };
+            let ev = Event::new(1, 7, 7, kind);
+            l.observe(&ev, |_, _| false);
+            assert!(l.tried.len() <= MAX_LOOKUPS);
+        }
+        assert_eq!(l.evicted(), MAX_LOOKUPS as u64);
+        assert_eq!(l.tried.len(), 7);
     }
 }

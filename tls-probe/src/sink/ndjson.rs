@@ -500,6 +500,7 @@ mod tests {
             tracepoint_hits: 0,
             memory_bio_disagreements: 0,
             probes: None,
+            evicted: Default::default(),
             processes: Vec::new(),
             findings: Vec::new(),
         };

@@ -130,6 +130,8 @@ impl Engine {
             self.state
                 .peers
                 .insert((pid, fd), state::Peer { addr, outbound });
+        } else {
+            self.state.evicted_peers += 1;
         }
     }
 
@@ -287,7 +289,9 @@ impl Engine {
 
     /// Metrics per process, thread and connection.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot::build(&self.state, self.now, self.store.open_count())
+        let mut s = snapshot::build(&self.state, self.now, self.store.open_count());
+        s.evicted.closed_findings = self.store.evicted_closed;
+        s
     }
 
     fn bucket_ns(&self) -> u64 {

@@ -26,6 +26,10 @@ pub struct Snapshot {
     /// What is probed and what it costs, as the agent reports it (None in a replay).
     #[serde(default)]
     pub probes: Option<crate::record::ProbeStatus>,
+    /// What the other bounded tables dropped because they were full (the engine's here,
+    /// the tracker's and the agent's added by the agent).
+    #[serde(default)]
+    pub evicted: crate::bounds::Evicted,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,6 +200,11 @@ pub(crate) fn build(state: &State, now: u64, open_findings: usize) -> Snapshot {
         unmatched_ssl_errors_total: state.unmatched_ssl_errors_total,
         listen_overflows_total: state.hs.overflows.map(|o| o.since_attach()),
         probes: None,
+        evicted: crate::bounds::Evicted {
+            peers: state.evicted_peers,
+            server_hellos: state.hs.evicted_hellos,
+            ..Default::default()
+        },
     }
 }
 

@@ -189,6 +189,8 @@ pub(crate) struct State {
     pub evicted_connections_total: u64,
     pub evicted_threads_total: u64,
     pub unmatched_ssl_errors_total: u64,
+    /// Peers not recorded because `peers` was full (`max_connections`).
+    pub evicted_peers: u64,
 }
 
 impl State {

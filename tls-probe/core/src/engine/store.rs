@@ -20,6 +20,8 @@ pub(crate) struct FindingStore {
     next_id: u64,
     open: BTreeMap<u64, Entry>,
     closed: VecDeque<Finding>,
+    /// Closed findings dropped (the oldest first) to keep `max_closed_findings`.
+    pub evicted_closed: u64,
 }
 
 impl FindingStore {
@@ -116,6 +118,7 @@ impl FindingStore {
         self.closed.push_back(finding);
         while self.closed.len() > cfg.max_closed_findings {
             self.closed.pop_front();
+            self.evicted_closed += 1;
         }
     }
 

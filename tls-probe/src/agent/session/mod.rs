@@ -370,7 +370,16 @@ impl Session {
     fn snapshot(&self) -> crate::engine::Snapshot {
         let mut snapshot = self.pipeline.snapshot();
         snapshot.probes = Some(self.probe_status());
+        snapshot.evicted = self.evicted(snapshot.evicted);
         snapshot
+    }
+
+    /// The engine's evictions with the tracker's and the peer lookups'.
+    fn evicted(&self, engine: crate::bounds::Evicted) -> crate::bounds::Evicted {
+        let mut e = engine;
+        e.add(&self.pipeline.tracker().evicted());
+        e.peer_lookups += self.peers.evicted();
+        e
     }
 
     /// Hands the finding changes the engine produced to the sinks.
@@ -595,6 +604,7 @@ impl Session {
             tracepoint_hits: c.tracepoint_hits,
             memory_bio_disagreements: self.pipeline.tracker().bio_disagreements,
             probes: Some(self.probe_status()),
+            evicted: self.evicted(snapshot.evicted),
             processes: snapshot.processes,
             findings: self
                 .pipeline

@@ -736,6 +736,21 @@ pub struct Snapshot {
     pub unmatched_ssl_errors_total: u64,
     pub listen_overflows_total: Option<u64>,
     pub probes: Option<ProbeStatus>,
+    pub evicted: Evicted,
+}
+
+/// What each bounded table dropped because it was full (snapshot and summary).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evicted {
+    pub peers: u64,
+    pub server_hellos: u64,
+    pub closed_findings: u64,
+    pub ssl_fds: u64,
+    pub epoll_registrations: u64,
+    pub epoll_instances: u64,
+    pub ready_fds: u64,
+    pub peer_lookups: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -986,6 +1001,7 @@ pub struct Summary {
     pub tracepoint_hits: u64,
     pub memory_bio_disagreements: u64,
     pub probes: Option<ProbeStatus>,
+    pub evicted: Evicted,
     pub processes: Vec<ProcessSnapshot>,
     pub findings: Vec<Finding>,
 }

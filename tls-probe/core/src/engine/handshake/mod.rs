@@ -108,6 +108,8 @@ pub(crate) struct HsState {
     /// (pid, SSL*) -> its last ServerHello, until SSL_free. Kept apart from `conns`
     /// because the hello comes inside the call whose record follows it.
     hellos: FxHashMap<ConnKey, (Hello, bool)>,
+    /// ServerHellos not kept because `hellos` was full.
+    pub evicted_hellos: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +140,7 @@ impl HsState {
     /// server) or read by it. A HelloRetryRequest is replaced by the ServerHello after it.
     pub fn server_hello(&mut self, cfg: &Config, key: ConnKey, h: &ServerHello) {
         if !self.hellos.contains_key(&key) && self.hellos.len() >= cfg.max_connections {
+            self.evicted_hellos += 1;
             return;
         }
         let hello = Hello {

@@ -2,6 +2,7 @@
 //! tracker would, one event at a time, and feeds it to an engine as it goes.
 
 mod active;
+mod bounds;
 mod busy;
 mod concurrent;
 mod determinism;
