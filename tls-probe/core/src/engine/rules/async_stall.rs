@@ -169,14 +169,11 @@ impl Rule for AsyncStallRule {
     }
 
     fn tick(&mut self, cx: &mut Cx<'_>) {
+        // A stall that went quiet is an incident that is over.
         let quiet = cx.cfg.incident_quiet_ns;
-        let now = cx.now;
-        self.streaks.retain(|_, s| {
-            let keep = now.saturating_sub(s.last_ns) < quiet;
-            if !keep && let Some(id) = s.finding {
-                cx.close(id);
-            }
-            keep
+        self.streaks.retain(|_, s| match s.finding {
+            Some(id) => cx.keep_incident(id, s.last_ns),
+            None => cx.now.saturating_sub(s.last_ns) < quiet,
         });
     }
 }

@@ -18,7 +18,10 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Cx, Rule};
+use super::{
+    Cx, Rule,
+    life::{Life, Step},
+};
 use crate::engine::{
     Finding,
     finding::{Evidence, FindingKind, Severity, Subject},
@@ -70,11 +73,10 @@ impl fmt::Display for ChurnEvidence {
     }
 }
 
-/// An open churn finding.
+/// A churn finding of one (pid, peer host), while open.
+#[derive(Default)]
 struct Open {
-    id: u64,
-    /// When its condition last held.
-    held: u64,
+    life: Life,
     /// The bad_write_retry findings linked so far, with their retries.
     links: Vec<(u64, u64)>,
 }
@@ -104,6 +106,7 @@ impl Rule for ChurnRule {
                     found.push((
                         (pid, host.clone()),
                         opens,
+                        holds,
                         ChurnEvidence {
                             peer: host.clone(),
                             connections_per_sec: rate,
@@ -119,7 +122,8 @@ impl Rule for ChurnRule {
             }
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, opens, mut ev) in found {
+        let mut seen = Vec::with_capacity(found.len());
+        for (key, opens, holds, mut ev) in found {
             let retries: Vec<(u64, u64)> = cx
                 .store
                 .open_of(FindingKind::BadWriteRetry, |f| linked(f, key.0, &key.1))
@@ -134,6 +138,7 @@ impl Rule for ChurnRule {
                 .get(&key)
                 .map(|o| o.links.clone())
                 .unwrap_or_default();
+            seen.push(key.clone());
             for (id, n) in retries {
                 match links.iter_mut().find(|(i, _)| *i == id) {
                     Some(l) => l.1 = n,
@@ -142,21 +147,15 @@ impl Rule for ChurnRule {
             }
             ev.related_finding_ids = links.iter().map(|&(id, _)| id).collect();
             ev.bad_write_retries = links.iter().map(|&(_, n)| n).sum();
-            match self.open.get_mut(&key) {
-                Some(o) => {
-                    o.held = now;
+            let o = self.open.entry(key.clone()).or_default();
+            match o.life.step(cx, opens, holds) {
+                Step::Hold(id) => {
                     o.links = links;
-                    let id = o.id;
                     let expl = explanation(&ev);
                     let sev = severity(&ev);
-                    cx.update(id, |f| {
-                        f.evidence = Evidence::ConnectionChurn(ev);
-                        f.explanation = expl;
-                        f.severity = sev;
-                        f.last_seen_ns = now;
-                    });
+                    cx.refresh(id, sev, Evidence::ConnectionChurn(ev), expl, now);
                 }
-                None if opens => {
+                Step::Open => {
                     let subject = Subject {
                         pid: key.0,
                         ..Subject::default()
@@ -172,26 +171,19 @@ impl Rule for ChurnRule {
                         advice(),
                     );
                     f.peer = Some(key.1.clone());
-                    let id = cx.open(f);
-                    self.open.insert(
-                        key,
-                        Open {
-                            id,
-                            held: now,
-                            links,
-                        },
-                    );
+                    o.links = links;
+                    o.life.open(cx, f);
                 }
-                None => {}
+                Step::Idle => {}
             }
         }
-        self.open.retain(|_, Open { id, held, .. }| {
-            let done = now.saturating_sub(*held) >= cfg.close_after_ns;
-            if done {
-                cx.store.close(*id, now, cfg, cx.out);
+        // Those whose condition no longer holds: the close timer runs.
+        for (key, o) in &mut self.open {
+            if !seen.contains(key) {
+                o.life.step(cx, false, false);
             }
-            !done
-        });
+        }
+        self.open.retain(|_, o| o.life.is_open());
     }
 }
 
