@@ -138,7 +138,11 @@ fn every_scenario_has_a_recap_test() {
     let src = include_str!("demo_recap.rs");
     for name in ScenarioName::ALL {
         let test = format!("check(ScenarioName::{name:?},");
-        assert!(src.contains(&test), "no demo recap test for {name}");
+        let with_replay = format!("check_with(ScenarioName::{name:?},");
+        assert!(
+            src.contains(&test) || src.contains(&with_replay),
+            "no demo recap test for {name}"
+        );
     }
 }
 
