@@ -414,15 +414,21 @@ impl Rule for WriteRetryRule {
         {
             let shorter = d.call.len < prev.len;
             // OpenSSL checks the arguments before any I/O: a retry it rejected made no
-            // syscall and failed; one it accepted wrote, or wants again.
+            // syscall and failed; one it accepted wrote, or wants again. It never accepts a
+            // shorter one, so a shorter call that went on retried nothing: the write that
+            // completed the pending one was not seen (its record lost with a full ring
+            // buffer), and this is a new write.
             let went_on = d.call.ret > 0
                 || d.code.is_some_and(SslErrorCode::is_want)
                 || (d.code.is_none() && d.call.sys_calls > 0);
-            if !shorter && went_on {
-                if self.accepted.len() >= MAX_PROCESSES && !self.accepted.contains_key(&d.pid) {
-                    self.accepted.clear();
+            if went_on {
+                if !shorter {
+                    // A moved buffer it took: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER.
+                    if self.accepted.len() >= MAX_PROCESSES && !self.accepted.contains_key(&d.pid) {
+                        self.accepted.clear();
+                    }
+                    *self.accepted.entry(d.pid).or_default() += 1;
                 }
-                *self.accepted.entry(d.pid).or_default() += 1;
             } else {
                 self.on_per_call_retry(cx, d, prev);
             }

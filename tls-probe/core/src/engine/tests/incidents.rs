@@ -233,6 +233,23 @@ fn shorter_retry_is_flagged() {
     );
 }
 
+/// A healthy server under a full ring buffer: the record of the write that completed a
+/// pending one is lost, and the next write (another response, in another buffer, shorter)
+/// follows the WANT_WRITE directly. OpenSSL never accepts a shorter retry, so a shorter
+/// write that went on is a new write, not a bad retry.
+#[test]
+fn a_new_write_after_a_lost_completion_is_no_retry() {
+    let mut sim = Sim::new();
+    sim.write(TID, S1, 7, (BUF, 8192), -1, WW);
+    // (the retry with (BUF, 8192) that wrote it all: lost)
+    sim.write(TID, S1, 7, (OTHER_BUF, 1024), 1024, None);
+    sim.write(TID, S1, 7, (BUF, 8192), -1, WW);
+    // (lost again) then a new write that wants WRITE itself.
+    sim.write(TID, S1, 7, (OTHER_BUF, 2048), -1, WW);
+    sim.idle(20 * SEC);
+    sim.assert_quiet();
+}
+
 #[test]
 fn moved_retry_flagged_without_get_error() {
     let mut sim = Sim::new();
