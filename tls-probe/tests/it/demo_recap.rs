@@ -82,11 +82,7 @@ fn demo(
 }
 
 fn check(name: ScenarioName, secs: u32) {
-    check_with(name, secs, false);
-}
-
-fn check_with(name: ScenarioName, secs: u32, replay: bool) {
-    let (verdicts, findings, stderr) = demo(name, secs, replay);
+    let (verdicts, findings, stderr) = demo(name, secs, false);
     let parts = guide::parts(name);
     let mut want = Vec::new();
     for part in &parts {
@@ -138,11 +134,7 @@ fn every_scenario_has_a_recap_test() {
     let src = include_str!("demo_recap.rs");
     for name in ScenarioName::ALL {
         let test = format!("check(ScenarioName::{name:?},");
-        let with_replay = format!("check_with(ScenarioName::{name:?},");
-        assert!(
-            src.contains(&test) || src.contains(&with_replay),
-            "no demo recap test for {name}"
-        );
+        assert!(src.contains(&test), "no demo recap test for {name}");
     }
 }
 
@@ -187,11 +179,19 @@ fn concurrent_ssl() {
 }
 
 /// The default demo: three parts in one process, so the storm's server shares the CPU.
-/// Recorded with every event, and replayed by `report` to the same findings in the same
-/// order (the engine is deterministic; the live session and `report` drive one pipeline).
 #[test]
 fn mixed() {
-    check_with(ScenarioName::Mixed, 15, true);
+    check(ScenarioName::Mixed, 15);
+}
+
+/// The mixed demo recorded with every event (`--events`), and replayed by `report` to the
+/// same findings in the same order (the engine is deterministic; the live session and
+/// `report` drive one pipeline). Writing every event makes the agent the bottleneck and the
+/// ring buffer overflows: what it lost, the live engine never saw either, so the replay must
+/// still match. The recap is not judged here: `mixed` does that, without the extra load.
+#[test]
+fn mixed_replays_to_the_live_findings() {
+    demo(ScenarioName::Mixed, 15, true);
 }
 
 #[test]
