@@ -10,47 +10,18 @@
 //! - stripped but built with `-rdynamic`: the name from `.dynsym`.
 
 use std::{
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex},
-    thread,
     time::Duration,
 };
 
-use common::{Attached, Proc, cert, wait_for};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use common::{Attached, Proc, wait_for};
 use scenario_common::{attach_mode, build_c_peer, describe, records_so_far};
 use serde_json::Value;
 
 use crate::{common, common::scenario as scenario_common, schema};
 
 const EXIT: Duration = Duration::from_secs(30);
-
-/// A TLS server on 127.0.0.1 that completes each handshake, then holds the connection
-/// without reading or writing. Runs until the test process exits.
-fn silent_server(dir: &Path) -> u16 {
-    let (key, crt) = cert(dir);
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("SslAcceptor");
-    b.set_private_key_file(&key, SslFiletype::PEM)
-        .expect("server key");
-    b.set_certificate_chain_file(&crt).expect("server cert");
-    let acceptor = Arc::new(b.build());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("local_addr").port();
-    let held: Arc<Mutex<Vec<SslStream<TcpStream>>>> = Arc::default();
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (acceptor, held) = (acceptor.clone(), held.clone());
-            thread::spawn(move || {
-                if let Ok(s) = acceptor.accept(stream) {
-                    held.lock().expect("held").push(s);
-                }
-            });
-        }
-    });
-    port
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Build {
@@ -174,7 +145,7 @@ fn run(how: Build) {
 fn run_in(how: Build, mode: &str, spin: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = build(dir.path(), how);
-    let port = silent_server(dir.path());
+    let port = scenario_common::silent_server(dir.path());
     let mut client = Proc::spawn(Command::new(&exe).arg(port.to_string()));
     client.read_until("READY", |l| (l == "READY").then_some(()));
     let a: Attached = attach_mode(dir.path(), client.pid(), mode);

@@ -10,17 +10,9 @@
 //! just before the retry. How long the record took to reach the file is printed (run with
 //! `--nocapture`), not asserted: the machine is shared and noisy.
 
-use std::{
-    net::{TcpListener, TcpStream},
-    path::Path,
-    process::Command,
-    sync::{Arc, Mutex},
-    thread,
-    time::Duration,
-};
+use std::{path::Path, process::Command, thread, time::Duration};
 
-use common::{Proc, cert, wait_for};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use common::{Proc, wait_for};
 use scenario_common::{
     Scenario, attach_mode, build_c_peer, describe, monotonic_ns, opened, random_between,
     records_so_far,
@@ -31,31 +23,6 @@ use crate::{common, common::scenario as scenario_common, schema};
 
 const SEC: u64 = 1_000_000_000;
 const EXIT: Duration = Duration::from_secs(30);
-
-/// A TLS server on a free port of 127.0.0.1 that completes each handshake, then holds the
-/// connection without ever reading it. Runs until the test process exits.
-fn silent_server(dir: &Path) -> u16 {
-    let (key, crt) = cert(dir);
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("SslAcceptor");
-    b.set_private_key_file(&key, SslFiletype::PEM)
-        .expect("server key");
-    b.set_certificate_chain_file(&crt).expect("server cert");
-    let acceptor = Arc::new(b.build());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("local_addr").port();
-    let held: Arc<Mutex<Vec<SslStream<TcpStream>>>> = Arc::default();
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (acceptor, held) = (acceptor.clone(), held.clone());
-            thread::spawn(move || {
-                if let Ok(s) = acceptor.accept(stream) {
-                    held.lock().expect("held").push(s);
-                }
-            });
-        }
-    });
-    port
-}
 
 struct Client {
     proc: Proc,
@@ -160,7 +127,7 @@ fn check_one_each(records: &[Value], kind: &str, times: &[u64]) -> Vec<Value> {
 /// One bad write retry at a random moment 0.5-5 s after attach, in `mode`.
 fn single_retry(mode: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = silent_server(dir.path());
+    let port = scenario_common::silent_server(dir.path());
     let mut client = Client::start(dir.path(), port);
     let a = attach_mode(dir.path(), client.proc.pid(), mode);
     let attached = monotonic_ns();
@@ -240,7 +207,7 @@ fn single_bad_write_retry_in_light_mode() {
 #[test]
 fn single_bad_write_retry_in_full_mode_has_its_arguments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = silent_server(dir.path());
+    let port = scenario_common::silent_server(dir.path());
     let mut client = Client::start(dir.path(), port);
     let a = attach_mode(dir.path(), client.proc.pid(), "full");
     client.connect();
@@ -263,7 +230,7 @@ fn single_bad_write_retry_in_full_mode_has_its_arguments() {
 #[test]
 fn a_retry_on_each_of_several_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = silent_server(dir.path());
+    let port = scenario_common::silent_server(dir.path());
     let mut client = Client::start(dir.path(), port);
     let a = attach_mode(dir.path(), client.proc.pid(), "auto");
     let mut times = Vec::new();
@@ -293,7 +260,7 @@ fn a_retry_on_each_of_several_connections() {
 #[test]
 fn a_write_after_shutdown_is_flagged_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = silent_server(dir.path());
+    let port = scenario_common::silent_server(dir.path());
     let mut client = Client::start(dir.path(), port);
     let a = attach_mode(dir.path(), client.proc.pid(), "auto");
     client.connect();

@@ -524,3 +524,37 @@ while time.time() - start < secs:
     sent += 16384
 print("%d bytes at %.0f KiB/s" % (sent, sent / 1024 / (time.time() - start)))
 "#;
+
+/// A TLS server on 127.0.0.1 that completes each handshake, then holds the connection
+/// without reading or writing (so that a client's writes block). Runs until the test
+/// process exits.
+pub fn silent_server(dir: &Path) -> u16 {
+    use std::{
+        net::{TcpListener, TcpStream},
+        sync::{Arc, Mutex},
+        thread,
+    };
+
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+
+    let (key, crt) = crate::common::cert(dir);
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("SslAcceptor");
+    b.set_private_key_file(&key, SslFiletype::PEM)
+        .expect("server key");
+    b.set_certificate_chain_file(&crt).expect("server cert");
+    let acceptor = Arc::new(b.build());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local_addr").port();
+    let held: Arc<Mutex<Vec<SslStream<TcpStream>>>> = Arc::default();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (acceptor, held) = (acceptor.clone(), held.clone());
+            thread::spawn(move || {
+                if let Ok(s) = acceptor.accept(stream) {
+                    held.lock().expect("held").push(s);
+                }
+            });
+        }
+    });
+    port
+}
