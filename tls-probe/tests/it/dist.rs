@@ -125,9 +125,13 @@ fn dist_binary_links_no_openssl_and_attaches_to_s_client() {
     client.read_until("CONNECTED(...)", |l| {
         l.strip_prefix("CONNECTED(").map(|_| ())
     });
+    // One line at a time: the next goes once the server's reversed echo of this one is back.
     for i in 0..5 {
         client.send_line(&format!("hello {i}"));
-        std::thread::sleep(Duration::from_millis(30));
+        let echo = format!("{i} olleh");
+        client.read_until(&format!("the echo {echo:?}"), |l| {
+            l.contains(&echo).then_some(())
+        });
     }
     client.close_stdin();
     client.wait_exit("s_client to exit on EOF", Duration::from_secs(20));
